@@ -1,0 +1,50 @@
+# Two commands do all the set-up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch is chosen first so nothing else can pull another build. With no NVIDIA driver we take the
+# CPU build of TORCH_VERSION; set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) to pick an index.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+PORT ?= 3000
+
+.PHONY: install serve test bench load build import-model lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade --quiet pip
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+ifneq ($(HAS_CUDA),1)
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 'a CUDA torch was installed on a machine without a GPU; set TORCH_INDEX to a CPU index')"
+endif
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(PIP) install --quiet --no-deps "cn_clip==1.6.0"
+	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
+	$(PY) -c "import clipdlut.compat as c; c.import_cn_clip(); import torch; print('clipdlut ready, torch', torch.__version__)"
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/bentoml serve service:Retouch --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench
+
+load: install
+	$(VENV)/bin/locust -f locustfile.py --headless -u 8 -r 2 -t 60s --host http://127.0.0.1:$(PORT)
+
+build: install
+	$(VENV)/bin/bentoml build
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

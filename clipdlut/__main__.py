@@ -1,0 +1,5 @@
+import sys
+
+from clipdlut.cli import main
+
+sys.exit(main())

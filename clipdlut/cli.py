@@ -1,0 +1,145 @@
+"""``python -m clipdlut``: grade a photo from a prompt, or apply a LUT to a photo, from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from clipdlut.cube import CubeError, lut_to_cube, read_cube, write_cube
+from clipdlut.hald import LutImageError, read_hald
+from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
+from clipdlut.lut import MAX_SIZE, MIN_SIZE
+from clipdlut.models import WeightsNotFound
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, FINISHED, JobSpec
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def _format_for(path: Path) -> str:
+    try:
+        return output_format(path.suffix.lstrip(".") or "png")
+    except ValueError:
+        raise ValueError(f"cannot write {path.name}: use a .png, .jpg or .webp file name") from None
+
+
+def _retouch(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from clipdlut.guidance import Guide
+    from clipdlut.models import load_model
+    from clipdlut.optimizer import BatchedOptimizer
+
+    image_format = _format_for(args.image) if args.image else None
+    decoded = decode_image(Path(args.input).read_bytes())
+    guide = Guide(load_model(args.model, device=args.device))
+    bar = tqdm(total=args.steps, unit="step", file=sys.stderr, disable=args.quiet)
+
+    def on_progress(p):
+        bar.update(p.iteration - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+
+    opt = BatchedOptimizer(guide, on_progress=on_progress)
+    spec = JobSpec("cli", working_copy(decoded.rgb), args.prompt, args.source_prompt, steps=args.steps,
+                   lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1)
+    failed = opt.add([spec])
+    result = failed[0] if failed else opt.run()["cli"]
+    bar.close()
+    if result.status != FINISHED:
+        raise RuntimeError(result.error or result.status)
+    comments = [f"prompt: {args.prompt}", f"source prompt: {args.source_prompt}",
+                f"model: {guide.name}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
+    text = lut_to_cube(result.lut, strength=args.strength, title=args.prompt[:64], comments=comments)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}")
+    if args.image:
+        from clipdlut.render import render
+        data = encode_image(render(decoded, text), image_format, decoded.alpha, decoded.icc_profile)
+        args.image.write_bytes(data)
+        print(f"wrote {args.image}")
+    s = result.scores
+    print(f"CLIP similarity to the prompt: {s.source_target:.4f} -> {s.result_target:.4f} "
+          f"(direction {s.directional:+.4f}), {result.seconds:.1f} s")
+
+
+def _read_lut_file(path: Path):
+    data = path.read_bytes()
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return read_hald(data)
+    return read_cube(data).normalized()
+
+
+def _apply(args: argparse.Namespace) -> None:
+    from clipdlut.render import apply_table, blend_table
+
+    fmt = _format_for(args.output)
+    table = _read_lut_file(args.lut)
+    decoded = decode_image(Path(args.input).read_bytes())
+    out = apply_table(decoded.rgb, blend_table(table, args.strength))
+    args.output.write_bytes(encode_image(out, fmt, decoded.alpha, decoded.icc_profile))
+    print(f"wrote {args.output}")
+    if args.cube:
+        args.cube.write_text(write_cube(blend_table(table, args.strength)), encoding="utf-8")
+        print(f"wrote {args.cube}")
+
+
+def _lut_size(text: str) -> int:
+    n = int(text)
+    if not MIN_SIZE <= n <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"LUT size must be {MIN_SIZE}..{MAX_SIZE}")
+    return n
+
+
+def _strength(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 2.0:
+        raise argparse.ArgumentTypeError("strength must be between 0 and 2")
+    return v
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m clipdlut", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("retouch", help="optimize a LUT for a photo from a text prompt")
+    r.add_argument("input", metavar="IMAGE", help="the photo to grade")
+    r.add_argument("--prompt", required=True, help="the look to aim for, e.g. 赛博朋克风格的夜晚城市")
+    r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now")
+    r.add_argument("--steps", type=_positive, default=200, help="optimizer steps (default 200)")
+    r.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
+    r.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
+    r.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same LUT")
+    r.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 0.005)")
+    r.add_argument("--model", default=None,
+                   help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
+    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    r.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.cube", help="where to write the LUT")
+    r.add_argument("--image", type=Path, metavar="OUT.jpg", help="also write the graded full-resolution image")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_retouch)
+    a = sub.add_parser("apply", help="apply a .cube or Hald PNG LUT to a photo")
+    a.add_argument("lut", type=Path, metavar="LUT", help="a .cube file or a HaldCLUT PNG")
+    a.add_argument("input", metavar="IMAGE", help="the photo")
+    a.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output image (.png/.jpg/.webp)")
+    a.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
+    a.add_argument("--cube", type=Path, help="also write the LUT (at this strength) as a .cube file")
+    a.set_defaults(func=_apply)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (OSError, ValueError, ImageError, CubeError, LutImageError, WeightsNotFound, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0

@@ -1,0 +1,176 @@
+"""Reading and writing Adobe/Resolve ``.cube`` 3D LUT files.
+
+Rows are red-fastest, so N^3 rows read in C order into ``(N, N, N, 3)`` give ``table[b, g, r, c]``:
+the layout of :mod:`clipdlut.lut` and of Pillow's ``Color3DLUT``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from clipdlut import lut as lutmath
+from clipdlut.lut import MAX_SIZE, MIN_SIZE
+
+DECIMALS = 6
+
+
+class CubeError(ValueError):
+    """A ``.cube`` file that cannot be read; the message names the line and the problem."""
+
+    def __init__(self, message: str, line: int | None = None):
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+@dataclass
+class Cube:
+    """A parsed 3D LUT: ``table[b, g, r, c]`` mapping the cube ``domain_min..domain_max``."""
+
+    table: np.ndarray
+    title: str = ""
+    domain_min: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    domain_max: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.table.shape[0])
+
+    def normalized(self) -> np.ndarray:
+        """The table resampled on the unit domain [0, 1]^3 (a no-op for the default domain)."""
+        lo, hi = np.array(self.domain_min), np.array(self.domain_max)
+        if np.all(lo == 0) and np.all(hi == 1):
+            return self.table
+        n = self.size
+        # Node k of the unit grid sits at input value k/(n-1); in table coordinates that input is
+        # (v - lo) / (hi - lo). Evaluate the table there (clamped to its border).
+        axis = np.arange(n) / (n - 1)
+        b, g, r = np.meshgrid(axis, axis, axis, indexing="ij")
+        pts = np.stack([r, g, b], axis=-1)
+        coords = (pts - lo) / (hi - lo)
+        src = lutmath.from_table(self.table).double()
+        img = torch.from_numpy(coords.reshape(1, n * n, n, 3)).permute(0, 3, 1, 2)
+        out = lutmath.apply(src, img.double())
+        return out.reshape(3, n, n, n).permute(1, 2, 3, 0).numpy()
+
+
+def _escape_title(title: str) -> str:
+    return " ".join(title.replace('"', "'").split())
+
+
+def write_cube(table: np.ndarray, title: str = "CLIP-DLUT", comments: list[str] | tuple[str, ...] = ()) -> str:
+    """The ``.cube`` text of ``table[b, g, r, c]`` in the most widely accepted profile.
+
+    Comments first, ``TITLE``, ``LUT_3D_SIZE``, then N^3 rows with 6 decimals; ``\\n`` line ends and a
+    trailing newline. Values are clipped to [0, 1] because most consumers refuse or clip others.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    n = table.shape[0]
+    if table.shape != (n, n, n, 3) or not MIN_SIZE <= n <= MAX_SIZE:
+        raise ValueError(f"table must have shape (N, N, N, 3) with N in {MIN_SIZE}..{MAX_SIZE}, got {table.shape}")
+    if not np.all(np.isfinite(table)):
+        raise ValueError("table contains NaN or infinity")
+    rows = np.clip(table, 0.0, 1.0).reshape(-1, 3)
+    head = [f"# {' '.join(c.split())}" for c in comments]
+    head += [f'TITLE "{_escape_title(title)}"', f"LUT_3D_SIZE {n}"]
+    body = "\n".join(f"{r:.{DECIMALS}f} {g:.{DECIMALS}f} {b:.{DECIMALS}f}" for r, g, b in rows.tolist())
+    return "\n".join(head) + "\n" + body + "\n"
+
+
+def _floats(parts: list[str], count: int, lineno: int, what: str) -> list[float]:
+    if len(parts) != count:
+        raise CubeError(f"{what} needs {count} numbers, found {len(parts)}", lineno)
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise CubeError(f"{what}: {' '.join(parts)!r} is not a list of numbers", lineno) from None
+    if not all(math.isfinite(v) for v in values):
+        raise CubeError(f"{what}: values must be finite", lineno)
+    return values
+
+
+def read_cube(data: str | bytes) -> Cube:
+    """Parse ``.cube`` text or bytes; tolerant of variants, strict about the table itself.
+
+    Accepts comments and blank lines, CRLF, a UTF-8 BOM, ``DOMAIN_MIN``/``DOMAIN_MAX``, Resolve's
+    ``LUT_3D_INPUT_RANGE`` and unknown keywords. Raises :class:`CubeError` naming the line otherwise.
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise CubeError(f"not UTF-8 text (byte {e.start}); is this really a .cube file?") from None
+    data = data.lstrip("\ufeff")
+    size: int | None = None
+    size_1d = False
+    title = ""
+    comments: list[str] = []
+    lo, hi = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    rows: list[list[float]] = []
+    first_row_line = 0
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            comments.append(line[1:].strip())
+            continue
+        parts = line.split()
+        key = parts[0]
+        if key[0].isdigit() or key[0] in "+-.":
+            if size is None:
+                if size_1d:
+                    raise CubeError("this is a 1D LUT (LUT_1D_SIZE); a 3D LUT needs LUT_3D_SIZE", lineno)
+                raise CubeError("table data before LUT_3D_SIZE", lineno)
+            if not rows:
+                first_row_line = lineno
+            rows.append(_floats(parts, 3, lineno, "table row"))
+            continue
+        key = key.upper()
+        if key == "TITLE":
+            title = line[len("TITLE"):].strip().strip('"')
+        elif key == "LUT_3D_SIZE":
+            if size is not None:
+                raise CubeError("LUT_3D_SIZE given twice", lineno)
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise CubeError(f"LUT_3D_SIZE needs one whole number, got {' '.join(parts[1:])!r}", lineno)
+            size = int(parts[1])
+            if not MIN_SIZE <= size <= MAX_SIZE:
+                raise CubeError(f"LUT_3D_SIZE {size} is out of range {MIN_SIZE}..{MAX_SIZE}", lineno)
+        elif key == "LUT_1D_SIZE":
+            size_1d = True
+        elif key == "DOMAIN_MIN":
+            lo = _floats(parts[1:], 3, lineno, "DOMAIN_MIN")
+        elif key == "DOMAIN_MAX":
+            hi = _floats(parts[1:], 3, lineno, "DOMAIN_MAX")
+        elif key == "LUT_3D_INPUT_RANGE":
+            a, b = _floats(parts[1:], 2, lineno, "LUT_3D_INPUT_RANGE")
+            lo, hi = [a] * 3, [b] * 3
+        # Any other keyword (LUT_1D_INPUT_RANGE, vendor extensions) does not affect a 3D table.
+    if size is None:
+        if size_1d:
+            raise CubeError("this is a 1D LUT (LUT_1D_SIZE); a 3D LUT needs LUT_3D_SIZE")
+        raise CubeError("no LUT_3D_SIZE line: not a 3D .cube file")
+    if size_1d:
+        raise CubeError("files with both a 1D and a 3D table are not supported; export the 3D LUT alone")
+    expected = size ** 3
+    if len(rows) != expected:
+        raise CubeError(f"LUT_3D_SIZE {size} needs {expected} table rows, found {len(rows)}",
+                        first_row_line or None)
+    if any(h <= low for low, h in zip(lo, hi)):
+        raise CubeError(f"DOMAIN_MAX {hi} must be greater than DOMAIN_MIN {lo}")
+    table = np.asarray(rows, dtype=np.float64).reshape(size, size, size, 3)
+    return Cube(table=table, title=title, domain_min=tuple(lo), domain_max=tuple(hi), comments=comments)
+
+
+def lut_to_cube(lut: torch.Tensor, *, strength: float = 1.0, size: int | None = None,
+                title: str = "CLIP-DLUT", comments: list[str] | tuple[str, ...] = ()) -> str:
+    """The ``.cube`` text of an optimized LUT ``(1, 3, N, N, N)``, blended to ``strength`` and resampled."""
+    lut = lutmath.blend(lut.detach().double(), strength)
+    if size is not None and size != lut.shape[-1]:
+        lut = lutmath.resample(lut, size)
+    return write_cube(lutmath.to_table(lut), title=title, comments=comments)

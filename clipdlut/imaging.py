@@ -1,0 +1,166 @@
+"""Decoding user images safely and encoding results, with Pillow.
+
+Decoding applies EXIF orientation, keeps alpha and an RGB ICC profile aside, converts every other mode
+to 8-bit RGB, and refuses images that are too large before their pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+class ImageError(ValueError):
+    """The bytes are not an image this service can grade; the message says what to fix."""
+
+
+class ImageTooLarge(ImageError):
+    """The image has more pixels than allowed."""
+
+
+@dataclass
+class DecodedImage:
+    """An upright 8-bit RGB image plus what must survive into the output."""
+
+    rgb: Image.Image
+    alpha: Image.Image | None = None
+    icc_profile: bytes | None = None
+    source_format: str | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.size
+
+
+def _profile_is_rgb(icc: bytes) -> bool:
+    try:
+        return ImageCms.getOpenProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB"
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return False
+
+
+def _high_bit_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit greyscale (modes I;16*, I, F) scaled, not clipped, to 8 bits."""
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
+    elif img.mode.startswith("I;16") or arr.size and arr.max() > 255:
+        top = 65535.0
+    else:
+        top = 255.0
+    grey = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes (JPEG, PNG, WebP, TIFF, BMP, GIF: first frame) or raise :class:`ImageError`."""
+    if not data:
+        raise ImageError("the image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("the data is not an image Pillow can read; send JPEG, PNG, WebP, TIFF or BMP") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,}") from None
+    except Exception as e:
+        raise ImageError(f"the image header is invalid: {e}") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"the image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"the image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
+    icc = img.info.get("icc_profile")
+    try:
+        img.seek(0)  # animated GIF/WebP/APNG: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,}") from None
+    except Exception as e:
+        raise ImageError(f"the image data is truncated or corrupt: {e}") from None
+    fmt = img.format or Image.open(io.BytesIO(data)).format
+    alpha = None
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        rgb = rgba.convert("RGB")
+    elif img.mode == "CMYK" and icc and not _profile_is_rgb(icc):
+        try:
+            rgb = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                            ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except ImageCms.PyCMSError:
+            rgb = img.convert("RGB")
+    elif img.mode.startswith("I") or img.mode == "F":
+        rgb = _high_bit_to_rgb(img)
+    else:
+        rgb = img.convert("RGB")
+    if icc and not _profile_is_rgb(icc):
+        icc = None  # a CMYK or grey profile does not describe the RGB output
+    return DecodedImage(rgb=rgb, alpha=alpha, icc_profile=icc, source_format=fmt)
+
+
+def working_copy(img: Image.Image, short_side: int = 288, max_long_side: int = 864) -> Image.Image:
+    """A small copy for optimizing (short side ``short_side``, never upscaled, no padding)."""
+    w, h = img.size
+    scale = min(1.0, short_side / min(w, h), max_long_side / max(w, h))
+    if scale >= 1.0:
+        return img.copy()
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def thumbnail(img: Image.Image, max_side: int = 256) -> Image.Image:
+    """A copy that fits in ``max_side`` x ``max_side`` (for previews)."""
+    out = img.copy()
+    out.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return out
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB image as a float32 ``(3, H, W)`` tensor in [0, 1]."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def to_image(t: torch.Tensor) -> Image.Image:
+    """A ``(3, H, W)`` tensor in [0, 1] as an 8-bit RGB image (rounded)."""
+    arr = (t.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def output_format(name: str) -> str:
+    """Pillow's format name for ``png``/``jpeg``/``webp``; raises ``ValueError`` otherwise."""
+    try:
+        return OUTPUT_FORMATS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown image format {name!r}; use png, jpeg or webp") from None
+
+
+def encode_image(rgb: Image.Image, fmt: str = "PNG", alpha: Image.Image | None = None,
+                 icc_profile: bytes | None = None, quality: int = 95) -> bytes:
+    """Encode to PNG, JPEG or WebP, re-attaching alpha (not for JPEG) and the ICC profile."""
+    fmt = output_format(fmt) if fmt.lower() in OUTPUT_FORMATS else fmt.upper()
+    img = rgb
+    if alpha is not None and fmt != "JPEG":
+        img = rgb.copy()
+        img.putalpha(alpha)
+    params: dict = {}
+    if icc_profile:
+        params["icc_profile"] = icc_profile
+    if fmt == "JPEG":
+        params.update(quality=quality, subsampling=0)
+    elif fmt == "WEBP":
+        params.update(quality=quality, method=4)
+    elif fmt == "PNG":
+        params.update(compress_level=6)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **params)
+    return buf.getvalue()

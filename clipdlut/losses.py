@@ -1,0 +1,126 @@
+"""The objective of one job: CLIP guidance terms, LUT regularizers and image-space terms.
+
+Every LUT regularizer works on ``delta = lut - identity`` or on steps that are positive for the
+identity, so each is exactly 0 on the identity LUT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+from clipdlut.lut import identity
+
+# LUT axes in a (B, 3, N, N, N) tensor: dim 2 = blue, 3 = green, 4 = red.
+LUT_AXES = {"b": 2, "g": 3, "r": 4}
+MAX_SLOPE = 4.0  # a LUT steeper than this stretches one 8-bit step into visible bands
+DARK = 0.08  # luminance under which a source pixel counts as black for the black-level term
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms; every one can be overridden per job."""
+
+    directional: float = 1.0
+    global_target: float = 0.3
+    smoothness: float = 1e-3
+    monotonicity: float = 10.0
+    color: float = 0.05
+    black_level: float = 1.0
+    banding: float = 0.1
+
+    def with_overrides(self, **overrides: float) -> "LossWeights":
+        """A copy with some weights replaced; unknown names raise ``ValueError``."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {sorted(known)}")
+        return replace(self, **{k: float(v) for k, v in overrides.items()})
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _diff(t: torch.Tensor, dim: int, order: int = 1) -> torch.Tensor:
+    return torch.diff(t, n=order, dim=dim)
+
+
+def smoothness(lut: torch.Tensor) -> torch.Tensor:
+    """Mean squared curvature of ``lut - identity`` along b, g and r, per LUT ``(B,)``.
+
+    Curvature is the second difference times ``(N-1)^2``, so a weight means the same at every size.
+    """
+    n = lut.shape[-1]
+    if n < 3:
+        return lut.new_zeros(lut.shape[0])
+    delta = lut - identity(n, lut.shape[0], dtype=lut.dtype, device=lut.device)
+    terms = [(_diff(delta, d, 2) * (n - 1) ** 2).pow(2).flatten(1).mean(1) for d in LUT_AXES.values()]
+    return torch.stack(terms).sum(0)
+
+
+def monotonicity(lut: torch.Tensor) -> torch.Tensor:
+    """Mean of decreasing steps (times N-1) of every output channel along b, g and r, per LUT ``(B,)``."""
+    n = lut.shape[-1]
+    terms = [F.relu(-_diff(lut, d) * (n - 1)).flatten(1).mean(1) for d in LUT_AXES.values()]
+    return torch.stack(terms).sum(0)
+
+
+def banding(lut: torch.Tensor) -> torch.Tensor:
+    """Squared excess of the LUT's slope over :data:`MAX_SLOPE` along b, g and r, per LUT ``(B,)``."""
+    n = lut.shape[-1]
+    terms = [F.relu(_diff(lut, d).abs() * (n - 1) - MAX_SLOPE).pow(2).flatten(1).mean(1) for d in LUT_AXES.values()]
+    return torch.stack(terms).sum(0)
+
+
+def _srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    rgb = rgb.clamp(0, 1)
+    return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055).clamp_min(1e-8) ** 2.4)
+
+
+_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
+                            [0.2126729, 0.7151522, 0.0721750],
+                            [0.0193339, 0.1191920, 0.9503041]])
+_WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883])
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB ``(..., 3, H, W)`` in [0, 1] to CIE L*a*b* (D65), differentiably."""
+    lin = _srgb_to_linear(rgb)
+    m = _RGB_TO_XYZ.to(rgb.device, rgb.dtype)
+    xyz = torch.einsum("ij,...jhw->...ihw", m, lin) / _WHITE_D65.to(rgb.device, rgb.dtype).view(3, 1, 1)
+    eps = 216 / 24389
+    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), (24389 / 27 * xyz + 16) / 116)
+    fx, fy, fz = f.unbind(-3)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
+
+
+def color_shift(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Squared distance (in units of 100 L*a*b*) between the mean colours of ``out`` and ``src`` views."""
+    d = rgb_to_lab(out).mean((-1, -2)) - rgb_to_lab(src).mean((-1, -2))
+    return (d / 100).pow(2).sum(-1).mean()
+
+
+def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    return 0.2126 * rgb[:, 0] + 0.7152 * rgb[:, 1] + 0.0722 * rgb[:, 2]
+
+
+def black_level(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """How much the darkest source pixels were lifted (squared), weighted by how dark they are."""
+    ys, yo = _luma(src), _luma(out)
+    w = F.relu(DARK - ys) / DARK
+    return (w * F.relu(yo - ys).pow(2)).sum() / w.sum().clamp_min(1.0)
+
+
+def directional(feats: torch.Tensor, src_feat: torch.Tensor, text_dir: torch.Tensor) -> torch.Tensor:
+    """Mean over views of ``1 - cos(E(out) - E(src), T(target) - T(source))``.
+
+    The cosine's epsilon keeps it finite when the image direction is zero (the identity start).
+    """
+    return (1 - F.cosine_similarity(feats - src_feat, text_dir.unsqueeze(0), dim=-1, eps=1e-8)).mean()
+
+
+def global_target(feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over views of ``1 - cos(E(out), T(target))``."""
+    return (1 - feats @ target).mean()

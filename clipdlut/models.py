@@ -1,0 +1,178 @@
+"""Loading Chinese-CLIP models: by name, from a checkpoint file, or the tiny random model for tests.
+
+One setting picks the model: ``CLIPDLUT_CLIP_MODEL`` is a name (``ViT-B-16``, ...), ``tiny``, or a path
+to a checkpoint file. Weights are looked up in ``CLIPDLUT_WEIGHTS_DIR`` (default ``~/.cache/clip``, the
+same folder ``cn_clip`` uses) and downloaded from the Hugging Face Hub only when the Hub is reachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from clipdlut.compat import import_cn_clip
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-16"
+TINY = "tiny"
+HUB_ORG = "OFA-Sys"
+# name -> (hub repository, checkpoint file, cn_clip architecture, input resolution)
+MODELS: dict[str, tuple[str, str, str, int]] = {
+    "ViT-B-16": ("chinese-clip-vit-base-patch16", "clip_cn_vit-b-16.pt", "ViT-B-16@RoBERTa-wwm-ext-base-chinese", 224),
+    "ViT-L-14": ("chinese-clip-vit-large-patch14", "clip_cn_vit-l-14.pt", "ViT-L-14@RoBERTa-wwm-ext-base-chinese", 224),
+    "ViT-L-14-336": ("chinese-clip-vit-large-patch14-336px", "clip_cn_vit-l-14-336.pt",
+                     "ViT-L-14-336@RoBERTa-wwm-ext-base-chinese", 336),
+    "ViT-H-14": ("chinese-clip-vit-huge-patch14", "clip_cn_vit-h-14.pt", "ViT-H-14@RoBERTa-wwm-ext-large-chinese", 224),
+    "RN50": ("chinese-clip-rn50", "clip_cn_rn50.pt", "RN50@RBT3-chinese", 224),
+}
+# A model of the real architecture with random weights, under 1 M parameters: colours it produces
+# are meaningless, but every line of the guidance code runs.
+TINY_CONFIG = {
+    "embed_dim": 32, "image_resolution": 32, "vision_layers": 2, "vision_width": 64, "vision_patch_size": 8,
+    "vocab_size": 21128, "text_attention_probs_dropout_prob": 0.0, "text_hidden_act": "gelu",
+    "text_hidden_dropout_prob": 0.0, "text_hidden_size": 32, "text_initializer_range": 0.02,
+    "text_intermediate_size": 64, "text_max_position_embeddings": 64, "text_num_attention_heads": 2,
+    "text_num_hidden_layers": 2, "text_type_vocab_size": 2,
+}
+TINY_SEED = 20240601
+
+
+class WeightsNotFound(RuntimeError):
+    """The checkpoint is not on disk and cannot be downloaded; the message says where to put it."""
+
+
+@dataclass
+class LoadedModel:
+    """A frozen CLIP model in eval mode, with what the guidance needs to know about it."""
+
+    model: torch.nn.Module
+    name: str
+    resolution: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def weights_dir() -> Path:
+    """Where checkpoints are looked for and downloaded to."""
+    return Path(os.environ.get("CLIPDLUT_WEIGHTS_DIR") or Path.home() / ".cache" / "clip")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (fp16 kernels are missing there); bf16 on CUDA where supported, else fp16."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_tiny(seed: int = TINY_SEED) -> torch.nn.Module:
+    """cn_clip's own ``CLIP`` class with :data:`TINY_CONFIG` and seeded random weights."""
+    clip = import_cn_clip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return clip.model.CLIP(**TINY_CONFIG)
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False, "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, ""
+    except OSError as e:
+        return False, f"{host} is not reachable: {e}"
+
+
+def checkpoint_path(name: str, directory: Path | None = None, download: bool = True) -> Path:
+    """The local checkpoint of a named model, downloading it once if the Hub can be reached.
+
+    Fails within seconds (never retries for minutes) with a message that says where to put the file.
+    """
+    repo, filename, _, _ = MODELS[name]
+    directory = directory or weights_dir()
+    path = directory / filename
+    if path.is_file():
+        return path
+    reason = "downloads are disabled"
+    if download:
+        ok, reason = _hub_reachable()
+        if ok:
+            try:
+                from huggingface_hub import hf_hub_download
+                directory.mkdir(parents=True, exist_ok=True)
+                return Path(hf_hub_download(f"{HUB_ORG}/{repo}", filename=filename, local_dir=str(directory)))
+            except Exception as e:  # the Hub answers but the file cannot be had
+                reason = f"download failed: {e}"
+    raise WeightsNotFound(
+        f"Chinese-CLIP weights for {name} are not at {path} and cannot be downloaded ({reason}). "
+        f"Download {filename} from https://huggingface.co/{HUB_ORG}/{repo} and put it at {path}, "
+        f"or set CLIPDLUT_WEIGHTS_DIR to the folder that holds it, "
+        f"or set CLIPDLUT_CLIP_MODEL=tiny for an offline smoke run with meaningless colours.")
+
+
+def architecture_of(path: Path) -> str:
+    """The model name of a checkpoint file, from its official file name or ``CLIPDLUT_CLIP_ARCH``."""
+    arch = os.environ.get("CLIPDLUT_CLIP_ARCH")
+    if arch:
+        if arch not in MODELS:
+            raise ValueError(f"CLIPDLUT_CLIP_ARCH={arch!r} is not one of {', '.join(MODELS)}")
+        return arch
+    for name, (_, filename, _, _) in MODELS.items():
+        if path.name == filename:
+            return name
+    raise ValueError(f"cannot tell the architecture of {path.name}: name the file as released "
+                     f"({', '.join(m[1] for m in MODELS.values())}) or set CLIPDLUT_CLIP_ARCH to one of "
+                     f"{', '.join(MODELS)}")
+
+
+def _from_checkpoint(path: Path, name: str) -> torch.nn.Module:
+    clip = import_cn_clip()
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable Chinese-CLIP checkpoint: {e}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a Chinese-CLIP checkpoint (no 'state_dict' inside)")
+    with contextlib.redirect_stdout(io.StringIO()):  # cn_clip prints its config
+        return clip.utils.create_model(MODELS[name][2], checkpoint)
+
+
+def load_model(spec: str | None = None, device: str | torch.device | None = None,
+               directory: Path | None = None, download: bool = True) -> LoadedModel:
+    """Load the model named by ``spec`` (default ``CLIPDLUT_CLIP_MODEL``, else ``ViT-B-16``).
+
+    The result is in eval mode with every parameter frozen, fp32 on CPU, bf16/fp16 on CUDA.
+    """
+    spec = spec or os.environ.get("CLIPDLUT_CLIP_MODEL") or DEFAULT_MODEL
+    device = torch.device(device) if device else default_device()
+    if spec == TINY:
+        model, name, resolution = build_tiny(), TINY, TINY_CONFIG["image_resolution"]
+    elif spec in MODELS:
+        name = spec
+        model = _from_checkpoint(checkpoint_path(spec, directory, download), spec)
+        resolution = MODELS[spec][3]
+    elif Path(spec).expanduser().is_file():
+        path = Path(spec).expanduser()
+        name = architecture_of(path)
+        model, resolution = _from_checkpoint(path, name), MODELS[name][3]
+    else:
+        raise ValueError(f"CLIP model {spec!r} is not a model name ({', '.join(MODELS)}), "
+                         f"'{TINY}', or an existing checkpoint file")
+    dtype = compute_dtype(device)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    log.info("loaded CLIP %s on %s as %s", name, device, dtype)
+    return LoadedModel(model=model, name=name, resolution=resolution, device=device, dtype=dtype)

@@ -1,0 +1,313 @@
+"""The batched multi-job LUT optimizer: every active job advances one step per CLIP forward/backward.
+
+Each job owns its LUT parameters, Adam state, random generator, prompts, image and loss weights. The
+shared work is one image forward and backward over all jobs' views; the loss is a sum of per-job
+losses, so a job's gradient depends only on its own inputs and seed, never on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from clipdlut import losses
+from clipdlut.guidance import Guide, random_views
+from clipdlut.imaging import thumbnail, to_image, to_tensor
+from clipdlut.losses import LossWeights
+from clipdlut.lut import apply, check_size, identity
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE_PROMPT = "一张自然色调的图片"
+FINISHED, CANCELLED, FAILED = "finished", "cancelled", "failed"
+
+
+@dataclass
+class JobSpec:
+    """Everything one job's result depends on."""
+
+    job_id: str
+    image: Image.Image
+    target_prompt: str
+    source_prompt: str = DEFAULT_SOURCE_PROMPT
+    steps: int = 200
+    lut_size: int = 33
+    lr: float = 5e-3
+    seed: int = 0
+    views: int = 4
+    weights: LossWeights = field(default_factory=LossWeights)
+    progress_every: int = 10
+    preview: bool = False
+    init_noise: float = 1e-3
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field that is out of range."""
+        check_size(self.lut_size)
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.views < 1:
+            raise ValueError(f"views must be at least 1, got {self.views}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.progress_every < 1:
+            raise ValueError(f"progress_every must be at least 1, got {self.progress_every}")
+        if not self.target_prompt.strip():
+            raise ValueError("target_prompt is empty")
+
+
+@dataclass
+class Scores:
+    """Cosine similarities on the whole working image: how far the grade moved toward the target."""
+
+    source_target: float
+    result_target: float
+    directional: float
+
+
+@dataclass
+class Progress:
+    job_id: str
+    iteration: int
+    total: int
+    loss: float
+    terms: dict[str, float]
+    preview: Image.Image | None = None
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    status: str
+    iterations: int
+    seconds: float
+    lut: torch.Tensor | None = None  # (1, 3, N, N, N), CPU float32
+    scores: Scores | None = None
+    loss: float | None = None
+    error: str | None = None
+
+
+class _Job:
+    def __init__(self, spec: JobSpec, device: torch.device):
+        self.spec = spec
+        self.started = time.perf_counter()
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        self.image = to_tensor(spec.image).to(device)
+        self.preview_base = to_tensor(thumbnail(spec.image)).to(device) if spec.preview else None
+        n = spec.lut_size
+        self.identity = identity(n, device=device)
+        noise = torch.randn(1, 3, n, n, n, generator=self.generator) * spec.init_noise
+        self.delta = noise.to(device).requires_grad_(True)
+        self.opt = torch.optim.Adam([self.delta], lr=spec.lr)
+        self.iteration = 0
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.cancelled = False
+        self.last_loss: torch.Tensor | None = None
+        self.last_terms: dict[str, torch.Tensor] = {}
+        self.target = self.text_dir = self.src_feat = self.src_full_feat = None
+
+    def lut(self) -> torch.Tensor:
+        return self.identity + self.delta
+
+
+def _apply_to_views(lut: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """One LUT on ``k`` views with a single ``grid_sample``: the views are stacked into one tall image."""
+    k, c, h, w = views.shape
+    tall = views.permute(1, 0, 2, 3).reshape(1, c, k * h, w)
+    return apply(lut, tall).reshape(c, k, h, w).permute(1, 0, 2, 3)
+
+
+class BatchedOptimizer:
+    """A set of active jobs stepped together; jobs join between steps and leave when they end."""
+
+    def __init__(self, guide: Guide, on_progress: Callable[[Progress], None] | None = None):
+        self.guide = guide
+        self.on_progress = on_progress
+        self._jobs: dict[str, _Job] = {}
+        self.steps_run = 0
+        self.last_batch_size = 0
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def active_ids(self) -> list[str]:
+        return list(self._jobs)
+
+    def _fail(self, job: _Job, error: str) -> JobResult:
+        self._jobs.pop(job.spec.job_id, None)
+        log.warning("job %s failed at iteration %d: %s", job.spec.job_id, job.iteration, error)
+        return JobResult(job.spec.job_id, FAILED, job.iteration, time.perf_counter() - job.started, error=error)
+
+    @torch.no_grad()
+    def add(self, specs: Sequence[JobSpec]) -> list[JobResult]:
+        """Admit jobs; they start at the next :meth:`step`. Returns those that failed admission.
+
+        Prompts and each job's source image are encoded here, once per job, in one batched forward.
+        """
+        failed: list[JobResult] = []
+        admitted: list[_Job] = []
+        for spec in specs:
+            if spec.job_id in self._jobs:
+                failed.append(JobResult(spec.job_id, FAILED, 0, 0.0, error="a job with this id is already running"))
+                continue
+            try:
+                spec.validate()
+                admitted.append(_Job(spec, self.guide.device))
+            except Exception as e:
+                failed.append(JobResult(spec.job_id, FAILED, 0, 0.0, error=f"invalid job: {e}"))
+        if not admitted:
+            return failed
+        try:
+            prompts = [p for j in admitted for p in (j.spec.target_prompt, j.spec.source_prompt)]
+            text = self.guide.encode_text(prompts).view(len(admitted), 2, -1)
+            size = self.guide.resolution
+            # Source features: the whole image plus the job's own seeded views, averaged.
+            pixels = [torch.cat([self.guide.preprocess(j.image.unsqueeze(0)),
+                                 self.guide.normalize(random_views(j.image, j.spec.views, size, j.generator))])
+                      for j in admitted]
+            feats = self.guide.encode_pixels(torch.cat(pixels)).split([p.shape[0] for p in pixels])
+        except Exception as e:
+            log.exception("admission of %d jobs failed", len(admitted))
+            return failed + [JobResult(j.spec.job_id, FAILED, 0, 0.0, error=f"could not encode the job: {e}")
+                             for j in admitted]
+        for job, (target, source), f in zip(admitted, text, feats):
+            job.target = target
+            job.text_dir = target - source
+            job.src_full_feat = f[0]
+            job.src_feat = torch.nn.functional.normalize(f.mean(0), dim=-1)
+            self._jobs[job.spec.job_id] = job
+        return failed
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark a job cancelled; it leaves at the next :meth:`step`. False if it is not active."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        job.cancelled = True
+        return True
+
+    def _job_loss(self, job: _Job, lut: torch.Tensor, src: torch.Tensor, out: torch.Tensor,
+                  feats: torch.Tensor) -> torch.Tensor:
+        w = job.spec.weights
+        terms = {
+            "directional": lambda: losses.directional(feats, job.src_feat, job.text_dir),
+            "global_target": lambda: losses.global_target(feats, job.target),
+            "smoothness": lambda: losses.smoothness(lut)[0],
+            "monotonicity": lambda: losses.monotonicity(lut)[0],
+            "banding": lambda: losses.banding(lut)[0],
+            "color": lambda: losses.color_shift(out, src),
+            "black_level": lambda: losses.black_level(out, src),
+        }
+        values = {name: fn() for name, fn in terms.items() if getattr(w, name) != 0}
+        job.last_terms = {k: v.detach() for k, v in values.items()}
+        return sum(getattr(w, name) * v for name, v in values.items())
+
+    def step(self) -> list[JobResult]:
+        """Advance every active job by one iteration; returns the jobs that ended in this call."""
+        ended = [self._end_cancelled(j) for j in list(self._jobs.values()) if j.cancelled]
+        parts = []
+        for job in list(self._jobs.values()):
+            try:
+                lut = job.lut()
+                src = random_views(job.image, job.spec.views, self.guide.resolution, job.generator)
+                parts.append((job, lut, src, _apply_to_views(lut, src)))
+            except Exception as e:
+                ended.append(self._fail(job, f"error preparing the step: {e}"))
+        if not parts:
+            return ended
+        self.last_batch_size = len(parts)
+        try:
+            feats = self.guide.encode_pixels(self.guide.normalize(torch.cat([p[3] for p in parts])))
+        except Exception as e:  # shared work: every job in it is affected
+            log.exception("CLIP forward failed for a batch of %d jobs", len(parts))
+            return ended + [self._fail(p[0], f"CLIP forward failed: {e}") for p in parts]
+        total = None
+        stepped = []
+        for (job, lut, src, out), f in zip(parts, feats.split([p[2].shape[0] for p in parts])):
+            try:
+                loss = self._job_loss(job, lut, src, out, f)
+            except Exception as e:
+                ended.append(self._fail(job, f"error computing the loss: {e}"))
+                continue
+            job.last_loss = loss.detach()
+            job.nonfinite |= ~torch.isfinite(job.last_loss)
+            total = loss if total is None else total + loss
+            stepped.append(job)
+        if total is not None:
+            total.backward()
+        for job in stepped:
+            job.opt.step()
+            job.opt.zero_grad(set_to_none=True)
+            job.iteration += 1
+        self.steps_run += 1
+        done = []
+        for job in stepped:
+            last = job.iteration >= job.spec.steps
+            if job.iteration % job.spec.progress_every and not last:
+                continue
+            if bool(job.nonfinite):  # the only host sync: at report time
+                ended.append(self._fail(job, f"the loss became NaN or infinite by iteration {job.iteration}"))
+            elif last:
+                done.append(job)
+            elif self.on_progress:
+                self._report(job)
+        if done:
+            ended.extend(self._finish(done))
+        return ended
+
+    def _report(self, job: _Job, with_preview: bool | None = None) -> None:
+        names = list(job.last_terms)
+        values = torch.stack([job.last_loss, *job.last_terms.values()]).tolist()
+        preview = None
+        if job.spec.preview if with_preview is None else with_preview:
+            with torch.no_grad():
+                preview = to_image(apply(job.lut().detach(), job.preview_base.unsqueeze(0))[0])
+        try:
+            self.on_progress(Progress(job.spec.job_id, job.iteration, job.spec.steps, values[0],
+                                      dict(zip(names, values[1:])), preview))
+        except Exception:
+            log.exception("progress callback failed for job %s", job.spec.job_id)
+
+    def _end_cancelled(self, job: _Job) -> JobResult:
+        self._jobs.pop(job.spec.job_id, None)
+        return JobResult(job.spec.job_id, CANCELLED, job.iteration, time.perf_counter() - job.started)
+
+    @torch.no_grad()
+    def _finish(self, jobs: list[_Job]) -> list[JobResult]:
+        """End jobs with their LUTs and scores (one batched forward for the scores)."""
+        if self.on_progress:
+            for job in jobs:
+                self._report(job)
+        luts = [job.lut().detach() for job in jobs]
+        results = [job.image.unsqueeze(0) for job in jobs]
+        try:
+            pixels = torch.cat([self.guide.preprocess(apply(lut, img)) for lut, img in zip(luts, results)])
+            feats = self.guide.encode_pixels(pixels)
+        except Exception as e:
+            log.exception("scoring failed")
+            return [self._fail(job, f"scoring failed: {e}") for job in jobs]
+        out = []
+        for job, lut, f in zip(jobs, luts, feats):
+            self._jobs.pop(job.spec.job_id, None)
+            scores = Scores(
+                source_target=float(job.src_full_feat @ job.target),
+                result_target=float(f @ job.target),
+                directional=float(torch.nn.functional.cosine_similarity(
+                    f - job.src_full_feat, job.text_dir, dim=0, eps=1e-8)),
+            )
+            out.append(JobResult(job.spec.job_id, FINISHED, job.iteration, time.perf_counter() - job.started,
+                                 lut=lut.float().cpu(), scores=scores, loss=float(job.last_loss)))
+        return out
+
+    def run(self) -> dict[str, JobResult]:
+        """Step until no job is active; the results by job id (a convenience for the CLI and tests)."""
+        results: dict[str, JobResult] = {}
+        while self._jobs:
+            for r in self.step():
+                results[r.job_id] = r
+        return results
