@@ -82,5 +82,6 @@ def read_strip(data: bytes | Image.Image) -> np.ndarray:
     px = _rgb_pixels(data, "strip")
     n, w, _ = px.shape
     if w != n * n or not MIN_SIZE <= n <= MAX_SIZE:
-        raise LutImageError(f"a strip LUT image is N pixels high and N^2 wide (N in {MIN_SIZE}..{MAX_SIZE}), got {w}x{n}")
+        raise LutImageError(
+            f"a strip LUT image is N pixels high and N^2 wide (N in {MIN_SIZE}..{MAX_SIZE}), got {w}x{n}")
     return px.reshape(n, n, n, 3).transpose(1, 0, 2, 3).astype(np.float64) / 255.0

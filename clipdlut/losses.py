@@ -31,7 +31,7 @@ class LossWeights:
     black_level: float = 1.0
     banding: float = 0.1
 
-    def with_overrides(self, **overrides: float) -> "LossWeights":
+    def with_overrides(self, **overrides: float) -> LossWeights:
         """A copy with some weights replaced; unknown names raise ``ValueError``."""
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known

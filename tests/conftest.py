@@ -1,0 +1,60 @@
+"""Fixtures that build tiny models and images in code (no downloads, no files in the repo)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipdlut.guidance import Guide
+from clipdlut.models import load_model
+
+
+@pytest.fixture(scope="session")
+def guide() -> Guide:
+    """The tiny random Chinese-CLIP model on CPU."""
+    return Guide(load_model("tiny", device="cpu"))
+
+
+def gradient_image(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
+    """A colourful, smooth test photo with some noise: every channel varies across the frame."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    r = x / max(w - 1, 1)
+    g = y / max(h - 1, 1)
+    b = 0.5 + 0.5 * np.sin(6 * r + 3 * g + seed)
+    arr = np.stack([r, g, b], -1) * 220 + rng.normal(0, 8, (h, w, 3)) + 16
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def all_levels_image() -> Image.Image:
+    """All 256^3 ... too many; instead every 8-bit level on every channel, plus random colours."""
+    rng = np.random.default_rng(1)
+    levels = np.arange(256, dtype=np.uint8)
+    rows = [np.stack([levels, levels, levels], -1), np.stack([levels, levels[::-1], levels], -1),
+            rng.integers(0, 256, (256, 3), dtype=np.uint8), rng.integers(0, 256, (256, 3), dtype=np.uint8)]
+    return Image.fromarray(np.stack(rows), "RGB")
+
+
+def random_smooth_lut(n: int, seed: int, amount: float = 0.25) -> torch.Tensor:
+    """A random LUT: identity plus a smooth random field (low-frequency), kept within [0, 1]."""
+    from clipdlut.lut import identity
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, 3, 3, 3, 3, generator=g, dtype=torch.float64) * amount
+    field = torch.nn.functional.interpolate(coarse, size=(n, n, n), mode="trilinear", align_corners=True)
+    return (identity(n, dtype=torch.float64) + field).clamp(0, 1)
+
+
+def png_bytes(img: Image.Image, **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **params)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    return gradient_image()

@@ -1,0 +1,74 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipdlut import lut as L
+from clipdlut.cube import read_cube
+from clipdlut.hald import write_hald
+from clipdlut.render import apply_table
+from tests.conftest import gradient_image
+
+pytestmark = pytest.mark.unit
+
+
+def cli(*args, model="tiny"):
+    env = {**os.environ, "CLIPDLUT_CLIP_MODEL": model, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    return subprocess.run([sys.executable, "-m", "clipdlut", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_retouch_writes_cube_and_image(tmp_path):
+    src = tmp_path / "photo.png"
+    gradient_image(160, 120).save(src)
+    out = cli("retouch", src, "--prompt", "温暖的金色黄昏胶片", "--steps", "12", "--lut-size", "17",
+              "--seed", "3", "-o", tmp_path / "look.cube", "--image", tmp_path / "graded.jpg")
+    assert out.returncode == 0, out.stderr
+    cube = read_cube((tmp_path / "look.cube").read_bytes())
+    assert cube.size == 17 and cube.title == "温暖的金色黄昏胶片"
+    graded = Image.open(tmp_path / "graded.jpg")
+    assert graded.size == (160, 120) and graded.format == "JPEG"
+    assert "CLIP similarity" in out.stdout and "step" in out.stderr  # the progress bar ran
+
+
+def test_apply_reads_cube_and_hald(tmp_path):
+    src = tmp_path / "photo.png"
+    img = gradient_image()
+    img.save(src)
+    table = L.to_table(L.identity(16))[..., [2, 1, 0]]  # swap red and blue
+    (tmp_path / "swap.png").write_bytes(write_hald(table))
+    out = cli("apply", tmp_path / "swap.png", src, "-o", tmp_path / "out.png", "--cube", tmp_path / "swap.cube")
+    assert out.returncode == 0, out.stderr
+    result = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    assert np.abs(result - np.asarray(img)[..., ::-1]).max() <= 1
+    out = cli("apply", tmp_path / "swap.cube", src, "-o", tmp_path / "half.png", "--strength", "0.5")
+    assert out.returncode == 0, out.stderr
+    expected = apply_table(img, read_cube((tmp_path / "swap.cube").read_text()).table * 0.5
+                           + L.to_table(L.identity(16)) * 0.5)
+    assert Image.open(tmp_path / "half.png").tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["apply", "{tmp}/photo.png", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "a Hald image is square"),
+    (["apply", "{tmp}/missing.cube", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "No such file"),
+    (["apply", "{tmp}/bad.cube", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "line 2: table row"),
+    (["apply", "{tmp}/bad.cube", "{tmp}/photo.png", "-o", "{tmp}/x.gif"], "use a .png, .jpg or .webp"),
+    (["retouch", "{tmp}/bad.cube", "--prompt", "x", "-o", "{tmp}/x.cube"], "not an image"),
+])
+def test_errors_are_one_clear_line(tmp_path, args, message):
+    gradient_image().save(tmp_path / "photo.png")
+    (tmp_path / "bad.cube").write_text("LUT_3D_SIZE 2\n0 0 x\n")
+    out = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+
+
+def test_missing_weights_is_one_line(tmp_path):
+    gradient_image().save(tmp_path / "photo.png")
+    out = cli("retouch", tmp_path / "photo.png", "--prompt", "x", "-o", tmp_path / "x.cube", model="ViT-B-16")
+    assert out.returncode == 1 and "CLIPDLUT_WEIGHTS_DIR" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from clipdlut import losses
+from clipdlut.losses import LossWeights
+from clipdlut.lut import identity
+from tests.conftest import random_smooth_lut
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 33])
+def test_regularizers_are_exactly_zero_on_identity(n):
+    ident = identity(n, 2)
+    for fn in (losses.smoothness, losses.monotonicity, losses.banding):
+        assert torch.equal(fn(ident), torch.zeros(2)), fn.__name__
+
+
+@pytest.mark.parametrize("axis", ["r", "g", "b"])
+def test_monotonicity_sees_a_decreasing_step_along_each_axis(axis):
+    n = 9
+    lut = identity(n)
+    dim = losses.LUT_AXES[axis]
+    bad = lut.clone()
+    index = [slice(None)] * 5
+    index[dim] = 5
+    bad[tuple(index)] = lut.select(dim, 3).unsqueeze(dim).squeeze(dim)  # node 5 falls back to node 3's value
+    assert losses.monotonicity(bad)[0] > 0
+    assert losses.smoothness(bad)[0] > 0
+
+
+def test_smoothness_ignores_linear_grades_but_not_bumps():
+    n = 17
+    lut = identity(n) * 0.8 + 0.1  # a linear contrast change: no curvature
+    assert losses.smoothness(lut)[0] < 1e-8
+    bumpy = identity(n)
+    bumpy[0, 0, 8, 8, 8] += 0.05
+    assert losses.smoothness(bumpy)[0] > 0.1
+
+
+def test_banding_penalizes_steep_luts_only():
+    assert losses.banding(random_smooth_lut(17, 0, amount=0.05).float())[0] == 0
+    steep = identity(17)
+    steep[0, 0, :, :, 8:] = 1.0  # a jump of half the range in one node step
+    assert losses.banding(steep)[0] > 0
+
+
+def test_image_terms():
+    src = torch.rand(2, 3, 16, 16) * 0.5
+    assert losses.color_shift(src, src) == 0
+    assert losses.color_shift(src.clamp(0, 1) * 0 + 0.9, src) > 0.05
+    dark = torch.full((1, 3, 8, 8), 0.01)
+    assert losses.black_level(dark, dark) == 0
+    assert losses.black_level(dark + 0.1, dark) > 0
+    assert losses.black_level(dark - 0.005, dark) == 0  # deepening blacks is fine
+
+
+def test_lab_of_white_and_black():
+    lab = losses.rgb_to_lab(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]).view(2, 3, 1, 1))
+    assert torch.allclose(lab[0].flatten(), torch.tensor([100.0, 0.0, 0.0]), atol=0.05)
+    assert torch.allclose(lab[1].flatten(), torch.zeros(3), atol=1e-3)
+
+
+def test_directional_is_finite_at_zero_direction():
+    feats = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    loss = losses.directional(feats, feats[0], torch.randn(8))
+    assert torch.isfinite(loss)
+    zero_dir = losses.directional(feats[:1], feats[0], torch.randn(8))
+    assert zero_dir == 1.0
+
+
+def test_weights_override():
+    w = LossWeights().with_overrides(color=0.5, directional=2)
+    assert w.color == 0.5 and w.directional == 2.0 and w.monotonicity == LossWeights().monotonicity
+    with pytest.raises(ValueError, match="unknown loss weight"):
+        LossWeights().with_overrides(colour=1)
