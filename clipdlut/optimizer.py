@@ -209,6 +209,7 @@ class BatchedOptimizer:
 
     def step(self) -> list[JobResult]:
         """Advance every active job by one iteration; returns the jobs that ended in this call."""
+        self.last_batch_size = 0
         ended = [self._end_cancelled(j) for j in list(self._jobs.values()) if j.cancelled]
         parts = []
         for job in list(self._jobs.values()):

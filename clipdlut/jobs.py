@@ -1,0 +1,204 @@
+"""A retouch job from the API's side: accept the upload, have the optimizer run it, render the result.
+
+The API service keeps the original bytes and sends only a small working copy (through the job store)
+to the optimizer; the full-resolution image is rendered here, with Pillow, from the exact ``.cube``
+text that is returned to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import re
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipdlut.cube import lut_to_cube
+from clipdlut.imaging import MEDIA_TYPES, DecodedImage, decode_image, encode_image, output_format, working_copy
+from clipdlut.losses import LossWeights
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobSpec
+from clipdlut.render import render
+from clipdlut.schemas import OptimizeResult
+from clipdlut.settings import Settings
+from clipdlut.store import CANCELLED, FAILED, JobStore
+
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
+
+
+class InputError(ValueError):
+    """Bad input from a client: answered with a 4xx and this message."""
+
+    status_code = 400
+
+
+class PayloadTooLarge(InputError):
+    status_code = 413
+
+
+class JobEnded(RuntimeError):
+    """The job ended without a result (stopped or failed)."""
+
+    def __init__(self, status: str, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class JobOptions:
+    """What a user chooses for a job; stored with it and read back by the optimizer."""
+
+    target_prompt: str
+    source_prompt: str = DEFAULT_SOURCE_PROMPT
+    steps: int = 200
+    lut_size: int = 33
+    strength: float = 1.0
+    seed: int = 0
+    image_format: str = "png"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def b64decode_image(text: str) -> bytes:
+    """Bytes of a base64 image or ``data:image/...;base64,`` URL; raises :class:`InputError`."""
+    text = text.strip()
+    m = _DATA_URL.match(text)
+    if m:
+        media = (m.group(1) or "").lower()
+        if media and not media.startswith("image/"):
+            raise InputError(f"the data URL holds {media}, not an image; "
+                             "send data:image/png;base64,... or plain base64")
+        text = text[m.end():]
+    elif text.startswith("data:"):
+        raise InputError("a data URL must be base64-encoded: data:image/png;base64,...")
+    text = re.sub(r"\s+", "", text)
+    if not text:
+        raise InputError("the image is empty")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the image is not valid base64 (characters A-Z a-z 0-9 + / =)") from None
+
+
+def clean_prompt(text: str, name: str, max_chars: int) -> str:
+    """A prompt with control characters removed and whitespace collapsed; raises if empty or too long."""
+    cleaned = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+    cleaned = " ".join(cleaned.split())
+    if not cleaned:
+        raise InputError(f"{name} is empty; describe the look in words, e.g. 温暖的金色黄昏")
+    if len(cleaned) > max_chars:
+        raise InputError(f"{name} has {len(cleaned)} characters; the limit is {max_chars}")
+    return cleaned
+
+
+def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
+    """Options with prompts cleaned, or :class:`InputError` naming the field to fix."""
+    if not 1 <= opts.steps <= settings.max_steps:
+        raise InputError(f"steps must be from 1 to {settings.max_steps}, got {opts.steps}")
+    if opts.lut_size not in (17, 33, 65):
+        raise InputError(f"lut_size must be 17, 33 or 65, got {opts.lut_size}")
+    if not 0.0 <= opts.strength <= 2.0:
+        raise InputError(f"strength must be from 0 to 2, got {opts.strength}")
+    try:
+        output_format(opts.image_format)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    opts.target_prompt = clean_prompt(opts.target_prompt, "target_prompt", settings.max_prompt_chars)
+    opts.source_prompt = clean_prompt(opts.source_prompt, "source_prompt", settings.max_prompt_chars)
+    return opts
+
+
+def decode_upload(data: bytes, settings: Settings) -> DecodedImage:
+    """Decode an uploaded image within the pixel limit, or raise :class:`InputError`/:class:`PayloadTooLarge`."""
+    from clipdlut.imaging import ImageError, ImageTooLarge
+
+    if len(data) > settings.max_body_mb * 1024 * 1024:
+        raise PayloadTooLarge(f"the image is {len(data) / 2**20:.1f} MB; the limit is {settings.max_body_mb:g} MB")
+    try:
+        return decode_image(data, settings.max_pixels)
+    except ImageTooLarge as e:
+        raise PayloadTooLarge(str(e)) from None
+    except ImageError as e:
+        raise InputError(str(e)) from None
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImage, opts: JobOptions,
+           settings: Settings) -> None:
+    """Record a new job with its original bytes and its working copy."""
+    store.create(job_id, opts.as_dict(), data, _png(working_copy(decoded.rgb, settings.working_size)))
+
+
+def spec_from_store(store: JobStore, job_id: str, settings: Settings) -> JobSpec:
+    """The optimizer's view of a stored job (its working copy and options)."""
+    record = store.get(job_id)
+    stored = store.input(job_id)
+    if record is None or stored is None:
+        raise KeyError(f"job {job_id} is not in the job store")
+    o = record.options
+    return JobSpec(job_id, Image.open(io.BytesIO(stored[1])).convert("RGB"), o["target_prompt"],
+                   o["source_prompt"], steps=o["steps"], lut_size=o["lut_size"], seed=o["seed"],
+                   views=settings.views, weights=LossWeights(), progress_every=settings.progress_every,
+                   preview=True)
+
+
+def encode_lut(lut: torch.Tensor) -> str:
+    return base64.b64encode(lut.detach().to(torch.float32).cpu().numpy().astype("<f4").tobytes()).decode()
+
+
+def decode_lut(data: str, size: int) -> torch.Tensor:
+    arr = np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(1, 3, size, size, size)
+    return torch.from_numpy(arr.copy())
+
+
+async def run(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions,
+              optimize: Callable[[str], Awaitable[OptimizeResult]]) -> dict:
+    """Optimize, write the ``.cube``, render and store the result; returns the result fields.
+
+    Raises :class:`JobEnded` when the job was stopped or failed (the store says which and why).
+    """
+    record = store.get(job_id)
+    submitted = record.created if record else time.time()
+    try:
+        res = await optimize(job_id)
+    except Exception as e:
+        store.set_status(job_id, FAILED, f"the optimizer could not run the job: {e}")
+        raise JobEnded(FAILED, f"the optimizer could not run the job: {e}") from None
+    if res.status != "finished":
+        store.set_status(job_id, CANCELLED if res.status == "cancelled" else FAILED, res.error)
+        raise JobEnded(res.status, res.error or f"the job was {res.status}")
+    t0 = time.time()
+    model = res.model or "unknown"
+    comments = [f"prompt: {opts.target_prompt}", f"source prompt: {opts.source_prompt}",
+                f"model: {model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
+    cube = lut_to_cube(decode_lut(res.lut, res.lut_size), strength=opts.strength, size=opts.lut_size,
+                       title=opts.target_prompt[:64], comments=comments)
+    fmt = output_format(opts.image_format)
+
+    def _render() -> bytes:
+        return encode_image(render(decoded, cube), fmt, decoded.alpha, decoded.icc_profile)
+
+    image = await asyncio.to_thread(_render)
+    done = time.time()
+    started = res.started or t0 - res.seconds
+    result = {
+        "cube_size": opts.lut_size, "media_type": MEDIA_TYPES[fmt], "width": decoded.size[0],
+        "height": decoded.size[1], "model": model, "scores": res.scores.model_dump() if res.scores else None,
+        "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": res.seconds,
+                    "render_s": done - t0, "total_s": done - submitted},
+    }
+    store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image})
+    return result

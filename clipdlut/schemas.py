@@ -1,0 +1,143 @@
+"""Request and response models of every HTTP endpoint, with descriptions, limits and examples."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
+
+LutSize = Literal[17, 33, 65]
+ImageFormat = Literal["png", "jpeg", "webp"]
+JobStatus = Literal["queued", "running", "finished", "cancelled", "failed"]
+EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"
+
+
+class Scores(BaseModel):
+    """Cosine similarities in Chinese-CLIP space on the working image."""
+
+    source_target: float = Field(description="similarity of the original image to the target prompt")
+    result_target: float = Field(description="similarity of the graded image to the target prompt")
+    directional: float = Field(description="cosine between the image edit and the source->target text direction")
+
+
+class Timings(BaseModel):
+    queued_s: float = Field(description="seconds from submission until optimization began")
+    optimize_s: float = Field(description="seconds spent optimizing the LUT")
+    render_s: float = Field(description="seconds spent rendering and encoding the full-resolution image")
+    total_s: float = Field(description="seconds from submission to result")
+
+
+class RetouchResult(BaseModel):
+    """The result of a native retouch task."""
+
+    task_id: str
+    cube: str = Field(description="the .cube file text (apply it anywhere: Photoshop, Resolve, ffmpeg lut3d)")
+    image: str = Field(description="the graded full-resolution image, base64")
+    media_type: str = Field(description="media type of `image`", examples=["image/png"])
+    width: int
+    height: int
+    lut_size: int
+    strength: float
+    steps: int
+    seed: int
+    model: str = Field(description="the CLIP model that guided the grade")
+    scores: Scores
+    timings: Timings
+
+
+class ProgressResponse(BaseModel):
+    """Where a job stands; `preview` is a small PNG data URL of the current grade when asked for."""
+
+    task_id: str
+    status: JobStatus
+    iteration: int = Field(description="optimizer steps done")
+    total: int = Field(description="optimizer steps in all")
+    loss: float | None = Field(None, description="total loss at the last report")
+    terms: dict[str, float] = Field(default_factory=dict, description="loss terms at the last report")
+    error: str | None = Field(None, description="why the job failed, when it did")
+    preview: str | None = Field(None, description="PNG data URL, about 256 px, when include_preview")
+
+
+class CancelResponse(BaseModel):
+    task_id: str
+    status: Literal["cancelling", "finished", "cancelled", "failed"] = Field(
+        description="`cancelling` when the request was taken; otherwise the state the job had already reached")
+
+
+class Concepts(BaseModel):
+    """Zero-shot scoring of one image against concept prompts."""
+
+    image: str = Field(description="the image, base64 or a data URL")
+    concepts: list[str] = Field(min_length=1, max_length=64, description="prompts to score the image against",
+                                examples=[["白天", "夜晚", "黄昏"]])
+
+
+class ConceptScores(BaseModel):
+    probabilities: dict[str, float] = Field(description="softmax over the concepts (CLIP logit scale)")
+    best: str = Field(description="the most likely concept")
+
+
+class OptimizeResult(BaseModel):
+    """What the optimizer service returns for one job (internal)."""
+
+    job_id: str
+    status: Literal["finished", "cancelled", "failed"]
+    iterations: int
+    seconds: float
+    started: float | None = Field(None, description="unix time the job started optimizing")
+    lut: str | None = Field(None, description="the LUT (1, 3, N, N, N), float32 little-endian, base64")
+    lut_size: int | None = None
+    model: str | None = Field(None, description="the CLIP model that guided the grade")
+    loss: float | None = None
+    scores: Scores | None = None
+    error: str | None = None
+
+
+# The original system's API (DESIGN.md 7), kept field for field for its existing clients.
+
+class LegacyRetouchRequest(BaseModel):
+    image: str = Field(description="base64 image, optionally a data URL (data:image/png;base64,...)")
+    target_prompt: str = Field(min_length=1, description="the look to aim for", examples=[EXAMPLE_PROMPT])
+    original_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, description="what the photo looks like now")
+    iteration: int = Field(1000, ge=1, le=5000, description="optimizer steps")
+
+
+class LegacyTask(BaseModel):
+    task_id: str
+    status: Literal["pending", "processing", "finished", "stopped", "failed"]
+    current_iteration: int
+    overall_iteration: int
+    lut: str | None = Field(None, description="base64 of the .cube text or of the N x N^2 PNG strip")
+    image: str | None = Field(None, description="preview while processing, the result when finished (base64 PNG)")
+
+
+class LegacyQueryRequest(BaseModel):
+    task_id: str
+    include_image: bool = False
+    lut_format: Literal["cube", "png"] | None = None
+
+
+class LegacyStopRequest(BaseModel):
+    task_id: str
+
+
+class LegacyStopResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    task_id: str
+
+
+class RetouchRequest(BaseModel):
+    """A native retouch task: the photo and how to grade it."""
+
+    image: str = Field(description="the photo, base64 or a data URL (JPEG, PNG, WebP, TIFF, BMP)")
+    target_prompt: str = Field(min_length=1, max_length=2000, description="the look to aim for",
+                               examples=[EXAMPLE_PROMPT])
+    source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, max_length=2000,
+                               description="what the photo looks like now")
+    steps: int = Field(200, ge=1, le=5000, description="optimizer steps; more is slower and stronger")
+    lut_size: LutSize = Field(33, description="LUT nodes per side")
+    strength: float = Field(1.0, ge=0.0, le=2.0, description="blend with the identity: 0 none, 1 full, 2 doubled")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")
+    image_format: ImageFormat = Field("png", description="format of the returned full-resolution image")

@@ -1,0 +1,49 @@
+"""Every setting of the service, read once from ``CLIPDLUT_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _default_store() -> str:
+    home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
+    return str(Path(home) / "clipdlut" / "jobs.db")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Defaults are documented in the README's settings table; each maps to ``CLIPDLUT_<NAME>``."""
+
+    clip_model: str = "ViT-B-16"
+    device: str = ""  # empty: cuda when available, else cpu
+    store: str = field(default_factory=_default_store)
+    gpu_type: str = "nvidia-l4"
+    max_batch_size: int = 16
+    max_latency_ms: int = 600_000
+    job_timeout_s: int = 3600
+    max_body_mb: float = 32.0
+    max_pixels: int = 40_000_000
+    max_prompt_chars: int = 200
+    max_steps: int = 5000
+    default_steps: int = 200
+    working_size: int = 288
+    views: int = 4
+    progress_every: int = 5
+    preview_size: int = 256
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Settings with each field overridden by ``CLIPDLUT_<FIELD>`` when that variable is set."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"CLIPDLUT_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = float(raw) if f.type == "float" else int(raw) if f.type == "int" else raw
+            except ValueError:
+                raise ValueError(f"CLIPDLUT_{f.name.upper()}={raw!r} is not a valid {f.type}") from None
+        return cls(**values)

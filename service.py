@@ -1,0 +1,390 @@
+"""CLIP-DLUT on BentoML: an API service (CPU) in front of an optimizer service (GPU).
+
+``bentoml serve service:Retouch`` starts both. HTTP shapes and wiring only: the work is in ``clipdlut``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import torch
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from clipdlut import jobs
+from clipdlut.cube import CubeError, read_cube
+from clipdlut.engine import Engine
+from clipdlut.guidance import Guide
+from clipdlut.hald import LutImageError, read_hald, write_strip
+from clipdlut.http import BodyLimit, TaskGate
+from clipdlut.imaging import encode_image, output_format, to_tensor
+from clipdlut.jobs import InputError, JobEnded, JobOptions
+from clipdlut.models import load_model
+from clipdlut.render import apply_table, blend_table
+from clipdlut.schemas import (
+    CancelResponse,
+    Concepts,
+    ConceptScores,
+    ImageFormat,
+    LegacyQueryRequest,
+    LegacyRetouchRequest,
+    LegacyStopRequest,
+    LegacyStopResponse,
+    LegacyTask,
+    OptimizeResult,
+    ProgressResponse,
+    RetouchRequest,
+    RetouchResult,
+    Scores,
+    Timings,
+)
+from clipdlut.settings import Settings
+from clipdlut.store import CANCELLED, FAILED, FINISHED, SqliteJobStore
+
+log = logging.getLogger("clipdlut")
+S = Settings.from_env()
+TASK_ROUTE = "/v1/retouch"
+BATCH_JOBS = bentoml.metrics.Histogram(
+    name="clipdlut_optimizer_batch_jobs", documentation="jobs advanced together by one optimizer step",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
+LEGACY_STATUS = {"queued": "pending", "running": "processing", FINISHED: "finished", CANCELLED: "stopped",
+                 FAILED: "failed"}
+
+
+class UnknownTask(InputError):
+    status_code = 404
+
+
+def answers_client_errors(handler):
+    """Turn :class:`InputError` into a ``{"error": message}`` response with its 4xx status.
+
+    (BentoML 1.4.39 wraps the body of its own 4xx errors in a list; clients expect an object.)
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except InputError as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status_code)
+
+    return wrapper
+
+
+@bentoml.service(
+    name="clipdlut-optimizer",
+    resources={"gpu": 1, "gpu_type": S.gpu_type},
+    workers=1,
+    traffic={"timeout": S.job_timeout_s, "concurrency": S.max_batch_size},
+)
+class Optimizer:
+    """Owns the CLIP model; runs every job in one continuously refilled batch."""
+
+    def __init__(self) -> None:
+        self.store = SqliteJobStore(S.store)
+        self.engine: Engine | None = None
+        self.guide: Guide | None = None
+        self.error: str | None = None
+        self.store.set_state("optimizer", {"ready": False, "reason": f"loading CLIP model {S.clip_model}"})
+        threading.Thread(target=self._load, name="clipdlut-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self.guide = Guide(load_model(S.clip_model, device=S.device or None))
+            self.engine = Engine(self.guide, self.store, max_active=S.max_batch_size * 2, on_step=BATCH_JOBS.observe)
+            self.store.set_state("optimizer", {"ready": True, "model": self.guide.name})
+        except Exception as e:
+            self.error = f"the CLIP model could not be loaded: {e}"
+            log.error(self.error)
+            self.store.set_state("optimizer", {"ready": False, "reason": self.error})
+
+    def __is_ready__(self) -> bool:
+        return self.engine is not None
+
+    async def _guide(self) -> Guide:
+        """The loaded model; waits while it loads, so jobs sent early queue instead of failing."""
+        while self.guide is None and self.error is None:
+            await asyncio.sleep(0.1)
+        if self.guide is None:
+            raise RuntimeError(self.error)
+        return self.guide
+
+    @bentoml.api(batchable=True, max_batch_size=S.max_batch_size, max_latency_ms=S.max_latency_ms)
+    async def optimize(self, job_ids: list[str]) -> list[OptimizeResult]:
+        """Run stored jobs through the batched optimizer; they join the running batch at its next step."""
+        guide = await self._guide()
+        specs, out = [], {}
+        for job_id in job_ids:
+            try:
+                specs.append(jobs.spec_from_store(self.store, job_id, S))
+            except Exception as e:
+                out[job_id] = OptimizeResult(job_id=job_id, status="failed", iterations=0, seconds=0.0,
+                                             error=f"cannot read the job: {e}")
+        futures = self.engine.submit(specs)
+        for spec, fut in zip(specs, futures):
+            r = await asyncio.wrap_future(fut)
+            out[spec.job_id] = OptimizeResult(
+                job_id=r.job_id, status=r.status, iterations=r.iterations, seconds=r.seconds,
+                started=time.time() - r.seconds, error=r.error, loss=r.loss, model=guide.name,
+                lut=jobs.encode_lut(r.lut) if r.lut is not None else None,
+                lut_size=int(r.lut.shape[-1]) if r.lut is not None else None,
+                scores=Scores(**r.scores.__dict__) if r.scores else None)
+        return [out[j] for j in job_ids]
+
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
+    async def embed_text(self, prompts: list[str]) -> list[list[float]]:
+        """Unit-norm, template-averaged text embeddings."""
+        guide = await self._guide()
+        return (await asyncio.to_thread(guide.encode_text, prompts)).cpu().tolist()
+
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
+    async def embed_image(self, images: list[str]) -> list[list[float]]:
+        """Unit-norm image embeddings of base64 PNG images."""
+        guide = await self._guide()
+
+        def run() -> list[list[float]]:
+            pixels = torch.cat([guide.preprocess(to_tensor(Image.open(io.BytesIO(base64.b64decode(b)))
+                                                           .convert("RGB")).unsqueeze(0).to(guide.device))
+                                for b in images])
+            with torch.no_grad():
+                return guide.encode_pixels(pixels).cpu().tolist()
+
+        return await asyncio.to_thread(run)
+
+
+def _thumb_png(data: bytes, side: int = 448) -> str:
+    """A small PNG (base64) of an uploaded image: what the CLIP endpoints send to the optimizer."""
+    decoded = jobs.decode_upload(data, S)
+    img = decoded.rgb
+    img.thumbnail((side, side), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@bentoml.service(name="clipdlut", traffic={"timeout": S.job_timeout_s + 120})
+class Retouch:
+    """The public API: native tasks, the original system's API, LUT application and CLIP utilities."""
+
+    optimizer = bentoml.depends(Optimizer)
+
+    def __init__(self) -> None:
+        self.store = SqliteJobStore(S.store)
+        self._background: set[asyncio.Task] = set()
+
+    # -- shared job machinery -------------------------------------------------------------------
+
+    async def _optimize(self, job_id: str) -> OptimizeResult:
+        (result,) = await self.optimizer.optimize([job_id])
+        return result if isinstance(result, OptimizeResult) else OptimizeResult.model_validate(result)
+
+    def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
+        opts = jobs.validate_options(opts, S)
+        data = jobs.b64decode_image(image_b64)
+        decoded = jobs.decode_upload(data, S)
+        jobs.accept(self.store, job_id, data, decoded, opts, S)
+        return decoded, opts
+
+    def _record(self, task_id: str):
+        record = self.store.get(task_id)
+        if record is None:
+            raise UnknownTask(f"no task with id {task_id!r}; task ids come from the submit response")
+        return record
+
+    # -- native task API ---------------------------------------------------------------------------
+
+    @bentoml.task(route=TASK_ROUTE)
+    @answers_client_errors
+    async def retouch(self, request: RetouchRequest, /, ctx: bentoml.Context) -> RetouchResult:
+        """Grade a photo from a text prompt; returns the .cube, the full-resolution image and scores."""
+        job_id = ctx.request.state.task_id
+        opts = JobOptions(request.target_prompt, request.source_prompt, request.steps, request.lut_size,
+                          request.strength, request.seed, request.image_format)
+        decoded, opts = self._accept(job_id, request.image, opts)
+        try:
+            result = await jobs.run(self.store, job_id, decoded, opts, self._optimize)
+        except JobEnded as e:
+            raise bentoml.exceptions.BentoMLException(f"job {e.status}: {e}") from None
+        return RetouchResult(
+            task_id=job_id, cube=self.store.file(job_id, "cube").decode("utf-8"),
+            image=base64.b64encode(self.store.file(job_id, "image")).decode(), media_type=result["media_type"],
+            width=result["width"], height=result["height"], lut_size=opts.lut_size, strength=opts.strength,
+            steps=opts.steps, seed=opts.seed, model=result["model"], scores=Scores(**result["scores"]),
+            timings=Timings(**result["timings"]))
+
+    @bentoml.api(route="/v1/progress")
+    @answers_client_errors
+    async def progress(self, task_id: str, include_preview: bool = False) -> ProgressResponse:
+        """Iteration, loss and (optionally) a small preview of a task's current grade."""
+        r = self._record(task_id)
+        preview = None
+        if include_preview and (png := self.store.preview(task_id)):
+            preview = "data:image/png;base64," + base64.b64encode(png).decode()
+        return ProgressResponse(task_id=task_id, status=r.status, iteration=r.iteration, total=r.total,
+                                loss=r.loss, terms=r.terms, error=r.error, preview=preview)
+
+    @bentoml.api(route="/v1/cancel")
+    @answers_client_errors
+    async def cancel(self, task_id: str) -> CancelResponse:
+        """Stop a task: it ends `cancelled` at the optimizer's next step and uses no more GPU time."""
+        r = self._record(task_id)
+        if self.store.request_cancel(task_id):
+            return CancelResponse(task_id=task_id, status="cancelling")
+        return CancelResponse(task_id=task_id, status=r.status)
+
+    @bentoml.api(route="/v1/apply")
+    @answers_client_errors
+    async def apply(self, ctx: bentoml.Context, image: Path, lut: Path, strength: float = 1.0,
+                    image_format: ImageFormat = "png") -> Path:
+        """Apply a .cube file or HaldCLUT PNG to an uploaded image (multipart), with a strength."""
+        if not 0.0 <= strength <= 2.0:
+            raise InputError(f"strength must be from 0 to 2, got {strength}")
+        decoded = jobs.decode_upload(image.read_bytes(), S)
+        raw = lut.read_bytes()
+        try:
+            table = read_hald(raw) if raw[:8] == b"\x89PNG\r\n\x1a\n" else read_cube(raw).normalized()
+        except (CubeError, LutImageError) as e:
+            raise InputError(f"the LUT file cannot be used: {e}") from None
+        fmt = output_format(image_format)
+
+        out = Path(ctx.temp_dir) / f"graded.{image_format}"
+
+        def run() -> None:
+            out.write_bytes(encode_image(apply_table(decoded.rgb, blend_table(table, strength)), fmt, decoded.alpha,
+                                         decoded.icc_profile))
+
+        await asyncio.to_thread(run)
+        return out
+
+    # -- CLIP utilities --------------------------------------------------------------------------
+
+    @bentoml.api(route="/v1/embed_text")
+    @answers_client_errors
+    async def embed_text(self, prompts: list[str]) -> list[list[float]]:
+        """Chinese-CLIP text embeddings (unit norm) of up to 64 prompts."""
+        if not 1 <= len(prompts) <= 64:
+            raise InputError("send 1 to 64 prompts")
+        cleaned = [self._prompt(p) for p in prompts]
+        return list(await self.optimizer.embed_text(cleaned))
+
+    @bentoml.api(route="/v1/embed_image")
+    @answers_client_errors
+    async def embed_image(self, image: str) -> list[float]:
+        """The Chinese-CLIP embedding (unit norm) of one image (base64 or data URL)."""
+        (vec,) = await self.optimizer.embed_image([self._small(image)])
+        return list(vec)
+
+    @bentoml.api(route="/v1/classify")
+    @answers_client_errors
+    async def classify(self, request: Concepts, /) -> ConceptScores:
+        """Zero-shot: how well each concept prompt describes the image."""
+        concepts = [self._prompt(c) for c in request.concepts]
+        img, txt = await asyncio.gather(self.optimizer.embed_image([self._small(request.image)]),
+                                        self.optimizer.embed_text(concepts))
+        logits = 100.0 * np.asarray(txt) @ np.asarray(img[0])
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        return ConceptScores(probabilities=dict(zip(request.concepts, p.tolist())),
+                             best=request.concepts[int(p.argmax())])
+
+    def _prompt(self, text: str) -> str:
+        return jobs.clean_prompt(text, "prompt", S.max_prompt_chars)
+
+    def _small(self, image_b64: str) -> str:
+        return _thumb_png(jobs.b64decode_image(image_b64))
+
+    # -- the original system's API (DESIGN.md 7) -------------------------------------------------
+
+    @bentoml.api(route="/retouch")
+    @answers_client_errors
+    async def legacy_retouch(self, request: LegacyRetouchRequest, /) -> LegacyTask:
+        """Original API: start a task; poll it with /query_task."""
+        import uuid
+
+        job_id = str(uuid.uuid4())
+        opts = JobOptions(request.target_prompt, request.original_prompt, steps=request.iteration)
+        decoded, opts = self._accept(job_id, request.image, opts)
+
+        async def run() -> None:
+            try:
+                await jobs.run(self.store, job_id, decoded, opts, self._optimize)
+            except JobEnded:
+                pass
+            except Exception as e:
+                log.exception("job %s failed", job_id)
+                self.store.set_status(job_id, FAILED, f"internal error: {e}")
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return LegacyTask(task_id=job_id, status="pending", current_iteration=0, overall_iteration=opts.steps)
+
+    @bentoml.api(route="/query_task")
+    @answers_client_errors
+    async def legacy_query(self, request: LegacyQueryRequest, /) -> LegacyTask:
+        """Original API: status, and when finished the LUT (cube or PNG strip) and the result image."""
+        r = self._record(request.task_id)
+        status = LEGACY_STATUS[r.status]
+        lut = image = None
+        if status == "finished":
+            cube = self.store.file(r.job_id, "cube")
+            if request.lut_format == "cube":
+                lut = base64.b64encode(cube).decode()
+            elif request.lut_format == "png":
+                lut = base64.b64encode(write_strip(read_cube(cube).table)).decode()
+            if request.include_image:
+                image = "data:image/png;base64," + base64.b64encode(self.store.file(r.job_id, "image")).decode()
+        elif request.include_image and status == "processing" and (png := self.store.preview(r.job_id)):
+            image = "data:image/png;base64," + base64.b64encode(png).decode()
+        return LegacyTask(task_id=r.job_id, status=status, current_iteration=r.iteration,
+                          overall_iteration=r.options.get("steps", r.total), lut=lut, image=image)
+
+    @bentoml.api(route="/stop_task")
+    @answers_client_errors
+    async def legacy_stop(self, request: LegacyStopRequest, /) -> LegacyStopResponse:
+        """Original API: stop a task; it ends `stopped`."""
+        self._record(request.task_id)
+        self.store.request_cancel(request.task_id)
+        return LegacyStopResponse(task_id=request.task_id)
+
+
+async def _validate_submission(request: Request) -> None:
+    """Check a native task body before BentoML accepts it (BentoML itself would accept anything)."""
+    body = await request.body()
+    try:
+        parsed = RetouchRequest.model_validate_json(body)
+    except Exception as e:
+        from pydantic import ValidationError
+
+        if isinstance(e, ValidationError):
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise InputError(f"{where}: {first['msg']}") from None
+        raise
+    opts = jobs.validate_options(JobOptions(parsed.target_prompt, parsed.source_prompt, parsed.steps,
+                                            parsed.lut_size, parsed.strength, parsed.seed, parsed.image_format), S)
+    del opts
+    await asyncio.to_thread(jobs.decode_upload, jobs.b64decode_image(parsed.image), S)
+
+
+_store_for_gate: list[SqliteJobStore] = []
+
+
+def _gate_store() -> SqliteJobStore:
+    if not _store_for_gate:
+        _store_for_gate.append(SqliteJobStore(S.store))
+    return _store_for_gate[0]
+
+
+Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission)
+Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
