@@ -16,6 +16,7 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+import prometheus_client
 import torch
 from PIL import Image
 from starlette.requests import Request
@@ -54,8 +55,8 @@ from clipdlut.store import CANCELLED, FAILED, FINISHED, SqliteJobStore
 log = logging.getLogger("clipdlut")
 S = Settings.from_env()
 TASK_ROUTE = "/v1/retouch"
-BATCH_JOBS = bentoml.metrics.Histogram(
-    name="clipdlut_optimizer_batch_jobs", documentation="jobs advanced together by one optimizer step",
+BATCH_JOBS = prometheus_client.Histogram(
+    "clipdlut_optimizer_batch_jobs", "jobs advanced together by one optimizer step",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
 LEGACY_STATUS = {"queued": "pending", "running": "processing", FINISHED: "finished", CANCELLED: "stopped",
                  FAILED: "failed"}
@@ -76,6 +77,8 @@ def answers_client_errors(handler):
         try:
             return await handler(*args, **kwargs)
         except InputError as e:
+            if (ctx := kwargs.get("ctx")) is not None:  # BentoML applies the context's status last
+                ctx.response.status_code = e.status_code
             return JSONResponse({"error": str(e)}, status_code=e.status_code)
 
     return wrapper

@@ -1,0 +1,190 @@
+"""The BentoML app in-process (both services, the real job store) through Starlette's test client."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipdlut.cube import read_cube
+from clipdlut.hald import read_strip
+from clipdlut.render import pillow_lut
+from tests.conftest import gradient_image, png_bytes
+
+pytestmark = pytest.mark.http
+PHOTO = gradient_image(160, 120)
+PHOTO_B64 = base64.b64encode(png_bytes(PHOTO)).decode()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    home = tmp_path_factory.mktemp("bentoml")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BENTOML_HOME", str(home))
+    mp.setenv("CLIPDLUT_CLIP_MODEL", "tiny")
+    mp.setenv("CLIPDLUT_STORE", str(home / "jobs.db"))
+    mp.setenv("CLIPDLUT_MAX_PIXELS", "1000000")
+    mp.setenv("CLIPDLUT_MAX_BODY_MB", "2")
+    mp.setenv("CLIPDLUT_PROGRESS_EVERY", "2")
+    from _bentoml_impl.tasks.result import Sqlite3Store
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    Sqlite3Store.init_db(BentoMLContainer.result_store_file.get())
+    module = importlib.import_module("service")  # reads its settings from the environment set above
+    yield module
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from starlette.testclient import TestClient
+
+    with TestClient(service.Retouch.to_asgi()) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield c
+
+
+def wait(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def query(client, task_id, **kw):
+    r = client.post("/query_task", json={"task_id": task_id, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_service_config_passes_bentoml_validation(service):
+    from _bentoml_sdk.service.config import validate
+
+    for svc in (service.Optimizer, service.Retouch):
+        validate(svc.config)
+    assert service.Optimizer.config["resources"]["gpu"] == 1
+    assert service.Optimizer.config["workers"] == 1
+    assert service.Retouch.dependencies["optimizer"].on is service.Optimizer
+
+
+def test_reachability_and_ready(client):
+    assert client.get("/").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_original_api_flow_and_client_side_check(client):
+    r = client.post("/retouch", json={"image": "data:image/png;base64," + PHOTO_B64,
+                                      "target_prompt": "赛博朋克风格的夜晚城市", "iteration": 12})
+    assert r.status_code == 200
+    body = r.json()
+    assert body == {"task_id": body["task_id"], "status": "pending", "current_iteration": 0,
+                    "overall_iteration": 12, "lut": None, "image": None}
+    done = wait(lambda: (q := query(client, body["task_id"]))["status"] in ("finished", "failed") and q)
+    assert done["status"] == "finished" and done["current_iteration"] == 12
+    q = query(client, body["task_id"], include_image=True, lut_format="cube")
+    cube = base64.b64decode(q["lut"]).decode()
+    image = Image.open(io.BytesIO(base64.b64decode(q["image"].split(",", 1)[1])))
+    assert image.size == PHOTO.size  # the full-resolution result, not a preview
+    client_side = PHOTO.filter(pillow_lut(read_cube(cube).table))
+    assert client_side.tobytes() == image.convert("RGB").tobytes()
+    strip = read_strip(base64.b64decode(query(client, body["task_id"], lut_format="png")["lut"]))
+    assert strip.shape == (33, 33, 33, 3)
+    assert np.abs(strip - read_cube(cube).table).max() <= 0.5 / 255 + 1e-9
+
+
+def test_native_task_flow(client):
+    r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "warm golden hour film look",
+                                                "steps": 10, "lut_size": 17, "strength": 0.7, "seed": 4,
+                                                "image_format": "jpeg"})
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    status = wait(lambda: (s := client.get("/v1/retouch/status", params={"task_id": task_id}).json())["status"]
+                  != "in_progress" and s)
+    assert status["status"] == "completed"
+    progress = client.post("/v1/progress", json={"task_id": task_id, "include_preview": True}).json()
+    assert progress["status"] == "finished" and progress["iteration"] == progress["total"] == 10
+    assert progress["preview"].startswith("data:image/png;base64,")
+    result = client.get("/v1/retouch/get", params={"task_id": task_id}).json()
+    assert result["lut_size"] == 17 and result["media_type"] == "image/jpeg" and result["model"] == "tiny"
+    assert read_cube(result["cube"]).size == 17
+    assert set(result["scores"]) == {"source_target", "result_target", "directional"}
+    assert result["timings"]["total_s"] >= result["timings"]["optimize_s"] > 0
+
+
+def _running(client, steps=3000):
+    r = client.post("/retouch", json={"image": PHOTO_B64, "target_prompt": "冷色调", "iteration": steps})
+    task_id = r.json()["task_id"]
+    wait(lambda: query(client, task_id)["current_iteration"] > 0)
+    return task_id
+
+
+def test_stop_task_while_another_job_completes(client):
+    """(BentoML's native cancel needs a real server: the test client runs a task inside its submit call.)"""
+    long_a = _running(client)
+    short = client.post("/retouch", json={"image": PHOTO_B64, "target_prompt": "暖色", "iteration": 20}).json()
+    r = client.post("/stop_task", json={"task_id": long_a})
+    assert r.json() == {"status": "ok", "task_id": long_a}
+    t0 = time.monotonic()
+    wait(lambda: query(client, long_a)["status"] == "stopped", timeout=5)
+    assert time.monotonic() - t0 < 1.0
+    stopped_at = query(client, long_a)["current_iteration"]
+    wait(lambda: query(client, short["task_id"])["status"] == "finished")
+    assert query(client, long_a)["current_iteration"] == stopped_at  # no more work after the stop
+    assert client.post("/v1/cancel", json={"task_id": long_a}).json() == {"task_id": long_a, "status": "cancelled"}
+
+
+@pytest.mark.parametrize("path,body,status,message", [
+    ("/retouch", {"image": "aGVsbG8=", "target_prompt": "x"}, 400, "not an image"),
+    ("/retouch", {"image": "***", "target_prompt": "x"}, 400, "not valid base64"),
+    ("/retouch", {"image": PHOTO_B64, "target_prompt": "  "}, 400, "target_prompt is empty"),
+    ("/retouch", {"image": PHOTO_B64, "target_prompt": "x" * 500}, 400, "the limit is 200"),
+    ("/retouch", {"image": PHOTO_B64, "target_prompt": "x", "iteration": 0}, 400, "iteration"),
+    ("/v1/retouch/submit", {"image": PHOTO_B64, "target_prompt": "x", "lut_size": 20}, 400, "lut_size"),
+    ("/v1/retouch/submit", {"image": PHOTO_B64, "target_prompt": "x", "steps": 99999}, 400, "steps"),
+    ("/v1/retouch/submit", {"image": "data:text/plain;base64,aGVsbG8=", "target_prompt": "x"}, 400, "text/plain"),
+    ("/v1/retouch/submit", {"image": base64.b64encode(png_bytes(Image.new("RGB", (2000, 1000)))).decode(),
+                            "target_prompt": "x"}, 413, "pixels"),
+    ("/query_task", {"task_id": "no-such-task"}, 404, "no task"),
+    ("/stop_task", {"task_id": "no-such-task"}, 404, "no task"),
+    ("/v1/progress", {"task_id": "no-such-task"}, 404, "no task"),
+])
+def test_bad_input_gets_a_clear_4xx(client, path, body, status, message):
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert message in r.text
+
+
+def test_oversized_body_is_413(client):
+    r = client.post("/retouch", content=b"x" * (4 * 2**20), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+def test_apply_endpoint(client):
+    ident = "LUT_3D_SIZE 2\n0 0 0\n0 0 1\n0 1 0\n0 1 1\n1 0 0\n1 0 1\n1 1 0\n1 1 1\n"  # swaps red and blue
+    r = client.post("/v1/apply", files={"image": ("p.png", png_bytes(PHOTO), "image/png"),
+                                        "lut": ("swap.cube", ident.encode(), "text/plain")})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/png")
+    out = np.asarray(Image.open(io.BytesIO(r.content))).astype(int)
+    assert np.abs(out - np.asarray(PHOTO)[..., ::-1]).max() <= 1
+    bad = client.post("/v1/apply", files={"image": ("p.png", png_bytes(PHOTO), "image/png"),
+                                          "lut": ("bad.cube", b"LUT_3D_SIZE 2\n1 2\n", "text/plain")})
+    assert bad.status_code == 400 and "line 2" in bad.json()["error"]
+
+
+def test_clip_endpoints(client):
+    vecs = client.post("/v1/embed_text", json={"prompts": ["白天", "夜晚"]}).json()
+    assert len(vecs) == 2 and abs(np.linalg.norm(vecs[0]) - 1) < 1e-4
+    img = client.post("/v1/embed_image", json={"image": PHOTO_B64}).json()
+    assert len(img) == 32
+    r = client.post("/v1/classify", json={"image": PHOTO_B64, "concepts": ["白天", "夜晚", "黄昏"]}).json()
+    assert abs(sum(r["probabilities"].values()) - 1) < 1e-6 and r["best"] in r["probabilities"]
