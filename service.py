@@ -19,6 +19,7 @@ import numpy as np
 import prometheus_client
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -363,30 +364,19 @@ class Retouch:
 
 async def _validate_submission(request: Request) -> None:
     """Check a native task body before BentoML accepts it (BentoML itself would accept anything)."""
-    body = await request.body()
     try:
-        parsed = RetouchRequest.model_validate_json(body)
-    except Exception as e:
-        from pydantic import ValidationError
-
-        if isinstance(e, ValidationError):
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise InputError(f"{where}: {first['msg']}") from None
-        raise
-    opts = jobs.validate_options(JobOptions(parsed.target_prompt, parsed.source_prompt, parsed.steps,
-                                            parsed.lut_size, parsed.strength, parsed.seed, parsed.image_format), S)
-    del opts
+        parsed = RetouchRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InputError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+    jobs.validate_options(JobOptions(parsed.target_prompt, parsed.source_prompt, parsed.steps, parsed.lut_size,
+                                     parsed.strength, parsed.seed, parsed.image_format), S)
     await asyncio.to_thread(jobs.decode_upload, jobs.b64decode_image(parsed.image), S)
 
 
-_store_for_gate: list[SqliteJobStore] = []
-
-
+@functools.cache
 def _gate_store() -> SqliteJobStore:
-    if not _store_for_gate:
-        _store_for_gate.append(SqliteJobStore(S.store))
-    return _store_for_gate[0]
+    return SqliteJobStore(S.store)
 
 
 Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission)
