@@ -23,17 +23,18 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from clipdlut import jobs
+from clipdlut import jobs, modelstore
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.engine import Engine
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
-from clipdlut.http import BodyLimit, TaskGate
+from clipdlut.http import BodyLimit, ReadyReason, TaskGate
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
 from clipdlut.models import load_model
 from clipdlut.render import apply_table, blend_table
 from clipdlut.schemas import (
+    Admission,
     CancelResponse,
     Concepts,
     ConceptScores,
@@ -94,6 +95,8 @@ def answers_client_errors(handler):
 class Optimizer:
     """Owns the CLIP model; runs every job in one continuously refilled batch."""
 
+    weights = modelstore.reference(S.clip_model)  # packaged into the Bento when imported into the store
+
     def __init__(self) -> None:
         self.store = SqliteJobStore(S.store)
         self.engine: Engine | None = None
@@ -104,7 +107,8 @@ class Optimizer:
 
     def _load(self) -> None:
         try:
-            self.guide = Guide(load_model(S.clip_model, device=S.device or None))
+            checkpoint = modelstore.stored_checkpoint(type(self).weights)
+            self.guide = Guide(load_model(str(checkpoint or S.clip_model), device=S.device or None))
             self.engine = Engine(self.guide, self.store, max_active=S.max_batch_size * 2, on_step=BATCH_JOBS.observe)
             self.store.set_state("optimizer", {"ready": True, "model": self.guide.name})
         except Exception as e:
@@ -124,26 +128,36 @@ class Optimizer:
         return self.guide
 
     @bentoml.api(batchable=True, max_batch_size=S.max_batch_size, max_latency_ms=S.max_latency_ms)
-    async def optimize(self, job_ids: list[str]) -> list[OptimizeResult]:
-        """Run stored jobs through the batched optimizer; they join the running batch at its next step."""
-        guide = await self._guide()
-        specs, out = [], {}
+    async def admit(self, job_ids: list[str]) -> list[Admission]:
+        """Take stored jobs into the running batch, where they start at its next step; returns at once.
+
+        Adaptive batching groups jobs that arrive together; because this returns without waiting for
+        them to finish, later jobs are never held behind a running batch (continuous batching).
+        """
+        await self._guide()
+        specs, refused = [], {}
         for job_id in job_ids:
             try:
-                specs.append(jobs.spec_from_store(self.store, job_id, S))
+                specs.append(await asyncio.to_thread(jobs.spec_from_store, self.store, job_id, S))
             except Exception as e:
-                out[job_id] = OptimizeResult(job_id=job_id, status="failed", iterations=0, seconds=0.0,
-                                             error=f"cannot read the job: {e}")
-        futures = self.engine.submit(specs)
-        for spec, fut in zip(specs, futures):
-            r = await asyncio.wrap_future(fut)
-            out[spec.job_id] = OptimizeResult(
-                job_id=r.job_id, status=r.status, iterations=r.iterations, seconds=r.seconds,
-                started=time.time() - r.seconds, error=r.error, loss=r.loss, model=guide.name,
-                lut=jobs.encode_lut(r.lut) if r.lut is not None else None,
-                lut_size=int(r.lut.shape[-1]) if r.lut is not None else None,
-                scores=Scores(**r.scores.__dict__) if r.scores else None)
-        return [out[j] for j in job_ids]
+                refused[job_id] = f"cannot read the job: {e}"
+        self.engine.submit(specs)
+        return [Admission(job_id=j, accepted=j not in refused, error=refused.get(j)) for j in job_ids]
+
+    @bentoml.api
+    async def outcome(self, job_id: str) -> OptimizeResult:
+        """Wait for an admitted job to end: its LUT and scores when it finished, else why not."""
+        fut = self.engine.outcome(job_id) if self.engine else None
+        if fut is None:
+            return OptimizeResult(job_id=job_id, status="failed", iterations=0, seconds=0.0,
+                                  error="the optimizer has no such job (was it restarted?)")
+        r = await asyncio.wrap_future(fut)
+        return OptimizeResult(
+            job_id=r.job_id, status=r.status, iterations=r.iterations, seconds=r.seconds,
+            started=time.time() - r.seconds, error=r.error, loss=r.loss, model=self.guide.name,
+            lut=jobs.encode_lut(r.lut) if r.lut is not None else None,
+            lut_size=int(r.lut.shape[-1]) if r.lut is not None else None,
+            scores=Scores(**r.scores.__dict__) if r.scores else None)
 
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
     async def embed_text(self, prompts: list[str]) -> list[list[float]]:
@@ -189,7 +203,11 @@ class Retouch:
     # -- shared job machinery -------------------------------------------------------------------
 
     async def _optimize(self, job_id: str) -> OptimizeResult:
-        (result,) = await self.optimizer.optimize([job_id])
+        (admission,) = await self.optimizer.admit([job_id])
+        admission = Admission.model_validate(admission) if isinstance(admission, dict) else admission
+        if not admission.accepted:
+            return OptimizeResult(job_id=job_id, status="failed", iterations=0, seconds=0.0, error=admission.error)
+        result = await self.optimizer.outcome(job_id)
         return result if isinstance(result, OptimizeResult) else OptimizeResult.model_validate(result)
 
     def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
@@ -380,4 +398,5 @@ def _gate_store() -> SqliteJobStore:
 
 
 Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission)
+Retouch.add_asgi_middleware(ReadyReason, store=_gate_store)
 Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)

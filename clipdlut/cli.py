@@ -11,7 +11,7 @@ from clipdlut.cube import CubeError, lut_to_cube, read_cube, write_cube
 from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
 from clipdlut.lut import MAX_SIZE, MIN_SIZE
-from clipdlut.models import WeightsNotFound
+from clipdlut.models import MODELS, WeightsNotFound
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, FINISHED, JobSpec
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
@@ -84,6 +84,13 @@ def _apply(args: argparse.Namespace) -> None:
         print(f"wrote {args.cube}")
 
 
+def _import_model(args: argparse.Namespace) -> None:
+    from clipdlut.modelstore import import_weights
+
+    tag = import_weights(args.name, args.source)
+    print(f"stored {args.name} as {tag}; `bentoml build` now packages it with the service")
+
+
 def _lut_size(text: str) -> int:
     n = int(text)
     if not MIN_SIZE <= n <= MAX_SIZE:
@@ -131,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
     a.add_argument("--cube", type=Path, help="also write the LUT (at this strength) as a .cube file")
     a.set_defaults(func=_apply)
+    m = sub.add_parser("import-model", help="put Chinese-CLIP weights into BentoML's model store for `bentoml build`")
+    m.add_argument("name", choices=list(MODELS), help="the model the service will use ($CLIPDLUT_CLIP_MODEL)")
+    m.add_argument("--from", dest="source", type=Path, metavar="FILE",
+                   help="a checkpoint file you have (default: the weights folder, else download from the Hub)")
+    m.set_defaults(func=_import_model)
     return p
 
 

@@ -38,6 +38,7 @@ class Engine:
         self.optimizer = BatchedOptimizer(guide, on_progress=self._on_progress)
         self._pending: deque[tuple[JobSpec, Future]] = deque()
         self._futures: dict[str, Future] = {}
+        self._outcomes: dict[str, Future] = {}
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="clipdlut-engine", daemon=True)
@@ -50,9 +51,15 @@ class Engine:
             for spec in specs:
                 fut: Future = Future()
                 self._pending.append((spec, fut))
+                self._outcomes[spec.job_id] = fut
                 futures.append(fut)
             self._wake.notify()
         return futures
+
+    def outcome(self, job_id: str) -> Future | None:
+        """The future of a submitted job, handed out once (a second caller gets None)."""
+        with self._wake:
+            return self._outcomes.pop(job_id, None)
 
     def stop(self) -> None:
         with self._wake:

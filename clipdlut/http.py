@@ -128,3 +128,23 @@ class TaskGate:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay_once, send)
+
+
+class ReadyReason:
+    """``/readyz`` that says why it is not ready: the optimizer's state from the job store.
+
+    BentoML's own 503 body is fixed text; a user whose model cannot load needs the reason.
+    """
+
+    def __init__(self, app: ASGIApp, store: Callable[[], JobStore], component: str = "optimizer"):
+        self.app = app
+        self.store = store
+        self.component = component
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] == "/readyz":
+            state = self.store().state(self.component) or {}
+            if not state.get("ready", False):
+                reason = state.get("reason", f"the {self.component} has not started yet")
+                return await _error(503, reason, **{"Retry-After": "5"})(scope, receive, send)
+        return await self.app(scope, receive, send)

@@ -79,6 +79,14 @@ class ConceptScores(BaseModel):
     best: str = Field(description="the most likely concept")
 
 
+class Admission(BaseModel):
+    """Whether the optimizer took a job into its running batch (internal)."""
+
+    job_id: str
+    accepted: bool
+    error: str | None = None
+
+
 class OptimizeResult(BaseModel):
     """What the optimizer service returns for one job (internal)."""
 

@@ -21,7 +21,7 @@ class Settings:
     store: str = field(default_factory=_default_store)
     gpu_type: str = "nvidia-l4"
     max_batch_size: int = 16
-    max_latency_ms: int = 600_000
+    max_latency_ms: int = 5_000
     job_timeout_s: int = 3600
     max_body_mb: float = 32.0
     max_pixels: int = 40_000_000

@@ -143,7 +143,7 @@ def test_stop_task_while_another_job_completes(client):
     assert client.post("/v1/cancel", json={"task_id": long_a}).json() == {"task_id": long_a, "status": "cancelled"}
 
 
-@pytest.mark.parametrize("path,body,status,message", [
+BAD_INPUTS = [
     ("/retouch", {"image": "aGVsbG8=", "target_prompt": "x"}, 400, "not an image"),
     ("/retouch", {"image": "***", "target_prompt": "x"}, 400, "not valid base64"),
     ("/retouch", {"image": PHOTO_B64, "target_prompt": "  "}, 400, "target_prompt is empty"),
@@ -157,7 +157,10 @@ def test_stop_task_while_another_job_completes(client):
     ("/query_task", {"task_id": "no-such-task"}, 404, "no task"),
     ("/stop_task", {"task_id": "no-such-task"}, 404, "no task"),
     ("/v1/progress", {"task_id": "no-such-task"}, 404, "no task"),
-])
+]
+
+
+@pytest.mark.parametrize("path,body,status,message", BAD_INPUTS)
 def test_bad_input_gets_a_clear_4xx(client, path, body, status, message):
     r = client.post(path, json=body)
     assert r.status_code == status, r.text
