@@ -42,6 +42,7 @@ load: install
 
 build: install
 	$(VENV)/bin/bentoml build
+	@echo "Dockerfile: $$($(VENV)/bin/bentoml get clipdlut:latest -o path)/env/docker/Dockerfile"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,6 @@ import functools
 import io
 import logging
 import threading
-import time
 from pathlib import Path
 
 import bentoml
@@ -44,7 +43,6 @@ from clipdlut.schemas import (
     LegacyStopRequest,
     LegacyStopResponse,
     LegacyTask,
-    OptimizeResult,
     ProgressResponse,
     RetouchRequest,
     RetouchResult,
@@ -60,6 +58,17 @@ TASK_ROUTE = "/v1/retouch"
 BATCH_JOBS = prometheus_client.Histogram(
     "clipdlut_optimizer_batch_jobs", "jobs advanced together by one optimizer step",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
+# The container: torch 2.13.0 from PyPI is a CUDA 13 build, so the base image carries CUDA 13 and cuDNN.
+# nvidia/cuda has no pip, which BentoML's Dockerfile would use to get uv: install uv first.
+# cn_clip goes in without its declared dependencies (see clipdlut/compat.py).
+IMAGE = (
+    bentoml.images.Image(base_image="nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04", python_version="3.11")
+    .run("apt-get install -q -y --no-install-recommends curl && "
+         "curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/usr/local/bin sh")
+    .python_packages("torch==2.13.0")
+    .pyproject_toml("pyproject.toml")
+    .run("uv pip install --no-deps cn_clip==1.6.0")
+)
 LEGACY_STATUS = {"queued": "pending", "running": "processing", FINISHED: "finished", CANCELLED: "stopped",
                  FAILED: "failed"}
 
@@ -109,7 +118,9 @@ class Optimizer:
         try:
             checkpoint = modelstore.stored_checkpoint(type(self).weights)
             self.guide = Guide(load_model(str(checkpoint or S.clip_model), device=S.device or None))
-            self.engine = Engine(self.guide, self.store, max_active=S.max_batch_size * 2, on_step=BATCH_JOBS.observe)
+            name = self.guide.name
+            self.engine = Engine(self.guide, self.store, max_active=S.max_batch_size * 2, on_step=BATCH_JOBS.observe,
+                                 on_end=lambda result: jobs.record_outcome(self.store, result, name))
             self.store.set_state("optimizer", {"ready": True, "model": self.guide.name})
         except Exception as e:
             self.error = f"the CLIP model could not be loaded: {e}"
@@ -144,21 +155,6 @@ class Optimizer:
         self.engine.submit(specs)
         return [Admission(job_id=j, accepted=j not in refused, error=refused.get(j)) for j in job_ids]
 
-    @bentoml.api
-    async def outcome(self, job_id: str) -> OptimizeResult:
-        """Wait for an admitted job to end: its LUT and scores when it finished, else why not."""
-        fut = self.engine.outcome(job_id) if self.engine else None
-        if fut is None:
-            return OptimizeResult(job_id=job_id, status="failed", iterations=0, seconds=0.0,
-                                  error="the optimizer has no such job (was it restarted?)")
-        r = await asyncio.wrap_future(fut)
-        return OptimizeResult(
-            job_id=r.job_id, status=r.status, iterations=r.iterations, seconds=r.seconds,
-            started=time.time() - r.seconds, error=r.error, loss=r.loss, model=self.guide.name,
-            lut=jobs.encode_lut(r.lut) if r.lut is not None else None,
-            lut_size=int(r.lut.shape[-1]) if r.lut is not None else None,
-            scores=Scores(**r.scores.__dict__) if r.scores else None)
-
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
     async def embed_text(self, prompts: list[str]) -> list[list[float]]:
         """Unit-norm, template-averaged text embeddings."""
@@ -190,7 +186,8 @@ def _thumb_png(data: bytes, side: int = 448) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@bentoml.service(name="clipdlut", traffic={"timeout": S.job_timeout_s + 120})
+@bentoml.service(name="clipdlut", image=IMAGE, traffic={"timeout": S.job_timeout_s + 120},
+                 envs=[{"name": "CLIPDLUT_CLIP_MODEL", "value": S.clip_model}])
 class Retouch:
     """The public API: native tasks, the original system's API, LUT application and CLIP utilities."""
 
@@ -202,13 +199,20 @@ class Retouch:
 
     # -- shared job machinery -------------------------------------------------------------------
 
-    async def _optimize(self, job_id: str) -> OptimizeResult:
-        (admission,) = await self.optimizer.admit([job_id])
+    async def _admit(self, job_id: str, attempts: int = 3) -> None:
+        """Hand a stored job to the optimizer; retried, since admission is idempotent and connections drop."""
+        for attempt in range(attempts):
+            try:
+                (admission,) = await self.optimizer.admit([job_id])
+                break
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("admitting job %s failed; retrying", job_id, exc_info=True)
+                await asyncio.sleep(0.5 * (attempt + 1))
         admission = Admission.model_validate(admission) if isinstance(admission, dict) else admission
         if not admission.accepted:
-            return OptimizeResult(job_id=job_id, status="failed", iterations=0, seconds=0.0, error=admission.error)
-        result = await self.optimizer.outcome(job_id)
-        return result if isinstance(result, OptimizeResult) else OptimizeResult.model_validate(result)
+            raise RuntimeError(admission.error)
 
     def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
         opts = jobs.validate_options(opts, S)
@@ -234,7 +238,7 @@ class Retouch:
                           request.strength, request.seed, request.image_format)
         decoded, opts = self._accept(job_id, request.image, opts)
         try:
-            result = await jobs.run(self.store, job_id, decoded, opts, self._optimize)
+            result = await jobs.run(self.store, job_id, decoded, opts, self._admit)
         except JobEnded as e:
             raise bentoml.exceptions.BentoMLException(f"job {e.status}: {e}") from None
         return RetouchResult(
@@ -339,7 +343,7 @@ class Retouch:
 
         async def run() -> None:
             try:
-                await jobs.run(self.store, job_id, decoded, opts, self._optimize)
+                await jobs.run(self.store, job_id, decoded, opts, self._admit)
             except JobEnded:
                 pass
             except Exception as e:

@@ -31,35 +31,35 @@ class Engine:
     """Owns the model's only optimizer thread; :meth:`submit` is safe from any thread."""
 
     def __init__(self, guide: Guide, store: JobStore, max_active: int = 32,
-                 on_step: Callable[[int], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, on_end: Callable[[JobResult], None] | None = None):
         self.store = store
         self.max_active = max_active
         self.on_step = on_step
+        self.on_end = on_end
         self.optimizer = BatchedOptimizer(guide, on_progress=self._on_progress)
         self._pending: deque[tuple[JobSpec, Future]] = deque()
         self._futures: dict[str, Future] = {}
-        self._outcomes: dict[str, Future] = {}
+        self._known: dict[str, Future] = {}  # queued or running
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="clipdlut-engine", daemon=True)
         self._thread.start()
 
     def submit(self, specs: list[JobSpec]) -> list[Future]:
-        """Queue jobs; each future resolves to its :class:`JobResult`."""
+        """Queue jobs; each future resolves to its :class:`JobResult`.
+
+        Idempotent: a job already queued or running keeps its place and its future.
+        """
         futures = []
         with self._wake:
             for spec in specs:
-                fut: Future = Future()
-                self._pending.append((spec, fut))
-                self._outcomes[spec.job_id] = fut
+                fut = self._known.get(spec.job_id)
+                if fut is None:
+                    fut = self._known[spec.job_id] = Future()
+                    self._pending.append((spec, fut))
                 futures.append(fut)
             self._wake.notify()
         return futures
-
-    def outcome(self, job_id: str) -> Future | None:
-        """The future of a submitted job, handed out once (a second caller gets None)."""
-        with self._wake:
-            return self._outcomes.pop(job_id, None)
 
     def stop(self) -> None:
         with self._wake:
@@ -92,6 +92,14 @@ class Engine:
     def _resolve(self, result: JobResult) -> None:
         if result.status in (CANCELLED, FAILED):
             self.store.set_status(result.job_id, result.status, result.error)
+        if self.on_end:
+            try:
+                self.on_end(result)
+            except Exception:
+                log.exception("recording the end of job %s failed", result.job_id)
+                self.store.set_status(result.job_id, FAILED, "the optimizer could not record the result")
+        with self._wake:
+            self._known.pop(result.job_id, None)
         fut = self._futures.pop(result.job_id, None)
         if fut is not None and not fut.done():
             fut.set_result(result)
@@ -119,4 +127,5 @@ class Engine:
                     self._resolve(JobResult(job_id, FAILED, 0, 0.0, error=f"optimizer error: {e}"))
                 self.optimizer = BatchedOptimizer(self.optimizer.guide, on_progress=self._on_progress)
         for spec, fut in list(self._pending):
-            fut.set_result(JobResult(spec.job_id, FAILED, 0, 0.0, error="the optimizer stopped"))
+            self._futures[spec.job_id] = fut
+            self._resolve(JobResult(spec.job_id, FAILED, 0, 0.0, error="the optimizer stopped"))

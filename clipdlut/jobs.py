@@ -1,5 +1,8 @@
 """A retouch job from the API's side: accept the upload, have the optimizer run it, render the result.
 
+The optimizer records each outcome in the job store, where the API waits for it: no HTTP call is held
+open between the services for the length of a job.
+
 The API service keeps the original bytes and sends only a small working copy (through the job store)
 to the optimizer; the full-resolution image is rendered here, with Pillow, from the exact ``.cube``
 text that is returned to the user.
@@ -24,11 +27,11 @@ from PIL import Image
 from clipdlut.cube import lut_to_cube
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, decode_image, encode_image, output_format, working_copy
 from clipdlut.losses import LossWeights
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobSpec
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobResult, JobSpec
 from clipdlut.render import render
-from clipdlut.schemas import OptimizeResult
+from clipdlut.schemas import OptimizeResult, Scores
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, JobStore
+from clipdlut.store import CANCELLED, FAILED, FINISHED, JobStore
 
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 
@@ -164,19 +167,50 @@ def decode_lut(data: str, size: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+OUTCOME = "outcome"  # the optimizer's result file of a job, read by the API service
+
+
+def record_outcome(store: JobStore, result: JobResult, model: str) -> None:
+    """Store what the optimizer produced for a finished job (the API renders it); ended jobs need nothing."""
+    if result.status != FINISHED or result.lut is None:
+        return
+    outcome = OptimizeResult(
+        job_id=result.job_id, status=result.status, iterations=result.iterations, seconds=result.seconds,
+        started=time.time() - result.seconds, loss=result.loss, model=model, lut=encode_lut(result.lut),
+        lut_size=int(result.lut.shape[-1]), scores=Scores(**result.scores.__dict__) if result.scores else None)
+    store.put_file(result.job_id, OUTCOME, outcome.model_dump_json().encode())
+
+
+async def wait_outcome(store: JobStore, job_id: str, poll_s: float = 0.05, max_poll_s: float = 0.25
+                       ) -> OptimizeResult:
+    """Wait until the optimizer has recorded a job's outcome, or the job has ended another way."""
+    while True:
+        if (data := store.file(job_id, OUTCOME)) is not None:
+            return OptimizeResult.model_validate_json(data)
+        record = store.get(job_id)
+        if record is None or record.done:
+            status = record.status if record else FAILED
+            return OptimizeResult(job_id=job_id, status=status if status != FINISHED else FAILED,
+                                  iterations=record.iteration if record else 0, seconds=0.0,
+                                  error=(record.error if record else None) or f"the job was {status}")
+        await asyncio.sleep(poll_s)
+        poll_s = min(poll_s * 1.5, max_poll_s)
+
+
 async def run(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions,
-              optimize: Callable[[str], Awaitable[OptimizeResult]]) -> dict:
-    """Optimize, write the ``.cube``, render and store the result; returns the result fields.
+              admit: Callable[[str], Awaitable[None]]) -> dict:
+    """Hand the job to the optimizer, wait for its LUT, write the ``.cube``, render and store the result.
 
     Raises :class:`JobEnded` when the job was stopped or failed (the store says which and why).
     """
     record = store.get(job_id)
     submitted = record.created if record else time.time()
     try:
-        res = await optimize(job_id)
+        await admit(job_id)
     except Exception as e:
-        store.set_status(job_id, FAILED, f"the optimizer could not run the job: {e}")
-        raise JobEnded(FAILED, f"the optimizer could not run the job: {e}") from None
+        store.set_status(job_id, FAILED, f"the optimizer could not take the job: {e}")
+        raise JobEnded(FAILED, f"the optimizer could not take the job: {e}") from None
+    res = await wait_outcome(store, job_id)
     if res.status != "finished":
         store.set_status(job_id, CANCELLED if res.status == "cancelled" else FAILED, res.error)
         raise JobEnded(res.status, res.error or f"the job was {res.status}")
