@@ -19,6 +19,7 @@ import prometheus_client
 import torch
 from PIL import Image
 from pydantic import ValidationError
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -27,9 +28,10 @@ from clipdlut.cube import CubeError, read_cube
 from clipdlut.engine import Engine
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
-from clipdlut.http import BodyLimit, ReadyReason, TaskGate
+from clipdlut.http import ApiKey, BodyLimit, ReadyReason, TaskGate
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
+from clipdlut.lifecycle import Watchdog
 from clipdlut.models import load_model
 from clipdlut.render import apply_table, blend_table
 from clipdlut.schemas import (
@@ -46,8 +48,6 @@ from clipdlut.schemas import (
     ProgressResponse,
     RetouchRequest,
     RetouchResult,
-    Scores,
-    Timings,
 )
 from clipdlut.settings import Settings
 from clipdlut.store import CANCELLED, FAILED, FINISHED, SqliteJobStore
@@ -90,7 +90,7 @@ def answers_client_errors(handler):
         except InputError as e:
             if (ctx := kwargs.get("ctx")) is not None:  # BentoML applies the context's status last
                 ctx.response.status_code = e.status_code
-            return JSONResponse({"error": str(e)}, status_code=e.status_code)
+            return JSONResponse({"error": str(e)}, status_code=e.status_code, headers=getattr(e, "headers", None))
 
     return wrapper
 
@@ -108,6 +108,7 @@ class Optimizer:
 
     def __init__(self) -> None:
         self.store = SqliteJobStore(S.store)
+        self.watchdog = Watchdog(self.store, "optimizer", S.watchdog_s, S.retention_s)
         self.engine: Engine | None = None
         self.guide: Guide | None = None
         self.error: str | None = None
@@ -120,7 +121,8 @@ class Optimizer:
             self.guide = Guide(load_model(str(checkpoint or S.clip_model), device=S.device or None))
             name = self.guide.name
             self.engine = Engine(self.guide, self.store, max_active=S.max_batch_size * 2, on_step=BATCH_JOBS.observe,
-                                 on_end=lambda result: jobs.record_outcome(self.store, result, name))
+                                 on_end=lambda result: jobs.record_outcome(self.store, result, name),
+                                 job_timeout_s=S.job_timeout_s)
             self.store.set_state("optimizer", {"ready": True, "model": self.guide.name})
         except Exception as e:
             self.error = f"the CLIP model could not be loaded: {e}"
@@ -152,6 +154,7 @@ class Optimizer:
                 specs.append(await asyncio.to_thread(jobs.spec_from_store, self.store, job_id, S))
             except Exception as e:
                 refused[job_id] = f"cannot read the job: {e}"
+        self.store.claim([spec.job_id for spec in specs], self.watchdog.instance)
         self.engine.submit(specs)
         return [Admission(job_id=j, accepted=j not in refused, error=refused.get(j)) for j in job_ids]
 
@@ -195,6 +198,7 @@ class Retouch:
 
     def __init__(self) -> None:
         self.store = SqliteJobStore(S.store)
+        self.watchdog = Watchdog(self.store, "api", S.watchdog_s, S.retention_s)
         self._background: set[asyncio.Task] = set()
 
     # -- shared job machinery -------------------------------------------------------------------
@@ -218,7 +222,7 @@ class Retouch:
         opts = jobs.validate_options(opts, S)
         data = jobs.b64decode_image(image_b64)
         decoded = jobs.decode_upload(data, S)
-        jobs.accept(self.store, job_id, data, decoded, opts, S)
+        jobs.accept(self.store, job_id, data, decoded, opts, S, owner=self.watchdog.instance)
         return decoded, opts
 
     def _record(self, task_id: str):
@@ -238,15 +242,10 @@ class Retouch:
                           request.strength, request.seed, request.image_format)
         decoded, opts = self._accept(job_id, request.image, opts)
         try:
-            result = await jobs.run(self.store, job_id, decoded, opts, self._admit)
+            await jobs.run(self.store, job_id, decoded, opts, self._admit)
         except JobEnded as e:
             raise bentoml.exceptions.BentoMLException(f"job {e.status}: {e}") from None
-        return RetouchResult(
-            task_id=job_id, cube=self.store.file(job_id, "cube").decode("utf-8"),
-            image=base64.b64encode(self.store.file(job_id, "image")).decode(), media_type=result["media_type"],
-            width=result["width"], height=result["height"], lut_size=opts.lut_size, strength=opts.strength,
-            steps=opts.steps, seed=opts.seed, model=result["model"], scores=Scores(**result["scores"]),
-            timings=Timings(**result["timings"]))
+        return RetouchResult(**jobs.stored_result(self.store, job_id))
 
     @bentoml.api(route="/v1/progress")
     @answers_client_errors
@@ -391,6 +390,7 @@ async def _validate_submission(request: Request) -> None:
     except ValidationError as e:
         first = e.errors()[0]
         raise InputError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+    jobs.check_capacity(_gate_store(), S)
     jobs.validate_options(JobOptions(parsed.target_prompt, parsed.source_prompt, parsed.steps, parsed.lut_size,
                                      parsed.strength, parsed.seed, parsed.image_format), S)
     await asyncio.to_thread(jobs.decode_upload, jobs.b64decode_image(parsed.image), S)
@@ -401,6 +401,12 @@ def _gate_store() -> SqliteJobStore:
     return SqliteJobStore(S.store)
 
 
-Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission)
-Retouch.add_asgi_middleware(ReadyReason, store=_gate_store)
+Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission,
+                            result=lambda task_id: jobs.stored_result(_gate_store(), task_id))
+Retouch.add_asgi_middleware(ReadyReason, store=_gate_store, alive_within_s=S.watchdog_s)
 Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
+if S.api_key:
+    Retouch.add_asgi_middleware(ApiKey, key=S.api_key)
+if S.cors_origins:
+    Retouch.add_asgi_middleware(CORSMiddleware, allow_origins=[o.strip() for o in S.cors_origins.split(",")],
+                                allow_methods=["GET", "POST", "PUT"], allow_headers=["Authorization", "Content-Type"])

@@ -11,7 +11,10 @@ in ``sys.modules`` just for the import of ``cn_clip`` and removed right after; c
 from __future__ import annotations
 
 import sys
+import threading
 import types
+
+_LOCK = threading.Lock()
 
 
 class _Unavailable:
@@ -29,14 +32,19 @@ def _torchvision_works() -> bool:
     try:
         import torchvision.transforms  # noqa: F401
     except Exception:  # absent (ImportError) or a build for another torch (RuntimeError, OSError)
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        for name in [m for m in list(sys.modules) if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
         return False
     return True
 
 
 def import_cn_clip() -> types.ModuleType:
-    """``cn_clip.clip``, imported whether or not torchvision works here."""
+    """``cn_clip.clip``, imported whether or not torchvision works here (safe from any thread)."""
+    with _LOCK:
+        return _import_cn_clip()
+
+
+def _import_cn_clip() -> types.ModuleType:
     if "cn_clip.clip" in sys.modules or _torchvision_works():
         import cn_clip.clip
         return cn_clip.clip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,14 +32,17 @@ class Engine:
     """Owns the model's only optimizer thread; :meth:`submit` is safe from any thread."""
 
     def __init__(self, guide: Guide, store: JobStore, max_active: int = 32,
-                 on_step: Callable[[int], None] | None = None, on_end: Callable[[JobResult], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, on_end: Callable[[JobResult], None] | None = None,
+                 job_timeout_s: float | None = None):
         self.store = store
         self.max_active = max_active
+        self.job_timeout_s = job_timeout_s
         self.on_step = on_step
         self.on_end = on_end
         self.optimizer = BatchedOptimizer(guide, on_progress=self._on_progress)
         self._pending: deque[tuple[JobSpec, Future]] = deque()
         self._futures: dict[str, Future] = {}
+        self._started: dict[str, float] = {}  # monotonic time each running job entered the batch
         self._known: dict[str, Future] = {}  # queued or running
         self._wake = threading.Condition()
         self._stopped = False
@@ -87,7 +91,16 @@ class Engine:
             self._resolve(r)
         for spec, _ in batch:
             if spec.job_id in self._futures:
+                self._started[spec.job_id] = time.monotonic()
                 self.store.set_status(spec.job_id, RUNNING)
+
+    def _enforce_timeout(self) -> None:
+        if self.job_timeout_s is None:
+            return
+        deadline = time.monotonic() - self.job_timeout_s
+        for job_id, started in list(self._started.items()):
+            if started < deadline:
+                self.optimizer.cancel(job_id, failure=f"timed out: the job ran longer than {self.job_timeout_s:g} s")
 
     def _resolve(self, result: JobResult) -> None:
         if result.status in (CANCELLED, FAILED):
@@ -100,6 +113,7 @@ class Engine:
                 self.store.set_status(result.job_id, FAILED, "the optimizer could not record the result")
         with self._wake:
             self._known.pop(result.job_id, None)
+        self._started.pop(result.job_id, None)
         fut = self._futures.pop(result.job_id, None)
         if fut is not None and not fut.done():
             fut.set_result(result)
@@ -115,6 +129,7 @@ class Engine:
                 self._admit()
                 for job_id in self.store.cancel_requested(self.optimizer.active_ids):
                     self.optimizer.cancel(job_id)
+                self._enforce_timeout()
                 ended = self.optimizer.step()
                 if self.on_step and self.optimizer.last_batch_size:
                     self.on_step(self.optimizer.last_batch_size)

@@ -7,14 +7,16 @@ of a task that fails later), and answers ``cancel``/``status`` from the job stor
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from clipdlut.store import CANCELLED, JobStore
+from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
@@ -68,35 +70,55 @@ class _TooLarge(Exception):
     pass
 
 
+# job store status -> BentoML task status
+TASK_STATUS = {QUEUED: "in_progress", RUNNING: "in_progress", FINISHED: "completed", CANCELLED: "canceled",
+               FAILED: "failed"}
+
+
+def _iso(t: float | None) -> str | None:
+    return datetime.fromtimestamp(t, UTC).isoformat() if t else None
+
+
 class TaskGate:
-    """Validation at submit, and store-backed cancel and status, for one ``@bentoml.task`` route."""
+    """Validation at submit, and ``status``/``get``/``cancel`` from the job store, for one ``@bentoml.task``
+    route: BentoML's own task records forget everything at a restart and cannot cancel."""
 
     def __init__(self, app: ASGIApp, route: str, store: Callable[[], JobStore],
-                 validate: Callable[[Request], Awaitable[None]]):
+                 validate: Callable[[Request], Awaitable[None]], result: Callable[[str], dict | None]):
         self.app = app
         self.route = route.rstrip("/")
         self.store = store
         self.validate = validate
+        self.result = result
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.route + "/"):
             return await self.app(scope, receive, send)
-        action = scope["path"][len(self.route) + 1:]
-        method = scope["method"]
+        action, method = scope["path"][len(self.route) + 1:], scope["method"]
         if action == "submit" and method == "POST":
             return await self._submit(scope, receive, send)
-        if action in ("cancel", "status") and method in ("PUT", "GET"):
-            task_id = Request(scope).query_params.get("task_id", "")
-            record = self.store().get(task_id) if task_id else None
-            if action == "cancel" and method == "PUT":
-                if record is None:
-                    return await _error(404, f"no task with id {task_id!r}")(scope, receive, send)
-                self.store().request_cancel(task_id)
-                return await JSONResponse({"task_id": task_id, "status": "canceled"})(scope, receive, send)
-            if action == "status" and record is not None and record.status == CANCELLED:
-                body = {"task_id": task_id, "status": "canceled", "created_at": None, "executed_at": None}
-                return await JSONResponse(body)(scope, receive, send)
-        return await self.app(scope, receive, send)
+        if (action, method) not in (("cancel", "PUT"), ("status", "GET"), ("get", "GET")):
+            return await self.app(scope, receive, send)
+        task_id = Request(scope).query_params.get("task_id", "")
+        record = self.store().get(task_id) if task_id else None
+        if record is None:
+            if action == "cancel":
+                return await _error(404, f"no task with id {task_id!r}")(scope, receive, send)
+            return await self.app(scope, receive, send)  # not recorded yet: BentoML may know it
+        if action == "cancel":
+            self.store().request_cancel(task_id)
+            response = JSONResponse({"task_id": task_id, "status": TASK_STATUS[CANCELLED]})
+        elif action == "status":
+            response = JSONResponse({"task_id": task_id, "status": TASK_STATUS[record.status],
+                                     "created_at": _iso(record.created),
+                                     "executed_at": _iso(record.updated) if record.done else None})
+        elif record.status == FINISHED and (result := self.result(task_id)) is not None:
+            response = JSONResponse(result)
+        elif record.done:
+            response = _error(409, f"task {task_id} ended {record.status}: {record.error or 'no result'}")
+        else:
+            response = _error(400, f"task {task_id} is not completed yet")
+        await response(scope, receive, send)
 
     async def _submit(self, scope: Scope, receive: Callable, send: Callable) -> None:
         chunks = []
@@ -115,7 +137,7 @@ class TaskGate:
         try:
             await self.validate(Request(scope, replay))
         except InputError as e:
-            return await _error(e.status_code, str(e))(scope, receive, send)
+            return await _error(e.status_code, str(e), **getattr(e, "headers", {}))(scope, receive, send)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return await _error(400, "the body is not valid JSON")(scope, receive, send)
         sent = False
@@ -136,15 +158,44 @@ class ReadyReason:
     BentoML's own 503 body is fixed text; a user whose model cannot load needs the reason.
     """
 
-    def __init__(self, app: ASGIApp, store: Callable[[], JobStore], component: str = "optimizer"):
+    def __init__(self, app: ASGIApp, store: Callable[[], JobStore], component: str = "optimizer",
+                 alive_within_s: float = 15.0):
         self.app = app
         self.store = store
         self.component = component
+        self.alive_within_s = alive_within_s
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["path"] == "/readyz":
             state = self.store().state(self.component) or {}
+            reason = None
             if not state.get("ready", False):
                 reason = state.get("reason", f"the {self.component} has not started yet")
+            elif not self.store().workers(self.component, fresh_within_s=self.alive_within_s):
+                reason = f"no {self.component} process is running (it may be restarting)"
+            if reason:
                 return await _error(503, reason, **{"Retry-After": "5"})(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class ApiKey:
+    """Require ``Authorization: Bearer <key>`` on every route but the health checks (and ``GET /``, the
+    original clients' reachability check). The key is compared in constant time and never logged."""
+
+    OPEN = frozenset({"/healthz", "/livez", "/readyz"})
+
+    def __init__(self, app: ASGIApp, key: str):
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if (scope["type"] != "http" or scope["path"] in self.OPEN or scope["method"] == "OPTIONS"
+                or (scope["path"] == "/" and scope["method"] == "GET")):
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers", [])).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+            response = _error(401, "this service needs an API key: send the header 'Authorization: Bearer <key>'",
+                              **{"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
         return await self.app(scope, receive, send)

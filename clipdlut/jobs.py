@@ -31,7 +31,7 @@ from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobResult, JobSpec
 from clipdlut.render import render
 from clipdlut.schemas import OptimizeResult, Scores
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, FINISHED, JobStore
+from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
 
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 
@@ -44,6 +44,23 @@ class InputError(ValueError):
 
 class PayloadTooLarge(InputError):
     status_code = 413
+
+
+class QueueFull(InputError):
+    """Too many open jobs: try again later (429 with ``Retry-After``)."""
+
+    status_code = 429
+
+    def __init__(self, max_open: int, retry_after_s: int):
+        self.headers = {"Retry-After": str(retry_after_s)}
+        super().__init__(f"the service has {max_open} jobs queued or running, its limit; "
+                         f"retry in {retry_after_s} s")
+
+
+def check_capacity(store: JobStore, settings: Settings) -> None:
+    """Raise :class:`QueueFull` when no new job can be taken now."""
+    if store.count((QUEUED, RUNNING)) >= settings.max_open_jobs:
+        raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
 class JobEnded(RuntimeError):
@@ -140,9 +157,11 @@ def _png(img: Image.Image) -> bytes:
 
 
 def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImage, opts: JobOptions,
-           settings: Settings) -> None:
-    """Record a new job with its original bytes and its working copy."""
-    store.create(job_id, opts.as_dict(), data, _png(working_copy(decoded.rgb, settings.working_size)))
+           settings: Settings, owner: str | None = None) -> None:
+    """Record a new job with its original bytes and its working copy, or raise :class:`QueueFull`."""
+    working = _png(working_copy(decoded.rgb, settings.working_size))
+    if not store.create(job_id, opts.as_dict(), data, working, owner=owner, max_open=settings.max_open_jobs):
+        raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
 def spec_from_store(store: JobStore, job_id: str, settings: Settings) -> JobSpec:
@@ -165,6 +184,21 @@ def encode_lut(lut: torch.Tensor) -> str:
 def decode_lut(data: str, size: int) -> torch.Tensor:
     arr = np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(1, 3, size, size, size)
     return torch.from_numpy(arr.copy())
+
+
+def stored_result(store: JobStore, job_id: str) -> dict | None:
+    """A finished job's result as the native task returns it (None until it has finished)."""
+    record = store.get(job_id)
+    if record is None or record.status != FINISHED or record.result is None:
+        return None
+    res, o = record.result, record.options
+    cube, image = store.file(job_id, "cube"), store.file(job_id, "image")
+    if cube is None or image is None:
+        return None
+    return {"task_id": job_id, "cube": cube.decode("utf-8"), "image": base64.b64encode(image).decode(),
+            "media_type": res["media_type"], "width": res["width"], "height": res["height"],
+            "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],
+            "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
 
 
 OUTCOME = "outcome"  # the optimizer's result file of a job, read by the API service

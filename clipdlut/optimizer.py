@@ -106,6 +106,7 @@ class _Job:
         self.iteration = 0
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.cancelled = False
+        self.failure: str | None = None  # set when the job is stopped for a reason (it then ends failed)
         self.last_loss: torch.Tensor | None = None
         self.last_terms: dict[str, torch.Tensor] = {}
         self.target = self.text_dir = self.src_feat = self.src_full_feat = None
@@ -183,12 +184,14 @@ class BatchedOptimizer:
             self._jobs[job.spec.job_id] = job
         return failed
 
-    def cancel(self, job_id: str) -> bool:
-        """Mark a job cancelled; it leaves at the next :meth:`step`. False if it is not active."""
+    def cancel(self, job_id: str, failure: str | None = None) -> bool:
+        """Stop a job at the next :meth:`step`: it ends cancelled, or failed with ``failure`` as the reason
+        (a timeout, say). False if it is not active."""
         job = self._jobs.get(job_id)
         if job is None:
             return False
         job.cancelled = True
+        job.failure = failure
         return True
 
     def _job_loss(self, job: _Job, lut: torch.Tensor, src: torch.Tensor, out: torch.Tensor,
@@ -276,7 +279,8 @@ class BatchedOptimizer:
 
     def _end_cancelled(self, job: _Job) -> JobResult:
         self._jobs.pop(job.spec.job_id, None)
-        return JobResult(job.spec.job_id, CANCELLED, job.iteration, time.perf_counter() - job.started)
+        return JobResult(job.spec.job_id, FAILED if job.failure else CANCELLED, job.iteration,
+                         time.perf_counter() - job.started, error=job.failure)
 
     @torch.no_grad()
     def _finish(self, jobs: list[_Job]) -> list[JobResult]:

@@ -32,6 +32,12 @@ class Settings:
     views: int = 4
     progress_every: int = 5
     preview_size: int = 256
+    max_open_jobs: int = 64  # queued + running; more submissions get 429
+    retry_after_s: int = 10
+    watchdog_s: float = 15.0  # a job whose process stopped beating this long ago is failed
+    retention_s: int = 86_400
+    api_key: str = ""  # when set, every route but the health checks needs "Authorization: Bearer <key>"
+    cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -44,7 +44,8 @@ class JobRecord:
 class JobStore(Protocol):
     """What the services need from a job store."""
 
-    def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes) -> None: ...
+    def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes,
+               owner: str | None = None, max_open: int | None = None) -> bool: ...
     def get(self, job_id: str) -> JobRecord | None: ...
     def input(self, job_id: str) -> tuple[bytes, bytes] | None: ...
     def set_status(self, job_id: str, status: str, error: str | None = None) -> None: ...
@@ -59,6 +60,12 @@ class JobStore(Protocol):
     def set_state(self, key: str, value: dict[str, Any]) -> None: ...
     def state(self, key: str) -> dict[str, Any] | None: ...
     def count(self, statuses: tuple[str, ...]) -> int: ...
+    def claim(self, job_ids: list[str], owner: str) -> None: ...
+    def beat(self, instance: str, role: str, pid: int) -> None: ...
+    def retire(self, instance: str) -> None: ...
+    def workers(self, role: str | None = None, fresh_within_s: float | None = None) -> list[dict[str, Any]]: ...
+    def fail_orphans(self, stale_after_s: float) -> list[str]: ...
+    def purge(self, ended_before: float) -> int: ...
 
 
 _SCHEMA = """
@@ -77,7 +84,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     source BLOB,
     working BLOB,
-    preview BLOB
+    preview BLOB,
+    api_owner TEXT,
+    optimizer_owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS files (
@@ -87,7 +96,10 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (job_id, name)
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (instance TEXT PRIMARY KEY, role TEXT NOT NULL, pid INTEGER NOT NULL,
+                                    started REAL NOT NULL, beat REAL NOT NULL);
 """
+OWNER_COLUMNS = {"api": "api_owner", "optimizer": "optimizer_owner"}
 _RECORD_COLUMNS = "id, status, created, updated, iteration, total, loss, terms, error, cancel, options, result"
 
 
@@ -101,12 +113,17 @@ class SqliteJobStore:
         self._local = threading.local()
         with self._conn() as c:
             c.executescript(_SCHEMA)
+            have = {row[1] for row in c.execute("PRAGMA table_info(jobs)")}
+            for column in OWNER_COLUMNS.values():  # files made by an earlier version
+                if column not in have:
+                    c.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
                                    check_same_thread=False)
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file: purges shrink it
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
@@ -115,12 +132,19 @@ class SqliteJobStore:
     def _exec(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         return self._conn().execute(sql, params)
 
-    def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes) -> None:
+    def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes,
+               owner: str | None = None, max_open: int | None = None) -> bool:
+        """Add a queued job owned by API instance ``owner``; False (nothing added) when ``max_open``
+        jobs are already queued or running. The check and the insert are one statement: no overshoot."""
         now = time.time()
-        self._exec(
-            "INSERT INTO jobs (id, status, created, updated, total, options, source, working) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (job_id, QUEUED, now, now, int(options.get("steps", 0)), json.dumps(options), source, working))
+        limit = -1 if max_open is None else max_open
+        cur = self._exec(
+            "INSERT INTO jobs (id, status, created, updated, total, options, source, working, api_owner) "
+            "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? < 0 OR "
+            "(SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')) < ?",
+            (job_id, QUEUED, now, now, int(options.get("steps", 0)), json.dumps(options), source, working, owner,
+             limit, limit))
+        return cur.rowcount == 1
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._exec(f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -194,3 +218,55 @@ class SqliteJobStore:
     def count(self, statuses: tuple[str, ...]) -> int:
         marks = ",".join("?" * len(statuses))
         return self._exec(f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks})", statuses).fetchone()[0]
+
+    def claim(self, job_ids: list[str], owner: str) -> None:
+        """Record the optimizer instance that holds these jobs (the watchdog fails them if it dies)."""
+        self._conn().executemany("UPDATE jobs SET optimizer_owner = ? WHERE id = ?", [(owner, j) for j in job_ids])
+
+    def beat(self, instance: str, role: str, pid: int) -> None:
+        now = time.time()
+        self._exec("INSERT INTO workers (instance, role, pid, started, beat) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (instance) DO UPDATE SET beat = excluded.beat", (instance, role, pid, now, now))
+
+    def retire(self, instance: str) -> None:
+        self._exec("DELETE FROM workers WHERE instance = ?", (instance,))
+
+    def workers(self, role: str | None = None, fresh_within_s: float | None = None) -> list[dict[str, Any]]:
+        """Live (or all) worker instances: their role, pid, start and last heartbeat."""
+        since = time.time() - fresh_within_s if fresh_within_s is not None else 0.0
+        rows = self._exec("SELECT instance, role, pid, started, beat FROM workers WHERE beat >= ? "
+                          "AND (? IS NULL OR role = ?) ORDER BY started", (since, role, role)).fetchall()
+        return [dict(zip(("instance", "role", "pid", "started", "beat"), r)) for r in rows]
+
+    def fail_orphans(self, stale_after_s: float) -> list[str]:
+        """Fail open jobs whose API or optimizer instance stopped beating; returns their ids."""
+        since = time.time() - stale_after_s
+        failed = []
+        for role, column in OWNER_COLUMNS.items():
+            rows = self._exec(
+                f"UPDATE jobs SET status = 'failed', updated = ?, error = ? "
+                f"WHERE status IN ('queued', 'running') AND {column} IS NOT NULL "
+                f"AND {column} NOT IN (SELECT instance FROM workers WHERE beat >= ?) RETURNING id",
+                (time.time(), f"interrupted: the {role} process that held this job stopped (a crash or a restart); "
+                              "submit it again", since)).fetchall()
+            failed += [r[0] for r in rows]
+        return failed
+
+    def purge(self, ended_before: float) -> int:
+        """Delete jobs that ended before ``ended_before`` with their files, and long-gone workers;
+        gives the pages back to the file system. Returns the number of jobs deleted."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM jobs WHERE status IN ('finished', 'cancelled', 'failed') AND updated < ?",
+                (ended_before,))]
+            conn.executemany("DELETE FROM files WHERE job_id = ?", [(i,) for i in ids])
+            conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            conn.execute("DELETE FROM workers WHERE beat < ?", (ended_before,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.executescript("PRAGMA incremental_vacuum;")  # run to the end: execute() frees one page a step
+        return len(ids)

@@ -48,7 +48,8 @@ def main() -> None:
     decoded = decode_image(encode_image(photo, "PNG"))
     guide = Guide(load_model(args.model, device="cpu"))
     opt = BatchedOptimizer(guide)
-    opt.add([JobSpec("figure", working_copy(photo), args.prompt, steps=args.steps, lut_size=36, seed=0)])  # 36 = 6^2: a level-6 Hald
+    # 36 nodes = 6^2: the LUT is exactly a level-6 Hald image
+    opt.add([JobSpec("figure", working_copy(photo), args.prompt, steps=args.steps, lut_size=36, seed=0)])
     result = opt.run()["figure"]
     cube = lut_to_cube(result.lut)
     graded = render(decoded, cube)

@@ -1,0 +1,96 @@
+"""The ASGI middlewares of the API service, each on a small Starlette app."""
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from clipdlut.http import ApiKey, BodyLimit, ReadyReason, TaskGate
+from clipdlut.jobs import InputError, QueueFull
+from clipdlut.store import FINISHED, SqliteJobStore
+
+pytestmark = pytest.mark.unit
+
+
+def app(*middleware) -> Starlette:
+    async def ok(request):
+        return PlainTextResponse("app:" + request.url.path)
+
+    a = Starlette(routes=[Route("/{path:path}", ok, methods=["GET", "POST", "PUT"])])
+    for cls, kw in middleware:
+        a.add_middleware(cls, **kw)
+    return a
+
+
+def test_api_key_guards_everything_but_health_checks():
+    c = TestClient(app((ApiKey, {"key": "s3cret"})))
+    for path in ("/healthz", "/livez", "/readyz", "/"):
+        assert c.get(path).status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
+                    {"Authorization": "s3cret"}):
+        r = c.post("/retouch", headers=headers)
+        assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]
+        assert r.headers["www-authenticate"] == "Bearer" and "s3cret" not in r.text
+    assert c.post("/retouch", headers={"Authorization": "Bearer s3cret"}).text == "app:/retouch"
+    assert c.get("/metrics", headers={"Authorization": "bearer s3cret"}).status_code == 200
+
+
+def test_body_limit():
+    c = TestClient(app((BodyLimit, {"max_bytes": 100})))
+    assert c.post("/x", content=b"a" * 100).status_code == 200
+    r = c.post("/x", content=b"a" * 101)
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+def test_ready_reason(tmp_path):
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    c = TestClient(app((ReadyReason, {"store": lambda: store})))
+    assert c.get("/readyz").json() == {"error": "the optimizer has not started yet"}
+    store.set_state("optimizer", {"ready": False, "reason": "weights missing at /x.pt"})
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["error"] == "weights missing at /x.pt" and r.headers["retry-after"]
+    store.set_state("optimizer", {"ready": True})
+    assert "no optimizer process is running" in c.get("/readyz").json()["error"]  # ready once, since died
+    store.beat("optimizer-1", "optimizer", 1)
+    assert c.get("/readyz").text == "app:/readyz"
+
+
+def test_task_gate_answers_from_the_store(tmp_path):
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    seen = []
+
+    async def validate(request):
+        body = await request.json()
+        seen.append(body)
+        if body.get("full"):
+            raise QueueFull(2, 7)
+        if not body.get("ok"):
+            raise InputError("target_prompt: field required")
+
+    gate = (TaskGate, {"route": "/v1/retouch", "store": lambda: store, "validate": validate,
+                       "result": lambda task_id: {"task_id": task_id, "cube": "LUT"}})
+    c = TestClient(app(gate))
+    assert c.post("/v1/retouch/submit", json={"ok": True}).text == "app:/v1/retouch/submit"
+    r = c.post("/v1/retouch/submit", json={})
+    assert r.status_code == 400 and r.json() == {"error": "target_prompt: field required"}
+    r = c.post("/v1/retouch/submit", json={"full": True})
+    assert r.status_code == 429 and r.headers["retry-after"] == "7"
+    assert c.post("/v1/retouch/submit", content=b"{nope").status_code == 400
+    assert c.put("/v1/retouch/cancel", params={"task_id": "nope"}).status_code == 404
+    assert c.get("/v1/retouch/status", params={"task_id": "unknown"}).text == "app:/v1/retouch/status"
+
+    store.create("t1", {"steps": 1}, b"", b"")
+    assert c.get("/v1/retouch/status", params={"task_id": "t1"}).json()["status"] == "in_progress"
+    assert c.get("/v1/retouch/get", params={"task_id": "t1"}).status_code == 400
+    assert c.put("/v1/retouch/cancel", params={"task_id": "t1"}).json()["status"] == "canceled"
+    assert store.get("t1").cancel_requested
+    store.finish("t1", {}, {})
+    status = c.get("/v1/retouch/status", params={"task_id": "t1"}).json()
+    assert status["status"] == "completed" and status["executed_at"]
+    assert c.get("/v1/retouch/get", params={"task_id": "t1"}).json() == {"task_id": "t1", "cube": "LUT"}
+    store.create("t2", {"steps": 1}, b"", b"")
+    store.set_status("t2", "failed", "interrupted: restart")
+    r = c.get("/v1/retouch/get", params={"task_id": "t2"})
+    assert r.status_code == 409 and "interrupted: restart" in r.json()["error"]
+    assert store.get("t1").status == FINISHED

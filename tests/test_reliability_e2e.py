@@ -1,0 +1,108 @@
+"""Every accepted job ends, results survive restarts, and a full queue says when to come back.
+
+Real ``bentoml serve`` processes with the tiny model and a 3 s watchdog bound.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from clipdlut.store import SqliteJobStore
+from tests.conftest import gradient_image, png_bytes
+from tests.live import Server, serving
+
+pytestmark = pytest.mark.e2e
+PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(120, 90))).decode()
+BOUND_S = 3.0
+FAST = {"CLIPDLUT_WATCHDOG_S": str(BOUND_S), "CLIPDLUT_PROGRESS_EVERY": "1"}
+
+
+def wait(predicate, timeout=60.0, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def submit(url: str, steps: int) -> str:
+    r = httpx.post(url + "/retouch", json={"image": PHOTO_B64, "target_prompt": "暖色", "iteration": steps},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["task_id"]
+
+
+def query(url: str, task_id: str, **kw) -> dict:
+    return httpx.post(url + "/query_task", json={"task_id": task_id, **kw}, timeout=30).json()
+
+
+def ended(url: str, task_id: str) -> dict | None:
+    q = query(url, task_id)
+    return q if q["status"] not in ("pending", "processing") else None
+
+
+def test_killed_optimizer_fails_its_job_within_the_bound_and_recovers(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        store = SqliteJobStore(tmp_path / "jobs.db")
+        task_id = submit(s.url, 5000)
+        wait(lambda: query(s.url, task_id)["current_iteration"] > 0)
+        (optimizer,) = store.workers("optimizer", fresh_within_s=BOUND_S)
+        os.kill(optimizer["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        done = wait(lambda: ended(s.url, task_id), timeout=30)
+        assert time.monotonic() - t0 < BOUND_S + 2.0
+        assert done["status"] == "failed"
+        assert "interrupted" in store.get(task_id).error
+        s.wait_ready(timeout=120)  # BentoML starts a new optimizer process; it loads the model again
+        assert store.workers("optimizer", fresh_within_s=BOUND_S)[0]["pid"] != optimizer["pid"]
+        again = submit(s.url, 8)
+        assert wait(lambda: ended(s.url, again), timeout=120)["status"] == "finished"
+
+
+def test_restart_keeps_results_and_fails_what_was_running(tmp_path):
+    server = Server(tmp_path, FAST).start()
+    try:
+        server.wait_ready()
+        finished = submit(server.url, 6)
+        native = httpx.post(server.url + "/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "冷色",
+                                                                      "steps": 6}, timeout=30).json()["task_id"]
+        assert wait(lambda: ended(server.url, finished))["status"] == "finished"
+        wait(lambda: httpx.get(server.url + "/v1/retouch/status", params={"task_id": native}).json()["status"]
+             == "completed")
+        before = query(server.url, finished, lut_format="cube", include_image=True)
+        running = submit(server.url, 5000)
+        wait(lambda: query(server.url, running)["current_iteration"] > 0)
+    finally:
+        server.stop()
+
+    with serving(tmp_path, **FAST) as s:
+        assert query(s.url, finished, lut_format="cube", include_image=True) == before
+        assert httpx.get(s.url + "/v1/retouch/status", params={"task_id": native}).json()["status"] == "completed"
+        result = httpx.get(s.url + "/v1/retouch/get", params={"task_id": native}).json()
+        assert result["cube"].startswith("# prompt: 冷色") and result["task_id"] == native
+        assert wait(lambda: ended(s.url, running), timeout=BOUND_S + 10)["status"] == "failed"
+        reason = httpx.post(s.url + "/v1/progress", json={"task_id": running}).json()["error"]
+        assert "interrupted" in reason and "restart" in reason
+
+
+def test_full_queue_gets_429_with_retry_after_then_recovers(tmp_path):
+    with serving(tmp_path, CLIPDLUT_MAX_OPEN_JOBS="2", CLIPDLUT_RETRY_AFTER_S="4", **FAST) as s:
+        long = [submit(s.url, 5000), submit(s.url, 5000)]
+        r = httpx.post(s.url + "/retouch", json={"image": PHOTO_B64, "target_prompt": "x", "iteration": 5})
+        assert r.status_code == 429 and r.headers["retry-after"] == "4" and "limit" in r.json()["error"]
+        r = httpx.post(s.url + "/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "x", "steps": 5})
+        assert r.status_code == 429 and r.headers["retry-after"] == "4"
+        for task_id in long:
+            httpx.post(s.url + "/stop_task", json={"task_id": task_id})
+        for task_id in long:
+            assert wait(lambda t=task_id: ended(s.url, t))["status"] == "stopped"
+        after = submit(s.url, 5)
+        assert wait(lambda: ended(s.url, after), timeout=60)["status"] == "finished"
+        assert httpx.get(s.url + "/readyz").status_code == 200
