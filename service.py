@@ -11,6 +11,7 @@ import functools
 import io
 import logging
 import threading
+import uuid
 from pathlib import Path
 
 import bentoml
@@ -28,7 +29,7 @@ from clipdlut.cube import CubeError, read_cube
 from clipdlut.engine import Engine
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
-from clipdlut.http import ApiKey, BodyLimit, ReadyReason, TaskGate
+from clipdlut.http import ApiKey, BodyLimit, ClearErrors, FormCheck, ReadyReason, TaskGate
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
 from clipdlut.lifecycle import Watchdog
@@ -226,7 +227,7 @@ class Retouch:
         return decoded, opts
 
     def _record(self, task_id: str):
-        record = self.store.get(task_id)
+        record = self.store.get(jobs.check_task_id(task_id))
         if record is None:
             raise UnknownTask(f"no task with id {task_id!r}; task ids come from the submit response")
         return record
@@ -237,7 +238,8 @@ class Retouch:
     @answers_client_errors
     async def retouch(self, request: RetouchRequest, /, ctx: bentoml.Context) -> RetouchResult:
         """Grade a photo from a text prompt; returns the .cube, the full-resolution image and scores."""
-        job_id = ctx.request.state.task_id
+        # a task id when submitted as a task; a plain POST to the route runs it synchronously under a new id
+        job_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
         opts = JobOptions(request.target_prompt, request.source_prompt, request.steps, request.lut_size,
                           request.strength, request.seed, request.image_format)
         decoded, opts = self._accept(job_id, request.image, opts)
@@ -334,8 +336,6 @@ class Retouch:
     @answers_client_errors
     async def legacy_retouch(self, request: LegacyRetouchRequest, /) -> LegacyTask:
         """Original API: start a task; poll it with /query_task."""
-        import uuid
-
         job_id = str(uuid.uuid4())
         opts = JobOptions(request.target_prompt, request.original_prompt, steps=request.iteration)
         decoded, opts = self._accept(job_id, request.image, opts)
@@ -403,6 +403,8 @@ def _gate_store() -> SqliteJobStore:
 
 Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission,
                             result=lambda task_id: jobs.stored_result(_gate_store(), task_id))
+Retouch.add_asgi_middleware(ClearErrors)
+Retouch.add_asgi_middleware(FormCheck, routes=("/v1/apply",))
 Retouch.add_asgi_middleware(ReadyReason, store=_gate_store, alive_within_s=S.watchdog_s)
 Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
 if S.api_key:

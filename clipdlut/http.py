@@ -16,6 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from clipdlut.jobs import InputError, check_task_id
 from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
 
 Scope = dict[str, Any]
@@ -100,7 +101,11 @@ class TaskGate:
         if (action, method) not in (("cancel", "PUT"), ("status", "GET"), ("get", "GET")):
             return await self.app(scope, receive, send)
         task_id = Request(scope).query_params.get("task_id", "")
-        record = self.store().get(task_id) if task_id else None
+        try:
+            check_task_id(task_id)
+        except InputError as e:
+            return await _error(400, str(e))(scope, receive, send)
+        record = self.store().get(task_id)
         if record is None:
             if action == "cancel":
                 return await _error(404, f"no task with id {task_id!r}")(scope, receive, send)
@@ -121,35 +126,59 @@ class TaskGate:
         await response(scope, receive, send)
 
     async def _submit(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-
-        async def replay() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        from clipdlut.jobs import InputError
-
+        body = await _read_body(receive)
         try:
-            await self.validate(Request(scope, replay))
+            await self.validate(Request(scope, _replay(body, receive)))
         except InputError as e:
             return await _error(e.status_code, str(e), **getattr(e, "headers", {}))(scope, receive, send)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return await _error(400, "the body is not valid JSON")(scope, receive, send)
-        sent = False
+        await self.app(scope, _replay(body, receive), send)
 
-        async def replay_once() -> dict:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay_once, send)
+async def _read_body(receive: Callable) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable) -> Callable[[], Awaitable[dict]]:
+    """A ``receive`` that hands over an already read body once, then listens on the original."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+class FormCheck:
+    """A 400 for a malformed multipart body on the given routes (BentoML would answer 500)."""
+
+    def __init__(self, app: ASGIApp, routes: tuple[str, ...]):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.routes or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        body = await _read_body(receive)
+        request = Request(scope, _replay(body, receive))
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            try:
+                async with request.form():
+                    pass
+            except Exception as e:
+                message = f"the multipart body cannot be read ({e}); send the fields as multipart/form-data"
+                return await _error(400, message)(scope, receive, send)
+        await self.app(scope, _replay(body, receive), send)
 
 
 class ReadyReason:
@@ -199,3 +228,53 @@ class ApiKey:
                               **{"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class ClearErrors:
+    """Turn BentoML's request-validation 400s ("1 validation error for XIODescriptor", details in a list)
+    into one message that names each field to fix, e.g. ``iteration: Input should be a valid integer``,
+    in the shape the OpenAPI document promises."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def rewriting_send(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                start = message
+                return
+            if start is None:
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            try:
+                payload = json.loads(body)
+                details = payload["detail"] if isinstance(payload, dict) else None
+                if isinstance(details, list) and details and "validation error" in str(payload.get("error")):
+                    # (the documented error schema has a string ``detail``; BentoML sends a list there)
+                    body = json.dumps({"error": "; ".join(_describe(d) for d in details)}).encode()
+            except (ValueError, KeyError, TypeError):
+                pass
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        await self.app(scope, receive, rewriting_send)
+
+
+def _describe(detail: dict) -> str:
+    where = ".".join(str(p) for p in detail.get("loc", ())) or "body"
+    message = str(detail.get("msg", "is not valid"))
+    if detail.get("type") == "json_invalid":
+        where = "body"
+        message = "is not valid JSON (UTF-8): " + message
+    return f"{where}: {message}"

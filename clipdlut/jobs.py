@@ -14,9 +14,11 @@ import asyncio
 import base64
 import binascii
 import io
+import logging
 import re
 import time
 import unicodedata
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
@@ -33,6 +35,7 @@ from clipdlut.schemas import OptimizeResult, Scores
 from clipdlut.settings import Settings
 from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
 
+log = logging.getLogger(__name__)
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -116,7 +119,19 @@ def clean_prompt(text: str, name: str, max_chars: int) -> str:
         raise InputError(f"{name} is empty; describe the look in words, e.g. 温暖的金色黄昏")
     if len(cleaned) > max_chars:
         raise InputError(f"{name} has {len(cleaned)} characters; the limit is {max_chars}")
+    if not any(ch.isalnum() for ch in cleaned):
+        raise InputError(f"{name} has no words (only symbols or emoji); describe the look in words")
     return cleaned
+
+
+def check_task_id(task_id: str) -> str:
+    """A task id as the service issues them (a UUID, with or without dashes), or :class:`InputError`."""
+    try:
+        uuid.UUID(task_id)
+    except (ValueError, TypeError, AttributeError):
+        raise InputError(f"task_id {str(task_id)[:64]!r} is not a task id; use the task_id the submit call returned"
+                         ) from None
+    return task_id
 
 
 def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
@@ -246,6 +261,7 @@ async def run(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOpti
         raise JobEnded(FAILED, f"the optimizer could not take the job: {e}") from None
     res = await wait_outcome(store, job_id)
     if res.status != "finished":
+        log.info("job %s ended %s after %d steps: %s", job_id, res.status, res.iterations, res.error or "-")
         store.set_status(job_id, CANCELLED if res.status == "cancelled" else FAILED, res.error)
         raise JobEnded(res.status, res.error or f"the job was {res.status}")
     t0 = time.time()
@@ -269,4 +285,8 @@ async def run(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOpti
                     "render_s": done - t0, "total_s": done - submitted},
     }
     store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image})
+    t = result["timings"]
+    log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%dx%d, %d steps)",
+             job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], decoded.size[0], decoded.size[1],
+             opts.steps)
     return result

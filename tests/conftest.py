@@ -58,3 +58,37 @@ def png_bytes(img: Image.Image, **params) -> bytes:
 @pytest.fixture
 def photo() -> Image.Image:
     return gradient_image()
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """The ``service`` module, imported once with the test settings (it reads them at import)."""
+    import importlib
+
+    home = tmp_path_factory.mktemp("bentoml")
+    mp = pytest.MonkeyPatch()
+    for name, value in {"BENTOML_HOME": str(home), "CLIPDLUT_CLIP_MODEL": "tiny",
+                        "CLIPDLUT_STORE": str(home / "jobs.db"), "CLIPDLUT_MAX_PIXELS": "1000000",
+                        "CLIPDLUT_MAX_BODY_MB": "2", "CLIPDLUT_PROGRESS_EVERY": "2"}.items():
+        mp.setenv(name, value)
+    from _bentoml_impl.tasks.result import Sqlite3Store
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    Sqlite3Store.init_db(BentoMLContainer.result_store_file.get())
+    module = importlib.import_module("service")
+    yield module
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    """Both services in-process behind Starlette's test client, once the model is loaded."""
+    import time as _time
+
+    from starlette.testclient import TestClient
+
+    with TestClient(service.Retouch.to_asgi()) as c:
+        deadline = _time.monotonic() + 60
+        while c.get("/readyz").status_code != 200 and _time.monotonic() < deadline:
+            _time.sleep(0.1)
+        yield c

@@ -125,3 +125,39 @@ def test_lut_to_cube_applies_strength_and_size():
     assert np.abs(read_cube(text).table - L.to_table(L.identity(17))).max() < 1e-6
     full = read_cube(lut_to_cube(lut, size=65)).table
     assert np.abs(full[::2, ::2, ::2] - L.to_table(lut)).max() < 1e-6
+
+
+# Property-based: any table, title and comments round-trip; arbitrary text never escapes as another error.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+_unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, width=64)
+
+
+@st.composite
+def _tables(draw):
+    n = draw(st.integers(min_value=2, max_value=5))
+    return draw(arrays(np.float64, (n, n, n, 3), elements=_unit))
+
+
+@given(table=_tables(), title=st.text(max_size=40), comments=st.lists(st.text(max_size=30), max_size=3))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_property_round_trip(table, title, comments):
+    cube = read_cube(write_cube(table, title=title, comments=comments))
+    assert cube.size == table.shape[0]
+    assert np.abs(cube.table - table).max() <= 5e-7 + 1e-12
+
+
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300),
+                 st.lists(st.sampled_from(["LUT_3D_SIZE 2", "LUT_3D_SIZE 99", "DOMAIN_MIN 0 0 0", "DOMAIN_MAX 1 1",
+                                           "TITLE \"x\"", "0 0 0", "1 1 1", "0.5 nan 1", "1e400 0 0", "# c", "",
+                                           "LUT_1D_SIZE 4", "a b c", "\ufeff"]), max_size=14).map("\n".join)))
+@settings(max_examples=300, deadline=None)
+def test_property_reader_fails_only_with_cube_error(data):
+    try:
+        cube = read_cube(data)
+    except CubeError as e:
+        assert str(e)  # a message to show the user
+    else:
+        assert cube.table.shape == (cube.size,) * 3 + (3,) and np.isfinite(cube.table).all()

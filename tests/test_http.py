@@ -1,5 +1,7 @@
 """The ASGI middlewares of the API service, each on a small Starlette app."""
 
+import uuid
+
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -77,20 +79,24 @@ def test_task_gate_answers_from_the_store(tmp_path):
     r = c.post("/v1/retouch/submit", json={"full": True})
     assert r.status_code == 429 and r.headers["retry-after"] == "7"
     assert c.post("/v1/retouch/submit", content=b"{nope").status_code == 400
-    assert c.put("/v1/retouch/cancel", params={"task_id": "nope"}).status_code == 404
-    assert c.get("/v1/retouch/status", params={"task_id": "unknown"}).text == "app:/v1/retouch/status"
+    r = c.put("/v1/retouch/cancel", params={"task_id": "nope"})
+    assert r.status_code == 400 and "not a task id" in r.json()["error"]
+    assert c.put("/v1/retouch/cancel", params={"task_id": uuid.uuid4().hex}).status_code == 404
+    unknown = uuid.uuid4().hex
+    assert c.get("/v1/retouch/status", params={"task_id": unknown}).text == "app:/v1/retouch/status"
 
-    store.create("t1", {"steps": 1}, b"", b"")
-    assert c.get("/v1/retouch/status", params={"task_id": "t1"}).json()["status"] == "in_progress"
-    assert c.get("/v1/retouch/get", params={"task_id": "t1"}).status_code == 400
-    assert c.put("/v1/retouch/cancel", params={"task_id": "t1"}).json()["status"] == "canceled"
-    assert store.get("t1").cancel_requested
-    store.finish("t1", {}, {})
-    status = c.get("/v1/retouch/status", params={"task_id": "t1"}).json()
+    t1, t2 = uuid.uuid4().hex, uuid.uuid4().hex
+    store.create(t1, {"steps": 1}, b"", b"")
+    assert c.get("/v1/retouch/status", params={"task_id": t1}).json()["status"] == "in_progress"
+    assert c.get("/v1/retouch/get", params={"task_id": t1}).status_code == 400
+    assert c.put("/v1/retouch/cancel", params={"task_id": t1}).json()["status"] == "canceled"
+    assert store.get(t1).cancel_requested
+    store.finish(t1, {}, {})
+    status = c.get("/v1/retouch/status", params={"task_id": t1}).json()
     assert status["status"] == "completed" and status["executed_at"]
-    assert c.get("/v1/retouch/get", params={"task_id": "t1"}).json() == {"task_id": "t1", "cube": "LUT"}
-    store.create("t2", {"steps": 1}, b"", b"")
-    store.set_status("t2", "failed", "interrupted: restart")
-    r = c.get("/v1/retouch/get", params={"task_id": "t2"})
+    assert c.get("/v1/retouch/get", params={"task_id": t1}).json() == {"task_id": t1, "cube": "LUT"}
+    store.create(t2, {"steps": 1}, b"", b"")
+    store.set_status(t2, "failed", "interrupted: restart")
+    r = c.get("/v1/retouch/get", params={"task_id": t2})
     assert r.status_code == 409 and "interrupted: restart" in r.json()["error"]
-    assert store.get("t1").status == FINISHED
+    assert store.get(t1).status == FINISHED

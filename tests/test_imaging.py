@@ -98,3 +98,39 @@ def test_working_copy_and_thumbnail_sizes():
     assert working_copy(gradient_image(100, 50), 288).size == (100, 50)  # never upscaled
     assert max(working_copy(gradient_image(4000, 200), 288, 864).size) == 864
     assert thumbnail(big).size == (256, 171)
+
+
+# Property-based: damaged files of every format decode or fail with ImageError, never anything else.
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    gradient_image(24, 16).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+SAMPLES = {fmt: _encoded(fmt) for fmt in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")}
+
+
+@st.composite
+def _damaged(draw):
+    data = bytearray(SAMPLES[draw(st.sampled_from(sorted(SAMPLES)))])
+    for _ in range(draw(st.integers(0, 6))):
+        i = draw(st.integers(0, len(data) - 1))
+        data[i] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return bytes(data[:cut]) + draw(st.binary(max_size=16))
+
+
+@given(_damaged())
+@settings(max_examples=400, deadline=None)
+def test_property_damaged_images_fail_cleanly(data):
+    try:
+        decoded = decode_image(data, max_pixels=1_000_000)
+    except ImageError as e:  # ImageTooLarge is an ImageError
+        assert str(e)
+    else:
+        w, h = decoded.size
+        assert 0 < w * h <= 1_000_000 and decoded.rgb.mode == "RGB" and decoded.rgb.size == (w, h)

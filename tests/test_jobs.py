@@ -46,7 +46,9 @@ def test_bad_base64(text, message):
 
 def test_prompts_are_cleaned_and_limited():
     assert clean_prompt(" 暖色\x00调\n\t胶片 ", "p", 50) == "暖色 调 胶片"
-    assert clean_prompt("🌅🌇", "p", 50) == "🌅🌇"
+    assert clean_prompt("夕阳🌅🌇", "p", 50) == "夕阳🌅🌇"
+    with pytest.raises(InputError, match="no words"):
+        clean_prompt("🌅🌇 !!", "target_prompt", 50)
     with pytest.raises(InputError, match="empty"):
         clean_prompt("\x01\x02  ", "target_prompt", 50)
     with pytest.raises(InputError, match="10000 characters; the limit is 200"):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import importlib
 import io
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -19,36 +19,6 @@ from tests.conftest import gradient_image, png_bytes
 pytestmark = pytest.mark.http
 PHOTO = gradient_image(160, 120)
 PHOTO_B64 = base64.b64encode(png_bytes(PHOTO)).decode()
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    home = tmp_path_factory.mktemp("bentoml")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BENTOML_HOME", str(home))
-    mp.setenv("CLIPDLUT_CLIP_MODEL", "tiny")
-    mp.setenv("CLIPDLUT_STORE", str(home / "jobs.db"))
-    mp.setenv("CLIPDLUT_MAX_PIXELS", "1000000")
-    mp.setenv("CLIPDLUT_MAX_BODY_MB", "2")
-    mp.setenv("CLIPDLUT_PROGRESS_EVERY", "2")
-    from _bentoml_impl.tasks.result import Sqlite3Store
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    Sqlite3Store.init_db(BentoMLContainer.result_store_file.get())
-    module = importlib.import_module("service")  # reads its settings from the environment set above
-    yield module
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def client(service):
-    from starlette.testclient import TestClient
-
-    with TestClient(service.Retouch.to_asgi()) as c:
-        deadline = time.monotonic() + 60
-        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        yield c
 
 
 def wait(predicate, timeout=120.0):
@@ -143,6 +113,7 @@ def test_stop_task_while_another_job_completes(client):
     assert client.post("/v1/cancel", json={"task_id": long_a}).json() == {"task_id": long_a, "status": "cancelled"}
 
 
+UNKNOWN_ID = "0b6c2f0e-9a39-4d4b-9c55-2f1d3c1b0a77"
 BAD_INPUTS = [
     ("/retouch", {"image": "aGVsbG8=", "target_prompt": "x"}, 400, "not an image"),
     ("/retouch", {"image": "***", "target_prompt": "x"}, 400, "not valid base64"),
@@ -154,9 +125,11 @@ BAD_INPUTS = [
     ("/v1/retouch/submit", {"image": "data:text/plain;base64,aGVsbG8=", "target_prompt": "x"}, 400, "text/plain"),
     ("/v1/retouch/submit", {"image": base64.b64encode(png_bytes(Image.new("RGB", (2000, 1000)))).decode(),
                             "target_prompt": "x"}, 413, "pixels"),
-    ("/query_task", {"task_id": "no-such-task"}, 404, "no task"),
-    ("/stop_task", {"task_id": "no-such-task"}, 404, "no task"),
-    ("/v1/progress", {"task_id": "no-such-task"}, 404, "no task"),
+    ("/query_task", {"task_id": UNKNOWN_ID}, 404, "no task"),
+    ("/stop_task", {"task_id": UNKNOWN_ID}, 404, "no task"),
+    ("/v1/progress", {"task_id": UNKNOWN_ID}, 404, "no task"),
+    ("/query_task", {"task_id": "../../etc/passwd"}, 400, "not a task id"),
+    ("/v1/cancel", {"task_id": "1 OR 1=1"}, 400, "not a task id"),
 ]
 
 
@@ -191,3 +164,91 @@ def test_clip_endpoints(client):
     assert len(img) == 32
     r = client.post("/v1/classify", json={"image": PHOTO_B64, "concepts": ["白天", "夜晚", "黄昏"]}).json()
     assert abs(sum(r["probabilities"].values()) - 1) < 1e-6 and r["best"] in r["probabilities"]
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (a decompression-bomb or zero-size header)."""
+    data = bytearray(png_bytes(Image.new("RGB", (1, 1))))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _animated(fmt: str) -> bytes:
+    frames = [Image.new("RGB", (40, 30), c) for c in ((200, 30, 30), (30, 200, 30))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+PNG = png_bytes(PHOTO)
+HARDENING = [  # (what, path, request kwargs, status, words in the message)
+    ("bomb header", "/retouch", {"json": {"image": _b64(_png_with_size(100_000, 100_000)), "target_prompt": "x"}},
+     413, "pixels"),
+    ("zero-size", "/retouch", {"json": {"image": _b64(_png_with_size(0, 10)), "target_prompt": "x"}}, 400, "image"),
+    ("truncated", "/retouch", {"json": {"image": _b64(PNG[: len(PNG) // 2]), "target_prompt": "x"}}, 400,
+     "truncated or corrupt"),
+    ("corrupt", "/v1/retouch/submit", {"json": {"image": _b64(PNG[:40] + bytes(range(256)) * 8),
+                                                "target_prompt": "x"}}, 400, "image"),
+    ("junk base64", "/retouch", {"json": {"image": "iVBOR$$%%^^", "target_prompt": "x"}}, 400, "base64"),
+    ("bad padding", "/retouch", {"json": {"image": PHOTO_B64[:-2] + "===", "target_prompt": "x"}}, 400, "image"),
+    ("pdf data URL", "/retouch", {"json": {"image": "data:application/pdf;base64,JVBERi0=", "target_prompt": "x"}},
+     400, "application/pdf"),
+    ("control-only prompt", "/retouch", {"json": {"image": PHOTO_B64, "target_prompt": "\x00\x07\x1b"}}, 400, "empty"),
+    ("10,000 characters", "/v1/retouch/submit", {"json": {"image": PHOTO_B64, "target_prompt": "色" * 10_000}},
+     400, "target_prompt: String should have at most"),
+    ("1,000 characters", "/retouch", {"json": {"image": PHOTO_B64, "target_prompt": "色" * 1000}}, 400,
+     "the limit is 200"),
+    ("only emoji", "/retouch", {"json": {"image": PHOTO_B64, "target_prompt": "🌆🌃✨"}}, 400, "no words"),
+    ("non-UTF-8 bytes", "/retouch", {"content": b'{"image": "x", "target_prompt": "\xff\xfe"}',
+                                     "headers": {"content-type": "application/json"}}, 400, "not valid JSON (UTF-8)"),
+    ("non-UTF-8 task", "/v1/retouch/submit", {"content": b'{"target_prompt": "\xff"}',
+                                              "headers": {"content-type": "application/json"}}, 400, "JSON"),
+    ("not a UUID", "/v1/progress", {"json": {"task_id": "zzz"}}, 400, "not a task id"),
+    ("malformed cube", "/v1/apply", {"files": {"image": ("p.png", PNG, "image/png"),
+                                               "lut": ("l.cube", b"LUT_3D_SIZE 3\n0 0 0\n", "text/plain")}},
+     400, "LUT"),
+    ("malformed Hald", "/v1/apply", {"files": {"image": ("p.png", PNG, "image/png"),
+                                               "lut": ("h.png", png_bytes(Image.new("RGB", (10, 7))), "image/png")}},
+     400, "LUT"),
+    ("JSON to a multipart route", "/v1/apply", {"json": {"image": PHOTO_B64, "lut": "x"}}, 400,
+     "image: Invalid file type"),
+    ("broken multipart", "/v1/apply", {"content": b"--zzz\r\ngarbage",
+                                       "headers": {"content-type": "multipart/form-data; boundary=zzz"}}, 400,
+     "image: "),
+    ("headerless multipart", "/v1/apply", {"content": b"garbage",
+                                           "headers": {"content-type": "multipart/form-data; boundary=zzz"}}, 400,
+     "multipart"),
+    ("XML to a JSON route", "/retouch", {"content": b"<image/>", "headers": {"content-type": "application/xml"}},
+     400, "not valid JSON"),
+    ("array body", "/v1/retouch/submit", {"json": [1, 2]}, 400, "object"),
+]
+
+
+@pytest.mark.parametrize("what,path,kwargs,status,words", HARDENING, ids=[h[0] for h in HARDENING])
+def test_hostile_input_gets_a_clear_4xx(client, what, path, kwargs, status, words):
+    r = client.post(path, **kwargs)
+    assert r.status_code == status, r.text
+    assert words.lower() in r.json()["error"].lower()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animated_images_use_the_first_frame(client, fmt):
+    r = client.post("/retouch", json={"image": _b64(_animated(fmt)), "target_prompt": "暖色", "iteration": 2})
+    assert r.status_code == 200, r.text
+    done = wait(lambda: (q := query(client, r.json()["task_id"]))["status"] not in ("pending", "processing") and q)
+    image = Image.open(io.BytesIO(base64.b64decode(query(client, done["task_id"], include_image=True)["image"]
+                                                   .split(",", 1)[1])))
+    assert done["status"] == "finished" and image.size == (40, 30)
+
+
+def test_control_characters_are_removed_from_a_prompt(client):
+    r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "暖\x00色\u200b调\n", "steps": 2})
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    wait(lambda: client.get("/v1/retouch/status", params={"task_id": task_id}).json()["status"] == "completed")
+    assert client.get("/v1/retouch/get", params={"task_id": task_id}).json()["cube"].startswith("# prompt: 暖 色 调")
