@@ -14,7 +14,9 @@ import threading
 import uuid
 from pathlib import Path
 
+import aiohttp
 import bentoml
+import httpx
 import numpy as np
 import prometheus_client
 import torch
@@ -204,17 +206,20 @@ class Retouch:
 
     # -- shared job machinery -------------------------------------------------------------------
 
-    async def _admit(self, job_id: str, attempts: int = 3) -> None:
-        """Hand a stored job to the optimizer; retried, since admission is idempotent and connections drop."""
+    async def _call(self, endpoint: str, items: list, attempts: int = 3) -> list:
+        """Call an optimizer endpoint; retried when the connection drops (every one of them is idempotent)."""
         for attempt in range(attempts):
             try:
-                (admission,) = await self.optimizer.admit([job_id])
-                break
-            except Exception:
+                return await getattr(self.optimizer, endpoint)(items)
+            except (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError):
                 if attempt == attempts - 1:
                     raise
-                log.warning("admitting job %s failed; retrying", job_id, exc_info=True)
+                log.warning("call to the optimizer's %s dropped; retrying", endpoint, exc_info=True)
                 await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def _admit(self, job_id: str) -> None:
+        """Hand a stored job to the optimizer's running batch."""
+        (admission,) = await self._call("admit", [job_id])
         admission = Admission.model_validate(admission) if isinstance(admission, dict) else admission
         if not admission.accepted:
             raise RuntimeError(admission.error)
@@ -302,13 +307,13 @@ class Retouch:
         if not 1 <= len(prompts) <= 64:
             raise InputError("send 1 to 64 prompts")
         cleaned = [self._prompt(p) for p in prompts]
-        return list(await self.optimizer.embed_text(cleaned))
+        return list(await self._call("embed_text", cleaned))
 
     @bentoml.api(route="/v1/embed_image")
     @answers_client_errors
     async def embed_image(self, image: str) -> list[float]:
         """The Chinese-CLIP embedding (unit norm) of one image (base64 or data URL)."""
-        (vec,) = await self.optimizer.embed_image([self._small(image)])
+        (vec,) = await self._call("embed_image", [self._small(image)])
         return list(vec)
 
     @bentoml.api(route="/v1/classify")
@@ -316,8 +321,8 @@ class Retouch:
     async def classify(self, request: Concepts, /) -> ConceptScores:
         """Zero-shot: how well each concept prompt describes the image."""
         concepts = [self._prompt(c) for c in request.concepts]
-        img, txt = await asyncio.gather(self.optimizer.embed_image([self._small(request.image)]),
-                                        self.optimizer.embed_text(concepts))
+        img, txt = await asyncio.gather(self._call("embed_image", [self._small(request.image)]),
+                                        self._call("embed_text", concepts))
         logits = 100.0 * np.asarray(txt) @ np.asarray(img[0])
         p = np.exp(logits - logits.max())
         p /= p.sum()
