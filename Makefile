@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PORT ?= 3000
 
-.PHONY: install serve test bench load build import-model lint clean
+.PHONY: install serve test browser bench load build import-model lint clean
 
 install: $(STAMP)
 
@@ -31,14 +31,26 @@ endif
 serve: install
 	$(VENV)/bin/bentoml serve service:Retouch --port $(PORT)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
-bench: install
-	$(PY) -m bench
+# The browser test drives Debian's chromium; it is installed where apt can be used (root or password-less
+# sudo). Elsewhere the test skips and says why.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+APT_GET := $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-wqy-microhei >/dev/null 2>&1
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	$(APT_GET) || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(APT_GET); } || \
+	echo "chromium could not be installed with apt: the browser test will skip"
+
+bench: install   # BENCH_ARGS="--device cuda" on a GPU machine
+	$(PY) -m bench $(BENCH_ARGS)
 
 load: install
 	$(VENV)/bin/locust -f locustfile.py --headless -u 8 -r 2 -t 60s --host http://127.0.0.1:$(PORT)
+
+import-model: install   # MODEL=ViT-B-16 [FROM=clip_cn_vit-b-16.pt]: weights into BentoML's model store
+	$(PY) -m clipdlut import-model $(or $(MODEL),ViT-B-16) $(if $(FROM),--from $(FROM))
 
 build: install
 	$(VENV)/bin/bentoml build

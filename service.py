@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import bentoml
@@ -25,13 +26,14 @@ from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.staticfiles import StaticFiles
 
 from clipdlut import jobs, modelstore
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.engine import Engine
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
-from clipdlut.http import ApiKey, BodyLimit, ClearErrors, FormCheck, ReadyReason, TaskGate
+from clipdlut.http import ApiKey, BodyLimit, ClearErrors, FormCheck, Landing, ReadyReason, TaskGate
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
 from clipdlut.lifecycle import Watchdog
@@ -48,6 +50,7 @@ from clipdlut.schemas import (
     LegacyStopRequest,
     LegacyStopResponse,
     LegacyTask,
+    LutSize,
     ProgressResponse,
     RetouchRequest,
     RetouchResult,
@@ -78,6 +81,10 @@ LEGACY_STATUS = {"queued": "pending", "running": "processing", FINISHED: "finish
 
 class UnknownTask(InputError):
     status_code = 404
+
+
+class TaskNotFinished(InputError):
+    status_code = 409
 
 
 def answers_client_errors(handler):
@@ -298,6 +305,21 @@ class Retouch:
         await asyncio.to_thread(run)
         return out
 
+    @bentoml.api(route="/v1/lut")
+    @answers_client_errors
+    async def lut(self, ctx: bentoml.Context, task_id: str, size: LutSize | None = None,
+                  format: Literal["cube", "hald"] = "cube") -> Path:
+        """A finished task's LUT as a .cube of any offered size (resampled exactly) or as a HaldCLUT PNG."""
+        self._record(task_id)
+        try:
+            data, _ = jobs.lut_file(self.store, task_id, size, format)
+        except JobEnded as e:
+            raise TaskNotFinished(str(e)) from None
+        out = Path(ctx.temp_dir) / (f"clipdlut-{task_id[:8]}-hald.png" if format == "hald"
+                                    else f"clipdlut-{task_id[:8]}-{size or 'lut'}.cube")
+        out.write_bytes(data)
+        return out
+
     # -- CLIP utilities --------------------------------------------------------------------------
 
     @bentoml.api(route="/v1/embed_text")
@@ -408,6 +430,9 @@ def _gate_store() -> SqliteJobStore:
 
 Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission,
                             result=lambda task_id: jobs.stored_result(_gate_store(), task_id))
+WEB = Path(__file__).parent / "clipdlut" / "web"  # the page: static files, no build step, no CDN
+bentoml.mount_asgi_app(StaticFiles(directory=WEB, html=True), path="/ui")(Retouch)
+Retouch.add_asgi_middleware(Landing)
 Retouch.add_asgi_middleware(ClearErrors)
 Retouch.add_asgi_middleware(FormCheck, routes=("/v1/apply",))
 Retouch.add_asgi_middleware(ReadyReason, store=_gate_store, alive_within_s=S.watchdog_s)

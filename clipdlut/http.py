@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 
 from clipdlut.jobs import InputError, check_task_id
 from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
@@ -278,3 +278,21 @@ def _describe(detail: dict) -> str:
         where = "body"
         message = "is not valid JSON (UTF-8): " + message
     return f"{where}: {message}"
+
+
+class Landing:
+    """``GET /``: 200 (the original clients' reachability check) with links to the web page and the API."""
+
+    PAGE = ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            "<title>CLIP-DLUT</title><body style='font-family:system-ui;max-width:40em;margin:3em auto'>"
+            "<h1>CLIP-DLUT</h1><p>Text-driven colour grading with a 3D LUT.</p><ul>"
+            "<li><a href='/ui/'>Grade a photo in the browser</a></li>"
+            "<li><a href='/docs'>API documentation (OpenAPI)</a></li></ul></body></html>")
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+            return await HTMLResponse(self.PAGE)(scope, receive, send)
+        return await self.app(scope, receive, send)

@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipdlut.cube import lut_to_cube
+from clipdlut.cube import lut_to_cube, read_cube, write_cube
+from clipdlut.hald import hald_level_for, write_hald
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, decode_image, encode_image, output_format, working_copy
 from clipdlut.losses import LossWeights
+from clipdlut.lut import from_table as table_to_lut
+from clipdlut.lut import resample, to_table
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobResult, JobSpec
 from clipdlut.render import render
 from clipdlut.schemas import OptimizeResult, Scores
@@ -214,6 +217,29 @@ def stored_result(store: JobStore, job_id: str) -> dict | None:
             "media_type": res["media_type"], "width": res["width"], "height": res["height"],
             "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],
             "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
+
+
+def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube") -> tuple[bytes, str]:
+    """A finished job's LUT as a ``.cube`` of another size or as a HaldCLUT PNG: (bytes, media type)."""
+    record = store.get(job_id)
+    cube = store.file(job_id, "cube") if record and record.status == FINISHED else None
+    if cube is None:
+        raise JobEnded(record.status if record else FAILED, f"task {job_id} has no finished LUT")
+    if fmt not in ("cube", "hald"):
+        raise InputError(f"format must be cube or hald, got {fmt!r}")
+    if size is not None and size not in (17, 33, 65):
+        raise InputError(f"size must be 17, 33 or 65, got {size}")
+    parsed = read_cube(cube)
+    lut = table_to_lut(parsed.normalized())
+    if fmt == "hald":
+        side = hald_level_for(parsed.size) ** 2
+        return write_hald(to_table(resample(lut, side))), "image/png"
+    if size is None or size == parsed.size:
+        return cube, "text/plain"
+    comments = [line[2:] for line in cube.decode("utf-8").splitlines() if line.startswith("# ")]
+    text = write_cube(to_table(resample(lut, size)), title=parsed.title or "CLIP-DLUT",
+                      comments=comments + [f"resampled from {parsed.size} to {size} nodes"])
+    return text.encode("utf-8"), "text/plain"
 
 
 OUTCOME = "outcome"  # the optimizer's result file of a job, read by the API service

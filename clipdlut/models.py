@@ -85,6 +85,21 @@ def build_tiny(seed: int = TINY_SEED) -> torch.nn.Module:
         return clip.model.CLIP(**TINY_CONFIG)
 
 
+def load_random(name: str, device: str | torch.device | None = None, seed: int = 0,
+                fp32: bool = False) -> LoadedModel:
+    """A named architecture with seeded random weights, frozen, in the serving dtype (or fp32): for
+    benchmarks, whose cost does not depend on weight values (and whose weights cannot be downloaded
+    everywhere)."""
+    clip = import_cn_clip()
+    device = torch.device(device) if device else default_device()
+    with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
+        torch.manual_seed(seed)
+        model = clip.utils.create_model(MODELS[name][2], None)
+    dtype = torch.float32 if fp32 else compute_dtype(device)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return LoadedModel(model=model, name=name, resolution=MODELS[name][3], device=device, dtype=dtype)
+
+
 def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False, "HF_HUB_OFFLINE is set"

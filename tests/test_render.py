@@ -7,7 +7,8 @@ from PIL import Image, ImageCms
 from clipdlut import lut as L
 from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.imaging import decode_image, encode_image
-from clipdlut.render import render
+from clipdlut.render import apply_table, render
+from clipdlut.render import pillow_lut as color3dlut
 from tests.conftest import gradient_image, png_bytes, random_smooth_lut
 
 pytestmark = pytest.mark.unit
@@ -86,3 +87,10 @@ def test_domain_cube_renders_on_the_unit_domain():
     table = L.to_table(L.identity(5))
     text = "DOMAIN_MIN 0 0 0\nDOMAIN_MAX 1 1 1\n" + lut_to_cube(L.identity(5)).split("\n", 1)[1]
     assert np.allclose(read_cube(text).normalized(), table, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 7])
+def test_strips_on_threads_equal_one_pillow_call(workers):
+    img = gradient_image(300, 1100, seed=3)
+    table = L.to_table(random_smooth_lut(17, seed=workers))
+    assert apply_table(img, table, workers=workers).tobytes() == img.filter(color3dlut(table)).tobytes()

@@ -1,0 +1,152 @@
+"""``python -m bench [--device cpu|cuda] [--quick]``: run every benchmark, write results JSON and a table.
+
+Every comparison is a ratio of two measurements taken in this run on this machine. Weights are random
+(cost does not depend on them). ``--quick`` uses the tiny model only (a smoke run of the code, seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from bench import render, serving, steps
+from clipdlut.guidance import Guide
+from clipdlut.models import load_model, load_random
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(), "torch": torch.__version__, "device": str(device),
+            "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run(device: torch.device, quick: bool) -> dict:
+    photo = render.photo(1200, 800)
+    sizes = (1, 2, 4) if quick else (1, 2, 4, 8, 16)
+    tiny = Guide(load_model("tiny", device=device))
+    results: dict = {"machine": machine(device), "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    # Default configuration against the original system, per step and per job.
+    default_name, original_name = ("tiny", "tiny") if quick else ("ViT-B-16", "ViT-L-14-336")
+    default = tiny if quick else Guide(load_random(default_name, device))
+    ours_default = steps.job_cost(steps.ours(default, photo, 1))
+    del default
+    big = tiny if quick else Guide(load_random(original_name, device))
+    # The original ran fp32; on CUDA ours runs bf16, so the baseline gets its own fp32 copy of the model.
+    big_fp32 = big if device.type != "cuda" or quick else Guide(load_random(original_name, device, fp32=True))
+    original = steps.original(big_fp32, photo, repeat=1 if not quick else 2)
+    del big_fp32
+    same_1 = steps.job_cost(steps.ours(big, photo, 1, views=1, repeat=1))
+    same_default = steps.job_cost(steps.ours(big, photo, 1, repeat=1))
+    del big
+    results["cost"] = {
+        "models": {"ours_default": default_name, "original": original_name},
+        "original": original, "ours_default": ours_default,
+        "ours_same_model_1_view": same_1, "ours_same_model_default_views": same_default,
+        "job_cheaper_default_vs_default": original["job_s"] / ours_default["job_s"],
+        "step_cheaper_default_vs_default": original["step_s"] / ours_default["step_s"],
+        "step_cheaper_same_model_1_view": original["step_s"] / same_1["step_s"],
+        "step_cheaper_same_model_default_views": original["step_s"] / same_default["step_s"],
+    }
+
+    results["scaling"] = {"tiny": steps.scaling(tiny, photo, sizes)}
+    if not quick:
+        vit_b = Guide(load_random("ViT-B-16", device))
+        # (on CPU a step costs in proportion to the jobs in it: 16 adds minutes and nothing to learn)
+        results["scaling"]["ViT-B-16"] = steps.scaling(vit_b, photo, sizes if device.type == "cuda" else sizes[:4])
+        del vit_b
+
+    results["render"] = render.render_12mp(os.cpu_count() or 1)
+
+    # Continuous batching against lock-step, same arrivals, at half of the measured capacity.
+    max_batch, small = 8, photo.resize((96, 64))  # the simulated jobs' working image
+    step = steps.ours(tiny, small, max_batch, views=2, repeat=3, lut_size=17)["step_s"]
+    capacity = max_batch / (serving.MEAN_STEPS * step)  # jobs per second, in full batches
+    n = 24 if quick else 80
+    rate = 0.5 * capacity
+    results["continuous_batching"] = {
+        "load": f"{n} jobs, Poisson arrivals at {rate:.2f}/s (half the measured capacity), "
+                f"{serving.MIN_STEPS}-{serving.MAX_STEPS} steps each, "
+                f"at most {max_batch} jobs a batch, tiny model",
+        "runs": [serving.simulate(tiny, small, continuous, n, rate, max_batch) for continuous in (False, True)]}
+    lock, cont = results["continuous_batching"]["runs"]
+    results["continuous_batching"]["p95_continuous_vs_lockstep"] = cont["p95_latency_s"] / lock["p95_latency_s"]
+    results["continuous_batching"]["throughput_continuous_vs_lockstep"] = (cont["throughput_jobs_per_min"]
+                                                                            / lock["throughput_jobs_per_min"])
+    results["service_overhead"] = serving.locust_overhead(seconds=10 if quick else 30)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return results
+
+
+def table(r: dict) -> str:
+    """The markdown the README shows."""
+    m, c = r["machine"], r["cost"]
+    lines = [f"Machine: {m['processor']}, {m['cpu_cores']} cores, {m.get('gpu', 'no GPU')}, torch {m['torch']}, "
+             f"device `{m['device']}`; run {r['started']}{' (quick)' if r['quick'] else ''}.", "",
+             "| cost | original system | ours | ours cheaper by |", "| --- | --- | --- | --- |",
+             f"| one step, default vs default ({c['models']['original']} + MLP field vs "
+             f"{c['models']['ours_default']}) | {c['original']['step_s']:.3f} s | {c['ours_default']['step_s']:.3f} s "
+             f"| {c['step_cheaper_default_vs_default']:.1f}x |",
+             f"| one default job ({c['original']['steps']} vs {c['ours_default']['steps']} steps) | "
+             f"{c['original']['job_s']:.0f} s | {c['ours_default']['job_s']:.1f} s | "
+             f"{c['job_cheaper_default_vs_default']:.1f}x |",
+             f"| one step, same model ({c['models']['original']}), 1 view | {c['original']['step_s']:.3f} s | "
+             f"{c['ours_same_model_1_view']['step_s']:.3f} s | {c['step_cheaper_same_model_1_view']:.2f}x |",
+             f"| one step, same model, our default {c['ours_same_model_default_views']['views']} views | "
+             f"{c['original']['step_s']:.3f} s | {c['ours_same_model_default_views']['step_s']:.3f} s | "
+             f"{c['step_cheaper_same_model_default_views']:.2f}x |",
+             f"| peak memory of one job | {c['original']['peak_mib']:.0f} MiB | "
+             f"{c['ours_default']['peak_mib']:.0f} MiB | |", "",
+             "| batch scaling | jobs | step | job-steps/s | vs 1 job | memory per job |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model, rows in r["scaling"].items():
+        lines += [f"| {model} | {row['jobs']} | {row['step_s']:.3f} s | {row['job_steps_per_s']:.2f} | "
+                  f"{row['speedup_vs_1']:.2f}x | {row.get('memory_per_job_mib', 0):.0f} MiB |" for row in rows]
+    rd = r["render"]
+    lines += ["", f"Rendering {rd['megapixels']:.0f} MP: one Pillow `Color3DLUT` call "
+              f"{rd['pillow_single_call_s']:.3f} s; "
+              + ", ".join(f"ours on {k.split('_')[1]} thread(s) {v:.2f}x of it"
+                          for k, v in rd.items() if k.endswith("_vs_pillow")) + "."]
+    cb = r["continuous_batching"]
+    lines += ["", f"Continuous batching ({cb['load']}):", "",
+              "| mode | p50 latency | p95 latency | throughput |", "| --- | --- | --- | --- |"]
+    lines += [f"| {x['mode']} | {x['p50_latency_s']:.2f} s | {x['p95_latency_s']:.2f} s | "
+              f"{x['throughput_jobs_per_min']:.0f} jobs/min |" for x in cb["runs"]]
+    lines += ["", f"p95 continuous / lock-step: {cb['p95_continuous_vs_lockstep']:.2f}; throughput ratio "
+              f"{cb['throughput_continuous_vs_lockstep']:.2f}."]
+    so = r["service_overhead"]
+    lines += ["", f"Service overhead (tiny model, locust, {so['users']} users, {so['seconds']} s): submit p50 "
+              f"{so['submit_p50_ms']:.0f} ms / p99 {so['submit_p99_ms']:.0f} ms, status p50 "
+              f"{so['status_p50_ms']:.0f} ms / p99 {so['status_p99_ms']:.0f} ms, {so['jobs_per_min']:.0f} jobs/min, "
+              f"{so['failures']} failures."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quick", action="store_true", help="tiny model only: a smoke run of the benchmark code")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results[-cuda].json)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    out = args.out or HERE / ("results.json" if device.type == "cpu" else f"results-{device.type}.json")
+    results = run(device, args.quick)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(table(results), encoding="utf-8")
+    print(table(results))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

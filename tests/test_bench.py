@@ -1,0 +1,30 @@
+"""A smoke run of the benchmark code (tiny model): every section is produced; no timing is asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_bench_writes_every_section(tmp_path):
+    out = tmp_path / "results.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["quick"] and results["machine"]["cpu_cores"] >= 1
+    cost = results["cost"]
+    assert cost["original"]["steps"] == 1000 and cost["ours_default"]["steps"] == 200
+    ratio = cost["original"]["job_s"] / cost["ours_default"]["job_s"]
+    assert cost["job_cheaper_default_vs_default"] == pytest.approx(ratio)
+    assert [row["jobs"] for row in results["scaling"]["tiny"]] == [1, 2, 4]
+    assert {run["mode"] for run in results["continuous_batching"]["runs"]} == {"lock-step", "continuous"}
+    assert results["render"]["megapixels"] == 12
+    assert results["service_overhead"]["failures"] == 0
+    table = out.with_suffix(".md").read_text()
+    assert "Machine:" in table and "Continuous batching" in table and "Rendering 12 MP" in table

@@ -1,0 +1,131 @@
+"""The web page in headless Chromium (Debian's package, driven by Selenium) against a real tiny-model server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import gradient_image
+from tests.live import serving
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+if not (CHROMIUM and DRIVER):
+    pytest.skip("Chromium and chromedriver are not installed (`make test` installs Debian's chromium and "
+                "chromium-driver where it can use apt)", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("web"), CLIPDLUT_PROGRESS_EVERY="1") as s:
+        yield s
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,2300"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path),
+                                              "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.downloads = tmp_path
+    yield driver
+    driver.quit()
+
+
+def shot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def text(driver, element_id: str) -> str:
+    """An element's text whether or not it is shown yet (Selenium's ``.text`` is empty while hidden)."""
+    return driver.find_element(By.ID, element_id).get_attribute("textContent").strip()
+
+
+def iteration(driver) -> int:
+    return int(text(driver, "iteration") or 0)
+
+
+def errors_in_console(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def start(driver, server, tmp_path, steps: int, image: Path | None = None) -> None:
+    if image is None:
+        image = tmp_path / "photo.png"
+        gradient_image(320, 240).save(image)
+    driver.get(server.url + "/ui/")
+    driver.find_element(By.ID, "file").send_keys(str(image))
+    driver.find_element(By.ID, "prompt").send_keys("温暖的金色黄昏胶片")
+    driver.find_element(By.CSS_SELECTOR, "details summary").click()
+    steps_box = driver.find_element(By.ID, "steps")
+    steps_box.clear()
+    steps_box.send_keys(str(steps))
+    driver.find_element(By.ID, "submit").click()
+
+
+def test_grade_watch_compare_and_download(browser, server, tmp_path):
+    start(browser, server, tmp_path, steps=60)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+    wait.until(lambda d: iteration(d) > 0)
+    first = browser.find_element(By.ID, "preview").get_attribute("src")
+    shot(browser, "web-running")
+    wait.until(lambda d: d.find_element(By.ID, "preview").get_attribute("src") not in (first, None, ""))
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert iteration(browser) == 60
+    assert "CLIP similarity" in browser.find_element(By.ID, "scores").text
+    shot(browser, "web-result")
+
+    after = browser.find_element(By.ID, "after").get_attribute("src")
+    browser.execute_script("const s = document.getElementById('strength'); s.value = 0.5;"
+                           "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));")
+    wait.until(lambda d: d.find_element(By.ID, "after").get_attribute("src") != after)
+    assert browser.find_element(By.ID, "strength-value").text == "0.50"
+
+    task_id = browser.execute_script("return JSON.parse(localStorage.getItem('clipdlut.recent'))[0].id")
+    browser.find_element(By.ID, "dl-cube").click()
+    cube = wait.until(lambda d: next(iter(browser.downloads.glob("*.cube")), None))
+    wait.until(lambda d: cube.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")))
+    api = httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["cube"]
+    assert cube.read_text(encoding="utf-8") == api
+    assert errors_in_console(browser) == []
+
+    browser.refresh()  # the recent list survives a reload
+    assert "温暖的金色黄昏胶片" in browser.find_element(By.ID, "recent").text
+
+
+def test_stop_button_stops_the_job(browser, server, tmp_path):
+    start(browser, server, tmp_path, steps=5000)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+    wait.until(lambda d: iteration(d) > 0)
+    browser.find_element(By.ID, "stop").click()
+    wait.until(lambda d: text(d, "state") == "stopped")
+    task_id = browser.execute_script("return JSON.parse(localStorage.getItem('clipdlut.recent'))[0].id")
+    assert httpx.post(server.url + "/v1/progress", json={"task_id": task_id}).json()["status"] == "cancelled"
+    shot(browser, "web-stopped")
+
+
+def test_a_text_file_gets_a_readable_error(browser, server, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    start(browser, server, tmp_path, steps=5, image=notes)
+    error = WebDriverWait(browser, 30).until(lambda d: text(d, "error"))
+    assert "not an image" in error
+    shot(browser, "web-error")
+    browser.set_window_size(390, 844)  # a phone: nothing wider than the screen
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    shot(browser, "web-phone")
