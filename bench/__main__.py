@@ -92,6 +92,7 @@ def run(device: torch.device, quick: bool) -> dict:
 def table(r: dict) -> str:
     """The markdown the README shows."""
     m, c = r["machine"], r["cost"]
+    mem = "allocated" if m["device"].startswith("cuda") else "RSS of the process"
     lines = [f"Machine: {m['processor']}, {m['cpu_cores']} cores, {m.get('gpu', 'no GPU')}, torch {m['torch']}, "
              f"device `{m['device']}`; run {r['started']}{' (quick)' if r['quick'] else ''}.", "",
              "| cost | original system | ours | ours cheaper by |", "| --- | --- | --- | --- |",
@@ -106,13 +107,13 @@ def table(r: dict) -> str:
              f"| one step, same model, our default {c['ours_same_model_default_views']['views']} views | "
              f"{c['original']['step_s']:.3f} s | {c['ours_same_model_default_views']['step_s']:.3f} s | "
              f"{c['step_cheaper_same_model_default_views']:.2f}x |",
-             f"| peak memory of one job | {c['original']['peak_mib']:.0f} MiB | "
+             f"| peak {mem}, one job (model included) | {c['original']['peak_mib']:.0f} MiB | "
              f"{c['ours_default']['peak_mib']:.0f} MiB | |", "",
-             "| batch scaling | jobs | step | job-steps/s | vs 1 job | memory per job |",
+             f"| batch scaling | jobs | step | job-steps/s | vs 1 job | peak {mem} |",
              "| --- | --- | --- | --- | --- | --- |"]
     for model, rows in r["scaling"].items():
         lines += [f"| {model} | {row['jobs']} | {row['step_s']:.3f} s | {row['job_steps_per_s']:.2f} | "
-                  f"{row['speedup_vs_1']:.2f}x | {row.get('memory_per_job_mib', 0):.0f} MiB |" for row in rows]
+                  f"{row['speedup_vs_1']:.2f}x | {row['peak_mib']:.0f} MiB |" for row in rows]
     rd = r["render"]
     lines += ["", f"Rendering {rd['megapixels']:.0f} MP: one Pillow `Color3DLUT` call "
               f"{rd['pillow_single_call_s']:.3f} s; "

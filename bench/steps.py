@@ -1,5 +1,5 @@
 """Optimizer cost: one step and one job, ours against the original system's computation; batch scaling;
-memory per job."""
+peak memory."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int
 
 
 class PeakMemory:
-    """Peak resident memory (CPU) or peak allocated memory (CUDA) while the block runs, in MiB."""
+    """Peak resident memory of the process (CPU) or peak allocated memory (CUDA) while the block runs, MiB.
+
+    (On CPU the allocator keeps freed memory, so only the peak of a whole process is meaningful: the
+    figures include the model and what earlier measurements left behind.)"""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -103,9 +106,4 @@ def scaling(guide: Guide, photo: Image.Image, sizes: tuple[int, ...], repeat: in
     rows = [ours(guide, photo, n, repeat=repeat) for n in sizes]
     for row in rows:
         row["speedup_vs_1"] = row["job_steps_per_s"] / rows[0]["job_steps_per_s"]
-    if len(rows) > 1:
-        a, b = rows[0], rows[-1]
-        per_job = (b["peak_mib"] - a["peak_mib"]) / (b["jobs"] - a["jobs"])
-        for row in rows:
-            row["memory_per_job_mib"] = per_job
     return rows
