@@ -35,76 +35,86 @@ PHOTO = _photo(SIDE)
 
 
 class _JobUser(HttpUser):
+    """Submits a job, polls it to its end like a real client, fetches the result, reports one ``JOB``."""
+
     abstract = True
     wait_time = between(0.5, 2.0)
+    job_name = ""
+    running = ("",)  # statuses that mean "poll again"
+    succeeded = ""
 
-    def report_job(self, name: str, started: float, error: Exception | None) -> None:
-        elapsed_ms = (time.time() - started) * 1000
-        self.environment.events.request.fire(request_type="JOB", name=name, response_time=elapsed_ms,
-                                             response_length=0, exception=error, context={})
+    def submit(self, prompt: str):
+        raise NotImplementedError
 
-    def prompt(self) -> str:
-        return PROMPTS[int(time.time() * 1000) % len(PROMPTS)]
+    def status(self, task_id: str) -> str:
+        raise NotImplementedError
 
-
-class NativeTaskUser(_JobUser):
-    """The native BentoML task API: submit, watch progress, fetch the result."""
-
-    weight = 3
+    def fetch(self, task_id: str) -> None:
+        raise NotImplementedError
 
     @task
     def retouch(self) -> None:
         started = time.time()
-        r = self.client.post("/v1/retouch/submit", json={"image": PHOTO, "target_prompt": self.prompt(),
-                                                         "steps": STEPS, "lut_size": 17})
+        r = self.submit(PROMPTS[int(started * 1000) % len(PROMPTS)])
         if r.status_code != 200:
             return
-        task_id = r.json()["task_id"]
-        error = None
+        task_id, error = r.json()["task_id"], None
         while True:
             time.sleep(POLL_S)
-            status = self.client.get("/v1/retouch/status", params={"task_id": task_id},
-                                     name="/v1/retouch/status").json()["status"]
-            self.client.post("/v1/progress", json={"task_id": task_id})
-            if status != "in_progress":
+            status = self.status(task_id)
+            if status not in self.running:
                 break
             if time.time() - started > JOB_TIMEOUT_S:
-                error = TimeoutError(f"task {task_id} still running after {JOB_TIMEOUT_S} s")
+                error = TimeoutError(f"task {task_id} still {status} after {JOB_TIMEOUT_S} s")
                 break
-        if error is None and status != "completed":
+        if error is None and status != self.succeeded:
             error = RuntimeError(f"task {task_id} ended {status}")
         if error is None:
-            self.client.get("/v1/retouch/get", params={"task_id": task_id}, name="/v1/retouch/get")
-        self.report_job("native retouch, submit to result", started, error)
+            self.fetch(task_id)
+        self.environment.events.request.fire(request_type="JOB", name=self.job_name,
+                                             response_time=(time.time() - started) * 1000, response_length=0,
+                                             exception=error, context={})
+
+
+class NativeTaskUser(_JobUser):
+    """The native BentoML task API: submit, watch status and progress, fetch the result."""
+
+    weight = 3
+    job_name = "native retouch, submit to result"
+    running = ("in_progress",)
+    succeeded = "completed"
+
+    def submit(self, prompt: str):
+        return self.client.post("/v1/retouch/submit", json={"image": PHOTO, "target_prompt": prompt, "steps": STEPS,
+                                                            "lut_size": 17})
+
+    def status(self, task_id: str) -> str:
+        status = self.client.get("/v1/retouch/status", params={"task_id": task_id},
+                                 name="/v1/retouch/status").json()["status"]
+        self.client.post("/v1/progress", json={"task_id": task_id})
+        return status
+
+    def fetch(self, task_id: str) -> None:
+        self.client.get("/v1/retouch/get", params={"task_id": task_id}, name="/v1/retouch/get")
 
 
 class OriginalApiUser(_JobUser):
     """The original system's client: /retouch, /query_task until finished, then the LUT and image."""
 
     weight = 2
+    job_name = "original retouch, submit to result"
+    running = ("pending", "processing")
+    succeeded = "finished"
 
-    @task
-    def retouch(self) -> None:
-        started = time.time()
-        r = self.client.post("/retouch", json={"image": PHOTO, "target_prompt": self.prompt(), "iteration": STEPS})
-        if r.status_code != 200:
-            return
-        task_id = r.json()["task_id"]
-        error = None
-        while True:
-            time.sleep(POLL_S)
-            status = self.client.post("/query_task", json={"task_id": task_id}).json()["status"]
-            if status not in ("pending", "processing"):
-                break
-            if time.time() - started > JOB_TIMEOUT_S:
-                error = TimeoutError(f"task {task_id} still {status} after {JOB_TIMEOUT_S} s")
-                break
-        if error is None and status != "finished":
-            error = RuntimeError(f"task {task_id} ended {status}")
-        if error is None:
-            self.client.post("/query_task", json={"task_id": task_id, "include_image": True, "lut_format": "cube"},
-                             name="/query_task (result)")
-        self.report_job("original retouch, submit to result", started, error)
+    def submit(self, prompt: str):
+        return self.client.post("/retouch", json={"image": PHOTO, "target_prompt": prompt, "iteration": STEPS})
+
+    def status(self, task_id: str) -> str:
+        return self.client.post("/query_task", json={"task_id": task_id}).json()["status"]
+
+    def fetch(self, task_id: str) -> None:
+        self.client.post("/query_task", json={"task_id": task_id, "include_image": True, "lut_format": "cube"},
+                         name="/query_task (result)")
 
 
 class ClipUser(HttpUser):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -47,6 +48,16 @@ def random_smooth_lut(n: int, seed: int, amount: float = 0.25) -> torch.Tensor:
     coarse = torch.randn(1, 3, 3, 3, 3, generator=g, dtype=torch.float64) * amount
     field = torch.nn.functional.interpolate(coarse, size=(n, n, n), mode="trilinear", align_corners=True)
     return (identity(n, dtype=torch.float64) + field).clamp(0, 1)
+
+
+def wait(predicate, timeout: float = 120.0, every: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
 
 
 def png_bytes(img: Image.Image, **params) -> bytes:

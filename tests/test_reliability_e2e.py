@@ -14,22 +14,13 @@ import httpx
 import pytest
 
 from clipdlut.store import SqliteJobStore
-from tests.conftest import gradient_image, png_bytes
+from tests.conftest import gradient_image, png_bytes, wait
 from tests.live import Server, serving
 
 pytestmark = pytest.mark.e2e
 PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(120, 90))).decode()
 BOUND_S = 3.0
 FAST = {"CLIPDLUT_WATCHDOG_S": str(BOUND_S), "CLIPDLUT_PROGRESS_EVERY": "1"}
-
-
-def wait(predicate, timeout=60.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 def submit(url: str, steps: int) -> str:

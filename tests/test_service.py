@@ -14,21 +14,11 @@ from PIL import Image
 from clipdlut.cube import read_cube
 from clipdlut.hald import read_strip
 from clipdlut.render import pillow_lut
-from tests.conftest import gradient_image, png_bytes
+from tests.conftest import gradient_image, png_bytes, wait
 
 pytestmark = pytest.mark.http
 PHOTO = gradient_image(160, 120)
 PHOTO_B64 = base64.b64encode(png_bytes(PHOTO)).decode()
-
-
-def wait(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def query(client, task_id, **kw):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipdlut.cube import read_cube
 from clipdlut.render import pillow_lut
-from tests.conftest import gradient_image, png_bytes
+from tests.conftest import gradient_image, png_bytes, wait
 from tests.live import serving
 from tests.test_service import BAD_INPUTS
 
@@ -35,15 +35,6 @@ def server(tmp_path_factory):
 def http(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
-
-
-def wait(predicate, timeout=120.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 def query(http, task_id, **kw):
