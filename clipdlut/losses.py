@@ -1,7 +1,9 @@
-"""The objective of one job: CLIP guidance terms, LUT regularizers and image-space terms.
+"""The objective of each job: CLIP guidance terms, LUT regularizers and image-space terms.
 
-Every LUT regularizer works on ``delta = lut - identity`` or on steps that are positive for the
-identity, so each is exactly 0 on the identity LUT.
+Every term takes a leading job dimension and returns one value per job, so a whole batch of jobs costs
+one set of operations (and one set of backward nodes), not one per job. Every LUT regularizer works
+on ``delta = lut - identity`` or on steps that are positive for the identity, so each is exactly 0 on
+the identity LUT.
 """
 
 from __future__ import annotations
@@ -97,30 +99,35 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def color_shift(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Squared distance (in units of 100 L*a*b*) between the mean colours of ``out`` and ``src`` views."""
+    """Per job ``(G,)``: squared distance (in units of 100 L*a*b*) between the mean colours of its graded
+    and source views ``(G, V, 3, H, W)``, averaged over the views."""
     d = rgb_to_lab(out).mean((-1, -2)) - rgb_to_lab(src).mean((-1, -2))
-    return (d / 100).pow(2).sum(-1).mean()
+    return (d / 100).pow(2).sum(-1).mean(-1)
 
 
 def _luma(rgb: torch.Tensor) -> torch.Tensor:
-    return 0.2126 * rgb[:, 0] + 0.7152 * rgb[:, 1] + 0.0722 * rgb[:, 2]
+    r, g, b = rgb.unbind(-3)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
 def black_level(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """How much the darkest source pixels were lifted (squared), weighted by how dark they are."""
-    ys, yo = _luma(src), _luma(out)
+    """Per job ``(G,)``: how much the darkest source pixels of its views ``(G, V, 3, H, W)`` were lifted
+    (squared), weighted by how dark they are."""
+    ys, yo = _luma(src).flatten(1), _luma(out).flatten(1)
     w = F.relu(DARK - ys) / DARK
-    return (w * F.relu(yo - ys).pow(2)).sum() / w.sum().clamp_min(1.0)
+    return (w * F.relu(yo - ys).pow(2)).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 def directional(feats: torch.Tensor, src_feat: torch.Tensor, text_dir: torch.Tensor) -> torch.Tensor:
-    """Mean over views of ``1 - cos(E(out) - E(src), T(target) - T(source))``.
+    """Per job ``(G,)``: mean over its views' features ``(G, V, D)`` of ``1 - cos(E(out) - E(src), T(target)
+    - T(source))``, with ``src_feat`` and ``text_dir`` ``(G, D)``.
 
     The cosine's epsilon keeps it finite when the image direction is zero (the identity start).
     """
-    return (1 - F.cosine_similarity(feats - src_feat, text_dir.unsqueeze(0), dim=-1, eps=1e-8)).mean()
+    cos = F.cosine_similarity(feats - src_feat.unsqueeze(1), text_dir.unsqueeze(1), dim=-1, eps=1e-8)
+    return (1 - cos).mean(-1)
 
 
 def global_target(feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over views of ``1 - cos(E(out), T(target))``."""
-    return (1 - feats @ target).mean()
+    """Per job ``(G,)``: mean over its views' features ``(G, V, D)`` of ``1 - cos(E(out), T(target))``."""
+    return (1 - (feats * target.unsqueeze(1)).sum(-1)).mean(-1)

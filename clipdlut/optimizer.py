@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
+from torch.optim.adam import adam
 
 from clipdlut import losses
 from clipdlut.guidance import Guide, random_views
@@ -102,24 +103,60 @@ class _Job:
         self.identity = identity(n, device=device)
         noise = torch.randn(1, 3, n, n, n, generator=self.generator) * spec.init_noise
         self.delta = noise.to(device).requires_grad_(True)
-        self.opt = torch.optim.Adam([self.delta], lr=spec.lr)
+        # Adam state, stepped for many jobs at once by :func:`_adam_step`
+        self.exp_avg = torch.zeros_like(self.delta)
+        self.exp_avg_sq = torch.zeros_like(self.delta)
+        self.adam_step = torch.zeros(())
         self.iteration = 0
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.cancelled = False
         self.failure: str | None = None  # set when the job is stopped for a reason (it then ends failed)
         self.last_loss: torch.Tensor | None = None
-        self.last_terms: dict[str, torch.Tensor] = {}
+        self.last_terms: torch.Tensor | None = None  # the values of the terms, in the order of _TERMS
         self.target = self.text_dir = self.src_feat = self.src_full_feat = None
+        # on the device once, so that a step never copies from the host
+        self.term_weights = torch.tensor([getattr(spec.weights, name) for name in _TERMS], device=device)
 
     def lut(self) -> torch.Tensor:
         return self.identity + self.delta
 
 
-def _apply_to_views(lut: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-    """One LUT on ``k`` views with a single ``grid_sample``: the views are stacked into one tall image."""
-    k, c, h, w = views.shape
-    tall = views.permute(1, 0, 2, 3).reshape(1, c, k * h, w)
-    return apply(lut, tall).reshape(c, k, h, w).permute(1, 0, 2, 3)
+def _apply_to_views(luts: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """LUTs ``(G, 3, N, N, N)`` on their jobs' views ``(G, V, 3, R, R)`` with one ``grid_sample``: each job's
+    views are stacked into one tall image."""
+    g, v, c, h, w = views.shape
+    tall = views.permute(0, 2, 1, 3, 4).reshape(g, c, v * h, w)
+    return apply(luts, tall).reshape(g, c, v, h, w).permute(0, 2, 1, 3, 4)
+
+
+@torch.no_grad()
+def _adam_step(jobs: Sequence[_Job]) -> None:
+    """One Adam update of every job's LUT: torch's own multi-tensor Adam, one call per learning rate
+    (each job keeps its own moments and step count, so this equals a ``torch.optim.Adam`` per job)."""
+    by_lr: dict[float, list[_Job]] = {}
+    for job in jobs:
+        if job.delta.grad is not None:
+            by_lr.setdefault(job.spec.lr, []).append(job)
+    for lr, group in by_lr.items():
+        adam([j.delta for j in group], [j.delta.grad for j in group], [j.exp_avg for j in group],
+             [j.exp_avg_sq for j in group], [], [j.adam_step for j in group], foreach=True, amsgrad=False,
+             beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)
+        for job in group:
+            job.delta.grad = None
+
+
+# Each term of the objective on a group of jobs: (luts, src views, graded views, features) -> (G,).
+_TERMS: dict[str, Callable[[Sequence[_Job], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                           torch.Tensor]] = {
+    "directional": lambda jobs, lut, src, out, f: losses.directional(
+        f, torch.stack([j.src_feat for j in jobs]), torch.stack([j.text_dir for j in jobs])),
+    "global_target": lambda jobs, lut, src, out, f: losses.global_target(f, torch.stack([j.target for j in jobs])),
+    "smoothness": lambda jobs, lut, src, out, f: losses.smoothness(lut),
+    "monotonicity": lambda jobs, lut, src, out, f: losses.monotonicity(lut),
+    "banding": lambda jobs, lut, src, out, f: losses.banding(lut),
+    "color": lambda jobs, lut, src, out, f: losses.color_shift(out, src),
+    "black_level": lambda jobs, lut, src, out, f: losses.black_level(out, src),
+}
 
 
 class BatchedOptimizer:
@@ -194,59 +231,71 @@ class BatchedOptimizer:
         job.failure = failure
         return True
 
-    def _job_loss(self, job: _Job, lut: torch.Tensor, src: torch.Tensor, out: torch.Tensor,
-                  feats: torch.Tensor) -> torch.Tensor:
-        w = job.spec.weights
-        terms = {
-            "directional": lambda: losses.directional(feats, job.src_feat, job.text_dir),
-            "global_target": lambda: losses.global_target(feats, job.target),
-            "smoothness": lambda: losses.smoothness(lut)[0],
-            "monotonicity": lambda: losses.monotonicity(lut)[0],
-            "banding": lambda: losses.banding(lut)[0],
-            "color": lambda: losses.color_shift(out, src),
-            "black_level": lambda: losses.black_level(out, src),
-        }
-        values = {name: fn() for name, fn in terms.items() if getattr(w, name) != 0}
-        job.last_terms = {k: v.detach() for k, v in values.items()}
-        return sum(getattr(w, name) * v for name, v in values.items())
+    def _group_loss(self, jobs: list[_Job], luts: torch.Tensor, src: torch.Tensor, out: torch.Tensor,
+                    feats: torch.Tensor) -> torch.Tensor:
+        """The sum of a group's per-job losses (each job weighs the terms its own way); keeps each job's
+        loss and terms for its reports. Terms no job in the group weighs are not computed."""
+        columns = [fn(jobs, luts, src, out, feats) if any(getattr(j.spec.weights, name) for j in jobs)
+                   else luts.new_zeros(len(jobs)) for name, fn in _TERMS.items()]
+        terms = torch.stack(columns, dim=1)  # (G, terms)
+        per_job = (torch.stack([j.term_weights for j in jobs]) * terms).sum(1)
+        detached, kept = per_job.detach(), terms.detach()
+        bad = ~torch.isfinite(detached)
+        for i, job in enumerate(jobs):
+            job.last_loss, job.last_terms = detached[i], kept[i]
+            job.nonfinite |= bad[i]
+        return per_job.sum()
 
     def step(self) -> list[JobResult]:
-        """Advance every active job by one iteration; returns the jobs that ended in this call."""
+        """Advance every active job by one iteration; returns the jobs that ended in this call.
+
+        Jobs with the same LUT size and view count form a group whose LUTs, views and loss terms are
+        stacked tensors: a step's cost grows with the pixels and features it handles, not with a Python
+        loop over jobs.
+        """
         self.last_batch_size = 0
         ended = [self._end_cancelled(j) for j in list(self._jobs.values()) if j.cancelled]
-        parts = []
+        members: dict[tuple[int, int], list[tuple[_Job, torch.Tensor]]] = {}
         for job in list(self._jobs.values()):
             try:
-                lut = job.lut()
                 src = random_views(job.image, job.spec.views, self.guide.resolution, job.generator)
-                parts.append((job, lut, src, _apply_to_views(lut, src)))
             except Exception as e:
                 ended.append(self._fail(job, f"error preparing the step: {e}"))
-        if not parts:
-            return ended
-        self.last_batch_size = len(parts)
-        try:
-            feats = self.guide.encode_pixels(self.guide.normalize(torch.cat([p[3] for p in parts])))
-        except Exception as e:  # shared work: every job in it is affected
-            log.exception("CLIP forward failed for a batch of %d jobs", len(parts))
-            return ended + [self._fail(p[0], f"CLIP forward failed: {e}") for p in parts]
-        total = None
-        stepped = []
-        for (job, lut, src, out), f in zip(parts, feats.split([p[2].shape[0] for p in parts])):
-            try:
-                loss = self._job_loss(job, lut, src, out, f)
-            except Exception as e:
-                ended.append(self._fail(job, f"error computing the loss: {e}"))
                 continue
-            job.last_loss = loss.detach()
-            job.nonfinite |= ~torch.isfinite(job.last_loss)
+            members.setdefault((job.spec.lut_size, job.spec.views), []).append((job, src))
+        groups = []
+        for group in members.values():
+            jobs = [job for job, _ in group]
+            try:
+                luts = jobs[0].identity + torch.cat([job.delta for job in jobs])
+                src = torch.stack([views for _, views in group])
+                groups.append((jobs, luts, src, _apply_to_views(luts, src)))
+            except Exception as e:
+                ended.extend(self._fail(job, f"error preparing the step: {e}") for job in jobs)
+        if not groups:
+            return ended
+        self.last_batch_size = sum(len(g[0]) for g in groups)
+        try:
+            pixels = torch.cat([out.flatten(0, 1) for *_, out in groups])
+            feats = self.guide.encode_pixels(self.guide.normalize(pixels))
+        except Exception as e:  # shared work: every job in it is affected
+            log.exception("CLIP forward failed for a batch of %d jobs", self.last_batch_size)
+            return ended + [self._fail(job, f"CLIP forward failed: {e}") for g in groups for job in g[0]]
+        total = None
+        stepped: list[_Job] = []
+        for (jobs, luts, src, out), f in zip(groups, feats.split([out.shape[0] * out.shape[1] for *_, out in groups])):
+            try:
+                loss = self._group_loss(jobs, luts, src, out, f.view(*out.shape[:2], -1))
+            except Exception as e:
+                log.exception("loss of a group of %d jobs failed", len(jobs))
+                ended.extend(self._fail(job, f"error computing the loss: {e}") for job in jobs)
+                continue
             total = loss if total is None else total + loss
-            stepped.append(job)
+            stepped.extend(jobs)
         if total is not None:
             total.backward()
+        _adam_step(stepped)
         for job in stepped:
-            job.opt.step()
-            job.opt.zero_grad(set_to_none=True)
             job.iteration += 1
         self.steps_run += 1
         done = []
@@ -265,15 +314,15 @@ class BatchedOptimizer:
         return ended
 
     def _report(self, job: _Job, with_preview: bool | None = None) -> None:
-        names = list(job.last_terms)
-        values = torch.stack([job.last_loss, *job.last_terms.values()]).tolist()
+        values = torch.cat([job.last_loss.view(1), job.last_terms]).tolist()
+        terms = {name: v for name, v in zip(_TERMS, values[1:]) if getattr(job.spec.weights, name) != 0}
         preview = None
         if job.spec.preview if with_preview is None else with_preview:
             with torch.no_grad():
                 preview = to_image(apply(job.lut().detach(), job.preview_base.unsqueeze(0))[0])
         try:
-            self.on_progress(Progress(job.spec.job_id, job.iteration, job.spec.steps, values[0],
-                                      dict(zip(names, values[1:])), preview))
+            self.on_progress(Progress(job.spec.job_id, job.iteration, job.spec.steps, values[0], terms,
+                                      preview))
         except Exception:
             log.exception("progress callback failed for job %s", job.spec.job_id)
 

@@ -46,13 +46,33 @@ def test_banding_penalizes_steep_luts_only():
 
 
 def test_image_terms():
-    src = torch.rand(2, 3, 16, 16) * 0.5
-    assert losses.color_shift(src, src) == 0
-    assert losses.color_shift(src.clamp(0, 1) * 0 + 0.9, src) > 0.05
-    dark = torch.full((1, 3, 8, 8), 0.01)
+    src = torch.rand(2, 3, 3, 16, 16) * 0.5  # (jobs, views, channels, H, W)
+    assert losses.color_shift(src, src).tolist() == [0, 0]
+    shifted = src.clone()
+    shifted[1] = 0.9
+    assert losses.color_shift(shifted, src)[0] == 0 and losses.color_shift(shifted, src)[1] > 0.05
+    dark = torch.full((1, 2, 3, 8, 8), 0.01)
     assert losses.black_level(dark, dark) == 0
     assert losses.black_level(dark + 0.1, dark) > 0
     assert losses.black_level(dark - 0.005, dark) == 0  # deepening blacks is fine
+
+
+def test_every_term_of_a_stack_equals_the_term_of_each_job_alone():
+    """The optimizer stacks jobs: a job's term must not depend on its batch-mates."""
+    g = torch.Generator().manual_seed(0)
+    out, src = torch.rand(3, 2, 3, 8, 8, generator=g), torch.rand(3, 2, 3, 8, 8, generator=g)
+    feats = torch.nn.functional.normalize(torch.randn(3, 2, 16, generator=g), dim=-1)
+    src_feat, text = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
+    luts = torch.stack([random_smooth_lut(9, seed, amount=0.3)[0].float() for seed in range(3)])
+    stacked = [losses.color_shift(out, src), losses.black_level(out, src), losses.directional(feats, src_feat, text),
+               losses.global_target(feats, text), losses.smoothness(luts), losses.monotonicity(luts),
+               losses.banding(luts)]
+    for i in range(3):
+        one = slice(i, i + 1)
+        alone = [losses.color_shift(out[one], src[one]), losses.black_level(out[one], src[one]),
+                 losses.directional(feats[one], src_feat[one], text[one]), losses.global_target(feats[one], text[one]),
+                 losses.smoothness(luts[one]), losses.monotonicity(luts[one]), losses.banding(luts[one])]
+        assert torch.allclose(torch.stack([t[i] for t in stacked]), torch.cat(alone), atol=1e-6)
 
 
 def test_lab_of_white_and_black():
@@ -62,11 +82,11 @@ def test_lab_of_white_and_black():
 
 
 def test_directional_is_finite_at_zero_direction():
-    feats = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
-    loss = losses.directional(feats, feats[0], torch.randn(8))
-    assert torch.isfinite(loss)
-    zero_dir = losses.directional(feats[:1], feats[0], torch.randn(8))
-    assert zero_dir == 1.0
+    feats = torch.nn.functional.normalize(torch.randn(1, 3, 8), dim=-1)
+    loss = losses.directional(feats, feats[:, 0], torch.randn(1, 8))
+    assert torch.isfinite(loss).all()
+    zero_dir = losses.directional(feats[:, :1], feats[:, 0], torch.randn(1, 8))
+    assert zero_dir.tolist() == [1.0]
 
 
 def test_weights_override():

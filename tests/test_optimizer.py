@@ -125,3 +125,23 @@ def test_golden_result(guide):
     r = run(guide, {0: [JobSpec("a", gradient_image(), "赛博朋克风格的夜晚城市", steps=20, lut_size=9, seed=7)]})["a"]
     assert r.loss == pytest.approx(1.41170, abs=1e-3)
     assert r.lut[0, :, 4, 4, 4].tolist() == pytest.approx([0.500117, 0.490936, 0.504342], abs=1e-4)
+
+
+def test_multi_job_adam_equals_torch_adam_per_job(guide):
+    """Jobs with different learning rates and ages step together exactly as one torch Adam each would."""
+    from clipdlut.optimizer import _adam_step, _Job
+
+    jobs = [_Job(spec(str(i), i, lr=lr), torch.device("cpu")) for i, lr in enumerate([5e-3, 1e-2, 5e-3])]
+    refs = [job.delta.detach().clone().requires_grad_(True) for job in jobs]
+    adams = [torch.optim.Adam([r], lr=job.spec.lr) for r, job in zip(refs, jobs)]
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):
+        active = [i for i in range(3) if not (i == 2 and step < 3)]  # job 2 joins late
+        for i in active:
+            grad = torch.randn(jobs[i].delta.shape, generator=g)
+            jobs[i].delta.grad, refs[i].grad = grad.clone(), grad.clone()
+            adams[i].step()
+        _adam_step([jobs[i] for i in active])
+    for job, ref in zip(jobs, refs):
+        assert torch.allclose(job.delta, ref, atol=1e-7)
+        assert job.delta.grad is None
