@@ -23,7 +23,9 @@ def test_quick_bench_writes_every_section(tmp_path):
     ratio = cost["original"]["job_s"] / cost["ours_default"]["job_s"]
     assert cost["job_cheaper_default_vs_default"] == pytest.approx(ratio)
     assert [row["jobs"] for row in results["scaling"]["tiny"]] == [1, 2, 4]
-    assert {run["mode"] for run in results["continuous_batching"]["runs"]} == {"lock-step", "continuous"}
+    load = results["continuous_batching"]["loads"][0]
+    assert [run["mode"] for run in load["runs"]] == ["lock-step", "continuous"]
+    assert all(run["jobs"] == results["continuous_batching"]["jobs"] for run in load["runs"])
     assert results["render"]["megapixels"] == 12
     assert results["service_overhead"]["failures"] == 0
     table = out.with_suffix(".md").read_text()

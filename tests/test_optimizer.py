@@ -13,8 +13,8 @@ pytestmark = pytest.mark.unit
 BATCH_TOLERANCE = 1e-5
 
 
-def spec(job_id, seed, steps=20, prompt="赛博朋克风格的夜晚城市", **kw):
-    return JobSpec(job_id, gradient_image(96, 64, seed), prompt, steps=steps, lut_size=9, seed=seed, **kw)
+def spec(job_id, seed, steps=20, prompt="赛博朋克风格的夜晚城市", lut_size=9, **kw):
+    return JobSpec(job_id, gradient_image(96, 64, seed), prompt, steps=steps, lut_size=lut_size, seed=seed, **kw)
 
 
 def run(guide, schedule, total_steps=None):
@@ -145,3 +145,29 @@ def test_multi_job_adam_equals_torch_adam_per_job(guide):
     for job, ref in zip(jobs, refs):
         assert torch.allclose(job.delta, ref, atol=1e-7)
         assert job.delta.grad is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU machine)")
+def test_a_step_that_reports_nothing_never_waits_for_the_gpu():
+    from clipdlut.guidance import Guide
+    from clipdlut.models import load_model
+
+    opt = BatchedOptimizer(Guide(load_model("tiny", device="cuda")))
+    opt.add([spec(str(i), i, steps=50, lut_size=9 + 8 * (i % 2), progress_every=10) for i in range(4)])
+    opt.step()  # the first step initialises kernels
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(8):  # iterations 2 to 9: nothing is reported
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(opt) == 4
+
+
+def test_jobs_of_other_lut_sizes_and_view_counts_share_a_step_without_changing_each_other(guide):
+    jobs = [spec("a", 1, views=3), spec("b", 2, lut_size=17, views=2), spec("c", 3, views=3, steps=12)]
+    together = run(guide, {0: jobs})
+    for job in jobs:
+        alone = run(guide, {0: [job]})[job.job_id]
+        assert together[job.job_id].status == FINISHED
+        assert (together[job.job_id].lut - alone.lut).abs().max() < BATCH_TOLERANCE
