@@ -34,21 +34,38 @@ def machine(device: torch.device) -> dict:
 def run(device: torch.device, quick: bool) -> dict:
     photo = render.photo(1200, 800)
     sizes = (1, 2, 4) if quick else (1, 2, 4, 8, 16)
+    # big-model steps take seconds on a CPU: one timed call each there, the median of 5 on a GPU
+    repeat = 2 if quick else 1 if device.type == "cpu" else 5
     tiny = Guide(load_model("tiny", device=device))
-    results: dict = {"machine": machine(device), "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results: dict = {"machine": machine(device), "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "section_s": {}}
+    clock = time.perf_counter()
 
-    # Default configuration against the original system, per step and per job.
+    def lap(section: str) -> None:
+        nonlocal clock
+        results["section_s"][section] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
+    # Batch scaling; its 1-job row of the default model is our default step.
+    results["scaling"] = {"tiny": steps.scaling(tiny, photo, sizes, repeat=5)}  # tiny steps: the median of 5
     default_name, original_name = ("tiny", "tiny") if quick else ("ViT-B-16", "ViT-L-14-336")
-    default = tiny if quick else Guide(load_random(default_name, device))
-    ours_default = steps.job_cost(steps.ours(default, photo, 1))
-    del default
+    if not quick:
+        vit_b = Guide(load_random(default_name, device))
+        # (on CPU a step costs in proportion to the jobs in it: 16 adds minutes and nothing to learn)
+        results["scaling"][default_name] = steps.scaling(vit_b, photo, sizes if device.type == "cuda" else sizes[:4],
+                                                         repeat=repeat)
+        del vit_b
+    ours_default = steps.job_cost(results["scaling"][default_name][0])
+    lap("scaling")
+
+    # Our default configuration against the original system, per step and per job.
     big = tiny if quick else Guide(load_random(original_name, device))
     # The original ran fp32; on CUDA ours runs bf16, so the baseline gets its own fp32 copy of the model.
     big_fp32 = big if device.type != "cuda" or quick else Guide(load_random(original_name, device, fp32=True))
-    original = steps.original(big_fp32, photo, repeat=1 if not quick else 2)
+    original = steps.original(big_fp32, photo, repeat=repeat)
     del big_fp32
-    same_1 = steps.job_cost(steps.ours(big, photo, 1, views=1, repeat=1))
-    same_default = steps.job_cost(steps.ours(big, photo, 1, repeat=1))
+    same_1 = steps.job_cost(steps.ours(big, photo, 1, views=1, repeat=repeat))
+    same_default = steps.job_cost(steps.ours(big, photo, 1, repeat=repeat))
     del big
     results["cost"] = {
         "models": {"ours_default": default_name, "original": original_name},
@@ -59,25 +76,20 @@ def run(device: torch.device, quick: bool) -> dict:
         "step_cheaper_same_model_1_view": original["step_s"] / same_1["step_s"],
         "step_cheaper_same_model_default_views": original["step_s"] / same_default["step_s"],
     }
-
-    results["scaling"] = {"tiny": steps.scaling(tiny, photo, sizes, repeat=5)}  # milliseconds a step: repeat
-    if not quick:
-        vit_b = Guide(load_random("ViT-B-16", device))
-        # (on CPU a step costs in proportion to the jobs in it: 16 adds minutes and nothing to learn)
-        results["scaling"]["ViT-B-16"] = steps.scaling(vit_b, photo, sizes if device.type == "cuda" else sizes[:4])
-        del vit_b
+    lap("cost")
 
     results["render"] = render.render_12mp(os.cpu_count() or 1)
+    lap("render")
 
-    # Continuous batching against lock-step, same arrivals, at two loads (fractions of the measured capacity
-    # of full batches; lock-step's own capacity is lower, since a batch runs until its longest job ends).
+    # Continuous batching against lock-step, same arrivals. Load is a fraction of the measured capacity in full
+    # batches (lock-step's own capacity is lower: a batch runs until its longest job ends). A CPU run has time
+    # for one load only.
     max_batch, small = 8, photo.resize((96, 64))  # the simulated jobs' working image
-    sim = {"max_batch": max_batch, "views": 2, "lut_size": 17}
-    step_1, step_full = (steps.ours(tiny, small, b, views=2, repeat=5, lut_size=17)["step_s"] for b in (1, max_batch))
-    capacity = max_batch / (serving.MEAN_STEPS * step_full)  # jobs per second, in full batches
-    n = 24 if quick else 100
+    step_1, step_full = (steps.ours(tiny, small, b, views=2, repeat=15, lut_size=17)["step_s"] for b in (1, max_batch))
+    capacity = max_batch / (serving.MEAN_STEPS * step_full)  # jobs per second
+    n = 24 if quick else 120
     loads = []
-    for load in (0.5,) if quick else (0.5, 0.65):
+    for load in (0.5,) if device.type == "cpu" else (0.5, 0.65):
         lock, cont = (serving.simulate(tiny, small, continuous, n, load * capacity, max_batch)
                       for continuous in (False, True))
         loads.append({"load": load, "arrival_rate_per_s": load * capacity, "runs": [lock, cont],
@@ -85,10 +97,12 @@ def run(device: torch.device, quick: bool) -> dict:
                       "throughput_continuous_vs_lockstep": (cont["throughput_jobs_per_min"]
                                                             / lock["throughput_jobs_per_min"])})
     results["continuous_batching"] = {
-        **sim, "jobs": n, "model": "tiny", "steps": [serving.MIN_STEPS, serving.MAX_STEPS],
-        "step_s_1_job": step_1, f"step_s_{max_batch}_jobs": step_full, "capacity_jobs_per_s": capacity,
-        "loads": loads}
+        "model": "tiny", "jobs": n, "max_batch": max_batch, "views": 2, "lut_size": 17,
+        "steps": [serving.MIN_STEPS, serving.MAX_STEPS], "step_s_1_job": step_1,
+        f"step_s_{max_batch}_jobs": step_full, "capacity_jobs_per_s": capacity, "loads": loads}
+    lap("continuous_batching")
     results["service_overhead"] = serving.locust_overhead(seconds=10 if quick else 30)
+    lap("service_overhead")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results
 
@@ -98,7 +112,8 @@ def table(r: dict) -> str:
     m, c = r["machine"], r["cost"]
     mem = "allocated" if m["device"].startswith("cuda") else "RSS of the process"
     lines = [f"Machine: {m['processor']}, {m['cpu_cores']} cores, {m.get('gpu', 'no GPU')}, torch {m['torch']}, "
-             f"device `{m['device']}`; run {r['started']}{' (quick)' if r['quick'] else ''}.", "",
+             f"device `{m['device']}`; run {r['started']}{' (quick)' if r['quick'] else ''}, "
+             f"{sum(r['section_s'].values()) / 60:.1f} min.", "",
              "| cost | original system | ours | ours cheaper by |", "| --- | --- | --- | --- |",
              f"| one step, default vs default ({c['models']['original']} + MLP field vs "
              f"{c['models']['ours_default']}) | {c['original']['step_s']:.3f} s | {c['ours_default']['step_s']:.3f} s "

@@ -4,6 +4,7 @@ peak memory."""
 from __future__ import annotations
 
 import gc
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -29,15 +30,18 @@ def _sync(device: torch.device) -> None:
 
 
 def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeat: int = 2) -> float:
-    """Mean wall time of ``fn`` after ``warmup`` untimed calls (the device is synchronised around it)."""
+    """Median wall time of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones (the device is synchronised
+    around each): the median, so that one call slowed by another process does not move the figure."""
     for _ in range(warmup):
         fn()
-    _sync(device)
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / repeat
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 class PeakMemory:
