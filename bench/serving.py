@@ -30,7 +30,8 @@ def _arrivals(n: int, rate_per_s: float, seed: int) -> tuple[np.ndarray, np.ndar
 
 def simulate(guide: Guide, working: Image.Image, continuous: bool, jobs: int, rate_per_s: float, max_batch: int,
              seed: int = 0) -> dict:
-    """Run ``jobs`` jobs arriving at ``rate_per_s`` (Poisson, 20-60 steps each) through one optimizer.
+    """Run ``jobs`` jobs arriving at ``rate_per_s`` (Poisson, 20-60 steps each) through one optimizer; each
+    job's latency (arrival to result) and the time from the first arrival to the last result.
 
     Continuous: an arrival joins the running batch at the next step. Lock-step: a batch runs until all
     of its jobs are done, then takes whoever has arrived meanwhile.
@@ -55,11 +56,16 @@ def simulate(guide: Guide, working: Image.Image, continuous: bool, jobs: int, ra
             continue
         for r in opt.step():
             done[int(r.job_id)] = time.perf_counter() - start
-    latency = np.array([done[i] - times[i] for i in range(jobs)])
-    makespan = max(done.values()) - times[0]
-    return {"mode": "continuous" if continuous else "lock-step", "jobs": jobs, "arrival_rate_per_s": rate_per_s,
+    return {"mode": "continuous" if continuous else "lock-step", "seed": seed,
+            "latencies_s": [done[i] - times[i] for i in range(jobs)], "makespan_s": max(done.values()) - times[0]}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """p50/p95 latency over the jobs of all ``runs`` (one mode, several seeds) and jobs per minute."""
+    latency = np.concatenate([r["latencies_s"] for r in runs])
+    return {"mode": runs[0]["mode"], "jobs": len(latency), "seeds": [r["seed"] for r in runs],
             "p50_latency_s": float(np.percentile(latency, 50)), "p95_latency_s": float(np.percentile(latency, 95)),
-            "throughput_jobs_per_min": float(jobs / makespan * 60)}
+            "throughput_jobs_per_min": float(len(latency) / sum(r["makespan_s"] for r in runs) * 60)}
 
 
 def locust_overhead(seconds: int = 30, users: int = 8) -> dict:
