@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench import render, serving, steps
 from clipdlut.guidance import Guide
@@ -32,12 +33,39 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def continuous_batching(tiny: Guide, photo: Image.Image, loads: tuple[float, ...], quick: bool) -> dict:
+    """Continuous batching against lock-step on the same Poisson arrivals. A load is a fraction of the measured
+    capacity in full batches (lock-step's own capacity is lower: a batch runs until its longest job ends)."""
+    max_batch, small = 8, photo.resize((96, 64))  # the simulated jobs' working image
+    step_1, step_full = (steps.ours(tiny, small, b, views=2, repeat=15, lut_size=17)["step_s"] for b in (1, max_batch))
+    capacity = max_batch / (serving.MEAN_STEPS * step_full)  # jobs per second
+    n, seeds = (24, (0,)) if quick else (80, (0, 1))
+    rows = []
+    for load in loads:
+        raw = [serving.simulate(tiny, small, continuous, n, load * capacity, max_batch, seed)
+               for seed in seeds for continuous in (False, True)]  # interleaved: a slow spell hits both modes
+        lock, cont = (serving.summarize([r for r in raw if r["mode"] == mode]) for mode in ("lock-step", "continuous"))
+        per_seed = [np.percentile(c["latencies_s"], 95) / np.percentile(ls["latencies_s"], 95)
+                    for ls, c in zip(raw[::2], raw[1::2])]
+        rows.append({"load": load, "arrival_rate_per_s": load * capacity, "runs": [lock, cont],
+                     "p95_continuous_vs_lockstep": cont["p95_latency_s"] / lock["p95_latency_s"],
+                     "p95_continuous_vs_lockstep_per_seed": [float(x) for x in per_seed],
+                     "throughput_continuous_vs_lockstep": (cont["throughput_jobs_per_min"]
+                                                           / lock["throughput_jobs_per_min"])})
+    return {"model": "tiny", "jobs": n * len(seeds), "seeds": list(seeds), "max_batch": max_batch, "views": 2,
+            "lut_size": 17, "steps": [serving.MIN_STEPS, serving.MAX_STEPS], "step_s_1_job": step_1,
+            f"step_s_{max_batch}_jobs": step_full, "capacity_jobs_per_s": capacity, "loads": rows}
+
+
 def run(device: torch.device, quick: bool) -> dict:
+    """Every section, in an order that keeps each one's figures clean: the millisecond-scale tiny-model timings
+    first, in a small process; each big model's peak memory before its larger batches."""
     photo = render.photo(1200, 800)
     sizes = (1, 2, 4) if quick else (1, 2, 4, 8, 16)
-    # big-model steps take seconds on a CPU: one timed call each there, the median of 5 on a GPU
-    repeat = 2 if quick else 1 if device.type == "cpu" else 5
-    tiny = Guide(load_model("tiny", device=device))
+    cpu = device.type == "cpu"
+    # Big-model steps take seconds on a CPU: the targets' rows there are the median of 3 calls, the rest one
+    # call; on a GPU every row is the median of 5.
+    key, rest = (2, 2) if quick else (3, 1) if cpu else (5, 5)
     results: dict = {"machine": machine(device), "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "section_s": {}}
     clock = time.perf_counter()
@@ -47,26 +75,32 @@ def run(device: torch.device, quick: bool) -> dict:
         results["section_s"][section] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
-    # Batch scaling; its 1-job row of the default model is our default step.
+    tiny = Guide(load_model("tiny", device=device))
     results["scaling"] = {"tiny": steps.scaling(tiny, photo, sizes, repeat=5)}  # tiny steps: the median of 5
-    default_name, original_name = ("tiny", "tiny") if quick else ("ViT-B-16", "ViT-L-14-336")
-    if not quick:
-        vit_b = Guide(load_random(default_name, device))
-        # (on CPU a step costs in proportion to the jobs in it: 16 adds minutes and nothing to learn)
-        results["scaling"][default_name] = steps.scaling(vit_b, photo, sizes if device.type == "cuda" else sizes[:4],
-                                                         repeat=repeat)
-        del vit_b
-    ours_default = steps.job_cost(results["scaling"][default_name][0])
-    lap("scaling")
+    lap("scaling_tiny")
+    # (a CPU run has time for one load only)
+    results["continuous_batching"] = continuous_batching(tiny, photo, (0.5,) if cpu else (0.5, 0.65), quick)
+    lap("continuous_batching")
+    results["render"] = render.render_12mp(os.cpu_count() or 1)
+    lap("render")
 
-    # Our default configuration against the original system, per step and per job.
-    big = tiny if quick else Guide(load_random(original_name, device))
-    # The original ran fp32; on CUDA ours runs bf16, so the baseline gets its own fp32 copy of the model.
-    big_fp32 = big if device.type != "cuda" or quick else Guide(load_random(original_name, device, fp32=True))
-    original = steps.original(big_fp32, photo, repeat=repeat)
-    del big_fp32
-    same_1 = steps.job_cost(steps.ours(big, photo, 1, views=1, repeat=repeat))
-    same_default = steps.job_cost(steps.ours(big, photo, 1, repeat=repeat))
+    default_name, original_name = ("tiny", "tiny") if quick else ("ViT-B-16", "ViT-L-14-336")
+    default = tiny if quick else Guide(load_random(default_name, device))
+    ours_default = steps.job_cost(steps.ours(default, photo, 1, repeat=key))
+    if not quick:
+        # (on CPU a step costs in proportion to the jobs in it: 16 adds minutes and nothing to learn)
+        results["scaling"][default_name] = steps.scaling(default, photo, sizes[:4] if cpu else sizes, repeat=rest)
+    del default
+    lap("default_model")
+
+    # The original ran fp32; ours runs the serving dtype, which on a GPU is bf16: a copy of its own there.
+    big = tiny if quick else Guide(load_random(original_name, device, fp32=True))
+    original = steps.original(big, photo, repeat=key)
+    if not quick and not cpu:
+        del big
+        big = Guide(load_random(original_name, device))
+    same_1 = steps.job_cost(steps.ours(big, photo, 1, views=1, repeat=key))
+    same_default = steps.job_cost(steps.ours(big, photo, 1, repeat=rest))
     del big
     results["cost"] = {
         "models": {"ours_default": default_name, "original": original_name},
@@ -77,36 +111,7 @@ def run(device: torch.device, quick: bool) -> dict:
         "step_cheaper_same_model_1_view": original["step_s"] / same_1["step_s"],
         "step_cheaper_same_model_default_views": original["step_s"] / same_default["step_s"],
     }
-    lap("cost")
-
-    results["render"] = render.render_12mp(os.cpu_count() or 1)
-    lap("render")
-
-    # Continuous batching against lock-step, same arrivals. Load is a fraction of the measured capacity in full
-    # batches (lock-step's own capacity is lower: a batch runs until its longest job ends). A CPU run has time
-    # for one load only.
-    max_batch, small = 8, photo.resize((96, 64))  # the simulated jobs' working image
-    step_1, step_full = (steps.ours(tiny, small, b, views=2, repeat=15, lut_size=17)["step_s"] for b in (1, max_batch))
-    capacity = max_batch / (serving.MEAN_STEPS * step_full)  # jobs per second
-    n, seeds = (24, (0,)) if quick else (80, (0, 1))
-    loads = []
-    for load in (0.5,) if device.type == "cpu" else (0.5, 0.65):
-        raw = [serving.simulate(tiny, small, continuous, n, load * capacity, max_batch, seed)
-               for seed in seeds for continuous in (False, True)]  # interleaved: a slow spell hits both modes
-        lock, cont = (serving.summarize([r for r in raw if r["mode"] == mode]) for mode in ("lock-step", "continuous"))
-        per_seed = [np.percentile(c["latencies_s"], 95) / np.percentile(ls["latencies_s"], 95)
-                    for ls, c in zip(raw[::2], raw[1::2])]
-        loads.append({"load": load, "arrival_rate_per_s": load * capacity, "runs": [lock, cont],
-                      "p95_continuous_vs_lockstep": cont["p95_latency_s"] / lock["p95_latency_s"],
-                      "p95_continuous_vs_lockstep_per_seed": [float(x) for x in per_seed],
-                      "throughput_continuous_vs_lockstep": (cont["throughput_jobs_per_min"]
-                                                            / lock["throughput_jobs_per_min"])})
-    results["continuous_batching"] = {
-        "model": "tiny", "jobs": n * len(seeds), "seeds": list(seeds), "max_batch": max_batch, "views": 2,
-        "lut_size": 17,
-        "steps": [serving.MIN_STEPS, serving.MAX_STEPS], "step_s_1_job": step_1,
-        f"step_s_{max_batch}_jobs": step_full, "capacity_jobs_per_s": capacity, "loads": loads}
-    lap("continuous_batching")
+    lap("original_model")
     results["service_overhead"] = serving.locust_overhead(seconds=10 if quick else 30)
     lap("service_overhead")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

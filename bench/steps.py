@@ -3,8 +3,10 @@ peak memory."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +49,8 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int
 class PeakMemory:
     """Peak resident memory of the process (CPU) or peak allocated memory (CUDA) while the block runs, MiB.
 
-    (On CPU the allocator keeps freed memory, so only the peak of a whole process is meaningful: the
-    figures include the model and what earlier measurements left behind.)"""
+    On CPU the figure is the whole process: the model included, and what the C allocator still holds from
+    earlier measurements after it has been asked to hand freed memory back (glibc's ``malloc_trim``)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -56,6 +58,8 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         gc.collect()
+        if self.device.type == "cpu" and sys.platform == "linux":
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
