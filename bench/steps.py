@@ -84,14 +84,14 @@ class PeakMemory:
 
 
 def ours(guide: Guide, photo: Image.Image, jobs: int, views: int = DEFAULTS.views, repeat: int = 2,
-         lut_size: int = 33) -> dict:
+         lut_size: int = 33, warmup: int = 1) -> dict:
     """Seconds per step of a batch of ``jobs`` jobs with the service's defaults, and the peak memory."""
     working = working_copy(photo, DEFAULTS.working_size)
     opt = BatchedOptimizer(guide)
     opt.add([JobSpec(f"j{i}", working, PROMPTS[i % len(PROMPTS)], steps=10**6, lut_size=lut_size, views=views,
                      seed=i, progress_every=10**6) for i in range(jobs)])
     with PeakMemory(guide.device) as mem:
-        step = seconds_per_call(opt.step, guide.device, repeat=repeat)
+        step = seconds_per_call(opt.step, guide.device, warmup=warmup, repeat=repeat)
     return {"jobs": jobs, "views": views, "step_s": step, "job_steps_per_s": jobs / step, "peak_mib": mem.peak}
 
 
@@ -109,9 +109,10 @@ def job_cost(step: dict, steps: int = DEFAULTS.default_steps) -> dict:
     return {**step, "steps": steps, "job_s": step["step_s"] * steps}
 
 
-def scaling(guide: Guide, photo: Image.Image, sizes: tuple[int, ...], repeat: int = 1) -> list[dict]:
+def scaling(guide: Guide, photo: Image.Image, sizes: tuple[int, ...], repeat: int = 1,
+            warmup: int = 1) -> list[dict]:
     """Throughput (job-steps per second) with 1, 2, 4, ... jobs in one batch, and the gain over 1 job."""
-    rows = [ours(guide, photo, n, repeat=repeat) for n in sizes]
+    rows = [ours(guide, photo, n, repeat=repeat, warmup=warmup) for n in sizes]
     for row in rows:
         row["speedup_vs_1"] = row["job_steps_per_s"] / rows[0]["job_steps_per_s"]
     return rows
