@@ -1,4 +1,5 @@
-"""A smoke run of the benchmark code (tiny model): every section is produced; no timing is asserted."""
+"""The benchmark: a smoke run of its code (tiny model; no timing is asserted), and the README showing its
+recorded results."""
 
 import json
 import subprocess
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.e2e
 def test_quick_bench_writes_every_section(tmp_path):
     out = tmp_path / "results.json"
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT, capture_output=True,
@@ -30,3 +31,13 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert results["service_overhead"]["failures"] == 0
     table = out.with_suffix(".md").read_text()
     assert "Machine:" in table and "Continuous batching" in table and "Rendering 12 MP" in table
+
+
+@pytest.mark.unit
+def test_the_readme_shows_the_committed_results_as_recorded():
+    """Every benchmark figure in the README is bench/results.md, which is the table of bench/results.json."""
+    from bench.__main__ import table
+
+    recorded = (ROOT / "bench" / "results.md").read_text(encoding="utf-8")
+    assert table(json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))) == recorded
+    assert recorded in (ROOT / "README.md").read_text(encoding="utf-8")
