@@ -13,7 +13,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -37,7 +36,8 @@ def continuous_batching(tiny: Guide, photo: Image.Image, loads: tuple[float, ...
     """Continuous batching against lock-step on the same Poisson arrivals. A load is a fraction of the measured
     capacity in full batches (lock-step's own capacity is lower: a batch runs until its longest job ends)."""
     max_batch, small = 8, photo.resize((96, 64))  # the simulated jobs' working image
-    step_1, step_full = (steps.ours(tiny, small, b, views=2, repeat=15, lut_size=17)["step_s"] for b in (1, max_batch))
+    step_1, step_full = (steps.ours(tiny, small, b, views=serving.VIEWS, repeat=15, lut_size=serving.LUT_SIZE)["step_s"]
+                         for b in (1, max_batch))
     capacity = max_batch / (serving.MEAN_STEPS * step_full)  # jobs per second
     n, seeds = (24, (0,)) if quick else (80, (0, 1))
     rows = []
@@ -45,15 +45,16 @@ def continuous_batching(tiny: Guide, photo: Image.Image, loads: tuple[float, ...
         raw = [serving.simulate(tiny, small, continuous, n, load * capacity, max_batch, seed)
                for seed in seeds for continuous in (False, True)]  # interleaved: a slow spell hits both modes
         lock, cont = (serving.summarize([r for r in raw if r["mode"] == mode]) for mode in ("lock-step", "continuous"))
-        per_seed = [np.percentile(c["latencies_s"], 95) / np.percentile(ls["latencies_s"], 95)
+        per_seed = [serving.summarize([c])["p95_latency_s"] / serving.summarize([ls])["p95_latency_s"]
                     for ls, c in zip(raw[::2], raw[1::2])]
         rows.append({"load": load, "arrival_rate_per_s": load * capacity, "runs": [lock, cont],
                      "p95_continuous_vs_lockstep": cont["p95_latency_s"] / lock["p95_latency_s"],
-                     "p95_continuous_vs_lockstep_per_seed": [float(x) for x in per_seed],
+                     "p95_continuous_vs_lockstep_per_seed": per_seed,
                      "throughput_continuous_vs_lockstep": (cont["throughput_jobs_per_min"]
                                                            / lock["throughput_jobs_per_min"])})
-    return {"model": "tiny", "jobs": n * len(seeds), "seeds": list(seeds), "max_batch": max_batch, "views": 2,
-            "lut_size": 17, "steps": [serving.MIN_STEPS, serving.MAX_STEPS], "step_s_1_job": step_1,
+    return {"model": "tiny", "jobs": n * len(seeds), "seeds": list(seeds), "max_batch": max_batch,
+            "views": serving.VIEWS, "lut_size": serving.LUT_SIZE, "steps": [serving.MIN_STEPS, serving.MAX_STEPS],
+            "step_s_1_job": step_1,
             f"step_s_{max_batch}_jobs": step_full, "capacity_jobs_per_s": capacity, "loads": rows}
 
 

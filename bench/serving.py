@@ -21,6 +21,7 @@ from clipdlut.optimizer import BatchedOptimizer, JobSpec
 ROOT = Path(__file__).resolve().parent.parent
 MIN_STEPS, MAX_STEPS = 20, 60
 MEAN_STEPS = (MIN_STEPS + MAX_STEPS) / 2
+VIEWS, LUT_SIZE = 2, 17  # the simulated jobs' settings (small, so that a run takes a minute or two)
 
 
 def _arrivals(n: int, rate_per_s: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +39,7 @@ def simulate(guide: Guide, working: Image.Image, continuous: bool, jobs: int, ra
     """
     times, steps = _arrivals(jobs, rate_per_s, seed)
     opt = BatchedOptimizer(guide)
-    waiting, submitted, done = list(range(jobs)), {}, {}
+    waiting, done = list(range(jobs)), {}
     start = time.perf_counter()
     while len(done) < jobs:
         now = time.perf_counter() - start
@@ -48,9 +49,8 @@ def simulate(guide: Guide, working: Image.Image, continuous: bool, jobs: int, ra
             take = arrived[: max_batch - len(opt)]
             for i in take:
                 waiting.remove(i)
-                submitted[i] = times[i]
-            opt.add([JobSpec(str(i), working, PROMPTS[i % len(PROMPTS)], steps=int(steps[i]), lut_size=17,
-                             views=2, seed=i, progress_every=10**6) for i in take])
+            opt.add([JobSpec(str(i), working, PROMPTS[i % len(PROMPTS)], steps=int(steps[i]), lut_size=LUT_SIZE,
+                             views=VIEWS, seed=i, progress_every=10**6) for i in take])
         if len(opt) == 0:
             time.sleep(max(0.0, min(times[i] for i in waiting) - now) if waiting else 0)
             continue
