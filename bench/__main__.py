@@ -7,6 +7,7 @@ Every comparison is a ratio of two measurements taken in this run on this machin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -96,15 +97,13 @@ def run(device: torch.device, quick: bool) -> dict:
     del default
     lap("default_model")
 
-    # The original ran fp32; ours runs the serving dtype, which on a GPU is bf16: a copy of its own there.
-    big = tiny if quick else Guide(load_random(original_name, device, fp32=True))
-    original = steps.original(big, photo, repeat=key)
-    if not quick and not cpu:
-        del big
-        big = Guide(load_random(original_name, device))
+    # The original ran fp32; ours computes in the serving dtype (bf16 autocast on a GPU), on the same weights.
+    loaded = tiny.loaded if quick else load_random(original_name, device)
+    original = steps.original(Guide(dataclasses.replace(loaded, dtype=torch.float32)), photo, repeat=key)
+    big = Guide(loaded)
     same_1 = steps.job_cost(steps.ours(big, photo, 1, views=1, repeat=key))
     same_default = steps.job_cost(steps.ours(big, photo, 1, repeat=rest, warmup=rest_warmup))
-    del big
+    del big, loaded
     results["cost"] = {
         "models": {"ours_default": default_name, "original": original_name},
         "original": original, "ours_default": ours_default,

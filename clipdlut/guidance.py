@@ -71,10 +71,15 @@ class Guide:
         """Whole images ``(B, 3, H, W)`` in [0, 1] -> model input, differentiably (squashed like cn_clip)."""
         return self.normalize(resize(images, self.resolution))
 
+    def autocast(self) -> torch.autocast:
+        """The model's compute precision (bf16 autocast on CUDA; off where it computes in fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unit-norm float32 image features of preprocessed pixels ``(B, 3, R, R)``."""
-        feats = self.model.encode_image(pixels.to(self.dtype)).float()
-        return F.normalize(feats, dim=-1)
+        with self.autocast():
+            feats = self.model.encode_image(pixels)
+        return F.normalize(feats.float(), dim=-1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm features of whole images ``(B, 3, H, W)`` in [0, 1]."""
@@ -87,7 +92,9 @@ class Guide:
         if missing:
             texts = [t.format(p) for p in missing for t in TEMPLATES]
             tokens = self._tokenize(texts).to(self.device)
-            feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            with self.autocast():
+                feats = self.model.encode_text(tokens)
+            feats = F.normalize(feats.float(), dim=-1)
             feats = F.normalize(feats.view(len(missing), len(TEMPLATES), -1).mean(1), dim=-1)
             for p, f in zip(missing, feats):
                 self._text_cache[p] = f

@@ -52,7 +52,11 @@ class WeightsNotFound(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A frozen CLIP model in eval mode, with what the guidance needs to know about it."""
+    """A frozen fp32 CLIP model in eval mode, with what the guidance needs to know about it.
+
+    ``dtype`` is the precision it computes in: the guidance runs it under autocast to that dtype. (Casting
+    the weights instead fails: cn_clip's LayerNorm feeds float32 activations to its own weights.)
+    """
 
     model: torch.nn.Module
     name: str
@@ -71,7 +75,8 @@ def default_device() -> torch.device:
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (fp16 kernels are missing there); bf16 on CUDA where supported, else fp16."""
+    """The autocast dtype: bf16 on CUDA where supported, else fp16; fp32 (no autocast) on CPU, where
+    reduced-precision matmuls are slower on most processors."""
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -85,9 +90,8 @@ def build_tiny(seed: int = TINY_SEED) -> torch.nn.Module:
         return clip.model.CLIP(**TINY_CONFIG)
 
 
-def load_random(name: str, device: str | torch.device | None = None, seed: int = 0,
-                fp32: bool = False) -> LoadedModel:
-    """A named architecture with seeded random weights, frozen, in the serving dtype (or fp32): for
+def load_random(name: str, device: str | torch.device | None = None, seed: int = 0) -> LoadedModel:
+    """A named architecture with seeded random weights, frozen, computing in the serving dtype: for
     benchmarks, whose cost does not depend on weight values (and whose weights cannot be downloaded
     everywhere)."""
     clip = import_cn_clip()
@@ -95,9 +99,8 @@ def load_random(name: str, device: str | torch.device | None = None, seed: int =
     with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
         torch.manual_seed(seed)
         model = clip.utils.create_model(MODELS[name][2], None)
-    dtype = torch.float32 if fp32 else compute_dtype(device)
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return LoadedModel(model=model, name=name, resolution=MODELS[name][3], device=device, dtype=dtype)
+    model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+    return LoadedModel(model=model, name=name, resolution=MODELS[name][3], device=device, dtype=compute_dtype(device))
 
 
 def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
@@ -170,7 +173,8 @@ def load_model(spec: str | None = None, device: str | torch.device | None = None
                directory: Path | None = None, download: bool = True) -> LoadedModel:
     """Load the model named by ``spec`` (default ``CLIPDLUT_CLIP_MODEL``, else ``ViT-B-16``).
 
-    The result is in eval mode with every parameter frozen, fp32 on CPU, bf16/fp16 on CUDA.
+    The result is in eval mode with every parameter frozen and fp32; it computes in fp32 on CPU and
+    under bf16 (else fp16) autocast on CUDA.
     """
     spec = spec or os.environ.get("CLIPDLUT_CLIP_MODEL") or DEFAULT_MODEL
     device = torch.device(device) if device else default_device()
@@ -188,6 +192,6 @@ def load_model(spec: str | None = None, device: str | torch.device | None = None
         raise ValueError(f"CLIP model {spec!r} is not a model name ({', '.join(MODELS)}), "
                          f"'{TINY}', or an existing checkpoint file")
     dtype = compute_dtype(device)
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    log.info("loaded CLIP %s on %s as %s", name, device, dtype)
+    model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+    log.info("loaded CLIP %s on %s, computing in %s", name, device, dtype)
     return LoadedModel(model=model, name=name, resolution=resolution, device=device, dtype=dtype)

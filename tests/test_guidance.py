@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from clipdlut.guidance import TEMPLATES, random_views, resize
+from clipdlut.guidance import TEMPLATES, Guide, random_views, resize
 from clipdlut.imaging import to_tensor
 from tests.conftest import gradient_image
 
@@ -43,6 +45,24 @@ def test_image_features_are_differentiable(guide):
     assert feats.shape == (1, 32)
     feats.sum().backward()
     assert img.grad.abs().sum() > 0
+
+
+def test_reduced_precision_runs_under_autocast_with_fp32_weights(guide):
+    """The CUDA path (bf16 autocast), run on CPU: cn_clip's float32 LayerNorms work, the weights stay
+    fp32 and the features are those of fp32 up to bf16 rounding."""
+    bf16 = Guide(dataclasses.replace(guide.loaded, dtype=torch.bfloat16))
+    with torch.no_grad():
+        text, text_bf16 = guide.encode_text(["暖色调", "赛博朋克"]), bf16.encode_text(["暖色调", "赛博朋克"])
+    img = to_tensor(gradient_image()).unsqueeze(0).requires_grad_(True)
+    feats = bf16.encode_images(img)
+    with torch.no_grad():
+        fp32 = guide.encode_images(img)
+    feats.sum().backward()
+    assert feats.dtype == text_bf16.dtype == torch.float32
+    assert not torch.equal(text, text_bf16) and not torch.equal(feats, fp32)  # bf16 did run
+    assert (text * text_bf16).sum(-1).min() > 0.99 and (feats * fp32).sum(-1).min() > 0.99
+    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
 
 
 def test_views_are_seeded_and_shaped():

@@ -88,6 +88,14 @@ def test_checkpoint_path_errors_are_clear(tmp_path, monkeypatch):
 
 def test_dtypes():
     assert compute_dtype(torch.device("cpu")) == torch.float32
+    assert load_model("tiny", device="cpu").dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU machine)")
+def test_cuda_computes_in_reduced_precision_with_fp32_weights():
+    m = load_model("tiny", device="cuda")
+    assert m.dtype in (torch.bfloat16, torch.float16)
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in m.model.parameters())
 
 
 def test_cn_clip_imports_when_torchvision_is_broken(tmp_path):

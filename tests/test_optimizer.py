@@ -171,3 +171,18 @@ def test_jobs_of_other_lut_sizes_and_view_counts_share_a_step_without_changing_e
         alone = run(guide, {0: [job]})[job.job_id]
         assert together[job.job_id].status == FINISHED
         assert (together[job.job_id].lut - alone.lut).abs().max() < BATCH_TOLERANCE
+
+
+def test_a_job_under_bf16_autocast_ends_near_the_fp32_job(guide):
+    """The CUDA compute precision, run on CPU: the job finishes, and bf16 rounding moves its LUT much less
+    than the job itself moved it."""
+    import dataclasses
+
+    from clipdlut.guidance import Guide
+    from clipdlut.lut import identity
+
+    bf16 = Guide(dataclasses.replace(guide.loaded, dtype=torch.bfloat16))
+    a, b = run(guide, {0: [spec("a", 1)]})["a"], run(bf16, {0: [spec("a", 1)]})["a"]
+    assert a.status == b.status == FINISHED
+    assert torch.isfinite(b.lut).all() and not torch.equal(a.lut, b.lut)
+    assert (a.lut - b.lut).abs().max() < 0.5 * (a.lut - identity(9)).abs().max()
