@@ -8,6 +8,7 @@ the identity LUT.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -81,17 +82,24 @@ def _srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
     return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055).clamp_min(1e-8) ** 2.4)
 
 
-_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
-                            [0.2126729, 0.7151522, 0.0721750],
-                            [0.0193339, 0.1191920, 0.9503041]])
-_WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883])
+_RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
+               (0.2126729, 0.7151522, 0.0721750),
+               (0.0193339, 0.1191920, 0.9503041))
+_WHITE_D65 = (0.95047, 1.0, 1.08883)
+
+
+@functools.cache
+def _xyz_over_white(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Linear sRGB -> XYZ relative to the D65 white, made once per device: a copy from the host inside a
+    step would make a GPU step wait."""
+    return (torch.tensor(_RGB_TO_XYZ, dtype=torch.float64) / torch.tensor(_WHITE_D65, dtype=torch.float64)
+            .view(3, 1)).to(device, dtype)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB ``(..., 3, H, W)`` in [0, 1] to CIE L*a*b* (D65), differentiably."""
     lin = _srgb_to_linear(rgb)
-    m = _RGB_TO_XYZ.to(rgb.device, rgb.dtype)
-    xyz = torch.einsum("ij,...jhw->...ihw", m, lin) / _WHITE_D65.to(rgb.device, rgb.dtype).view(3, 1, 1)
+    xyz = torch.einsum("ij,...jhw->...ihw", _xyz_over_white(rgb.device, rgb.dtype), lin)
     eps = 216 / 24389
     f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), (24389 / 27 * xyz + 16) / 116)
     fx, fy, fz = f.unbind(-3)
