@@ -147,6 +147,36 @@ def test_multi_job_adam_equals_torch_adam_per_job(guide):
         assert job.delta.grad is None
 
 
+def test_a_step_that_reports_nothing_reads_no_tensor_value_into_python(guide):
+    """The CPU stand-in for the GPU check below: between reports a step neither reads a value back
+    (``.item()``, ``bool()``, ``.tolist()``) nor builds a tensor from host data. Adam's step counters are
+    the exception, host tensors by design (as in ``torch.optim.Adam``)."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    host_reads = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
+                files = [(f.filename.replace("\\", "/"), f.lineno) for f in traceback.extract_stack()]
+                if not any("torch/optim/" in name for name, _ in files):
+                    host_reads.append([f"{func} at {name}:{line}" for name, line in files if "clipdlut/" in name][-1])
+            return func(*args, **(kwargs or {}))
+
+    opt = BatchedOptimizer(guide)
+    opt.add([spec(str(i), i, steps=50, lut_size=9 + 8 * (i % 2), progress_every=10) for i in range(4)])
+    opt.step()
+    with Watch():
+        for _ in range(8):  # iterations 2 to 9: nothing is reported
+            opt.step()
+    assert host_reads == []
+    with Watch():
+        opt.step()  # iteration 10 reports: now the values are read
+    assert host_reads
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU machine)")
 def test_a_step_that_reports_nothing_never_waits_for_the_gpu():
     from clipdlut.guidance import Guide
