@@ -21,11 +21,11 @@ def photo(width: int = 4000, height: int = 3000, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
 
 
-def render_12mp(cores: int, rounds: int = 5) -> dict:
+def render_12mp(cores: int, rounds: int = 9) -> dict:
     """Seconds to render a 12 MP photo: one plain Pillow call, and ours on 1 and on ``cores`` threads.
 
-    The candidates take turns for ``rounds`` rounds and each figure is its median, so a slow spell of the
-    machine does not land on one of them only."""
+    The candidates take turns for ``rounds`` rounds, each round starting with the next one, and each figure
+    is its median, so neither a slow spell of the machine nor the order lands on one of them only."""
     img = photo()
     g = torch.Generator().manual_seed(0)
     table = lutmath.to_table((lutmath.identity(33, dtype=torch.float64)
@@ -34,8 +34,10 @@ def render_12mp(cores: int, rounds: int = 5) -> dict:
     for workers in sorted({1, cores}):
         candidates[f"ours_{workers}_threads_s"] = lambda w=workers: apply_table(img, table, workers=w)
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds + 1):  # the first round warms up
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for i in range(rounds + 1):  # the first round warms up
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            fn = candidates[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
