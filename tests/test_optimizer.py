@@ -149,8 +149,9 @@ def test_multi_job_adam_equals_torch_adam_per_job(guide):
 
 def test_a_step_that_reports_nothing_reads_no_tensor_value_into_python(guide):
     """The CPU stand-in for the GPU check below: between reports a step neither reads a value back
-    (``.item()``, ``bool()``, ``.tolist()``) nor builds a tensor from host data. Adam's step counters are
-    the exception, host tensors by design (as in ``torch.optim.Adam``)."""
+    (``.item()``, ``bool()``, ``float()``) nor builds a tensor from host data (``torch.tensor``). Adam's step
+    counters are the exception, host tensors by design (as in ``torch.optim.Adam``). It cannot see
+    ``.tolist()`` or a ``.to(device)`` that is a no-op on CPU: the GPU check covers those."""
     import traceback
 
     from torch.utils._python_dispatch import TorchDispatchMode
