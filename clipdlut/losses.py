@@ -58,7 +58,7 @@ def smoothness(lut: torch.Tensor) -> torch.Tensor:
     n = lut.shape[-1]
     if n < 3:
         return lut.new_zeros(lut.shape[0])
-    delta = lut - identity(n, lut.shape[0], dtype=lut.dtype, device=lut.device)
+    delta = lut - identity(n, dtype=lut.dtype, device=lut.device)  # broadcast over the jobs
     terms = [(_diff(delta, d, 2) * (n - 1) ** 2).pow(2).flatten(1).mean(1) for d in LUT_AXES.values()]
     return torch.stack(terms).sum(0)
 
