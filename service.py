@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import io
 import logging
 import threading
 import uuid
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +23,7 @@ import httpx
 import numpy as np
 import prometheus_client
 import torch
+from bentoml.exceptions import BadInput, ServiceUnavailable
 from PIL import Image
 from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
@@ -30,17 +33,19 @@ from starlette.staticfiles import StaticFiles
 
 from clipdlut import jobs, modelstore
 from clipdlut.cube import CubeError, read_cube
-from clipdlut.engine import Engine
+from clipdlut.driver import Drivers
+from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
 from clipdlut.http import ApiKey, BodyLimit, ClearErrors, FormCheck, Landing, ReadyReason, TaskGate
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
+from clipdlut.jobstream import InvalidJob, stream_job
 from clipdlut.lifecycle import Watchdog
 from clipdlut.models import load_model
+from clipdlut.readiness import Readiness
 from clipdlut.render import apply_table, blend_table
 from clipdlut.schemas import (
-    Admission,
     CancelResponse,
     Concepts,
     ConceptScores,
@@ -57,6 +62,7 @@ from clipdlut.schemas import (
 )
 from clipdlut.settings import Settings
 from clipdlut.store import CANCELLED, FAILED, FINISHED, SqliteJobStore
+from clipdlut.wire import OptimizeRequest, OptimizerHealth
 
 log = logging.getLogger("clipdlut")
 S = Settings.from_env()
@@ -75,6 +81,7 @@ IMAGE = (
     .pyproject_toml("pyproject.toml")
     .run("uv pip install --no-deps cn_clip==1.6.0")
 )
+READINESS = Readiness()  # this API process's view of its optimizer, kept current by Retouch.start_background
 LEGACY_STATUS = {"queued": "pending", "running": "processing", FINISHED: "finished", CANCELLED: "stopped",
                  FAILED: "failed"}
 
@@ -109,64 +116,70 @@ def answers_client_errors(handler):
     name="clipdlut-optimizer",
     resources={"gpu": 1, "gpu_type": S.gpu_type},
     workers=1,
+    # an autoscaler reads in-flight requests per replica: one streamed call per running job, so concurrency
+    # is what one batch holds (BentoML's rule for continuous batching)
     traffic={"timeout": S.job_timeout_s, "concurrency": S.max_batch_size},
+    # callers keep one connection pool: BentoML's default renews it every 100 calls, cutting open job streams
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class Optimizer:
-    """Owns the CLIP model; runs every job in one continuously refilled batch."""
+    """Owns the CLIP model; runs every job in one continuously refilled batch. Keeps no state between calls."""
 
     weights = modelstore.reference(S.clip_model)  # packaged into the Bento when imported into the store
 
     def __init__(self) -> None:
-        self.store = SqliteJobStore(S.store)
-        self.watchdog = Watchdog(self.store, "optimizer", S.watchdog_s, S.retention_s)
         self.engine: Engine | None = None
         self.guide: Guide | None = None
-        self.error: str | None = None
-        self.store.set_state("optimizer", {"ready": False, "reason": f"loading CLIP model {S.clip_model}"})
+        self.reason = f"loading the CLIP model {S.clip_model}"
         threading.Thread(target=self._load, name="clipdlut-load", daemon=True).start()
 
     def _load(self) -> None:
         try:
             checkpoint = modelstore.stored_checkpoint(type(self).weights)
             self.guide = Guide(load_model(str(checkpoint or S.clip_model), device=S.device or None))
-            name = self.guide.name
-            self.engine = Engine(self.guide, self.store, max_active=S.max_batch_size * 2, on_step=BATCH_JOBS.observe,
-                                 on_end=lambda result: jobs.record_outcome(self.store, result, name),
+            self.engine = Engine(self.guide, capacity=S.max_batch_size, on_step=BATCH_JOBS.observe,
                                  job_timeout_s=S.job_timeout_s)
-            self.store.set_state("optimizer", {"ready": True, "model": self.guide.name})
         except Exception as e:
-            self.error = f"the CLIP model could not be loaded: {e}"
-            log.error(self.error)
-            self.store.set_state("optimizer", {"ready": False, "reason": self.error})
+            self.reason = f"the CLIP model could not be loaded: {e}"
+            log.error(self.reason)
 
     def __is_ready__(self) -> bool:
         return self.engine is not None
 
     async def _guide(self) -> Guide:
-        """The loaded model; waits while it loads, so jobs sent early queue instead of failing."""
-        while self.guide is None and self.error is None:
+        """The loaded model; waits while it loads, so calls sent early wait instead of failing."""
+        while self.guide is None and self.engine is None and self.reason.startswith("loading"):
             await asyncio.sleep(0.1)
         if self.guide is None:
-            raise RuntimeError(self.error)
+            raise ServiceUnavailable(self.reason)
         return self.guide
 
-    @bentoml.api(batchable=True, max_batch_size=S.max_batch_size, max_latency_ms=S.max_latency_ms)
-    async def admit(self, job_ids: list[str]) -> list[Admission]:
-        """Take stored jobs into the running batch, where they start at its next step; returns at once.
+    @bentoml.api
+    async def health(self) -> OptimizerHealth:
+        """Whether this replica can take jobs (and why not), with its running jobs and capacity."""
+        if self.engine is None:
+            return OptimizerHealth(ready=False, reason=self.reason)
+        return OptimizerHealth(ready=True, model=self.guide.name, running=self.engine.running,
+                               capacity=self.engine.capacity)
 
-        Adaptive batching groups jobs that arrive together; because this returns without waiting for
-        them to finish, later jobs are never held behind a running batch (continuous batching).
-        """
-        await self._guide()
-        specs, refused = [], {}
-        for job_id in job_ids:
-            try:
-                specs.append(await asyncio.to_thread(jobs.spec_from_store, self.store, job_id, S))
-            except Exception as e:
-                refused[job_id] = f"cannot read the job: {e}"
-        self.store.claim([spec.job_id for spec in specs], self.watchdog.instance)
-        self.engine.submit(specs)
-        return [Admission(job_id=j, accepted=j not in refused, error=refused.get(j)) for j in job_ids]
+    @bentoml.api
+    async def optimize(self, job: OptimizeRequest) -> AsyncGenerator[str, None]:
+        """Run one job in the running batch; streams its events (newline-delimited JSON, clipdlut.wire) until it
+        ends. 503 when the batch is full or the model not loaded, 400 when the job cannot run. Disconnect to
+        cancel: the job leaves the batch at the next step."""
+        if self.engine is None:
+            raise ServiceUnavailable(self.reason)
+        events = stream_job(self.engine, job, self.guide.name, beat_s=S.stream_beat_s)
+        try:
+            first = await anext(events)  # before the response starts, so these become HTTP statuses
+        except EngineFull as e:
+            raise ServiceUnavailable(str(e)) from None
+        except InvalidJob as e:
+            raise BadInput(str(e)) from None
+        yield first
+        async with contextlib.aclosing(events):
+            async for line in events:
+                yield line
 
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
     async def embed_text(self, prompts: list[str]) -> list[list[float]]:
@@ -204,12 +217,32 @@ def _thumb_png(data: bytes, side: int = 448) -> str:
 class Retouch:
     """The public API: native tasks, the original system's API, LUT application and CLIP utilities."""
 
-    optimizer = bentoml.depends(Optimizer)
+    # one setting splits the deployment: an optimizer served elsewhere, or one started with the API
+    optimizer = bentoml.depends(url=S.optimizer_url, on=Optimizer) if S.optimizer_url else bentoml.depends(Optimizer)
 
     def __init__(self) -> None:
         self.store = SqliteJobStore(S.store)
         self.watchdog = Watchdog(self.store, "api", S.watchdog_s, S.retention_s)
+        self.drivers = Drivers(self.store, lambda request: self.optimizer.optimize(job=request), S)
         self._background: set[asyncio.Task] = set()
+
+    @bentoml.on_startup
+    async def start_background(self) -> None:
+        """Keep readiness current, and let cancels reach the jobs this process drives."""
+        self._spawn(READINESS.follow(lambda: self.optimizer.health()))  # (endpoints exist after startup)
+        self._spawn(self.drivers.watch_cancels())
+
+    @bentoml.on_shutdown
+    async def stop_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        self.watchdog.stop()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     # -- shared job machinery -------------------------------------------------------------------
 
@@ -223,13 +256,6 @@ class Retouch:
                     raise
                 log.warning("call to the optimizer's %s dropped; retrying", endpoint, exc_info=True)
                 await asyncio.sleep(0.5 * (attempt + 1))
-
-    async def _admit(self, job_id: str) -> None:
-        """Hand a stored job to the optimizer's running batch."""
-        (admission,) = await self._call("admit", [job_id])
-        admission = Admission.model_validate(admission) if isinstance(admission, dict) else admission
-        if not admission.accepted:
-            raise RuntimeError(admission.error)
 
     def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
         opts = jobs.validate_options(opts, S)
@@ -256,7 +282,7 @@ class Retouch:
                           request.strength, request.seed, request.image_format)
         decoded, opts = self._accept(job_id, request.image, opts)
         try:
-            await jobs.run(self.store, job_id, decoded, opts, self._admit)
+            await self.drivers.run(job_id, decoded, opts)
         except JobEnded as e:
             raise bentoml.exceptions.BentoMLException(f"job {e.status}: {e}") from None
         return RetouchResult(**jobs.stored_result(self.store, job_id))
@@ -369,16 +395,14 @@ class Retouch:
 
         async def run() -> None:
             try:
-                await jobs.run(self.store, job_id, decoded, opts, self._admit)
+                await self.drivers.run(job_id, decoded, opts)
             except JobEnded:
                 pass
             except Exception as e:
                 log.exception("job %s failed", job_id)
                 self.store.set_status(job_id, FAILED, f"internal error: {e}")
 
-        task = asyncio.create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(run())
         return LegacyTask(task_id=job_id, status="pending", current_iteration=0, overall_iteration=opts.steps)
 
     @bentoml.api(route="/query_task")
@@ -435,7 +459,7 @@ bentoml.mount_asgi_app(StaticFiles(directory=WEB, html=True), path="/ui")(Retouc
 Retouch.add_asgi_middleware(Landing)
 Retouch.add_asgi_middleware(ClearErrors)
 Retouch.add_asgi_middleware(FormCheck, routes=("/v1/apply",))
-Retouch.add_asgi_middleware(ReadyReason, store=_gate_store, alive_within_s=S.watchdog_s)
+Retouch.add_asgi_middleware(ReadyReason, readiness=READINESS)
 Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
 if S.api_key:
     Retouch.add_asgi_middleware(ApiKey, key=S.api_key)

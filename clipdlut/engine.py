@@ -1,8 +1,9 @@
 """The optimizer's run loop: one thread steps a :class:`BatchedOptimizer` while jobs come and go.
 
-Submitted jobs join the running batch at the next step (continuous batching) instead of waiting for
-the batch to finish; ended jobs leave at once. Cancel flags are read from the job store every step,
-and progress with a preview is written to it every ``progress_every`` steps.
+Submitted jobs join the running batch at the next step (continuous batching) instead of waiting for the
+batch to finish; ended jobs leave at once. The engine keeps no store: each job reports to the listener it
+was submitted with (progress, its state now and then, and its end), and a job whose caller goes away is
+cancelled and leaves the batch at the next step.
 """
 
 from __future__ import annotations
@@ -11,15 +12,29 @@ import io
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from dataclasses import dataclass
 
 from clipdlut.guidance import Guide
-from clipdlut.optimizer import CANCELLED, FAILED, BatchedOptimizer, JobResult, JobSpec, Progress
-from clipdlut.store import RUNNING, JobStore
+from clipdlut.optimizer import CANCELLED, FAILED, BatchedOptimizer, JobResult, JobSpec, JobState, Progress
 
 log = logging.getLogger(__name__)
+
+
+class EngineFull(RuntimeError):
+    """The batch holds as many jobs as it can: send the job to another replica, or later."""
+
+
+@dataclass
+class Report:
+    """What a job's listener hears between its start and its end."""
+
+    progress: Progress
+    preview_png: bytes | None = None
+    state: JobState | None = None  # when a checkpoint was due
+
+
+Listener = Callable[[Report | JobResult], None]  # called on the engine's thread: hand the item over, return fast
 
 
 def _png(img) -> bytes:
@@ -28,119 +43,152 @@ def _png(img) -> bytes:
     return buf.getvalue()
 
 
-class Engine:
-    """Owns the model's only optimizer thread; :meth:`submit` is safe from any thread."""
+@dataclass
+class _Entry:
+    spec: JobSpec
+    listener: Listener
+    checkpoint_s: float | None
+    submitted: float
+    started: float | None = None
+    last_checkpoint: float = 0.0
+    cancel_at_step: int | None = None  # the engine's step count when its caller went away
 
-    def __init__(self, guide: Guide, store: JobStore, max_active: int = 32,
-                 on_step: Callable[[int], None] | None = None, on_end: Callable[[JobResult], None] | None = None,
+
+class Engine:
+    """Owns the model's only optimizer thread; :meth:`submit` and :meth:`cancel` are safe from any thread."""
+
+    def __init__(self, guide: Guide, capacity: int = 16, on_step: Callable[[int], None] | None = None,
                  job_timeout_s: float | None = None):
-        self.store = store
-        self.max_active = max_active
+        self.capacity = capacity
         self.job_timeout_s = job_timeout_s
         self.on_step = on_step
-        self.on_end = on_end
         self.optimizer = BatchedOptimizer(guide, on_progress=self._on_progress)
-        self._pending: deque[tuple[JobSpec, Future]] = deque()
-        self._futures: dict[str, Future] = {}
-        self._started: dict[str, float] = {}  # monotonic time each running job entered the batch
-        self._known: dict[str, Future] = {}  # queued or running
+        self._entries: dict[str, _Entry] = {}  # queued or running, by job id
+        self._pending: list[str] = []
+        self._cancels: dict[str, str | None] = {}  # job id -> failure reason (None: a plain cancel)
+        self._steps = 0
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="clipdlut-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, specs: list[JobSpec]) -> list[Future]:
-        """Queue jobs; each future resolves to its :class:`JobResult`.
-
-        Idempotent: a job already queued or running keeps its place and its future.
-        """
-        futures = []
+    @property
+    def running(self) -> int:
+        """Jobs taken and not yet ended."""
         with self._wake:
-            for spec in specs:
-                fut = self._known.get(spec.job_id)
-                if fut is None:
-                    fut = self._known[spec.job_id] = Future()
-                    self._pending.append((spec, fut))
-                futures.append(fut)
+            return len(self._entries)
+
+    def submit(self, spec: JobSpec, listener: Listener, checkpoint_s: float | None = None) -> None:
+        """Take a job into the batch at the next step, or raise :class:`EngineFull` (nothing taken).
+
+        ``checkpoint_s``: hand the listener the job's state with a progress report at most this often
+        (None: never). Raises ``ValueError`` for a job id that is already running.
+        """
+        with self._wake:
+            if self._stopped:
+                raise EngineFull("the optimizer is shutting down")
+            if spec.job_id in self._entries:
+                raise ValueError(f"job {spec.job_id} is already running here")
+            if len(self._entries) >= self.capacity:
+                raise EngineFull(f"the batch is full ({self.capacity} jobs)")
+            self._entries[spec.job_id] = _Entry(spec, listener, checkpoint_s, time.monotonic())
+            self._pending.append(spec.job_id)
             self._wake.notify()
-        return futures
+
+    def cancel(self, job_id: str, failure: str | None = None) -> None:
+        """End a job at the next step: cancelled, or failed with ``failure`` as the reason."""
+        with self._wake:
+            if (entry := self._entries.get(job_id)) is not None:
+                self._cancels.setdefault(job_id, failure)
+                entry.cancel_at_step = self._steps
+                self._wake.notify()
 
     def stop(self) -> None:
+        """End every job (failed: the optimizer stopped) and the thread."""
         with self._wake:
             self._stopped = True
             self._wake.notify()
         self._thread.join(timeout=10)
 
-    @property
-    def active(self) -> int:
-        return len(self.optimizer)
+    # -- the engine thread -------------------------------------------------------------------------
 
     def _on_progress(self, p: Progress) -> None:
-        self.store.progress(p.job_id, p.iteration, p.total, p.loss, p.terms,
-                            _png(p.preview) if p.preview is not None else None)
+        entry = self._entries.get(p.job_id)
+        if entry is None:
+            return
+        state = None
+        now = time.monotonic()
+        if entry.checkpoint_s is not None and now - entry.last_checkpoint >= entry.checkpoint_s:
+            entry.last_checkpoint = now
+            state = self.optimizer.state(p.job_id)
+        self._tell(entry, Report(p, _png(p.preview) if p.preview is not None else None, state))
+
+    @staticmethod
+    def _tell(entry: _Entry, item: Report | JobResult) -> None:
+        try:
+            entry.listener(item)
+        except Exception:
+            log.exception("the listener of job %s failed", entry.spec.job_id)
 
     def _admit(self) -> None:
         with self._wake:
-            room = self.max_active - len(self.optimizer)
-            batch = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-        if not batch:
+            taken, self._pending = self._pending, []
+            specs = [self._entries[j].spec for j in taken if j in self._entries and j not in self._cancels]
+        if not specs:
             return
-        for spec, fut in batch:
-            self._futures[spec.job_id] = fut
-        for r in self.optimizer.add([spec for spec, _ in batch]):
-            self._resolve(r)
-        for spec, _ in batch:
-            if spec.job_id in self._futures:
-                self._started[spec.job_id] = time.monotonic()
-                self.store.set_status(spec.job_id, RUNNING)
+        for r in self.optimizer.add(specs):
+            self._end(r)
+        now = time.monotonic()
+        for spec in specs:
+            if (entry := self._entries.get(spec.job_id)) is not None:
+                entry.started = now
+
+    def _apply_cancels(self) -> None:
+        with self._wake:
+            cancels, self._cancels = self._cancels, {}
+        for job_id, failure in cancels.items():
+            if not self.optimizer.cancel(job_id, failure=failure) and job_id in self._entries:
+                self._end(JobResult(job_id, FAILED if failure else CANCELLED, 0, 0.0, error=failure))
 
     def _enforce_timeout(self) -> None:
         if self.job_timeout_s is None:
             return
         deadline = time.monotonic() - self.job_timeout_s
-        for job_id, started in list(self._started.items()):
-            if started < deadline:
+        for job_id, entry in list(self._entries.items()):
+            if entry.started is not None and entry.started < deadline:
                 self.optimizer.cancel(job_id, failure=f"timed out: the job ran longer than {self.job_timeout_s:g} s")
 
-    def _resolve(self, result: JobResult) -> None:
-        if result.status in (CANCELLED, FAILED):
-            self.store.set_status(result.job_id, result.status, result.error)
-        if self.on_end:
-            try:
-                self.on_end(result)
-            except Exception:
-                log.exception("recording the end of job %s failed", result.job_id)
-                self.store.set_status(result.job_id, FAILED, "the optimizer could not record the result")
+    def _end(self, result: JobResult) -> None:
         with self._wake:
-            self._known.pop(result.job_id, None)
-        self._started.pop(result.job_id, None)
-        fut = self._futures.pop(result.job_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
+            entry = self._entries.pop(result.job_id, None)
+        if entry is None:
+            return
+        if entry.cancel_at_step is not None:
+            log.info("job %s left the batch at iteration %d, %d step(s) after it was cancelled", result.job_id,
+                     result.iterations, self._steps - entry.cancel_at_step)
+        self._tell(entry, result)
 
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._stopped and not self._pending and not len(self.optimizer):
+                while not self._stopped and not self._pending and not self._cancels and not len(self.optimizer):
                     self._wake.wait()
                 if self._stopped:
                     break
             try:
+                self._apply_cancels()
                 self._admit()
-                for job_id in self.store.cancel_requested(self.optimizer.active_ids):
-                    self.optimizer.cancel(job_id)
                 self._enforce_timeout()
-                ended = self.optimizer.step()
-                if self.on_step and self.optimizer.last_batch_size:
-                    self.on_step(self.optimizer.last_batch_size)
-                for r in ended:
-                    self._resolve(r)
+                for r in self.optimizer.step():
+                    self._end(r)  # (before counting the step: a job cancelled meanwhile was not in it)
+                if self.optimizer.last_batch_size:
+                    self._steps += 1
+                    if self.on_step:
+                        self.on_step(self.optimizer.last_batch_size)
             except Exception as e:  # the loop must survive anything; fail the jobs it could not run
                 log.exception("optimizer loop error")
                 for job_id in list(self.optimizer.active_ids):
-                    self.optimizer.cancel(job_id)
-                    self._resolve(JobResult(job_id, FAILED, 0, 0.0, error=f"optimizer error: {e}"))
+                    self._end(JobResult(job_id, FAILED, 0, 0.0, error=f"optimizer error: {e}"))
                 self.optimizer = BatchedOptimizer(self.optimizer.guide, on_progress=self._on_progress)
-        for spec, fut in list(self._pending):
-            self._futures[spec.job_id] = fut
-            self._resolve(JobResult(spec.job_id, FAILED, 0, 0.0, error="the optimizer stopped"))
+        for job_id in list(self._entries):
+            self._end(JobResult(job_id, FAILED, 0, 0.0, error="the optimizer stopped"))

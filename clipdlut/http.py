@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
 from clipdlut.jobs import InputError, check_task_id
+from clipdlut.readiness import Readiness
 from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
 
 Scope = dict[str, Any]
@@ -182,28 +183,19 @@ class FormCheck:
 
 
 class ReadyReason:
-    """``/readyz`` that says why it is not ready: the optimizer's state from the job store.
+    """``/readyz`` from the state a background task keeps current (see :mod:`clipdlut.readiness`): answered
+    at once, with the reason in a 503's body (BentoML's own 503 body is fixed text; a user whose model
+    cannot load needs the reason)."""
 
-    BentoML's own 503 body is fixed text; a user whose model cannot load needs the reason.
-    """
-
-    def __init__(self, app: ASGIApp, store: Callable[[], JobStore], component: str = "optimizer",
-                 alive_within_s: float = 15.0):
+    def __init__(self, app: ASGIApp, readiness: Readiness):
         self.app = app
-        self.store = store
-        self.component = component
-        self.alive_within_s = alive_within_s
+        self.readiness = readiness
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["path"] == "/readyz":
-            state = self.store().state(self.component) or {}
-            reason = None
-            if not state.get("ready", False):
-                reason = state.get("reason", f"the {self.component} has not started yet")
-            elif not self.store().workers(self.component, fresh_within_s=self.alive_within_s):
-                reason = f"no {self.component} process is running (it may be restarting)"
-            if reason:
+            if (reason := self.readiness.reason) is not None:
                 return await _error(503, reason, **{"Retry-After": "5"})(scope, receive, send)
+            return await JSONResponse({"status": "ready"})(scope, receive, send)
         return await self.app(scope, receive, send)
 
 

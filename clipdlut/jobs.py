@@ -1,42 +1,30 @@
-"""A retouch job from the API's side: accept the upload, have the optimizer run it, render the result.
+"""A retouch job from the API's side: validate the client's input, accept the job, answer with its result.
 
-The optimizer records each outcome in the job store, where the API waits for it: no HTTP call is held
-open between the services for the length of a job.
-
-The API service keeps the original bytes and sends only a small working copy (through the job store)
-to the optimizer; the full-resolution image is rendered here, with Pillow, from the exact ``.cube``
-text that is returned to the user.
+The API service keeps the original bytes and a small working copy in its job store; :mod:`clipdlut.driver`
+sends the working copy to the optimizer and renders the result.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io
 import logging
 import re
-import time
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
-import torch
 from PIL import Image
 
-from clipdlut.cube import lut_to_cube, read_cube, write_cube
+from clipdlut.cube import read_cube, write_cube
 from clipdlut.hald import hald_level_for, write_hald
-from clipdlut.imaging import MEDIA_TYPES, DecodedImage, decode_image, encode_image, output_format, working_copy
-from clipdlut.losses import LossWeights
+from clipdlut.imaging import DecodedImage, decode_image, output_format, working_copy
 from clipdlut.lut import from_table as table_to_lut
 from clipdlut.lut import resample, to_table
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobResult, JobSpec
-from clipdlut.render import render
-from clipdlut.schemas import OptimizeResult, Scores
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
+from clipdlut.store import FAILED, FINISHED, QUEUED, RUNNING, JobStore
 
 log = logging.getLogger(__name__)
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
@@ -182,28 +170,6 @@ def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImage, opt
         raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
-def spec_from_store(store: JobStore, job_id: str, settings: Settings) -> JobSpec:
-    """The optimizer's view of a stored job (its working copy and options)."""
-    record = store.get(job_id)
-    stored = store.input(job_id)
-    if record is None or stored is None:
-        raise KeyError(f"job {job_id} is not in the job store")
-    o = record.options
-    return JobSpec(job_id, Image.open(io.BytesIO(stored[1])).convert("RGB"), o["target_prompt"],
-                   o["source_prompt"], steps=o["steps"], lut_size=o["lut_size"], seed=o["seed"],
-                   views=settings.views, weights=LossWeights(), progress_every=settings.progress_every,
-                   preview=True)
-
-
-def encode_lut(lut: torch.Tensor) -> str:
-    return base64.b64encode(lut.detach().to(torch.float32).cpu().numpy().astype("<f4").tobytes()).decode()
-
-
-def decode_lut(data: str, size: int) -> torch.Tensor:
-    arr = np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(1, 3, size, size, size)
-    return torch.from_numpy(arr.copy())
-
-
 def stored_result(store: JobStore, job_id: str) -> dict | None:
     """A finished job's result as the native task returns it (None until it has finished)."""
     record = store.get(job_id)
@@ -240,79 +206,3 @@ def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "
     text = write_cube(to_table(resample(lut, size)), title=parsed.title or "CLIP-DLUT",
                       comments=comments + [f"resampled from {parsed.size} to {size} nodes"])
     return text.encode("utf-8"), "text/plain"
-
-
-OUTCOME = "outcome"  # the optimizer's result file of a job, read by the API service
-
-
-def record_outcome(store: JobStore, result: JobResult, model: str) -> None:
-    """Store what the optimizer produced for a finished job (the API renders it); ended jobs need nothing."""
-    if result.status != FINISHED or result.lut is None:
-        return
-    outcome = OptimizeResult(
-        job_id=result.job_id, status=result.status, iterations=result.iterations, seconds=result.seconds,
-        started=time.time() - result.seconds, loss=result.loss, model=model, lut=encode_lut(result.lut),
-        lut_size=int(result.lut.shape[-1]), scores=Scores(**result.scores.__dict__) if result.scores else None)
-    store.put_file(result.job_id, OUTCOME, outcome.model_dump_json().encode())
-
-
-async def wait_outcome(store: JobStore, job_id: str, poll_s: float = 0.05, max_poll_s: float = 0.25
-                       ) -> OptimizeResult:
-    """Wait until the optimizer has recorded a job's outcome, or the job has ended another way."""
-    while True:
-        if (data := store.file(job_id, OUTCOME)) is not None:
-            return OptimizeResult.model_validate_json(data)
-        record = store.get(job_id)
-        if record is None or record.done:
-            status = record.status if record else FAILED
-            return OptimizeResult(job_id=job_id, status=status if status != FINISHED else FAILED,
-                                  iterations=record.iteration if record else 0, seconds=0.0,
-                                  error=(record.error if record else None) or f"the job was {status}")
-        await asyncio.sleep(poll_s)
-        poll_s = min(poll_s * 1.5, max_poll_s)
-
-
-async def run(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions,
-              admit: Callable[[str], Awaitable[None]]) -> dict:
-    """Hand the job to the optimizer, wait for its LUT, write the ``.cube``, render and store the result.
-
-    Raises :class:`JobEnded` when the job was stopped or failed (the store says which and why).
-    """
-    record = store.get(job_id)
-    submitted = record.created if record else time.time()
-    try:
-        await admit(job_id)
-    except Exception as e:
-        store.set_status(job_id, FAILED, f"the optimizer could not take the job: {e}")
-        raise JobEnded(FAILED, f"the optimizer could not take the job: {e}") from None
-    res = await wait_outcome(store, job_id)
-    if res.status != "finished":
-        log.info("job %s ended %s after %d steps: %s", job_id, res.status, res.iterations, res.error or "-")
-        store.set_status(job_id, CANCELLED if res.status == "cancelled" else FAILED, res.error)
-        raise JobEnded(res.status, res.error or f"the job was {res.status}")
-    t0 = time.time()
-    model = res.model or "unknown"
-    comments = [f"prompt: {opts.target_prompt}", f"source prompt: {opts.source_prompt}",
-                f"model: {model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
-    cube = lut_to_cube(decode_lut(res.lut, res.lut_size), strength=opts.strength, size=opts.lut_size,
-                       title=opts.target_prompt[:64], comments=comments)
-    fmt = output_format(opts.image_format)
-
-    def _render() -> bytes:
-        return encode_image(render(decoded, cube), fmt, decoded.alpha, decoded.icc_profile)
-
-    image = await asyncio.to_thread(_render)
-    done = time.time()
-    started = res.started or t0 - res.seconds
-    result = {
-        "cube_size": opts.lut_size, "media_type": MEDIA_TYPES[fmt], "width": decoded.size[0],
-        "height": decoded.size[1], "model": model, "scores": res.scores.model_dump() if res.scores else None,
-        "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": res.seconds,
-                    "render_s": done - t0, "total_s": done - submitted},
-    }
-    store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image})
-    t = result["timings"]
-    log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%dx%d, %d steps)",
-             job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], decoded.size[0], decoded.size[1],
-             opts.steps)
-    return result

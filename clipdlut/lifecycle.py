@@ -1,6 +1,6 @@
 """Every accepted job ends: heartbeats, a watchdog for jobs whose process died, and retention.
 
-Each API and optimizer process runs one :class:`Watchdog` thread. It beats for its own instance; it
+Each API process runs one :class:`Watchdog` thread. It beats for its own instance; it
 fails open jobs held by an instance that stopped beating (a killed worker, a restarted server) with a
 reason the user can read; and it deletes ended jobs, their files and previews after the retention time.
 """

@@ -29,6 +29,18 @@ FINISHED, CANCELLED, FAILED = "finished", "cancelled", "failed"
 
 
 @dataclass
+class JobState:
+    """Everything a job carries from one step to the next: resuming from it continues the same run."""
+
+    iteration: int
+    delta: torch.Tensor  # LUT minus identity (1, 3, N, N, N), CPU float32
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    adam_step: float
+    rng_state: torch.Tensor  # the view generator's state (torch.Generator.get_state)
+
+
+@dataclass
 class JobSpec:
     """Everything one job's result depends on."""
 
@@ -45,6 +57,7 @@ class JobSpec:
     progress_every: int = 10
     preview: bool = False
     init_noise: float = 1e-3
+    resume: JobState | None = None  # start from this state instead of the seeded start
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
@@ -59,6 +72,12 @@ class JobSpec:
             raise ValueError(f"progress_every must be at least 1, got {self.progress_every}")
         if not self.target_prompt.strip():
             raise ValueError("target_prompt is empty")
+        if self.resume is not None:
+            shape = (1, 3, self.lut_size, self.lut_size, self.lut_size)
+            if tuple(self.resume.delta.shape) != shape or not 0 <= self.resume.iteration < self.steps:
+                got = tuple(self.resume.delta.shape)
+                raise ValueError(f"the state to resume from does not fit this job (LUT {got}, "
+                                 f"iteration {self.resume.iteration} of {self.steps})")
 
 
 @dataclass
@@ -119,6 +138,20 @@ class _Job:
 
     def lut(self) -> torch.Tensor:
         return self.identity + self.delta
+
+    def state(self) -> JobState:
+        return JobState(self.iteration, self.delta.detach().cpu().clone(), self.exp_avg.cpu().clone(),
+                        self.exp_avg_sq.cpu().clone(), float(self.adam_step), self.generator.get_state())
+
+    def restore(self, state: JobState) -> None:
+        """Continue from ``state`` (after the seeded start has drawn the source views, as the first run did)."""
+        device = self.delta.device
+        self.iteration = state.iteration
+        self.delta = state.delta.to(device=device, dtype=torch.float32).clone().requires_grad_(True)
+        self.exp_avg = state.exp_avg.to(device=device, dtype=torch.float32).clone()
+        self.exp_avg_sq = state.exp_avg_sq.to(device=device, dtype=torch.float32).clone()
+        self.adam_step = torch.tensor(float(state.adam_step))
+        self.generator.set_state(state.rng_state)
 
 
 def _apply_to_views(luts: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
@@ -218,8 +251,14 @@ class BatchedOptimizer:
             job.text_dir = target - source
             job.src_full_feat = f[0]
             job.src_feat = torch.nn.functional.normalize(f.mean(0), dim=-1)
+            if job.spec.resume is not None:
+                job.restore(job.spec.resume)
             self._jobs[job.spec.job_id] = job
         return failed
+
+    def state(self, job_id: str) -> JobState:
+        """An active job's state, copied to the CPU: send it along and the job can resume anywhere."""
+        return self._jobs[job_id].state()
 
     def cancel(self, job_id: str, failure: str | None = None) -> bool:
         """Stop a job at the next :meth:`step`: it ends cancelled, or failed with ``failure`` as the reason

@@ -79,30 +79,6 @@ class ConceptScores(BaseModel):
     best: str = Field(description="the most likely concept")
 
 
-class Admission(BaseModel):
-    """Whether the optimizer took a job into its running batch (internal)."""
-
-    job_id: str
-    accepted: bool
-    error: str | None = None
-
-
-class OptimizeResult(BaseModel):
-    """What the optimizer service returns for one job (internal)."""
-
-    job_id: str
-    status: Literal["finished", "cancelled", "failed"]
-    iterations: int
-    seconds: float
-    started: float | None = Field(None, description="unix time the job started optimizing")
-    lut: str | None = Field(None, description="the LUT (1, 3, N, N, N), float32 little-endian, base64")
-    lut_size: int | None = None
-    model: str | None = Field(None, description="the CLIP model that guided the grade")
-    loss: float | None = None
-    scores: Scores | None = None
-    error: str | None = None
-
-
 # The original system's API (DESIGN.md 7), kept field for field for its existing clients.
 
 class LegacyRetouchRequest(BaseModel):

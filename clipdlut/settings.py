@@ -20,7 +20,7 @@ class Settings:
     device: str = ""  # empty: cuda when available, else cpu
     store: str = field(default_factory=_default_store)
     gpu_type: str = "nvidia-l4"
-    max_batch_size: int = 16
+    max_batch_size: int = 16  # jobs one optimizer replica's batch holds (= its traffic.concurrency)
     max_latency_ms: int = 5_000
     job_timeout_s: int = 3600
     max_body_mb: float = 32.0
@@ -38,6 +38,12 @@ class Settings:
     retention_s: int = 86_400
     api_key: str = ""  # when set, every route but the health checks needs "Authorization: Bearer <key>"
     cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
+    optimizer_url: str = ""  # an optimizer served elsewhere (http://host:port); empty: start one with the API
+    optimizer_attempts: int = 3  # streams a job may lose (replica killed, connection dropped) before it fails
+    optimizer_wait_s: float = 3600.0  # how long a job may wait for an optimizer with room before it fails
+    checkpoint_s: float = 10.0  # the optimizer sends a job's state at most this often (s); resumes start there
+    stream_beat_s: float = 5.0  # a quiet job stream sends a heartbeat this often
+    stream_stall_s: float = 60.0  # a stream silent this long counts as lost (the job is sent again)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -1,8 +1,9 @@
 """The job store: state, progress, previews, cancel flags and results of every job.
 
-Written by the optimizer service, read by the API service, so it must be safe across processes.
-:class:`JobStore` is the interface the services use; :class:`SqliteJobStore` implements it on one
-SQLite file in WAL mode (no server needed). A networked store only needs to implement the interface.
+Owned by the API service (the optimizer keeps no state): every API process and worker reads and writes
+it, so it must be safe across processes. :class:`JobStore` is the interface the service uses;
+:class:`SqliteJobStore` implements it on one SQLite file in WAL mode (no server needed). A networked
+store only needs to implement the interface.
 """
 
 from __future__ import annotations
@@ -56,11 +57,7 @@ class JobStore(Protocol):
     def cancel_requested(self, job_ids: list[str]) -> set[str]: ...
     def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes]) -> None: ...
     def file(self, job_id: str, name: str) -> bytes | None: ...
-    def put_file(self, job_id: str, name: str, data: bytes) -> None: ...
-    def set_state(self, key: str, value: dict[str, Any]) -> None: ...
-    def state(self, key: str) -> dict[str, Any] | None: ...
     def count(self, statuses: tuple[str, ...]) -> int: ...
-    def claim(self, job_ids: list[str], owner: str) -> None: ...
     def beat(self, instance: str, role: str, pid: int) -> None: ...
     def retire(self, instance: str) -> None: ...
     def workers(self, role: str | None = None, fresh_within_s: float | None = None) -> list[dict[str, Any]]: ...
@@ -85,8 +82,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     source BLOB,
     working BLOB,
     preview BLOB,
-    api_owner TEXT,
-    optimizer_owner TEXT
+    api_owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS files (
@@ -95,11 +91,10 @@ CREATE TABLE IF NOT EXISTS files (
     data BLOB NOT NULL,
     PRIMARY KEY (job_id, name)
 );
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS workers (instance TEXT PRIMARY KEY, role TEXT NOT NULL, pid INTEGER NOT NULL,
                                     started REAL NOT NULL, beat REAL NOT NULL);
 """
-OWNER_COLUMNS = {"api": "api_owner", "optimizer": "optimizer_owner"}
+OWNER_COLUMNS = {"api": "api_owner"}  # role -> the column naming the instance that holds a job
 _RECORD_COLUMNS = "id, status, created, updated, iteration, total, loss, terms, error, cancel, options, result"
 
 
@@ -204,24 +199,9 @@ class SqliteJobStore:
         row = self._exec("SELECT data FROM files WHERE job_id = ? AND name = ?", (job_id, name)).fetchone()
         return row[0] if row else None
 
-    def put_file(self, job_id: str, name: str, data: bytes) -> None:
-        self._exec("INSERT OR REPLACE INTO files (job_id, name, data) VALUES (?, ?, ?)", (job_id, name, data))
-
-    def set_state(self, key: str, value: dict[str, Any]) -> None:
-        self._exec("INSERT OR REPLACE INTO state (key, value, updated) VALUES (?, ?, ?)",
-                   (key, json.dumps(value), time.time()))
-
-    def state(self, key: str) -> dict[str, Any] | None:
-        row = self._exec("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
     def count(self, statuses: tuple[str, ...]) -> int:
         marks = ",".join("?" * len(statuses))
         return self._exec(f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks})", statuses).fetchone()[0]
-
-    def claim(self, job_ids: list[str], owner: str) -> None:
-        """Record the optimizer instance that holds these jobs (the watchdog fails them if it dies)."""
-        self._conn().executemany("UPDATE jobs SET optimizer_owner = ? WHERE id = ?", [(owner, j) for j in job_ids])
 
     def beat(self, instance: str, role: str, pid: int) -> None:
         now = time.time()
@@ -239,7 +219,7 @@ class SqliteJobStore:
         return [dict(zip(("instance", "role", "pid", "started", "beat"), r)) for r in rows]
 
     def fail_orphans(self, stale_after_s: float) -> list[str]:
-        """Fail open jobs whose API or optimizer instance stopped beating; returns their ids."""
+        """Fail open jobs whose API instance stopped beating; returns their ids."""
         since = time.time() - stale_after_s
         failed = []
         for role, column in OWNER_COLUMNS.items():

@@ -1,11 +1,11 @@
+import threading
 import time
 
 import pytest
 
-from clipdlut.engine import Engine
+from clipdlut.engine import Engine, EngineFull, Report
 from clipdlut.imaging import working_copy
-from clipdlut.optimizer import CANCELLED, FAILED, FINISHED, JobSpec
-from clipdlut.store import SqliteJobStore
+from clipdlut.optimizer import CANCELLED, FAILED, FINISHED, JobResult, JobSpec
 from tests.conftest import gradient_image
 
 pytestmark = pytest.mark.unit
@@ -16,33 +16,69 @@ def spec(job_id: str, steps: int) -> JobSpec:
                    progress_every=1)
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteJobStore(tmp_path / "jobs.db")
-    for job_id in ("a", "b", "slow", "stop"):
-        s.create(job_id, {"steps": 1}, b"", b"")
-    return s
+class Heard:
+    """A job's listener: what it heard, and an event set at the job's end."""
+
+    def __init__(self) -> None:
+        self.items: list[Report | JobResult] = []
+        self.ended = threading.Event()
+
+    def __call__(self, item: Report | JobResult) -> None:
+        self.items.append(item)
+        if isinstance(item, JobResult):
+            self.ended.set()
+
+    def result(self, timeout: float = 60) -> JobResult:
+        assert self.ended.wait(timeout), "the job did not end"
+        return self.items[-1]
+
+    def reports(self) -> list[Report]:
+        return [i for i in self.items if isinstance(i, Report)]
 
 
-def test_jobs_end_recorded_and_submission_is_idempotent(guide, store):
-    ended = []
-    engine = Engine(guide, store, on_end=ended.append)
-    first = engine.submit([spec("a", 4)])
-    again = engine.submit([spec("a", 4), spec("b", 3)])
-    assert again[0] is first[0]  # the same job, not a second copy
-    assert first[0].result(timeout=60).status == FINISHED and again[1].result(timeout=60).status == FINISHED
-    assert sorted(r.job_id for r in ended) == ["a", "b"]
+def test_jobs_report_progress_and_end_and_a_full_batch_refuses(guide):
+    engine = Engine(guide, capacity=2)
+    a, b = Heard(), Heard()
+    engine.submit(spec("a", 4), a, checkpoint_s=0)
+    engine.submit(spec("b", 3), b)
+    with pytest.raises(EngineFull, match="full"):
+        engine.submit(spec("c", 3), Heard())
+    with pytest.raises(ValueError, match="already running"):
+        engine.submit(spec("a", 3), Heard())
+    assert a.result().status == FINISHED and b.result().status == FINISHED
+    assert [r.progress.iteration for r in a.reports()] == [1, 2, 3, 4]
+    assert all(r.state is not None and r.preview_png is None for r in a.reports())  # checkpoint_s=0: every one
+    assert all(r.state is None for r in b.reports())  # no checkpoints asked for
+    assert engine.running == 0
+    engine.submit(spec("c", 2), c := Heard())  # room again
+    assert c.result().status == FINISHED
     engine.stop()
 
 
-def test_timeout_fails_the_job_with_a_reason_and_cancel_stops_another(guide, store):
-    engine = Engine(guide, store, job_timeout_s=0.5)
-    slow, stop = engine.submit([spec("slow", 100_000), spec("stop", 100_000)])
-    while store.get("stop").iteration == 0:
+def test_cancel_leaves_the_batch_within_a_step_and_timeout_fails_with_a_reason(guide, caplog):
+    engine = Engine(guide, job_timeout_s=0.5)
+    slow, stop = Heard(), Heard()
+    engine.submit(spec("slow", 100_000), slow)
+    engine.submit(spec("stop", 100_000), stop)
+    while not stop.reports():
         time.sleep(0.01)
-    store.request_cancel("stop")
-    assert stop.result(timeout=10).status == CANCELLED
+    with caplog.at_level("INFO", logger="clipdlut.engine"):
+        engine.cancel("stop")
+        assert stop.result(timeout=10).status == CANCELLED
+    (line,) = [r.getMessage() for r in caplog.records if "left the batch" in r.getMessage()]
+    assert int(line.split(", ")[1].split(" ")[0]) <= 1  # "... N step(s) after it was cancelled"
     r = slow.result(timeout=30)
     assert r.status == FAILED and "timed out" in r.error
-    assert store.get("slow").status == FAILED and "timed out" in store.get("slow").error
     engine.stop()
+
+
+def test_stop_fails_the_jobs_it_holds(guide):
+    engine = Engine(guide)
+    held = Heard()
+    engine.submit(spec("held", 100_000), held)
+    while not held.reports():
+        time.sleep(0.01)
+    engine.stop()
+    assert held.result(timeout=5).status == FAILED
+    with pytest.raises(EngineFull, match="shutting down"):
+        engine.submit(spec("late", 1), Heard())

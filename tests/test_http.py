@@ -45,17 +45,22 @@ def test_body_limit():
     assert r.status_code == 413 and "larger than" in r.json()["error"]
 
 
-def test_ready_reason(tmp_path):
-    store = SqliteJobStore(tmp_path / "jobs.db")
-    c = TestClient(app((ReadyReason, {"store": lambda: store})))
-    assert c.get("/readyz").json() == {"error": "the optimizer has not started yet"}
-    store.set_state("optimizer", {"ready": False, "reason": "weights missing at /x.pt"})
+def test_ready_reason_answers_from_the_kept_state():
+    from clipdlut.readiness import Readiness
+    from clipdlut.wire import OptimizerHealth
+
+    readiness = Readiness()
+    c = TestClient(app((ReadyReason, {"readiness": readiness})))
     r = c.get("/readyz")
-    assert r.status_code == 503 and r.json()["error"] == "weights missing at /x.pt" and r.headers["retry-after"]
-    store.set_state("optimizer", {"ready": True})
-    assert "no optimizer process is running" in c.get("/readyz").json()["error"]  # ready once, since died
-    store.beat("optimizer-1", "optimizer", 1)
-    assert c.get("/readyz").text == "app:/readyz"
+    assert r.status_code == 503 and r.json() == {"error": "the service is starting"} and r.headers["retry-after"]
+    readiness.update(OptimizerHealth(ready=False, reason="weights missing at /x.pt"))
+    assert c.get("/readyz").json()["error"] == "weights missing at /x.pt"
+    readiness.update(OptimizerHealth(ready=True, model="tiny", running=1, capacity=8))
+    assert c.get("/readyz").status_code == 200
+    readiness.update(None, "ConnectionRefusedError: [Errno 111]")
+    r = c.get("/readyz")
+    assert r.status_code == 503 and "cannot be reached: ConnectionRefusedError" in r.json()["error"]
+    assert c.get("/other").text == "app:/other"
 
 
 def test_task_gate_answers_from_the_store(tmp_path):

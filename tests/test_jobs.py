@@ -8,12 +8,9 @@ from clipdlut.jobs import (
     PayloadTooLarge,
     b64decode_image,
     clean_prompt,
-    decode_lut,
     decode_upload,
-    encode_lut,
     validate_options,
 )
-from clipdlut.lut import identity
 from clipdlut.settings import Settings
 from tests.conftest import gradient_image, png_bytes
 
@@ -72,11 +69,6 @@ def test_upload_limits():
         decode_upload(PNG, Settings(max_pixels=1000))
     with pytest.raises(InputError, match="not an image"):
         decode_upload(b"hello", Settings())
-
-
-def test_lut_wire_format_round_trip():
-    lut = identity(17)
-    assert (decode_lut(encode_lut(lut), 17) == lut).all()
 
 
 def test_settings_from_env():

@@ -217,3 +217,29 @@ def test_a_job_under_bf16_autocast_ends_near_the_fp32_job(guide):
     assert a.status == b.status == FINISHED
     assert torch.isfinite(b.lut).all() and not torch.equal(a.lut, b.lut)
     assert (a.lut - b.lut).abs().max() < 0.5 * (a.lut - identity(9)).abs().max()
+
+
+def test_resuming_from_a_state_continues_the_same_run(guide):
+    """A job stopped after k steps and started again from its state ends where the uninterrupted run does."""
+    whole = run(guide, {0: [spec("a", 1, steps=12)]})["a"]
+    opt = BatchedOptimizer(guide)
+    opt.add([spec("a", 1, steps=12)])
+    for _ in range(5):
+        opt.step()
+    state = opt.state("a")
+    assert state.iteration == 5 and state.adam_step == 5.0
+    resumed = run(guide, {0: [spec("a", 1, steps=12, resume=state)]})["a"]
+    assert resumed.status == FINISHED and resumed.iterations == 12
+    assert torch.equal(resumed.lut, whole.lut)
+    fresh = run(guide, {0: [spec("a", 1, steps=12)]})["a"]  # starting over with the seed gives the same too
+    assert torch.equal(fresh.lut, whole.lut)
+
+
+def test_a_state_that_does_not_fit_is_refused(guide):
+    opt = BatchedOptimizer(guide)
+    opt.add([spec("a", 1, steps=4)])
+    opt.step()
+    state = opt.state("a")
+    failed = BatchedOptimizer(guide).add([spec("b", 1, lut_size=5, resume=state), spec("c", 1, steps=1, resume=state)])
+    assert [r.status for r in failed] == [FAILED, FAILED]
+    assert all("resume" in r.error for r in failed)
