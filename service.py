@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
-from clipdlut import jobs, modelstore
+from clipdlut import jobs, modelstore, remote
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.driver import Drivers
 from clipdlut.engine import Engine, EngineFull
@@ -65,6 +65,7 @@ from clipdlut.store import CANCELLED, FAILED, FINISHED, SqliteJobStore
 from clipdlut.wire import OptimizeRequest, OptimizerHealth
 
 log = logging.getLogger("clipdlut")
+log.setLevel(logging.INFO)  # job outcomes and lost streams reach the server log (BentoML sets the root to WARNING)
 S = Settings.from_env()
 TASK_ROUTE = "/v1/retouch"
 BATCH_JOBS = prometheus_client.Histogram(
@@ -223,7 +224,7 @@ class Retouch:
     def __init__(self) -> None:
         self.store = SqliteJobStore(S.store)
         self.watchdog = Watchdog(self.store, "api", S.watchdog_s, S.retention_s)
-        self.drivers = Drivers(self.store, lambda request: self.optimizer.optimize(job=request), S)
+        self.drivers = Drivers(self.store, lambda request: remote.stream(self.optimizer, "optimize", job=request), S)
         self._background: set[asyncio.Task] = set()
 
     @bentoml.on_startup

@@ -1,18 +1,21 @@
-"""A real ``bentoml serve service:Retouch`` in a subprocess, for end-to-end tests."""
+"""Real servers in subprocesses for end-to-end tests: ``bentoml serve`` (one host or split, each service on a
+host of its own) and a reverse proxy from Debian's packages standing in for the platform's router."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,14 +26,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """A running server: its URL, its log file, and its process group."""
+def own_host(folder: Path) -> Path:
+    """A folder standing in for a host of its own: a copy of the code, and its own BentoML home and TMPDIR."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("service.py", "pyproject.toml"):  # what the Bento carries (bentofile.yaml's include)
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(ROOT / "clipdlut", folder / "clipdlut", ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True)
+    (folder / "tmp").mkdir(exist_ok=True)
+    return folder
 
-    def __init__(self, home: Path, env: dict[str, str], port: int | None = None):
+
+class Server:
+    """A running ``bentoml serve``: its URL, its log file, and its process tree."""
+
+    def __init__(self, home: Path, env: dict[str, str], port: int | None = None, target: str = "service:Retouch",
+                 cwd: Path = ROOT):
         self.home = home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "serve.log"
+        self.target = target
+        self.cwd = cwd
         self.env = {**os.environ, "BENTOML_HOME": str(home), "CLIPDLUT_STORE": str(home / "jobs.db"),
                     "CLIPDLUT_CLIP_MODEL": "tiny", "HF_ENDPOINT": "http://127.0.0.1:9", **env}
         self.proc: subprocess.Popen | None = None
@@ -38,8 +55,8 @@ class Server:
     def start(self) -> Server:
         bentoml = Path(sys.executable).parent / "bentoml"
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([str(bentoml), "serve", "service:Retouch", "--port", str(self.port)],
-                                     cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([str(bentoml), "serve", self.target, "--port", str(self.port)],
+                                     cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         return self
 
@@ -60,15 +77,39 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL the whole tree (BentoML's workers run in sessions of their own), as a lost host would be."""
+        if self.proc is None:
+            return
+        try:
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        self.proc.wait()
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            return
+            return self.kill()  # (no worker may outlive its test)
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.kill()
+        for p in children:  # workers left behind by an arbiter that did not stop them
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 @contextmanager
@@ -81,3 +122,80 @@ def serving(home: Path, ready: bool = True, **env: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def host(folder: Path, target: str, **env: str) -> Server:
+    """A server on a host of its own (see :func:`own_host`): nothing on disk shared with any other."""
+    own_host(folder)
+    (folder / "bentoml").mkdir(exist_ok=True)
+    return Server(folder / "bentoml", {"TMPDIR": str(folder / "tmp"), "CLIPDLUT_STORE": str(folder / "jobs.db"),
+                                       **env}, target=target, cwd=folder)
+
+
+@contextmanager
+def split(folder: Path, api_env: dict[str, str] | None = None, **optimizer_env: str
+          ) -> Iterator[tuple[Server, Server]]:
+    """The two services on two hosts of their own: (api, optimizer), the API pointed at the optimizer by URL."""
+    with ExitStack() as stack:
+        optimizer = host(folder / "optimizer-host", "service:Optimizer", **optimizer_env).start()
+        stack.callback(optimizer.stop)
+        api = host(folder / "api-host", "service:Retouch", CLIPDLUT_OPTIMIZER_URL=optimizer.url,
+                   **{**optimizer_env, **(api_env or {})}).start()
+        stack.callback(api.stop)
+        optimizer.wait_ready()
+        api.wait_ready()
+        yield api, optimizer
+
+
+class Proxy:
+    """HAProxy (Debian's package) in front of several servers, on a free port: the platform's router."""
+
+    def __init__(self, folder: Path, backends: list[str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = folder / "haproxy.cfg"
+        servers = "\n".join(f"  server r{i} {b.removeprefix('http://')} check inter 500 fall 2 rise 1"
+                            for i, b in enumerate(backends))
+        self.config.write_text(f"""global
+  maxconn 512
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 1h
+  timeout server 1h
+  retries 3
+  option redispatch
+frontend router
+  bind 127.0.0.1:{self.port}
+  default_backend replicas
+backend replicas
+  balance leastconn
+  option httpchk GET /readyz
+  http-check expect status 200
+{servers}
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Proxy:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.proc = subprocess.Popen([binary, "-f", str(self.config), "-db"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise AssertionError("haproxy did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def haproxy_missing() -> str | None:
+    """Why the proxy tests cannot run here (None when they can)."""
+    if shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists():
+        return None
+    return "haproxy is not installed (make test installs it with apt where it can)"

@@ -1,4 +1,6 @@
-"""The real ``bentoml serve`` (both services, separate processes) with the tiny model."""
+"""The real ``bentoml serve`` with the tiny model, in both topologies: one host (``bentoml serve service:Retouch``
+starts both services), and split (each service served alone on a host of its own, sharing no file, the API
+pointed at the optimizer with ``CLIPDLUT_OPTIMIZER_URL``)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from PIL import Image
 from clipdlut.cube import read_cube
 from clipdlut.render import pillow_lut
 from tests.conftest import gradient_image, png_bytes, wait
-from tests.live import serving
+from tests.live import serving, split
 from tests.test_service import BAD_INPUTS
 
 pytestmark = pytest.mark.e2e
@@ -24,11 +26,26 @@ PHOTO = gradient_image(200, 150)
 PHOTO_B64 = base64.b64encode(png_bytes(PHOTO)).decode()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("serve"), CLIPDLUT_MAX_PIXELS="1000000", CLIPDLUT_MAX_BODY_MB="2",
-                 CLIPDLUT_PROGRESS_EVERY="2", CLIPDLUT_MAX_BATCH_SIZE="8") as s:
-        yield s
+SETTINGS = {"CLIPDLUT_MAX_PIXELS": "1000000", "CLIPDLUT_MAX_BODY_MB": "2", "CLIPDLUT_PROGRESS_EVERY": "2",
+            "CLIPDLUT_MAX_BATCH_SIZE": "8"}
+
+
+class Deployment:
+    """Where the API answers, and the server whose /metrics and log are the optimizer's."""
+
+    def __init__(self, api, optimizer):
+        self.url, self.api, self.optimizer = api.url, api, optimizer
+
+
+@pytest.fixture(scope="module", params=["one host", "split"])
+def server(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    if request.param == "one host":
+        with serving(folder, **SETTINGS) as s:
+            yield Deployment(s, s)
+    else:
+        with split(folder, **SETTINGS) as (api, optimizer):
+            yield Deployment(api, optimizer)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +67,13 @@ def legacy_submit(http, steps, prompt="冷色调"):
     return r.json()["task_id"]
 
 
-def batch_histogram(http) -> tuple[float, float]:
-    """(steps observed, steps that advanced a single job) from the optimizer's metric on ``/metrics``."""
-    text = http.get("/metrics").text
+def optimizer_metrics(server) -> str:
+    return httpx.get(server.optimizer.url + "/metrics", timeout=10).text
+
+
+def batch_histogram(server) -> tuple[float, float]:
+    """(steps observed, steps that advanced a single job) from the optimizer's metric on its ``/metrics``."""
+    text = optimizer_metrics(server)
     count = float(re.search(r"^clipdlut_optimizer_batch_jobs_count (\S+)$", text, re.M).group(1))
     alone = float(re.search(r'^clipdlut_optimizer_batch_jobs_bucket\{le="1.0"\} (\S+)$', text, re.M).group(1))
     return count, alone
@@ -75,26 +96,29 @@ def test_native_task_flow_with_bentoml_client(server):
         async with bentoml.AsyncHTTPClient(server.url, server_ready_timeout=30) as client:
             task = await client.retouch.submit({"image": PHOTO_B64, "target_prompt": "warm golden hour film look",
                                                 "steps": 30, "lut_size": 17, "seed": 3})
-            seen = set()
+            seen, previews = set(), set()
             while (status := await task.get_status()).value == "in_progress":
                 p = await client.progress(task_id=task.id, include_preview=True)
                 seen.add(p["iteration"])
+                if p["preview"]:
+                    previews.add(p["preview"])
                 await asyncio.sleep(0.05)
             assert status.value == "completed"
             result = await task.get()
             final = await client.progress(task_id=task.id)
-            return seen, result, final
+            return seen, previews, result, final
 
-    seen, result, final = asyncio.run(flow())
+    seen, previews, result, final = asyncio.run(flow())
     assert final["status"] == "finished" and final["iteration"] == final["total"] == 30
     assert len(seen) >= 2  # progress was visible while it ran
+    assert previews and all(p.startswith("data:image/png;base64,") for p in previews)
     assert read_cube(result["cube"]).size == 17 and result["model"] == "tiny"
     graded = Image.open(io.BytesIO(base64.b64decode(result["image"])))
     assert graded.size == PHOTO.size
     assert PHOTO.filter(pillow_lut(read_cube(result["cube"]).table)).tobytes() == graded.convert("RGB").tobytes()
 
 
-def test_stop_and_native_cancel_while_another_job_completes(http):
+def test_stop_and_native_cancel_while_another_job_completes(http, server):
     stopped, cancelled = legacy_submit(http, 5000), None
     r = http.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "冷色调", "steps": 5000})
     cancelled = r.json()["task_id"]
@@ -120,10 +144,14 @@ def test_stop_and_native_cancel_while_another_job_completes(http):
     assert done["status"] == "finished" and done["current_iteration"] == 40
     for t, iteration in at_stop.items():  # no GPU time after the stop
         assert http.post("/v1/progress", json={"task_id": t}).json()["iteration"] == iteration
+    for t in (stopped, cancelled):  # the optimizer's own word: each left its batch within one step
+        line = wait(lambda t=t: next((x for x in server.optimizer.log().splitlines() if t in x and "left the batch"
+                                      in x), None), timeout=5)
+        assert int(re.search(r"(\d+) step\(s\) after it was cancelled", line).group(1)) <= 1, line
 
 
-def test_concurrent_jobs_share_optimizer_steps(http):
-    count0, alone0 = batch_histogram(http)
+def test_concurrent_jobs_share_optimizer_steps(http, server):
+    count0, alone0 = batch_histogram(server)
 
     async def submit_all():
         async with httpx.AsyncClient(base_url=str(http.base_url), timeout=60) as c:
@@ -135,10 +163,31 @@ def test_concurrent_jobs_share_optimizer_steps(http):
     for task_id in ids:
         assert wait(lambda t=task_id: (s := query(http, t)["status"]) not in ("pending", "processing") and s,
                     every=0.2) == "finished"
-    count, alone = batch_histogram(http)
+    count, alone = batch_histogram(server)
     steps, shared = count - count0, (count - count0) - (alone - alone0)
     assert steps < 8 * 30  # fewer optimizer steps than one job at a time would need
     assert shared > 0  # steps that advanced more than one job
+
+
+def in_flight(server) -> float:
+    """The optimizer's in-flight ``optimize`` requests, from BentoML's own gauge."""
+    values = re.findall(r'^bentoml_service_request_in_progress\{[^}]*endpoint="/optimize"[^}]*\} (\S+)$',
+                        optimizer_metrics(server), re.M)
+    return sum(float(v) for v in values)
+
+
+def test_in_flight_requests_on_the_optimizer_equal_running_jobs(http, server):
+    """An autoscaler counting in-flight requests per replica sees exactly the running jobs."""
+    assert in_flight(server) == 0
+    ids = [legacy_submit(http, 5000, f"风格 {i}") for i in range(3)]
+    for task_id in ids:
+        wait(lambda t=task_id: query(http, t)["current_iteration"] > 0)
+    assert in_flight(server) == 3
+    http.post("/stop_task", json={"task_id": ids[0]})
+    wait(lambda: in_flight(server) == 2, timeout=5)
+    for task_id in ids[1:]:
+        http.post("/stop_task", json={"task_id": task_id})
+    wait(lambda: in_flight(server) == 0, timeout=5)
 
 
 @pytest.mark.parametrize("path,body,status,message", BAD_INPUTS)
