@@ -87,17 +87,19 @@ class Guide:
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Unit-norm template-averaged features ``(P, D)``, cached per prompt for this model."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            texts = [t.format(p) for p in missing for t in TEMPLATES]
-            tokens = self._tokenize(texts).to(self.device)
+        """Unit-norm template-averaged features ``(P, D)``, cached per prompt for this model.
+
+        Each prompt is encoded in a batch of its own templates, so its features never depend on which other
+        prompts happened to be encoded with it (float32 kernels block differently at other batch sizes, and
+        a job's result would then depend on what the cache held when it arrived).
+        """
+        for p in dict.fromkeys(prompts):
+            if p in self._text_cache:
+                continue
+            tokens = self._tokenize([t.format(p) for t in TEMPLATES]).to(self.device)
             with self.autocast():
                 feats = self.model.encode_text(tokens)
-            feats = F.normalize(feats.float(), dim=-1)
-            feats = F.normalize(feats.view(len(missing), len(TEMPLATES), -1).mean(1), dim=-1)
-            for p, f in zip(missing, feats):
-                self._text_cache[p] = f
+            self._text_cache[p] = F.normalize(F.normalize(feats.float(), dim=-1).mean(0), dim=-1)
         out = []
         for p in prompts:
             self._text_cache.move_to_end(p)

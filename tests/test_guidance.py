@@ -72,3 +72,13 @@ def test_views_are_seeded_and_shaped():
     c = random_views(img, 4, 32, torch.Generator().manual_seed(6))
     assert a.shape == (4, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
+
+
+def test_a_prompts_features_do_not_depend_on_its_company():
+    """Encoded alone or with others, cached before or not: the same features to the last bit (a job's result
+    must not depend on what the cache held when it arrived)."""
+    from clipdlut.models import load_model
+
+    alone = Guide(load_model("tiny", device="cpu")).encode_text(["暖色"])
+    together = Guide(load_model("tiny", device="cpu")).encode_text(["冷色调", "暖色", "复古胶片"])
+    assert torch.equal(alone[0], together[1])
