@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PORT ?= 3000
 
-.PHONY: install serve test browser bench load build import-model lint clean
+.PHONY: install serve serve-optimizer serve-api test test-servers bench load build import-model lint clean
 
 install: $(STAMP)
 
@@ -31,17 +31,25 @@ endif
 serve: install
 	$(VENV)/bin/bentoml serve service:Retouch --port $(PORT)
 
-test: install browser
+# Split deployment (README, Scaling out): the optimizer alone on a GPU host, the API pointed at it.
+serve-optimizer: install
+	$(VENV)/bin/bentoml serve service:Optimizer --port $(PORT)
+
+serve-api: install   # OPTIMIZER_URL=http://gpu-host:3000
+	CLIPDLUT_OPTIMIZER_URL=$(OPTIMIZER_URL) $(VENV)/bin/bentoml serve service:Retouch --port $(PORT)
+
+test: install test-servers
 	$(PY) -m pytest -q
 
-# The browser test drives Debian's chromium; it is installed where apt can be used (root or password-less
-# sudo). Elsewhere the test skips and says why.
+# Real servers some tests drive, from Debian's packages: chromium (the browser test) and haproxy (the router in
+# front of optimizer replicas). Installed where apt can be used (root or password-less sudo); elsewhere those
+# tests skip and say why.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
-APT_GET := $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-wqy-microhei >/dev/null 2>&1
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+APT_GET := $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-wqy-microhei haproxy >/dev/null 2>&1
+test-servers:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v haproxy >/dev/null || \
 	$(APT_GET) || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(APT_GET); } || \
-	echo "chromium could not be installed with apt: the browser test will skip"
+	echo "chromium or haproxy could not be installed with apt: the tests that need them will skip"
 
 bench: install   # BENCH_ARGS="--device cuda" on a GPU machine
 	$(PY) -m bench $(BENCH_ARGS)

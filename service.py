@@ -230,7 +230,10 @@ class Retouch:
     @bentoml.on_startup
     async def start_background(self) -> None:
         """Keep readiness current, and let cancels reach the jobs this process drives."""
-        self._spawn(READINESS.follow(lambda: self.optimizer.health()))  # (endpoints exist after startup)
+        if S.ready_needs_optimizer:
+            self._spawn(READINESS.follow(lambda: self.optimizer.health()))  # (endpoints exist after startup)
+        else:  # jobs wait for an optimizer (BentoCloud's external queue wakes one); probing would keep it awake
+            READINESS.update(OptimizerHealth(ready=True))
         self._spawn(self.drivers.watch_cancels())
 
     @bentoml.on_shutdown

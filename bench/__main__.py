@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,8 +115,15 @@ def run(device: torch.device, quick: bool) -> dict:
         "step_cheaper_same_model_default_views": original["step_s"] / same_default["step_s"],
     }
     lap("original_model")
-    results["service_overhead"] = serving.locust_overhead(seconds=10 if quick else 30)
+    results["service_overhead"] = [serving.locust_overhead(topology, seconds=10 if quick else 30)
+                                   for topology in ("one host", "split")]
     lap("service_overhead")
+    results["cold_start"] = [serving.cold_start("tiny", "tiny")]
+    if not quick:
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = serving.write_random_checkpoint(default_name, Path(folder))
+            results["cold_start"].append(serving.cold_start(str(checkpoint), f"{default_name} (checkpoint file)"))
+    lap("cold_start")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results
 
@@ -169,10 +177,18 @@ def table(r: dict) -> str:
             lines.append(f"| {ld['load']:.0%} | {x['mode']} | {x['p50_latency_s']:.2f} s | {x['p95_latency_s']:.2f} s "
                          f"| {x['throughput_jobs_per_min']:.0f} jobs/min | {ratio} |")
     so = r["service_overhead"]
-    lines += ["", f"Service overhead (tiny model, locust, {so['users']} users, {so['seconds']} s): submit p50 "
-              f"{so['submit_p50_ms']:.0f} ms / p99 {so['submit_p99_ms']:.0f} ms, status p50 "
-              f"{so['status_p50_ms']:.0f} ms / p99 {so['status_p99_ms']:.0f} ms, {so['jobs_per_min']:.0f} jobs/min, "
-              f"{so['failures']} failures."]
+    lines += ["", f"Service overhead (tiny model, locust, {so[0]['users']} users, {so[0]['seconds']} s a topology; "
+              "split: the optimizer served alone, the API pointed at it by URL, each with a home of its own):", "",
+              "| topology | submit p50 | submit p99 | status p50 | status p99 | jobs/min | failures |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {x['topology']} | {x['submit_p50_ms']:.0f} ms | {x['submit_p99_ms']:.0f} ms | "
+              f"{x['status_p50_ms']:.0f} ms | {x['status_p99_ms']:.0f} ms | {x['jobs_per_min']:.0f} | {x['failures']} |"
+              for x in so]
+    lines += ["", "Cold start of the optimizer (a scale from zero: the process starts, a job waiting for it is sent "
+              "again until taken):", "", "| model | process start to ready | to the first finished job |",
+              "| --- | --- | --- |"]
+    lines += [f"| {x['model']}, {x['steps']} steps | {x['to_ready_s']:.1f} s | {x['to_first_job_s']:.1f} s |"
+              for x in r["cold_start"]]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
-"""Serving: continuous batching against lock-step under the same Poisson arrivals, and the service's own
-overhead under locust (tiny model, real ``bentoml serve``)."""
+"""Serving: continuous batching against lock-step under the same Poisson arrivals, the service's own overhead
+under locust on one host and split across two (tiny model, real ``bentoml serve``), and the optimizer's cold
+start (a scale from zero)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from bench.steps import PROMPTS
@@ -68,29 +70,60 @@ def summarize(runs: list[dict]) -> dict:
             "throughput_jobs_per_min": float(len(latency) / sum(r["makespan_s"] for r in runs) * 60)}
 
 
-def locust_overhead(seconds: int = 30, users: int = 8) -> dict:
-    """Submit/status latency and jobs per minute against a real tiny-model server, via the locustfile."""
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "BENTOML_HOME": home, "CLIPDLUT_STORE": f"{home}/jobs.db", "CLIPDLUT_CLIP_MODEL": "tiny",
-               "HF_ENDPOINT": "http://127.0.0.1:9", "BENTOML_DO_NOT_TRACK": "true"}
-        port = 3917
-        bin_dir = Path(sys.executable).parent
-        server = subprocess.Popen([str(bin_dir / "bentoml"), "serve", "service:Retouch", "--port", str(port)],
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
+class _Server:
+    """``bentoml serve TARGET`` in a home of its own (its own BentoML home, job store and TMPDIR: a host of its own)."""
+
+    def __init__(self, target: str, home: Path, **env: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "BENTOML_HOME": str(home), "CLIPDLUT_STORE": str(home / "jobs.db"),
+                    "TMPDIR": str(home / "tmp"), "CLIPDLUT_CLIP_MODEL": "tiny", "HF_ENDPOINT": "http://127.0.0.1:9",
+                    "BENTOML_DO_NOT_TRACK": "true", **env}
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", target, "--port",
+                                      str(self.port)], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=60)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def locust_overhead(topology: str = "one host", seconds: int = 30, users: int = 8) -> dict:
+    """Submit/status latency and jobs per minute against real tiny-model servers, via the locustfile: ``one host``
+    (``bentoml serve service:Retouch`` starts both services) or ``split`` (the optimizer served alone, the API
+    pointed at it by URL, each with a home of its own)."""
+    with tempfile.TemporaryDirectory() as folder:
+        servers = []
         try:
-            _wait_ready(f"http://127.0.0.1:{port}/readyz")
-            prefix = f"{home}/locust"
-            subprocess.run([str(bin_dir / "locust"), "-f", str(ROOT / "locustfile.py"), "--headless", "-u", str(users),
-                            "-r", str(users), "-t", f"{seconds}s", "--host", f"http://127.0.0.1:{port}", "--csv",
-                            prefix, "--only-summary"], cwd=ROOT, env=env, check=True, capture_output=True)
+            if topology == "split":
+                servers.append(optimizer := _Server("service:Optimizer", Path(folder) / "optimizer"))
+                _wait_ready(f"{optimizer.url}/readyz")
+                servers.append(api := _Server("service:Retouch", Path(folder) / "api",
+                                              CLIPDLUT_OPTIMIZER_URL=optimizer.url))
+            else:
+                servers.append(api := _Server("service:Retouch", Path(folder) / "api"))
+            _wait_ready(f"{api.url}/readyz")
+            prefix = f"{folder}/locust"
+            subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
+                            "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", api.url,
+                            "--csv", prefix, "--only-summary"], cwd=ROOT, env=api.env, check=True, capture_output=True)
             rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
         finally:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
+            for server in reversed(servers):
+                server.stop()
     jobs = sum(int(rows[n]["Request Count"]) - int(rows[n]["Failure Count"]) for n in rows if n.endswith("to result"))
     pick = {"submit": "/v1/retouch/submit", "status": "/v1/retouch/status"}
-    out = {"seconds": seconds, "users": users, "jobs_per_min": jobs / seconds * 60,
+    out = {"topology": topology, "seconds": seconds, "users": users, "jobs_per_min": jobs / seconds * 60,
            "failures": sum(int(r["Failure Count"]) for n, r in rows.items() if n != "Aggregated")}
     for key, name in pick.items():
         out[f"{key}_p50_ms"] = float(rows[name]["50%"])
@@ -98,7 +131,71 @@ def locust_overhead(seconds: int = 30, users: int = 8) -> dict:
     return out
 
 
-def _wait_ready(url: str, timeout: float = 120) -> None:
+def cold_start(model: str, label: str, steps: int = 3) -> dict:
+    """A scale-from-zero: the optimizer service started alone with ``model`` (``tiny`` or a checkpoint file), and a
+    job sent at the moment of the start and sent again until a replica takes it, as a queue in front of a replica
+    scaling up from zero would. Seconds from the process start to ready, and to that job's last event."""
+    import asyncio
+    import base64
+    import io
+
+    import httpx
+
+    from bench.render import photo
+    from clipdlut.imaging import working_copy
+    from clipdlut.wire import Finished, OptimizeRequest, read_events
+
+    buf = io.BytesIO()
+    working_copy(photo(640, 480)).save(buf, format="PNG")
+    job = OptimizeRequest(job_id="cold-start", image=base64.b64encode(buf.getvalue()).decode(),
+                          target_prompt=PROMPTS[0], steps=steps, progress_every=steps)
+
+    async def ready(client: httpx.AsyncClient) -> float:
+        while True:
+            try:
+                if (await client.get("/readyz", timeout=2)).status_code == 200:
+                    return time.perf_counter()
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+
+    async def first_job(client: httpx.AsyncClient) -> float:
+        while True:
+            try:
+                async with client.stream("POST", "/optimize", json={"job": job.model_dump(mode="json")}) as r:
+                    if r.status_code == 200:
+                        async for event in read_events(r.aiter_text()):
+                            if isinstance(event, Finished):
+                                return time.perf_counter()
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+
+    async def both(url: str) -> tuple[float, float]:
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600, connect=2)) as client:
+            return await asyncio.wait_for(asyncio.gather(ready(client), first_job(client)), 900)
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = _Server("service:Optimizer", Path(folder), CLIPDLUT_CLIP_MODEL=model)
+        try:
+            ready_at, finished_at = asyncio.run(both(server.url))
+        finally:
+            server.stop()
+    return {"model": label, "steps": steps, "to_ready_s": ready_at - server.started,
+            "to_first_job_s": finished_at - server.started}
+
+
+def write_random_checkpoint(name: str, folder: Path) -> Path:
+    """A checkpoint of architecture ``name`` with seeded random weights, saved as the released files are (fp16)."""
+    from clipdlut.models import MODELS, load_random
+
+    model = load_random(name, "cpu").model
+    path = folder / MODELS[name][1]
+    torch.save({"state_dict": {k: v.half() for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def _wait_ready(url: str, timeout: float = 300) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -108,5 +205,5 @@ def _wait_ready(url: str, timeout: float = 120) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.25)
     raise RuntimeError(f"{url} never became ready")

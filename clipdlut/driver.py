@@ -139,8 +139,12 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
             events = read_events(raw)
             try:
                 while True:
+                    # before the job is taken it may wait in a queue (BentoCloud's external queue, a replica
+                    # scaling up from zero) for as long as a job may wait; once taken, silence means a lost replica
+                    timeout = policy.stall_s if taken else max(1.0, policy.max_wait_s - (time.monotonic()
+                                                                                         - waiting_since))
                     try:
-                        event = await _next(events, stop, policy.stall_s)
+                        event = await _next(events, stop, timeout)
                     except StopAsyncIteration:
                         raise _Lost("the optimizer's stream ended before the job did") from None
                     if isinstance(event, Accepted):

@@ -21,7 +21,6 @@ class Settings:
     store: str = field(default_factory=_default_store)
     gpu_type: str = "nvidia-l4"
     max_batch_size: int = 16  # jobs one optimizer replica's batch holds (= its traffic.concurrency)
-    max_latency_ms: int = 5_000
     job_timeout_s: int = 3600
     max_body_mb: float = 32.0
     max_pixels: int = 40_000_000
@@ -44,6 +43,8 @@ class Settings:
     checkpoint_s: float = 10.0  # the optimizer sends a job's state at most this often (s); resumes start there
     stream_beat_s: float = 5.0  # a quiet job stream sends a heartbeat this often
     stream_stall_s: float = 60.0  # a stream silent this long counts as lost (the job is sent again)
+    ready_needs_optimizer: int = 1  # 0: the API is ready without asking the optimizer (one scaled to zero wakes
+    # for a job, not for a probe)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

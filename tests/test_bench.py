@@ -28,9 +28,13 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert [run["mode"] for run in load["runs"]] == ["lock-step", "continuous"]
     assert all(run["jobs"] == results["continuous_batching"]["jobs"] for run in load["runs"])
     assert results["render"]["megapixels"] == 12
-    assert results["service_overhead"]["failures"] == 0
+    assert [x["topology"] for x in results["service_overhead"]] == ["one host", "split"]
+    assert all(x["failures"] == 0 and x["jobs_per_min"] > 0 for x in results["service_overhead"])
+    (cold,) = results["cold_start"]
+    assert cold["model"] == "tiny" and cold["to_ready_s"] > 0 and cold["to_first_job_s"] > 0
     table = out.with_suffix(".md").read_text()
     assert "Machine:" in table and "Continuous batching" in table and "Rendering 12 MP" in table
+    assert "| split |" in table and "Cold start" in table
 
 
 @pytest.mark.unit

@@ -37,6 +37,33 @@ def test_service_config_passes_bentoml_validation(service):
     assert service.Retouch.dependencies["optimizer"].on is service.Optimizer
 
 
+def test_the_bentocloud_recipe_fits_the_services(service):
+    """deploy/bentocloud.yaml names the services as service.py does, parses as BentoCloud's deployment schema,
+    and its overrides pass BentoML's validation; the optimizer scales to zero behind the external queue."""
+    from pathlib import Path
+
+    import yaml
+    from _bentoml_sdk.service.config import validate
+    from bentoml._internal.cloud.schemas.modelschemas import DeploymentServiceConfig
+    from bentoml._internal.utils.cattr import bentoml_cattr
+
+    from clipdlut.settings import Settings
+
+    recipe = yaml.safe_load((Path(__file__).parent.parent / "deploy" / "bentocloud.yaml").read_text())
+    services = {svc.name: svc for svc in (service.Optimizer, service.Retouch)}
+    assert set(recipe["services"]) == set(services)
+    settings = {f"CLIPDLUT_{name.upper()}" for name in Settings.__dataclass_fields__}
+    for name, conf in recipe["services"].items():
+        bentoml_cattr.structure(conf, DeploymentServiceConfig)
+        overrides = conf.get("config_overrides", {})
+        validate({**services[name].config, **{k: {**services[name].config.get(k, {}), **v}
+                                               for k, v in overrides.items()}})
+        assert {env["name"] for env in conf.get("envs", [])} <= settings
+    optimizer = recipe["services"][service.Optimizer.name]
+    assert optimizer["scaling"]["min_replicas"] == 0 and optimizer["config_overrides"]["traffic"]["external_queue"]
+    assert optimizer["config_overrides"]["traffic"]["concurrency"] == Settings().max_batch_size
+
+
 def test_reachability_and_ready(client):
     assert client.get("/").status_code == 200
     assert client.get("/readyz").status_code == 200
