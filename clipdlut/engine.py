@@ -82,13 +82,17 @@ class Engine:
         """Take a job into the batch at the next step, or raise :class:`EngineFull` (nothing taken).
 
         ``checkpoint_s``: hand the listener the job's state with a progress report at most this often
-        (None: never). Raises ``ValueError`` for a job id that is already running.
+        (None: never). A job sent again while an earlier copy is still here (its caller lost that stream) ends
+        the earlier copy, and is refused with :class:`EngineFull` until it has left: the newest call wins.
         """
         with self._wake:
             if self._stopped:
                 raise EngineFull("the optimizer is shutting down")
-            if spec.job_id in self._entries:
-                raise ValueError(f"job {spec.job_id} is already running here")
+            if (earlier := self._entries.get(spec.job_id)) is not None:
+                self._cancels.setdefault(spec.job_id, None)
+                earlier.cancel_at_step = earlier.cancel_at_step if earlier.cancel_at_step is not None else self._steps
+                self._wake.notify()
+                raise EngineFull(f"job {spec.job_id} is still leaving the batch here; send it again")
             if len(self._entries) >= self.capacity:
                 raise EngineFull(f"the batch is full ({self.capacity} jobs)")
             self._entries[spec.job_id] = _Entry(spec, listener, checkpoint_s, time.monotonic())

@@ -35,7 +35,10 @@ class Readiness:
         else:
             self.reason = None
         if self.reason != before:
-            log.info("ready" if self.reason is None else "not ready: %s", self.reason)
+            if self.reason is None:
+                log.info("ready")
+            else:
+                log.info("not ready: %s", self.reason)
 
     async def follow(self, ask: Callable[[], Awaitable[OptimizerHealth | dict]], every_s: float = 1.0,
                      timeout_s: float = 3.0) -> None:

@@ -43,8 +43,6 @@ def test_jobs_report_progress_and_end_and_a_full_batch_refuses(guide):
     engine.submit(spec("b", 3), b)
     with pytest.raises(EngineFull, match="full"):
         engine.submit(spec("c", 3), Heard())
-    with pytest.raises(ValueError, match="already running"):
-        engine.submit(spec("a", 3), Heard())
     assert a.result().status == FINISHED and b.result().status == FINISHED
     assert [r.progress.iteration for r in a.reports()] == [1, 2, 3, 4]
     assert all(r.state is not None and r.preview_png is None for r in a.reports())  # checkpoint_s=0: every one
@@ -69,6 +67,21 @@ def test_cancel_leaves_the_batch_within_a_step_and_timeout_fails_with_a_reason(g
     assert int(line.split(", ")[1].split(" ")[0]) <= 1  # "... N step(s) after it was cancelled"
     r = slow.result(timeout=30)
     assert r.status == FAILED and "timed out" in r.error
+    engine.stop()
+
+
+def test_a_job_sent_again_ends_its_earlier_copy_and_waits_until_it_has_left(guide):
+    engine = Engine(guide)
+    earlier = Heard()
+    engine.submit(spec("j", 100_000), earlier)
+    while not earlier.reports():
+        time.sleep(0.01)
+    with pytest.raises(EngineFull, match="still leaving"):
+        engine.submit(spec("j", 3), Heard())
+    assert earlier.result(timeout=10).status == CANCELLED
+    again = Heard()
+    engine.submit(spec("j", 3), again)  # (the API sends it again after a backoff)
+    assert again.result().status == FINISHED
     engine.stop()
 
 
