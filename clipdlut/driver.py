@@ -134,11 +134,11 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
     lost, backoff, waiting_since, started = 0, policy.backoff_s, time.monotonic(), None
     try:
         while True:
-            taken = False
+            taken, final = False, None
             raw = open_stream(request.model_copy(update={"resume": checkpoint}))
             events = read_events(raw)
             try:
-                while True:
+                while final is None:
                     # before the job is taken it may wait in a queue (BentoCloud's external queue, a replica
                     # scaling up from zero) for as long as a job may wait; once taken, silence means a lost replica
                     timeout = policy.stall_s if taken else max(1.0, policy.max_wait_s - (time.monotonic()
@@ -158,7 +158,7 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                         store.progress(job_id, event.iteration, event.total, event.loss, event.terms, preview)
                         checkpoint = event.checkpoint or checkpoint
                     elif isinstance(event, Finished):
-                        return await _finish(store, job_id, decoded, opts, event, submitted, started)
+                        final = event
                     elif isinstance(event, Failed):
                         raise _end(store, job_id, FAILED, event.error)
                     elif not isinstance(event, Beat):
@@ -187,6 +187,8 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                     log.debug("job %s waits for an optimizer: %s", job_id, reason)
             finally:
                 await _close(events, raw)
+            if final is not None:  # (rendering is the API's own work: nothing to send again if it fails)
+                return await _finish(store, job_id, decoded, opts, final, submitted, started)
             await _wait(backoff * random.uniform(0.5, 1.0), stop)
             backoff = min(backoff * 2, policy.max_backoff_s)
     except _Stopped:
