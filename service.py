@@ -170,15 +170,14 @@ class Optimizer:
         cancel: the job leaves the batch at the next step."""
         if self.engine is None:
             raise ServiceUnavailable(self.reason)
-        events = stream_job(self.engine, job, self.guide.name, beat_s=S.stream_beat_s)
-        try:
-            first = await anext(events)  # before the response starts, so these become HTTP statuses
-        except EngineFull as e:
-            raise ServiceUnavailable(str(e)) from None
-        except InvalidJob as e:
-            raise BadInput(str(e)) from None
-        yield first
-        async with contextlib.aclosing(events):
+        async with contextlib.aclosing(stream_job(self.engine, job, self.guide.name, S.stream_beat_s)) as events:
+            try:
+                first = await anext(events)  # before the response starts, so these become HTTP statuses
+            except EngineFull as e:
+                raise ServiceUnavailable(str(e)) from None
+            except InvalidJob as e:
+                raise BadInput(str(e)) from None
+            yield first
             async for line in events:
                 yield line
 
@@ -398,13 +397,8 @@ class Retouch:
         decoded, opts = self._accept(job_id, request.image, opts)
 
         async def run() -> None:
-            try:
+            with contextlib.suppress(JobEnded):  # (its end is in the store, where /query_task reads it)
                 await self.drivers.run(job_id, decoded, opts)
-            except JobEnded:
-                pass
-            except Exception as e:
-                log.exception("job %s failed", job_id)
-                self.store.set_status(job_id, FAILED, f"internal error: {e}")
 
         self._spawn(run())
         return LegacyTask(task_id=job_id, status="pending", current_iteration=0, overall_iteration=opts.steps)

@@ -143,7 +143,7 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
 
     from bench.render import photo
     from clipdlut.imaging import working_copy
-    from clipdlut.wire import Finished, OptimizeRequest, read_events
+    from clipdlut.wire import Failed, Finished, OptimizeRequest, read_events
 
     buf = io.BytesIO()
     working_copy(photo(640, 480)).save(buf, format="PNG")
@@ -167,6 +167,8 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
                         async for event in read_events(r.aiter_text()):
                             if isinstance(event, Finished):
                                 return time.perf_counter()
+                            if isinstance(event, Failed):
+                                raise RuntimeError(f"the cold-start job failed: {event.error}")
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.1)

@@ -52,10 +52,10 @@ BUSY_STATUSES = frozenset({429, 502, 503, 504})  # no replica could take the job
 class Resilience:
     """How a job rides out a busy or lost optimizer (from :class:`Settings`)."""
 
-    attempts: int = 3
-    max_wait_s: float = 3600.0
-    stall_s: float = 60.0
-    checkpoint_s: float | None = 10.0
+    attempts: int
+    max_wait_s: float
+    stall_s: float
+    checkpoint_s: float | None
     backoff_s: float = 0.5
     max_backoff_s: float = 5.0
 
@@ -70,7 +70,19 @@ class _Stopped(Exception):
 
 
 class _Lost(Exception):
-    """The stream broke after the optimizer took the job."""
+    """The stream broke after the optimizer took the job (or the replica failed it for a reason of its own)."""
+
+
+class _StoreFailed(Exception):
+    """The API's own job store failed: not the optimizer's doing, so nothing to send again."""
+
+
+async def _record(write: Callable, *args) -> None:
+    """A job store write, off the event loop; its failure is :class:`_StoreFailed`."""
+    try:
+        await asyncio.to_thread(write, *args)
+    except Exception as e:
+        raise _StoreFailed(f"{type(e).__name__}: {e}") from e
 
 
 def optimize_request(job_id: str, working_png: bytes, opts: JobOptions, settings: Settings,
@@ -84,7 +96,7 @@ def optimize_request(job_id: str, working_png: bytes, opts: JobOptions, settings
 
 def _busy(e: BaseException) -> bool:
     """An error that says "not now" rather than "never": the job is sent again after a wait."""
-    if isinstance(e, EngineFull | ConnectionError | OSError | TimeoutError):
+    if isinstance(e, EngineFull | OSError):  # (connection errors and timeouts are OSErrors)
         return True
     code = getattr(e, "error_code", None)
     if code is not None:
@@ -150,15 +162,19 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                     if isinstance(event, Accepted):
                         taken, backoff = True, policy.backoff_s
                         started = started or time.time()
-                        store.set_status(job_id, RUNNING)
+                        await _record(store.set_status, job_id, RUNNING)
                         if event.iteration:
                             log.info("job %s resumed at iteration %d", job_id, event.iteration)
                     elif isinstance(event, ProgressEvent):
                         preview = base64.b64decode(event.preview) if event.preview else None
-                        store.progress(job_id, event.iteration, event.total, event.loss, event.terms, preview)
-                        checkpoint = event.checkpoint or checkpoint
+                        await _record(store.progress, job_id, event.iteration, event.total, event.loss, event.terms,
+                                      preview)
+                        if event.checkpoint is not None and event.checkpoint.iteration < event.total:
+                            checkpoint = event.checkpoint
                     elif isinstance(event, Finished):
                         final = event
+                    elif isinstance(event, Failed) and event.retryable:
+                        raise _Lost(f"the replica failed the job: {event.error}")
                     elif isinstance(event, Failed):
                         raise _end(store, job_id, FAILED, event.error)
                     elif not isinstance(event, Beat):
@@ -167,6 +183,8 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                 raise
             except InvalidJob as e:
                 raise _end(store, job_id, FAILED, str(e)) from None
+            except _StoreFailed as e:
+                raise _end(store, job_id, FAILED, f"the job store failed: {e}") from None
             except Exception as e:
                 reason = f"{type(e).__name__}: {e}".strip().rstrip(":")
                 if taken or isinstance(e, _Lost):
@@ -229,7 +247,7 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }
-    store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image})
+    await asyncio.to_thread(store.finish, job_id, result, {"cube": cube.encode("utf-8"), "image": image})
     t = result["timings"]
     log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%dx%d, %d steps)",
              job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], decoded.size[0], decoded.size[1],
@@ -252,6 +270,11 @@ class Drivers:
         stop = self._stops[job_id] = asyncio.Event()
         try:
             return await drive(self.store, job_id, decoded, opts, self.open_stream, self.settings, stop)
+        except JobEnded:
+            raise
+        except Exception as e:  # a bug or a failing store: the job must still end, with a reason
+            log.exception("job %s failed", job_id)
+            raise _end(self.store, job_id, FAILED, f"internal error: {type(e).__name__}: {e}") from None
         finally:
             self._stops.pop(job_id, None)
 

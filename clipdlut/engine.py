@@ -122,7 +122,8 @@ class Engine:
             return
         state = None
         now = time.monotonic()
-        if entry.checkpoint_s is not None and now - entry.last_checkpoint >= entry.checkpoint_s:
+        due = entry.checkpoint_s is not None and now - entry.last_checkpoint >= entry.checkpoint_s
+        if due and p.iteration < p.total:  # (a finished job's state is its result)
             entry.last_checkpoint = now
             state = self.optimizer.state(p.job_id)
         self._tell(entry, Report(p, _png(p.preview) if p.preview is not None else None, state))
@@ -189,10 +190,12 @@ class Engine:
                     self._steps += 1
                     if self.on_step:
                         self.on_step(self.optimizer.last_batch_size)
-            except Exception as e:  # the loop must survive anything; fail the jobs it could not run
-                log.exception("optimizer loop error")
-                for job_id in list(self.optimizer.active_ids):
-                    self._end(JobResult(job_id, FAILED, 0, 0.0, error=f"optimizer error: {e}"))
+            except Exception as e:  # the loop must survive anything; end the jobs it held (another replica, or
+                log.exception("optimizer loop error")  # this one sent them again, may well run them)
                 self.optimizer = BatchedOptimizer(self.optimizer.guide, on_progress=self._on_progress)
+                with self._wake:
+                    held = [job_id for job_id in self._entries if job_id not in self._pending]
+                for job_id in held:
+                    self._end(JobResult(job_id, FAILED, 0, 0.0, error=f"optimizer error: {e}", retryable=True))
         for job_id in list(self._entries):
-            self._end(JobResult(job_id, FAILED, 0, 0.0, error="the optimizer stopped"))
+            self._end(JobResult(job_id, FAILED, 0, 0.0, error="the optimizer stopped", retryable=True))

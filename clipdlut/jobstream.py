@@ -99,4 +99,5 @@ def _last_event(result: JobResult, model: str) -> Finished | Failed:
                         lut_size=int(result.lut.shape[-1]), loss=result.loss, model=model,
                         scores=Scores(source_target=s.source_target, result_target=s.result_target,
                                       directional=s.directional))
-    return Failed(iteration=result.iterations, error=result.error or f"the job ended {result.status}")
+    return Failed(iteration=result.iterations, error=result.error or f"the job ended {result.status}",
+                  retryable=result.retryable)

@@ -109,6 +109,7 @@ class JobResult:
     scores: Scores | None = None
     loss: float | None = None
     error: str | None = None
+    retryable: bool = False  # failed for a reason of the process running it, not of the job: another may succeed
 
 
 class _Job:
@@ -252,7 +253,12 @@ class BatchedOptimizer:
             job.src_full_feat = f[0]
             job.src_feat = torch.nn.functional.normalize(f.mean(0), dim=-1)
             if job.spec.resume is not None:
-                job.restore(job.spec.resume)
+                try:
+                    job.restore(job.spec.resume)
+                except Exception as e:
+                    failed.append(JobResult(job.spec.job_id, FAILED, 0, 0.0, error=f"invalid job: the state to "
+                                                                                    f"resume from is broken: {e}"))
+                    continue
             self._jobs[job.spec.job_id] = job
         return failed
 

@@ -10,9 +10,11 @@ in-process (tests) the dependency is the service object itself, and its method i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from multidict import CIMultiDict
 
 
@@ -20,8 +22,9 @@ async def stream(dependency: Any, endpoint: str, **kwargs: Any) -> AsyncIterator
     """Call streaming ``endpoint`` of ``dependency`` (a ``bentoml.depends`` attribute) with ``kwargs``."""
     client = getattr(dependency, "to_async", None)
     if client is None or not hasattr(client, "_session_manager"):  # an in-process service object
-        async for item in getattr(dependency, endpoint)(**kwargs):
-            yield item
+        async with contextlib.aclosing(getattr(dependency, endpoint)(**kwargs)) as items:
+            async for item in items:
+                yield item
         return
     from _bentoml_impl.client.proxy2 import map_exception
 
@@ -29,7 +32,9 @@ async def stream(dependency: Any, endpoint: str, **kwargs: Any) -> AsyncIterator
     session = await client._session_manager.get_session()
     headers = CIMultiDict({"Content-Type": client.media_type})
     body = client._build_payload(spec, (), kwargs, headers)
-    async with session.post(spec.route, data=body, headers=headers) as response:
+    # no overall time limit (the session's counts any wait in a queue too): the caller watches for silence
+    async with session.post(spec.route, data=body, headers=headers,
+                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)) as response:
         if not response.ok:
             raise await map_exception(response)
         async for chunk in response.content.iter_any():

@@ -120,11 +120,13 @@ class Finished(BaseModel):
 
 
 class Failed(BaseModel):
-    """The last event of a job that cannot succeed (sending it again would fail the same way)."""
+    """The last event of a job that failed here."""
 
     kind: Literal["failed"] = "failed"
     iteration: int
     error: str
+    retryable: bool = Field(False, description="the replica failed, not the job: sending it again may succeed "
+                            "(otherwise it would fail the same way)")
 
 
 Event = Annotated[Accepted | Beat | ProgressEvent | Finished | Failed, Field(discriminator="kind")]
@@ -143,15 +145,18 @@ def parse_event(line: str) -> Accepted | Beat | ProgressEvent | Finished | Faile
 async def read_events(chunks: AsyncIterable[str | bytes]) -> AsyncIterator[Accepted | Beat | ProgressEvent
                                                                               | Finished | Failed]:
     """Events from a stream of text chunks cut anywhere (an HTTP body read in pieces, or whole lines)."""
-    pending = ""
+    pending: list[str] = []  # the pieces of a line not yet ended (a state can be megabytes: no re-scans)
     async for chunk in chunks:
-        pending += chunk.decode("ascii") if isinstance(chunk, bytes) else chunk
-        *lines, pending = pending.split("\n")
-        for line in lines:
+        text = chunk.decode("ascii") if isinstance(chunk, bytes) else chunk
+        while (end := text.find("\n")) >= 0:
+            line, text = "".join(pending) + text[:end], text[end + 1:]
+            pending = []
             if line.strip():
                 yield parse_event(line)
-    if pending.strip():
-        yield parse_event(pending)
+        if text:
+            pending.append(text)
+    if (rest := "".join(pending)).strip():
+        yield parse_event(rest)
 
 
 class OptimizerHealth(BaseModel):

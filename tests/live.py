@@ -4,6 +4,7 @@ host of its own) and a reverse proxy from Debian's packages standing in for the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -192,6 +193,13 @@ backend replicas
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def optimizer_in_flight(url: str) -> float:
+    """The optimizer's in-flight ``optimize`` requests (BentoML's own gauge on its ``/metrics``): its running jobs."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(
+        r'^bentoml_service_request_in_progress\{[^}]*endpoint="/optimize"[^}]*\} (\S+)$', text, re.M))
 
 
 def haproxy_missing() -> str | None:

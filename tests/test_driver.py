@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from http import HTTPStatus
 
+import aiohttp
 import numpy as np
 import pytest
+from bentoml.exceptions import BadInput, BentoMLException, InternalServerError, ServiceUnavailable
 
 from clipdlut.cube import read_cube
-from clipdlut.driver import Drivers, Resilience, drive
-from clipdlut.engine import Engine
+from clipdlut.driver import Drivers, Resilience, _busy, drive
+from clipdlut.engine import Engine, EngineFull
 from clipdlut.jobs import JobEnded, JobOptions, accept, decode_upload
 from clipdlut.jobstream import stream_job
 from clipdlut.settings import Settings
 from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, SqliteJobStore
+from clipdlut.wire import Failed, encode_event
 from tests.conftest import gradient_image, png_bytes, wait
 from tests.test_optimizer import BATCH_TOLERANCE
 
@@ -49,8 +53,8 @@ class Optimizer:
     """The optimizer's ``optimize`` in-process, with faults on demand: the first ``breaks`` calls lose their
     stream after ``after`` events (the replica closes the job, as on a disconnect, and the caller sees a reset)."""
 
-    def __init__(self, engine: Engine, breaks: int = 0, after: int = 3):
-        self.engine, self.breaks, self.after = engine, breaks, after
+    def __init__(self, engine: Engine, breaks: int = 0, after: int = 3, replica_fails: bool = False):
+        self.engine, self.breaks, self.after, self.replica_fails = engine, breaks, after, replica_fails
         self.tries = 0
         self.calls: list[int | None] = []  # the iteration each call the optimizer took resumed from
 
@@ -65,6 +69,9 @@ class Optimizer:
                 if n == 1:
                     self.calls.append(request.resume.iteration if request.resume else None)
                     broken = len(self.calls) <= self.breaks
+                if broken and n > self.after and self.replica_fails:  # e.g. CUDA out of memory in a big batch
+                    yield encode_event(Failed(iteration=0, error="optimizer error: out of memory", retryable=True))
+                    return
                 if broken and n > self.after:
                     raise ConnectionResetError("connection reset by peer")
                 yield line
@@ -101,6 +108,20 @@ def test_a_broken_stream_resumes_where_its_state_was_and_ends_the_same(engine, s
     assert np.abs(cube_table(store, broken[0]) - cube_table(store, clean[0])).max() < BATCH_TOLERANCE
 
 
+def test_a_break_after_the_last_step_resumes_from_the_last_state_before_it(engine, store):
+    job = new_job(store)
+    optimizer = Optimizer(engine, breaks=1, after=7)  # accepted, 6 reports (the last at step 12), then the break
+    run(store, job, optimizer)
+    assert optimizer.calls == [None, 10] and store.get(job[0]).status == FINISHED
+
+
+def test_a_job_a_replica_failed_for_its_own_reasons_is_sent_again(engine, store):
+    job = new_job(store)
+    optimizer = Optimizer(engine, breaks=1, after=3, replica_fails=True)
+    run(store, job, optimizer)
+    assert optimizer.calls == [None, 4] and store.get(job[0]).status == FINISHED
+
+
 def test_without_states_a_lost_job_starts_over_with_its_seed(engine, store):
     clean = new_job(store)
     run(store, clean, Optimizer(engine))
@@ -121,18 +142,34 @@ def test_attempts_are_bounded_and_the_reason_says_so(engine, store):
 
 
 def test_a_job_waits_for_room_in_a_full_batch(engine, store):
-    first, second = new_job(store, steps=40), new_job(store, steps=6)
+    first, second = new_job(store, steps=60), new_job(store, steps=6)
     optimizer = Optimizer(engine)
+    seen = []
+
+    async def watch():
+        while store.get(second[0]).status == QUEUED:
+            seen.append(optimizer.tries)
+            await asyncio.sleep(0.005)
 
     async def both():
-        return await asyncio.gather(
+        await asyncio.gather(
             drive(store, first[0], first[1], first[2], optimizer.optimize, SETTINGS, asyncio.Event(), FAST),
-            asyncio.sleep(0.3, result=store.get(second[0]).status),
-            drive(store, second[0], second[1], second[2], optimizer.optimize, SETTINGS, asyncio.Event(), FAST))
+            drive(store, second[0], second[1], second[2], optimizer.optimize, SETTINGS, asyncio.Event(), FAST),
+            watch())
 
-    _, waiting, _ = asyncio.run(both())
-    assert waiting == QUEUED  # the batch (capacity 1) was full: it waited instead of failing
+    asyncio.run(both())
+    assert max(seen) >= 3  # the second job was refused (capacity 1) and sent again, queued meanwhile, not failed
+    assert optimizer.calls == [None, None] and optimizer.tries > 2
     assert store.get(first[0]).status == store.get(second[0]).status == FINISHED
+
+
+@pytest.mark.parametrize("error,busy", [
+    (EngineFull("full"), True), (ServiceUnavailable("batch full"), True), (ConnectionRefusedError(), True),
+    (TimeoutError(), True), (BentoMLException("bad gateway", error_code=HTTPStatus.BAD_GATEWAY), True),
+    (aiohttp.ServerDisconnectedError(), True), (BadInput("the job cannot be run"), False),
+    (InternalServerError("bug"), False), (ValueError("x"), False)])
+def test_busy_means_not_now_rather_than_never(error, busy):
+    assert _busy(error) is busy
 
 
 def test_a_job_the_optimizer_cannot_run_fails_at_once(engine, store):

@@ -45,7 +45,9 @@ def test_jobs_report_progress_and_end_and_a_full_batch_refuses(guide):
         engine.submit(spec("c", 3), Heard())
     assert a.result().status == FINISHED and b.result().status == FINISHED
     assert [r.progress.iteration for r in a.reports()] == [1, 2, 3, 4]
-    assert all(r.state is not None and r.preview_png is None for r in a.reports())  # checkpoint_s=0: every one
+    # checkpoint_s=0: a state with every report but the last (a finished job's state is its result)
+    assert [r.state is not None for r in a.reports()] == [True, True, True, False]
+    assert all(r.preview_png is None for r in a.reports())
     assert all(r.state is None for r in b.reports())  # no checkpoints asked for
     assert engine.running == 0
     engine.submit(spec("c", 2), c := Heard())  # room again

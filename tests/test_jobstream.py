@@ -32,7 +32,8 @@ def test_a_job_streams_progress_then_its_exact_lut(engine):
     assert isinstance(events[0], Accepted) and events[0].iteration == 0
     progress = [e for e in events if isinstance(e, ProgressEvent)]
     assert [p.iteration for p in progress] == [2, 4, 6]
-    assert all(p.preview and p.checkpoint and p.checkpoint.iteration == p.iteration for p in progress)
+    assert all(p.preview for p in progress)
+    assert [p.checkpoint.iteration if p.checkpoint else None for p in progress] == [2, 4, None]
     final = events[-1]
     assert isinstance(final, Finished) and final.iterations == 6 and final.model == "tiny"
     lut = decode_tensor(final.lut, (1, 3, 9, 9, 9))

@@ -16,19 +16,13 @@ import httpx
 import pytest
 
 from tests.conftest import gradient_image, png_bytes, wait
-from tests.live import Proxy, haproxy_missing, host
+from tests.live import Proxy, haproxy_missing, host, optimizer_in_flight
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(haproxy_missing() is not None, reason=str(haproxy_missing()))]
 JOBS, STEPS = 16, 40
 SETTINGS = {"CLIPDLUT_MAX_BATCH_SIZE": "1", "CLIPDLUT_PROGRESS_EVERY": "2", "CLIPDLUT_VIEWS": "2",
             "CLIPDLUT_WORKING_SIZE": "96", "CLIPDLUT_CHECKPOINT_S": "0"}
 PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(120, 90))).decode()
-
-
-def in_flight(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(
-        r'^bentoml_service_request_in_progress\{[^}]*endpoint="/optimize"[^}]*\} (\S+)$', text, re.M))
 
 
 def submit_all(api: str) -> list[str]:
@@ -75,7 +69,7 @@ def test_killing_a_replica_loses_no_job_and_changes_no_result(tmp_path):
         ids = submit_all(api.url)
         wait(lambda: both_mid_run(api.url, ids), timeout=120, every=0.05)
         victim = replicas[0]
-        assert in_flight(victim.url) == 1  # it holds a running job
+        assert optimizer_in_flight(victim.url) == 1  # it holds a running job
         victim.kill()
         stormy = cubes(api.url, ids)
 

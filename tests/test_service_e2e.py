@@ -18,7 +18,7 @@ from PIL import Image
 from clipdlut.cube import read_cube
 from clipdlut.render import pillow_lut
 from tests.conftest import gradient_image, png_bytes, wait
-from tests.live import serving, split
+from tests.live import optimizer_in_flight, serving, split
 from tests.test_service import BAD_INPUTS
 
 pytestmark = pytest.mark.e2e
@@ -170,10 +170,7 @@ def test_concurrent_jobs_share_optimizer_steps(http, server):
 
 
 def in_flight(server) -> float:
-    """The optimizer's in-flight ``optimize`` requests, from BentoML's own gauge."""
-    values = re.findall(r'^bentoml_service_request_in_progress\{[^}]*endpoint="/optimize"[^}]*\} (\S+)$',
-                        optimizer_metrics(server), re.M)
-    return sum(float(v) for v in values)
+    return optimizer_in_flight(server.optimizer.url)
 
 
 def test_in_flight_requests_on_the_optimizer_equal_running_jobs(http, server):
