@@ -36,6 +36,15 @@ class Heard:
         return [i for i in self.items if isinstance(i, Report)]
 
 
+def running(engine: Engine, job_id: str) -> Heard:
+    """A job that would run for ages, once it has taken its first step."""
+    heard = Heard()
+    engine.submit(spec(job_id, 100_000), heard)
+    while not heard.reports():
+        time.sleep(0.01)
+    return heard
+
+
 def test_jobs_report_progress_and_end_and_a_full_batch_refuses(guide):
     engine = Engine(guide, capacity=2)
     a, b = Heard(), Heard()
@@ -57,11 +66,7 @@ def test_jobs_report_progress_and_end_and_a_full_batch_refuses(guide):
 
 def test_cancel_leaves_the_batch_within_a_step_and_timeout_fails_with_a_reason(guide, caplog):
     engine = Engine(guide, job_timeout_s=0.5)
-    slow, stop = Heard(), Heard()
-    engine.submit(spec("slow", 100_000), slow)
-    engine.submit(spec("stop", 100_000), stop)
-    while not stop.reports():
-        time.sleep(0.01)
+    slow, stop = running(engine, "slow"), running(engine, "stop")
     with caplog.at_level("INFO", logger="clipdlut.engine"):
         engine.cancel("stop")
         assert stop.result(timeout=10).status == CANCELLED
@@ -74,10 +79,7 @@ def test_cancel_leaves_the_batch_within_a_step_and_timeout_fails_with_a_reason(g
 
 def test_a_job_sent_again_ends_its_earlier_copy_and_waits_until_it_has_left(guide):
     engine = Engine(guide)
-    earlier = Heard()
-    engine.submit(spec("j", 100_000), earlier)
-    while not earlier.reports():
-        time.sleep(0.01)
+    earlier = running(engine, "j")
     with pytest.raises(EngineFull, match="still leaving"):
         engine.submit(spec("j", 3), Heard())
     assert earlier.result(timeout=10).status == CANCELLED
@@ -89,10 +91,7 @@ def test_a_job_sent_again_ends_its_earlier_copy_and_waits_until_it_has_left(guid
 
 def test_stop_fails_the_jobs_it_holds(guide):
     engine = Engine(guide)
-    held = Heard()
-    engine.submit(spec("held", 100_000), held)
-    while not held.reports():
-        time.sleep(0.01)
+    held = running(engine, "held")
     engine.stop()
     assert held.result(timeout=5).status == FAILED
     with pytest.raises(EngineFull, match="shutting down"):
