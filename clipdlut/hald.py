@@ -29,10 +29,17 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _rgb_pixels(data: bytes | Image.Image, what: str) -> np.ndarray:
+def _rgb_pixels(data: bytes | Image.Image, what: str, max_pixels: int) -> np.ndarray:
+    """The pixels of a LUT image, its size checked from the header before anything is decoded (a small file
+    can claim a huge image)."""
     try:
         img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
+        if img.width * img.height > max_pixels:
+            raise LutImageError(f"the {what} image claims {img.width}x{img.height} pixels; no {what} LUT is "
+                                f"larger than {max_pixels} pixels")
         img.load()
+    except LutImageError:
+        raise
     except Exception as e:  # Pillow raises many types for bad data
         raise LutImageError(f"cannot read the {what} image: {e}") from None
     if img.mode not in ("RGB", "RGBA", "P"):
@@ -60,7 +67,7 @@ def write_hald(table: np.ndarray) -> bytes:
 
 def read_hald(data: bytes | Image.Image) -> np.ndarray:
     """The ``(N, N, N, 3)`` float table of a HaldCLUT image (level 2..8)."""
-    px = _rgb_pixels(data, "Hald")
+    px = _rgb_pixels(data, "Hald", HALD_LEVELS[-1] ** 6)
     h, w, _ = px.shape
     level = round(w ** (1 / 3))
     if h != w or level ** 3 != w or level not in HALD_LEVELS:
@@ -79,7 +86,7 @@ def write_strip(table: np.ndarray) -> bytes:
 
 def read_strip(data: bytes | Image.Image) -> np.ndarray:
     """The ``(N, N, N, 3)`` float table of an N x N^2 strip image."""
-    px = _rgb_pixels(data, "strip")
+    px = _rgb_pixels(data, "strip", MAX_SIZE ** 3)
     n, w, _ = px.shape
     if w != n * n or not MIN_SIZE <= n <= MAX_SIZE:
         raise LutImageError(
