@@ -147,6 +147,12 @@ class Optimizer:
     def __is_ready__(self) -> bool:
         return self.engine is not None
 
+    @bentoml.on_shutdown
+    def stop_engine(self) -> None:
+        """End the jobs still running here (retryable: their callers send them to another replica)."""
+        if self.engine is not None:
+            self.engine.stop()
+
     async def _guide(self) -> Guide:
         """The loaded model; waits while it loads, so calls sent early wait instead of failing."""
         while self.guide is None and self.engine is None and self.reason.startswith("loading"):
@@ -286,8 +292,8 @@ class Retouch:
         decoded, opts = self._accept(job_id, request.image, opts)
         try:
             await self.drivers.run(job_id, decoded, opts)
-        except JobEnded as e:
-            raise bentoml.exceptions.BentoMLException(f"job {e.status}: {e}") from None
+        except JobEnded as e:  # an expected outcome: 409 with the job's status and reason (no 500, no traceback)
+            raise TaskNotFinished(f"task {job_id} ended {e.status}: {e}") from None
         return RetouchResult(**jobs.stored_result(self.store, job_id))
 
     @bentoml.api(route="/v1/progress")

@@ -130,6 +130,25 @@ def test_stop_task_while_another_job_completes(client):
     assert client.post("/v1/cancel", json={"task_id": long_a}).json() == {"task_id": long_a, "status": "cancelled"}
 
 
+def test_a_plain_post_whose_job_is_cancelled_gets_409_with_the_reason(client, service):
+    """POST /v1/retouch (not submitted as a task) waits for its job; cancelled, it answers 409, not 500."""
+    import threading
+
+    from clipdlut.store import RUNNING, SqliteJobStore
+
+    store = SqliteJobStore(service.S.store)
+    answers = []
+    t = threading.Thread(target=lambda: answers.append(client.post("/v1/retouch", json={
+        "image": PHOTO_B64, "target_prompt": "冷色调", "steps": 4321})))
+    t.start()
+    job_id = wait(lambda: next((r[0] for r in store._exec("SELECT id FROM jobs WHERE status = ? AND total = 4321",
+                                                           (RUNNING,))), None))
+    assert client.post("/v1/cancel", json={"task_id": job_id}).json()["status"] == "cancelling"
+    t.join(timeout=30)
+    (r,) = answers
+    assert r.status_code == 409 and r.json()["error"] == f"task {job_id} ended cancelled: cancelled by the user"
+
+
 UNKNOWN_ID = "0b6c2f0e-9a39-4d4b-9c55-2f1d3c1b0a77"
 BAD_INPUTS = [
     ("/retouch", {"image": "aGVsbG8=", "target_prompt": "x"}, 400, "not an image"),
