@@ -273,7 +273,8 @@ def _describe(detail: dict) -> str:
 
 
 class Landing:
-    """``GET /``: 200 (the original clients' reachability check) with links to the web page and the API."""
+    """``GET /``: 200 (the original clients' reachability check) with links to the web page and the API;
+    ``GET /docs``: BentoML's OpenAPI page (which BentoML serves at ``/``, taken by this page)."""
 
     PAGE = ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
             "<title>CLIP-DLUT</title><body style='font-family:system-ui;max-width:40em;margin:3em auto'>"
@@ -287,4 +288,6 @@ class Landing:
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
             return await HTMLResponse(self.PAGE)(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] == "/docs" and scope["method"] in ("GET", "HEAD"):
+            return await self.app({**scope, "path": "/", "raw_path": b"/"}, receive, send)
         return await self.app(scope, receive, send)

@@ -42,8 +42,10 @@ class Readiness:
 
     async def follow(self, ask: Callable[[], Awaitable[OptimizerHealth | dict]], every_s: float = 1.0,
                      timeout_s: float = 3.0) -> None:
-        """Forever: ask the optimizer how it is, every ``every_s``."""
+        """Forever: ask the optimizer how it is, every ``every_s`` (first after ``every_s``: the service's calls to
+        its dependencies are set up after its startup hooks)."""
         while True:
+            await asyncio.sleep(every_s)
             try:
                 answer = await asyncio.wait_for(ask(), timeout_s)
                 self.update(OptimizerHealth.model_validate(answer, from_attributes=True))
@@ -51,4 +53,3 @@ class Readiness:
                 raise
             except Exception as e:
                 self.update(None, f"{type(e).__name__}: {e}".strip().rstrip(":") or type(e).__name__)
-            await asyncio.sleep(every_s)

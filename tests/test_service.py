@@ -69,6 +69,15 @@ def test_reachability_and_ready(client):
     assert client.get("/readyz").status_code == 200
 
 
+def test_the_openapi_page_is_at_docs(client):
+    """The landing page takes BentoML's ``/``; its OpenAPI page (the README's and the landing page's link) is
+    at ``/docs``."""
+    assert "href='/docs'" in client.get("/").text
+    r = client.get("/docs")
+    assert r.status_code == 200 and "./static_content/swagger-ui-bundle.js" in r.text  # (relative to /)
+    assert "docs.json" in client.get("/static_content/swagger-initializer.js").text
+
+
 def test_original_api_flow_and_client_side_check(client):
     r = client.post("/retouch", json={"image": "data:image/png;base64," + PHOTO_B64,
                                       "target_prompt": "赛博朋克风格的夜晚城市", "iteration": 12})
