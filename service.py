@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
-from clipdlut import jobs, modelstore, remote
+from clipdlut import jobs, logs, modelstore, remote
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.driver import Drivers
 from clipdlut.engine import Engine, EngineFull
@@ -66,6 +66,7 @@ from clipdlut.wire import OptimizeRequest, OptimizerHealth
 
 log = logging.getLogger("clipdlut")
 log.setLevel(logging.INFO)  # job outcomes and lost streams reach the server log (BentoML sets the root to WARNING)
+logs.install()  # a client's mistake is one INFO line, without traceback or payload
 S = Settings.from_env()
 TASK_ROUTE = "/v1/retouch"
 BATCH_JOBS = prometheus_client.Histogram(

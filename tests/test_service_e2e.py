@@ -204,6 +204,15 @@ def test_healthy_after_bad_input(http):
                 every=0.2) == "finished"
 
 
+def test_client_errors_leave_one_line_and_no_payload_in_the_log(server):
+    """After the hostile and malformed requests above: no traceback for a client's mistake, and no fragment of
+    an upload anywhere in the API's log."""
+    text = server.api.log()
+    assert "client error on /retouch [POST]" in text  # (the bad inputs did reach BentoML's validation)
+    assert "input_value" not in text and "Traceback" not in text
+    assert not re.search(r"[A-Za-z0-9+/=]{100,}", text)  # no base64 run
+
+
 def test_missing_weights_give_503_with_the_reason(tmp_path):
     weights = tmp_path / "weights"
     expected = str(weights / "clip_cn_vit-b-16.pt")

@@ -1,0 +1,39 @@
+"""Server logs that say what happened in one line when a client sent something wrong, and never carry a payload.
+
+BentoML logs every request it refuses as an ERROR with a traceback; for a validation error that traceback
+holds pydantic's ``input_value=...``, a fragment of the upload. A client's mistake is not the server's
+error: this filter turns those records into one INFO line naming the fields, with no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"  # where BentoML logs "Exception on PATH [METHOD]"
+
+
+class ClientErrorsInOneLine(logging.Filter):
+    """Rewrite BentoML's records of client errors (validation, 4xx) to one line at INFO, without traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            fields = ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in error.errors()}))
+            summary = f"{error.error_count()} validation error(s) in {fields}"
+        elif 400 <= int(getattr(error, "error_code", 0) or 0) < 500:
+            summary = f"{type(error).__name__} {int(error.error_code)}"
+        else:
+            return True
+        record.msg = f"{record.getMessage().replace('Exception on', 'client error on')}: {summary}"
+        record.args, record.exc_info, record.exc_text = None, None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def install() -> None:
+    """Attach the filter to BentoML's request logger (idempotent)."""
+    logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    if not any(isinstance(f, ClientErrorsInOneLine) for f in logger.filters):
+        logger.addFilter(ClientErrorsInOneLine())
