@@ -200,10 +200,12 @@ class ReadyReason:
 
 
 class ApiKey:
-    """Require ``Authorization: Bearer <key>`` on every route but the health checks (and ``GET /``, the
-    original clients' reachability check). The key is compared in constant time and never logged."""
+    """Require ``Authorization: Bearer <key>`` on every data route. Open: the health checks, ``GET /`` (the
+    original clients' reachability check), and what a browser loads by navigating, which sends no header: the
+    web page's files and the OpenAPI page. The key is compared in constant time and never logged."""
 
-    OPEN = frozenset({"/healthz", "/livez", "/readyz"})
+    OPEN = frozenset({"/healthz", "/livez", "/readyz", "/docs", "/docs.json"})
+    OPEN_PREFIXES = ("/ui/", "/static_content/")
 
     def __init__(self, app: ASGIApp, key: str):
         self.app = app
@@ -211,7 +213,8 @@ class ApiKey:
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if (scope["type"] != "http" or scope["path"] in self.OPEN or scope["method"] == "OPTIONS"
-                or (scope["path"] == "/" and scope["method"] == "GET")):
+                or (scope["method"] in ("GET", "HEAD") and (scope["path"] in ("/", "/ui")
+                                                           or scope["path"].startswith(self.OPEN_PREFIXES)))):
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers", [])).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")

@@ -27,8 +27,10 @@ def app(*middleware) -> Starlette:
 
 def test_api_key_guards_everything_but_health_checks():
     c = TestClient(app((ApiKey, {"key": "s3cret"})))
-    for path in ("/healthz", "/livez", "/readyz", "/"):
-        assert c.get(path).status_code == 200
+    for path in ("/healthz", "/livez", "/readyz", "/", "/ui/", "/ui/app.js", "/docs", "/docs.json",
+                 "/static_content/swagger-ui.css"):  # what a browser loads by navigating (it sends no header)
+        assert c.get(path).status_code == 200, path
+    assert c.post("/ui/x").status_code == 401 and c.get("/uix").status_code == 401
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
                     {"Authorization": "s3cret"}):
         r = c.post("/retouch", headers=headers)

@@ -129,3 +129,22 @@ def test_a_text_file_gets_a_readable_error(browser, server, tmp_path):
     browser.set_window_size(390, 844)  # a phone: nothing wider than the screen
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     shot(browser, "web-phone")
+
+
+def test_a_keyed_service_opens_the_page_and_asks_for_the_key_once(browser, tmp_path_factory, tmp_path):
+    with serving(tmp_path_factory.mktemp("keyed"), CLIPDLUT_API_KEY="s3cret", CLIPDLUT_PROGRESS_EVERY="1") as keyed:
+        assert httpx.get(keyed.url + "/ui/").status_code == httpx.get(keyed.url + "/docs").status_code == 200
+        start(browser, keyed, tmp_path, steps=8)  # the page loads without a key; its first call is refused
+        wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+        assert "needs an API key" in wait.until(lambda d: text(d, "error"))
+        assert browser.find_element(By.ID, "key-box").is_displayed()
+        shot(browser, "web-api-key")
+        browser.find_element(By.ID, "api-key").send_keys("s3cret")
+        browser.find_element(By.CSS_SELECTOR, "#key-box button").click()
+        assert not browser.find_element(By.ID, "key-box").is_displayed()
+        browser.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+        assert iteration(browser) == 8
+        browser.refresh()  # kept in the browser: not asked again
+        assert browser.execute_script("return localStorage.getItem('clipdlut.api-key')") == "s3cret"
+        assert not browser.find_element(By.ID, "key-box").is_displayed()

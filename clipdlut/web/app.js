@@ -2,6 +2,7 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const RECENT_KEY = "clipdlut.recent";
+const API_KEY = "clipdlut.api-key";  // asked for once when the service answers 401, kept in this browser
 let file = null, taskId = null, result = null, polling = null, applySeq = 0;
 
 function showError(message) {
@@ -10,7 +11,15 @@ function showError(message) {
 }
 
 async function api(path, options = {}) {
-  const r = await fetch(path, options);
+  const key = localStorage.getItem(API_KEY);
+  const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+  const r = await fetch(path, { ...options, headers });
+  if (r.status === 401) {
+    $("key-box").hidden = false;
+    $("api-key").focus();
+    throw new Error(key ? "The service refused this API key: enter the right one below."
+                        : "This service needs an API key: enter it below, then try again.");
+  }
   if (!r.ok) {
     let message = `${r.status} ${r.statusText}`;
     try { const body = await r.json(); message = body.error || JSON.stringify(body); } catch (e) { /* not JSON */ }
@@ -217,6 +226,13 @@ for (const b of document.querySelectorAll("button.example")) {
   b.addEventListener("click", () => { $("prompt").value = b.textContent; $("prompt").focus(); });
 }
 $("form").addEventListener("submit", submit);
+$("key-box").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  localStorage.setItem(API_KEY, $("api-key").value.trim());
+  $("api-key").value = "";
+  $("key-box").hidden = true;
+  showError("");
+});
 $("stop").addEventListener("click", stop);
 $("strength").addEventListener("change", restrength);
 $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
