@@ -37,7 +37,7 @@ from clipdlut.driver import Drivers
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
-from clipdlut.http import ApiKey, BodyLimit, ClearErrors, FormCheck, Landing, ReadyReason, TaskGate
+from clipdlut.http import Answered, ApiKey, BodyLimit, ClearErrors, FormCheck, Landing, ReadyReason, TaskGate
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
 from clipdlut.jobstream import InvalidJob, stream_job
@@ -457,17 +457,20 @@ def _gate_store() -> SqliteJobStore:
     return SqliteJobStore(S.store)
 
 
-Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission,
-                            result=lambda task_id: jobs.stored_result(_gate_store(), task_id))
 WEB = Path(__file__).parent / "clipdlut" / "web"  # the page: static files, no build step, no CDN
 bentoml.mount_asgi_app(StaticFiles(directory=WEB, html=True), path="/ui")(Retouch)
-Retouch.add_asgi_middleware(Landing)
-Retouch.add_asgi_middleware(ClearErrors)
-Retouch.add_asgi_middleware(FormCheck, routes=("/v1/apply",))
-Retouch.add_asgi_middleware(ReadyReason, readiness=READINESS)
-Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
-if S.api_key:
-    Retouch.add_asgi_middleware(ApiKey, key=S.api_key)
+# Middlewares, outermost first (the first added sees a request first): an answer for anything that raises, then
+# who may call and how much they may send, before anything reads a body or answers from the store.
+Retouch.add_asgi_middleware(Answered)
 if S.cors_origins:
     Retouch.add_asgi_middleware(CORSMiddleware, allow_origins=[o.strip() for o in S.cors_origins.split(",")],
                                 allow_methods=["GET", "POST", "PUT"], allow_headers=["Authorization", "Content-Type"])
+if S.api_key:
+    Retouch.add_asgi_middleware(ApiKey, key=S.api_key)
+Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
+Retouch.add_asgi_middleware(ReadyReason, readiness=READINESS)
+Retouch.add_asgi_middleware(Landing)
+Retouch.add_asgi_middleware(ClearErrors)
+Retouch.add_asgi_middleware(FormCheck, routes=("/v1/apply",))
+Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission,
+                            result=lambda task_id: jobs.stored_result(_gate_store(), task_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,12 +21,41 @@ from clipdlut.jobs import InputError, check_task_id
 from clipdlut.readiness import Readiness
 from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
 
+log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+class Answered:
+    """Every request gets an answer: an exception that escapes what is inside before a response has started
+    becomes a 500 with the exception's type at once (logged with its traceback), not a request left open until
+    the service's timeout."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as e:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await _error(500, f"internal error ({type(e).__name__}); the server log has the details")(
+                scope, receive, send)
 
 
 class BodyLimit:

@@ -8,7 +8,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from clipdlut.http import ApiKey, BodyLimit, ReadyReason, TaskGate
+from clipdlut.http import Answered, ApiKey, BodyLimit, ReadyReason, TaskGate
 from clipdlut.jobs import InputError, QueueFull
 from clipdlut.store import FINISHED, SqliteJobStore
 
@@ -38,6 +38,25 @@ def test_api_key_guards_everything_but_health_checks():
         assert r.headers["www-authenticate"] == "Bearer" and "s3cret" not in r.text
     assert c.post("/retouch", headers={"Authorization": "Bearer s3cret"}).text == "app:/retouch"
     assert c.get("/metrics", headers={"Authorization": "bearer s3cret"}).status_code == 200
+
+
+class Broken:
+    """A middleware with a bug: it raises before any response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/broken":
+            raise KeyError("oops")
+        await self.app(scope, receive, send)
+
+
+def test_an_error_before_any_response_is_answered_at_once():
+    c = TestClient(app((Broken, {}), (Answered, {})), raise_server_exceptions=False)
+    r = c.get("/broken")
+    assert r.status_code == 500 and r.json() == {"error": "internal error (KeyError); the server log has the details"}
+    assert c.get("/fine").text == "app:/fine"
 
 
 def test_body_limit():
