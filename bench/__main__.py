@@ -124,6 +124,8 @@ def run(device: torch.device, quick: bool) -> dict:
             checkpoint = serving.write_random_checkpoint(default_name, Path(folder))
             results["cold_start"].append(serving.cold_start(str(checkpoint), f"{default_name} (checkpoint file)"))
     lap("cold_start")
+    results["soak"] = serving.soak(seconds=20 if quick else 180)
+    lap("soak")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results
 
@@ -189,6 +191,15 @@ def table(r: dict) -> str:
               "| --- | --- | --- |"]
     lines += [f"| {x['model']}, {x['steps']} steps | {x['to_ready_s']:.1f} s | {x['to_first_job_s']:.1f} s |"
               for x in r["cold_start"]]
+    sk = r["soak"]
+    failed = "; ".join(f"{n} \"{reason}\"" for reason, n in sk["failed"].items()) or "none"
+    lines += ["", f"Soak (tiny model, one host, locust {sk['users']} users for {sk['seconds']} s, the optimizer "
+              f"SIGKILLed halfway, `/readyz` probed every 0.25 s): {sk['accepted']} jobs accepted, {sk['finished']} "
+              f"finished, {sk['cancelled']} cancelled, failed: {failed}; {sk['lost']} lost. {sk['streams_resent']} "
+              f"job streams broke and were sent again; {sk['calls_dropped']} one-shot calls between the services "
+              f"dropped. Readiness: p50 {sk['ready_p50_ms']:.0f} ms, p99 {sk['ready_p99_ms']:.0f} ms, max "
+              f"{sk['ready_max_ms']:.0f} ms over {sk['ready_probes']} probes ({sk['not_ready_probes']} answered "
+              "not ready, while the optimizer restarted)."]
     return "\n".join(lines) + "\n"
 
 

@@ -80,14 +80,24 @@ class _Server:
         self.env = {**os.environ, "BENTOML_HOME": str(home), "CLIPDLUT_STORE": str(home / "jobs.db"),
                     "TMPDIR": str(home / "tmp"), "CLIPDLUT_CLIP_MODEL": "tiny", "HF_ENDPOINT": "http://127.0.0.1:9",
                     "BENTOML_DO_NOT_TRACK": "true", **env}
+        self.log = home / "serve.log"
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", target, "--port",
-                                      str(self.port)], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", target, "--port",
+                                          str(self.port)], cwd=ROOT, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, 15)
         self.proc.wait(timeout=60)
+
+    def kill_optimizer(self) -> None:
+        """SIGKILL the optimizer's worker process (BentoML starts a new one), as a crash would."""
+        import psutil
+
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            if "clipdlut-optimizer" in " ".join(p.cmdline()):
+                p.kill()
 
 
 def _free_port() -> int:
@@ -185,6 +195,76 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
             server.stop()
     return {"model": label, "steps": steps, "to_ready_s": ready_at - server.started,
             "to_first_job_s": finished_at - server.started}
+
+
+def soak(seconds: int = 180, users: int = 12) -> dict:
+    """The locust users for ``seconds`` against a one-host tiny-model server, its optimizer SIGKILLed halfway, and
+    ``/readyz`` probed every 0.25 s throughout: what happened to every accepted job (from the job store), how
+    fast readiness answered, and how many calls between the services dropped."""
+    import re
+    import sqlite3
+    import threading
+
+    import httpx
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = _Server("service:Retouch", Path(folder) / "api")
+        probes: list[tuple[float, int]] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            with httpx.Client(timeout=5) as client:
+                while not done.wait(0.25):
+                    t0 = time.perf_counter()
+                    try:
+                        status = client.get(server.url + "/readyz").status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    probes.append((time.perf_counter() - t0, status))
+
+        try:
+            _wait_ready(f"{server.url}/readyz")
+            prober = threading.Thread(target=probe, daemon=True)
+            prober.start()
+            load = subprocess.Popen([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
+                                     "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
+                                     "--host", server.url, "--only-summary"], cwd=ROOT, env=server.env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(seconds / 2)
+            server.kill_optimizer()
+            load.wait(timeout=seconds + 120)
+            db = Path(server.env["CLIPDLUT_STORE"])
+            deadline = time.monotonic() + 180  # the jobs locust left running end on their own
+            while time.monotonic() < deadline and _open_jobs(db):
+                time.sleep(1)
+            done.set()
+            prober.join()
+            with sqlite3.connect(db) as conn:
+                rows = conn.execute("SELECT status, COALESCE(error, '') FROM jobs").fetchall()
+            log = server.log.read_text(errors="replace")
+        finally:
+            done.set()
+            server.stop()
+    latency = np.array([t for t, _ in probes]) * 1000
+    failed = {}
+    for status, error in rows:
+        if status == "failed":
+            failed[error[:80]] = failed.get(error[:80], 0) + 1
+    return {"seconds": seconds, "users": users, "accepted": len(rows),
+            "finished": sum(s == "finished" for s, _ in rows), "cancelled": sum(s == "cancelled" for s, _ in rows),
+            "failed": failed, "lost": sum(s in ("queued", "running") for s, _ in rows),
+            "ready_probes": len(probes), "ready_p50_ms": float(np.percentile(latency, 50)),
+            "ready_p99_ms": float(np.percentile(latency, 99)), "ready_max_ms": float(latency.max()),
+            "not_ready_probes": sum(s != 200 for _, s in probes),
+            "streams_resent": len(re.findall(r"stream broke", log)),
+            "calls_dropped": len(re.findall(r"call to the optimizer's \w+ dropped", log))}
+
+
+def _open_jobs(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
 
 
 def write_random_checkpoint(name: str, folder: Path) -> Path:

@@ -34,7 +34,9 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert cold["model"] == "tiny" and cold["to_ready_s"] > 0 and cold["to_first_job_s"] > 0
     table = out.with_suffix(".md").read_text()
     assert "Machine:" in table and "Continuous batching" in table and "Rendering 12 MP" in table
-    assert "| split |" in table and "Cold start" in table
+    assert "| split |" in table and "Cold start" in table and "Soak" in table
+    soak = results["soak"]
+    assert soak["accepted"] > 0 and soak["lost"] == 0 and soak["ready_probes"] > 0
 
 
 @pytest.mark.unit
