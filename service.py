@@ -464,12 +464,12 @@ def _gate_store() -> SqliteJobStore:
 
 WEB = Path(__file__).parent / "clipdlut" / "web"  # the page: static files, no build step, no CDN
 bentoml.mount_asgi_app(StaticFiles(directory=WEB, html=True), path="/ui")(Retouch)
-# Middlewares, outermost first (the first added sees a request first): an answer for anything that raises, then
-# who may call and how much they may send, before anything reads a body or answers from the store.
-Retouch.add_asgi_middleware(Answered)
-if S.cors_origins:
+# Middlewares, outermost first (the first added sees a request first): CORS, an answer for anything that raises,
+# then who may call and how much they may send, before anything reads a body or answers from the store.
+if S.cors_origins:  # (outside everything: its headers go on every answer, a 500 included)
     Retouch.add_asgi_middleware(CORSMiddleware, allow_origins=[o.strip() for o in S.cors_origins.split(",")],
                                 allow_methods=["GET", "POST", "PUT"], allow_headers=["Authorization", "Content-Type"])
+Retouch.add_asgi_middleware(Answered)
 if S.api_key:
     Retouch.add_asgi_middleware(ApiKey, key=S.api_key)
 Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)

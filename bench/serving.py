@@ -95,9 +95,12 @@ class _Server:
         """SIGKILL the optimizer's worker process (BentoML starts a new one), as a crash would."""
         import psutil
 
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
-            if "clipdlut-optimizer" in " ".join(p.cmdline()):
-                p.kill()
+        workers = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
+                   if "clipdlut-optimizer" in " ".join(p.cmdline())]
+        if not workers:
+            raise RuntimeError("no optimizer worker to kill")
+        for p in workers:
+            p.kill()
 
 
 def _free_port() -> int:

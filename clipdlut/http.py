@@ -51,9 +51,9 @@ class Answered:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as e:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
+            if started:  # (the server logs it)
                 raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             await _error(500, f"internal error ({type(e).__name__}); the server log has the details")(
                 scope, receive, send)
 
@@ -242,7 +242,9 @@ class ApiKey:
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        if (scope["type"] != "http" or scope["path"] in self.OPEN or scope["method"] == "OPTIONS"
+        preflight = scope.get("method") == "OPTIONS" and any(k == b"access-control-request-method"
+                                                              for k, _ in scope.get("headers", []))
+        if (scope["type"] != "http" or scope["path"] in self.OPEN or preflight
                 or (scope["method"] in ("GET", "HEAD") and (scope["path"] in ("/", "/ui")
                                                            or scope["path"].startswith(self.OPEN_PREFIXES)))):
             return await self.app(scope, receive, send)

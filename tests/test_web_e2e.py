@@ -151,6 +151,8 @@ def test_a_keyed_service_opens_the_page_and_asks_for_the_key_once(browser, tmp_p
                      lambda h: httpx.put(keyed.url + "/v1/retouch/cancel", params={"task_id": task_id}, headers=h)):
             assert call({}).status_code == 401  # the task routes answered from the store are keyed too
             assert call({"Authorization": "Bearer s3cret"}).status_code == 200
-        browser.refresh()  # kept in the browser: not asked again
+        browser.refresh()  # kept in the browser: its calls carry it, and it is not asked again
         assert browser.execute_script("return localStorage.getItem('clipdlut.api-key')") == "s3cret"
-        assert not browser.find_element(By.ID, "key-box").is_displayed()
+        browser.find_element(By.CSS_SELECTOR, "#recent button").click()
+        wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+        assert not browser.find_element(By.ID, "key-box").is_displayed() and not text(browser, "error")

@@ -12,7 +12,8 @@ function showError(message) {
 
 async function api(path, options = {}) {
   const key = localStorage.getItem(API_KEY);
-  const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+  const headers = new Headers(options.headers);
+  if (key) headers.set("Authorization", `Bearer ${key}`);
   const r = await fetch(path, { ...options, headers });
   if (r.status === 401) {
     $("key-box").hidden = false;
@@ -232,6 +233,7 @@ $("key-box").addEventListener("submit", (ev) => {
   $("api-key").value = "";
   $("key-box").hidden = true;
   showError("");
+  if (taskId && !result) watch(taskId);  // a job whose progress was refused: follow it again
 });
 $("stop").addEventListener("click", stop);
 $("strength").addEventListener("change", restrength);
