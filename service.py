@@ -267,17 +267,12 @@ class Retouch:
                 log.warning("call to the optimizer's %s dropped; retrying", endpoint, exc_info=True)
                 await asyncio.sleep(0.5 * (attempt + 1))
 
-    async def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
-        """Validate, decode and store a new job, off the event loop (decoding a photo takes a while)."""
-
-        def accept():
-            checked = jobs.validate_options(opts, S)
-            data = jobs.b64decode_image(image_b64)
-            decoded = jobs.decode_upload(data, S)
-            jobs.accept(self.store, job_id, data, decoded, checked, S, owner=self.watchdog.instance)
-            return decoded, checked
-
-        return await asyncio.to_thread(accept)
+    def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
+        opts = jobs.validate_options(opts, S)
+        data = jobs.b64decode_image(image_b64)
+        decoded = jobs.decode_upload(data, S)
+        jobs.accept(self.store, job_id, data, decoded, opts, S, owner=self.watchdog.instance)
+        return decoded, opts
 
     def _record(self, task_id: str):
         record = self.store.get(jobs.check_task_id(task_id))
@@ -295,7 +290,7 @@ class Retouch:
         job_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
         opts = JobOptions(request.target_prompt, request.source_prompt, request.steps, request.lut_size,
                           request.strength, request.seed, request.image_format)
-        decoded, opts = await self._accept(job_id, request.image, opts)
+        decoded, opts = self._accept(job_id, request.image, opts)
         try:
             await self.drivers.run(job_id, decoded, opts)
         except JobEnded as e:  # an expected outcome: 409 with the job's status and reason (no 500, no traceback)
@@ -406,7 +401,7 @@ class Retouch:
         """Original API: start a task; poll it with /query_task."""
         job_id = str(uuid.uuid4())
         opts = JobOptions(request.target_prompt, request.original_prompt, steps=request.iteration)
-        decoded, opts = await self._accept(job_id, request.image, opts)
+        decoded, opts = self._accept(job_id, request.image, opts)
 
         async def run() -> None:
             with contextlib.suppress(JobEnded):  # (its end is in the store, where /query_task reads it)
