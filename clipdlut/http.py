@@ -30,6 +30,18 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+class _Watched:
+    """A ``send`` that notes whether the response has started (after that, no other answer can be sent)."""
+
+    def __init__(self, send: Callable):
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: dict) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
 class Answered:
     """Every request gets an answer: an exception that escapes what is inside before a response has started
     becomes a 500 with the exception's type at once (logged with its traceback), not a request left open until
@@ -41,17 +53,11 @@ class Answered:
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = _Watched(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watched)
         except Exception as e:
-            if started:  # (the server logs it)
+            if watched.started:  # (the server logs it)
                 raise
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             await _error(500, f"internal error ({type(e).__name__}); the server log has the details")(
@@ -84,17 +90,11 @@ class BodyLimit:
                     raise _TooLarge()
             return message
 
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = _Watched(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, watched)
         except _TooLarge:
-            if not started:
+            if not watched.started:
                 await _error(413, too_large)(scope, receive, send)
 
 
