@@ -13,7 +13,7 @@ import io
 import logging
 import threading
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from clipdlut import jobs, logs, modelstore, remote
 from clipdlut.cube import CubeError, read_cube
-from clipdlut.driver import Drivers
+from clipdlut.driver import Drivers, new_instance
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
@@ -41,7 +41,6 @@ from clipdlut.http import Answered, ApiKey, BodyLimit, ClearErrors, FormCheck, L
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
 from clipdlut.jobstream import InvalidJob, stream_job
-from clipdlut.lifecycle import Watchdog
 from clipdlut.models import load_model
 from clipdlut.readiness import Readiness
 from clipdlut.render import apply_table, blend_table
@@ -61,7 +60,7 @@ from clipdlut.schemas import (
     RetouchResult,
 )
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, FINISHED, SqliteJobStore
+from clipdlut.store import CANCELLED, FAILED, FINISHED, JobStore, open_store
 from clipdlut.wire import OptimizeRequest, OptimizerHealth
 
 log = logging.getLogger("clipdlut")
@@ -228,25 +227,27 @@ class Retouch:
     optimizer = bentoml.depends(url=S.optimizer_url, on=Optimizer) if S.optimizer_url else bentoml.depends(Optimizer)
 
     def __init__(self) -> None:
-        self.store = SqliteJobStore(S.store)
-        self.watchdog = Watchdog(self.store, "api", S.watchdog_s, S.retention_s)
-        self.drivers = Drivers(self.store, lambda request: remote.stream(self.optimizer, "optimize", job=request), S)
+        self.store = _store()
+        self.drivers = Drivers(self.store, lambda request: remote.stream(self.optimizer, "optimize", job=request), S,
+                               instance=_instance())
         self._background: set[asyncio.Task] = set()
 
     @bentoml.on_startup
     async def start_background(self) -> None:
-        """Keep readiness current, and let cancels reach the jobs this process drives."""
+        """Keep readiness current; let cancels reach the jobs this process drives; keep its leases and take over
+        the jobs of replicas that stopped."""
         if S.ready_needs_optimizer:
             self._spawn(READINESS.follow(lambda: self.optimizer.health()))  # (endpoints exist after startup)
         else:  # jobs wait for an optimizer (BentoCloud's external queue wakes one); probing would keep it awake
             READINESS.update(OptimizerHealth(ready=True))
-        self._spawn(self.drivers.watch_cancels())
+        self._spawn(self.drivers.watch())
 
     @bentoml.on_shutdown
     async def stop_background(self) -> None:
+        """Hand this process's jobs on (a restarted or another replica drives them on at once)."""
+        await self.drivers.shutdown()
         for task in list(self._background):
             task.cancel()
-        self.watchdog.stop()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -267,15 +268,15 @@ class Retouch:
                 log.warning("call to the optimizer's %s dropped; retrying", endpoint, exc_info=True)
                 await asyncio.sleep(0.5 * (attempt + 1))
 
-    def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
+    async def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
         opts = jobs.validate_options(opts, S)
         data = jobs.b64decode_image(image_b64)
-        decoded = jobs.decode_upload(data, S)
-        jobs.accept(self.store, job_id, data, decoded, opts, S, owner=self.watchdog.instance)
+        decoded = await asyncio.to_thread(jobs.decode_upload, data, S)
+        await jobs.accept(self.store, job_id, data, decoded, opts, S, owner=_instance())
         return decoded, opts
 
-    def _record(self, task_id: str):
-        record = self.store.get(jobs.check_task_id(task_id))
+    async def _record(self, task_id: str):
+        record = await self.store.get(jobs.check_task_id(task_id))
         if record is None:
             raise UnknownTask(f"no task with id {task_id!r}; task ids come from the submit response")
         return record
@@ -286,24 +287,27 @@ class Retouch:
     @answers_client_errors
     async def retouch(self, request: RetouchRequest, /, ctx: bentoml.Context) -> RetouchResult:
         """Grade a photo from a text prompt; returns the .cube, the full-resolution image and scores."""
-        # a task id when submitted as a task; a plain POST to the route runs it synchronously under a new id
-        job_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
-        opts = JobOptions(request.target_prompt, request.source_prompt, request.steps, request.lut_size,
-                          request.strength, request.seed, request.image_format)
-        decoded, opts = self._accept(job_id, request.image, opts)
+        # a task was recorded at submit (TaskGate); a plain POST to the route runs it synchronously under a new id
+        job_id = getattr(ctx.request.state, "task_id", None)
         try:
-            await self.drivers.run(job_id, decoded, opts)
+            if job_id is not None:
+                await self.drivers.run_stored(job_id)
+            else:
+                job_id = uuid.uuid4().hex
+                opts = JobOptions(request.target_prompt, request.source_prompt, request.steps, request.lut_size,
+                                  request.strength, request.seed, request.image_format)
+                await self.drivers.run(job_id, *await self._accept(job_id, request.image, opts))
         except JobEnded as e:  # an expected outcome: 409 with the job's status and reason (no 500, no traceback)
             raise TaskNotFinished(f"task {job_id} ended {e.status}: {e}") from None
-        return RetouchResult(**jobs.stored_result(self.store, job_id))
+        return RetouchResult(**await jobs.stored_result(self.store, job_id))
 
     @bentoml.api(route="/v1/progress")
     @answers_client_errors
     async def progress(self, task_id: str, include_preview: bool = False) -> ProgressResponse:
         """Iteration, loss and (optionally) a small preview of a task's current grade."""
-        r = self._record(task_id)
+        r = await self._record(task_id)
         preview = None
-        if include_preview and (png := self.store.preview(task_id)):
+        if include_preview and (png := await self.store.preview(task_id)):
             preview = "data:image/png;base64," + base64.b64encode(png).decode()
         return ProgressResponse(task_id=task_id, status=r.status, iteration=r.iteration, total=r.total,
                                 loss=r.loss, terms=r.terms, error=r.error, preview=preview)
@@ -312,8 +316,8 @@ class Retouch:
     @answers_client_errors
     async def cancel(self, task_id: str) -> CancelResponse:
         """Stop a task: it ends `cancelled` at the optimizer's next step and uses no more GPU time."""
-        r = self._record(task_id)
-        if self.store.request_cancel(task_id):
+        r = await self._record(task_id)
+        if await self.store.request_cancel(task_id):
             return CancelResponse(task_id=task_id, status="cancelling")
         return CancelResponse(task_id=task_id, status=r.status)
 
@@ -346,9 +350,9 @@ class Retouch:
     async def lut(self, ctx: bentoml.Context, task_id: str, size: LutSize | None = None,
                   format: Literal["cube", "hald"] = "cube") -> Path:
         """A finished task's LUT as a .cube of any offered size (resampled exactly) or as a HaldCLUT PNG."""
-        self._record(task_id)
+        await self._record(task_id)
         try:
-            data, _ = jobs.lut_file(self.store, task_id, size, format)
+            data, _ = await jobs.lut_file(self.store, task_id, size, format)
         except JobEnded as e:
             raise TaskNotFinished(str(e)) from None
         out = Path(ctx.temp_dir) / (f"clipdlut-{task_id[:8]}-hald.png" if format == "hald"
@@ -401,7 +405,7 @@ class Retouch:
         """Original API: start a task; poll it with /query_task."""
         job_id = str(uuid.uuid4())
         opts = JobOptions(request.target_prompt, request.original_prompt, steps=request.iteration)
-        decoded, opts = self._accept(job_id, request.image, opts)
+        decoded, opts = await self._accept(job_id, request.image, opts)
 
         async def run() -> None:
             with contextlib.suppress(JobEnded):  # (its end is in the store, where /query_task reads it)
@@ -414,18 +418,18 @@ class Retouch:
     @answers_client_errors
     async def legacy_query(self, request: LegacyQueryRequest, /) -> LegacyTask:
         """Original API: status, and when finished the LUT (cube or PNG strip) and the result image."""
-        r = self._record(request.task_id)
+        r = await self._record(request.task_id)
         status = LEGACY_STATUS[r.status]
         lut = image = None
         if status == "finished":
-            cube = self.store.file(r.job_id, "cube")
+            cube = await self.store.file(r.job_id, "cube")
             if request.lut_format == "cube":
                 lut = base64.b64encode(cube).decode()
             elif request.lut_format == "png":
                 lut = base64.b64encode(write_strip(read_cube(cube).table)).decode()
             if request.include_image:
-                image = "data:image/png;base64," + base64.b64encode(self.store.file(r.job_id, "image")).decode()
-        elif request.include_image and status == "processing" and (png := self.store.preview(r.job_id)):
+                image = "data:image/png;base64," + base64.b64encode(await self.store.file(r.job_id, "image")).decode()
+        elif request.include_image and status == "processing" and (png := await self.store.preview(r.job_id)):
             image = "data:image/png;base64," + base64.b64encode(png).decode()
         return LegacyTask(task_id=r.job_id, status=status, current_iteration=r.iteration,
                           overall_iteration=r.options.get("steps", r.total), lut=lut, image=image)
@@ -434,27 +438,37 @@ class Retouch:
     @answers_client_errors
     async def legacy_stop(self, request: LegacyStopRequest, /) -> LegacyStopResponse:
         """Original API: stop a task; it ends `stopped`."""
-        self._record(request.task_id)
-        self.store.request_cancel(request.task_id)
+        await self._record(request.task_id)
+        await self.store.request_cancel(request.task_id)
         return LegacyStopResponse(task_id=request.task_id)
 
 
-async def _validate_submission(request: Request) -> None:
-    """Check a native task body before BentoML accepts it (BentoML itself would accept anything)."""
+async def _validate_submission(request: Request) -> Callable[[str], Awaitable[None]]:
+    """Check a native task body before BentoML accepts it (BentoML itself would accept anything); what records
+    it in the job store under its task id."""
     try:
         parsed = RetouchRequest.model_validate_json(await request.body())
     except ValidationError as e:
         first = e.errors()[0]
         raise InputError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
-    jobs.check_capacity(_gate_store(), S)
-    jobs.validate_options(JobOptions(parsed.target_prompt, parsed.source_prompt, parsed.steps, parsed.lut_size,
-                                     parsed.strength, parsed.seed, parsed.image_format), S)
-    await asyncio.to_thread(jobs.decode_upload, jobs.b64decode_image(parsed.image), S)
+    await jobs.check_capacity(_store(), S)
+    opts = jobs.validate_options(JobOptions(parsed.target_prompt, parsed.source_prompt, parsed.steps,
+                                            parsed.lut_size, parsed.strength, parsed.seed, parsed.image_format), S)
+    data = jobs.b64decode_image(parsed.image)
+    decoded = await asyncio.to_thread(jobs.decode_upload, data, S)
+    return lambda task_id: jobs.accept(_store(), task_id, data, decoded, opts, S, owner=_instance())
 
 
 @functools.cache
-def _gate_store() -> SqliteJobStore:
-    return SqliteJobStore(S.store)
+def _store() -> JobStore:
+    """This process's job store client (the service and its middleware share it)."""
+    return open_store(S.store, S.retention_s)
+
+
+@functools.cache
+def _instance() -> str:
+    """This API process's name in the job store's leases."""
+    return new_instance()
 
 
 WEB = Path(__file__).parent / "clipdlut" / "web"  # the page: static files, no build step, no CDN
@@ -472,5 +486,5 @@ Retouch.add_asgi_middleware(ReadyReason, readiness=READINESS)
 Retouch.add_asgi_middleware(Landing)
 Retouch.add_asgi_middleware(ClearErrors)
 Retouch.add_asgi_middleware(FormCheck, routes=("/v1/apply",))
-Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_gate_store, validate=_validate_submission,
-                            result=lambda task_id: jobs.stored_result(_gate_store(), task_id))
+Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_store, validate=_validate_submission,
+                            result=lambda task_id: jobs.stored_result(_store(), task_id))

@@ -1,15 +1,18 @@
 """The API's side of a job: send it to the optimizer, follow its stream into the job store, render the result.
 
-Each job is one streamed call to the optimizer service. Events become progress and previews in the job
-store; the last one carries the exact LUT, from which the ``.cube`` text is written and the
+Each job is one streamed call to the optimizer service. Events become progress, previews and checkpoints in
+the job store; the last one carries the exact LUT, from which the ``.cube`` text is written and the
 full-resolution image rendered here (the original never travels to the optimizer).
 
 When the optimizer cannot take the job (its batch is full, it is restarting, no replica is up) the job
 waits with backoff, up to ``max_wait_s``. When a stream breaks after the job was taken (a replica killed
 or restarted, a connection dropped, a replica silent for ``stall_s``), the job is sent again and the
-router picks a live replica; it resumes from the last state its events carried, or starts over with the
-same seed. After ``attempts`` broken streams it fails with a reason that says so. Closing the stream is
-how a cancel reaches whichever replica runs the job.
+router picks a live replica; it resumes from the last checkpoint, or starts over with the same seed. After
+``attempts`` broken streams it fails with a reason that says so. Closing the stream is how a cancel reaches
+whichever replica runs the job.
+
+Each API replica drives the jobs it accepted under a lease in the job store (:class:`Drivers`); when a
+replica stops, a live one takes its jobs over and drives them on from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,19 +21,21 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import random
 import time
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from clipdlut.cube import lut_to_cube
 from clipdlut.engine import EngineFull
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, encode_image, output_format
-from clipdlut.jobs import JobEnded, JobOptions
+from clipdlut.jobs import JobEnded, JobOptions, decode_upload
 from clipdlut.jobstream import InvalidJob
 from clipdlut.render import render
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, RUNNING, JobStore
+from clipdlut.store import CANCELLED, FAILED, FINISHED, RUNNING, JobStore
 from clipdlut.wire import (
     Accepted,
     Beat,
@@ -66,7 +71,20 @@ class Resilience:
 
 
 class _Stopped(Exception):
-    """The user cancelled the job."""
+    """The job's stop signal was set: the user cancelled it, or this replica gave up driving it."""
+
+
+class Stop(asyncio.Event):
+    """A job's stop signal: a cancel, or (``handover``) this replica no longer drives it."""
+
+    handover = False
+
+
+class HandedOver(JobEnded):
+    """This replica stopped driving an open job (its lease went to another replica, or it is shutting down)."""
+
+    def __init__(self, job_id: str):
+        super().__init__(RUNNING, f"job {job_id} is driven by another API replica now")
 
 
 class _Lost(Exception):
@@ -78,9 +96,9 @@ class _StoreFailed(Exception):
 
 
 async def _record(write: Callable, *args) -> None:
-    """A job store write, off the event loop; its failure is :class:`_StoreFailed`."""
+    """A job store write; its failure is :class:`_StoreFailed`."""
     try:
-        await asyncio.to_thread(write, *args)
+        await write(*args)
     except Exception as e:
         raise _StoreFailed(f"{type(e).__name__}: {e}") from e
 
@@ -133,16 +151,19 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                 settings: Settings, stop: asyncio.Event, resilience: Resilience | None = None) -> dict:
     """Run a stored job on the optimizer to its end and store its result; returns the result summary.
 
-    Raises :class:`JobEnded` when the job was cancelled (``stop`` set) or failed; the store says which and why.
+    Starts from the job's last checkpoint in the store, if it has one (a job taken over from another replica).
+    Raises :class:`JobEnded` when the job was cancelled (``stop`` set) or failed, the store says which and
+    why; :class:`HandedOver` (and writes nothing) when ``stop`` is a :class:`Stop` set for a handover.
     """
     policy = resilience or Resilience.of(settings)
-    record = store.get(job_id)
+    record = await store.get(job_id)
     submitted = record.created if record else time.time()
-    stored = store.input(job_id)
-    if stored is None:
-        raise _end(store, job_id, FAILED, f"job {job_id} has no input in the job store")
+    stored = await store.input(job_id)
+    if stored is None:  # it has ended (another replica finished it), or its input is gone
+        return await _outcome(store, job_id)
     request = optimize_request(job_id, stored[1], opts, settings, policy.checkpoint_s)
-    checkpoint: Checkpoint | None = None
+    saved = await store.checkpoint(job_id)
+    checkpoint = Checkpoint.model_validate_json(saved) if saved else None
     lost, backoff, waiting_since, started = 0, policy.backoff_s, time.monotonic(), None
     try:
         while True:
@@ -167,39 +188,41 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                             log.info("job %s resumed at iteration %d", job_id, event.iteration)
                     elif isinstance(event, ProgressEvent):
                         preview = base64.b64decode(event.preview) if event.preview else None
-                        await _record(store.progress, job_id, event.iteration, event.total, event.loss, event.terms,
-                                      preview)
+                        state = None
                         if event.checkpoint is not None and event.checkpoint.iteration < event.total:
                             checkpoint = event.checkpoint
+                            state = checkpoint.model_dump_json().encode()
+                        await _record(store.progress, job_id, event.iteration, event.total, event.loss, event.terms,
+                                      preview, state)
                     elif isinstance(event, Finished):
                         final = event
                     elif isinstance(event, Failed) and event.retryable:
                         raise _Lost(f"the replica failed the job: {event.error}")
                     elif isinstance(event, Failed):
-                        raise _end(store, job_id, FAILED, event.error)
+                        raise await _end(store, job_id, FAILED, event.error)
                     elif not isinstance(event, Beat):
                         raise _Lost(f"unexpected event {event!r}")
             except (_Stopped, JobEnded):
                 raise
             except InvalidJob as e:
-                raise _end(store, job_id, FAILED, str(e)) from None
+                raise await _end(store, job_id, FAILED, str(e)) from None
             except _StoreFailed as e:
-                raise _end(store, job_id, FAILED, f"the job store failed: {e}") from None
+                raise await _end(store, job_id, FAILED, f"the job store failed: {e}") from None
             except Exception as e:
                 reason = f"{type(e).__name__}: {e}".strip().rstrip(":")
                 if taken or isinstance(e, _Lost):
                     lost += 1
                     if lost >= policy.attempts:
-                        raise _end(store, job_id, FAILED, f"the optimizer was lost {lost} times while running this "
-                                   f"job (last: {reason}); submit it again") from None
+                        raise await _end(store, job_id, FAILED, f"the optimizer was lost {lost} times while running "
+                                         f"this job (last: {reason}); submit it again") from None
                     log.warning("job %s: the optimizer's stream broke (%s); sending it again (%d of %d), %s",
                                 job_id, reason, lost + 1, policy.attempts,
                                 f"resuming at iteration {checkpoint.iteration}" if checkpoint else "from the start")
                     waiting_since = time.monotonic()
                 elif not _busy(e):
-                    raise _end(store, job_id, FAILED, f"the optimizer refused the job: {reason}") from None
+                    raise await _end(store, job_id, FAILED, f"the optimizer refused the job: {reason}") from None
                 elif time.monotonic() - waiting_since > policy.max_wait_s:
-                    raise _end(store, job_id, FAILED, f"no optimizer could take the job within "
+                    raise await _end(store, job_id, FAILED, f"no optimizer could take the job within "
                                f"{policy.max_wait_s:g} s (last: {reason}); submit it again") from None
                 else:
                     log.debug("job %s waits for an optimizer: %s", job_id, reason)
@@ -210,7 +233,9 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
             await _wait(backoff * random.uniform(0.5, 1.0), stop)
             backoff = min(backoff * 2, policy.max_backoff_s)
     except _Stopped:
-        raise _end(store, job_id, CANCELLED, "cancelled by the user") from None
+        if getattr(stop, "handover", False):
+            raise HandedOver(job_id) from None
+        raise await _end(store, job_id, CANCELLED, "cancelled by the user") from None
 
 
 async def _close(*streams: object) -> None:
@@ -221,10 +246,30 @@ async def _close(*streams: object) -> None:
                 await aclose()
 
 
-def _end(store: JobStore, job_id: str, status: str, reason: str) -> JobEnded:
-    log.info("job %s ended %s: %s", job_id, status, reason)
-    store.set_status(job_id, status, reason)
-    return JobEnded(status, reason)
+async def _end(store: JobStore, job_id: str, status: str, reason: str) -> JobEnded:
+    """End an open job; what to raise (the job's real end, should it have ended already)."""
+    if await store.set_status(job_id, status, reason):
+        log.info("job %s ended %s: %s", job_id, status, reason)
+        return JobEnded(status, reason)
+    return await _ended(store, job_id)
+
+
+async def _outcome(store: JobStore, job_id: str) -> dict:
+    """A job's result summary if it has finished; else raises how it ended (:class:`JobEnded`)."""
+    record = await store.get(job_id)
+    if record is not None and record.status == FINISHED and record.result is not None:
+        return record.result
+    if record is not None and not record.done:
+        raise await _end(store, job_id, FAILED, f"job {job_id} has no input in the job store")
+    raise await _ended(store, job_id)
+
+
+async def _ended(store: JobStore, job_id: str) -> JobEnded:
+    """How a job that is no longer open ended."""
+    record = await store.get(job_id)
+    if record is None:
+        return JobEnded(FAILED, f"job {job_id} is gone from the job store")
+    return JobEnded(record.status, record.error or f"job {job_id} ended {record.status}")
 
 
 async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions, event: Finished,
@@ -247,7 +292,8 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }
-    await asyncio.to_thread(store.finish, job_id, result, {"cube": cube.encode("utf-8"), "image": image})
+    if not await store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image}):
+        return await _outcome(store, job_id)  # it ended meanwhile (a late cancel, or another replica finished it)
     t = result["timings"]
     log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%dx%d, %d steps)",
              job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], decoded.size[0], decoded.size[1],
@@ -255,40 +301,134 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
     return result
 
 
-class Drivers:
-    """The jobs this API process drives, and the cancels that reach them from any process through the store."""
+def new_instance(role: str = "api") -> str:
+    """A unique name for one process of one role (a restarted process gets a new one)."""
+    return f"{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
-    def __init__(self, store: JobStore, open_stream: OpenStream, settings: Settings, poll_s: float = 0.1):
+
+class Drivers:
+    """The jobs this API replica drives under its leases, the cancels that reach them from any replica, and
+    the jobs it takes over from replicas that stopped.
+
+    :meth:`watch` runs for the life of the process: every ``poll_s`` it stops the jobs whose cancel was
+    requested; every ``lease_s`` it renews its leases (stopping, without a write, any job whose lease went
+    elsewhere), takes over jobs whose lease was not renewed for ``settings.watchdog_s``, and now and then
+    purges expired jobs. :meth:`shutdown` hands every job on at once.
+    """
+
+    def __init__(self, store: JobStore, open_stream: OpenStream, settings: Settings, instance: str | None = None,
+                 poll_s: float = 0.1, lease_s: float = 1.0, purge_every_s: float = 60.0):
         self.store = store
         self.open_stream = open_stream
         self.settings = settings
         self.poll_s = poll_s
-        self._stops: dict[str, asyncio.Event] = {}
+        self.lease_s = lease_s
+        self.purge_every_s = purge_every_s
+        self.instance = instance or new_instance()
+        self._stops: dict[str, Stop] = {}
+        self._adopted: set[asyncio.Task] = set()
+        self._closing = False
+
+    @property
+    def driving(self) -> list[str]:
+        """The jobs this replica drives now."""
+        return list(self._stops)
 
     async def run(self, job_id: str, decoded: DecodedImage, opts: JobOptions) -> dict:
-        """Drive one job to its end (see :func:`drive`)."""
-        stop = self._stops[job_id] = asyncio.Event()
+        """Drive one job to its end (see :func:`drive`); if another replica takes it over meanwhile, wait for
+        its end there. Raises :class:`JobEnded` for a job that ends cancelled or failed."""
+        stop = self._stops[job_id] = Stop()
         try:
             return await drive(self.store, job_id, decoded, opts, self.open_stream, self.settings, stop)
+        except HandedOver:
+            if self._closing:
+                raise
+            log.warning("job %s: another API replica drives it now (this one lost its lease)", job_id)
         except JobEnded:
             raise
         except Exception as e:  # a bug or a failing store: the job must still end, with a reason
             log.exception("job %s failed", job_id)
-            raise _end(self.store, job_id, FAILED, f"internal error: {type(e).__name__}: {e}") from None
+            raise await _end(self.store, job_id, FAILED, f"internal error: {type(e).__name__}: {e}") from None
         finally:
             self._stops.pop(job_id, None)
+        return await self._outcome(job_id)
 
-    async def watch_cancels(self) -> None:
-        """Forever: stop the jobs driven here whose cancel was requested (on any replica)."""
+    async def _outcome(self, job_id: str) -> dict:
+        """Wait for a job driven elsewhere to end: its result summary, or :class:`JobEnded`."""
+        while (record := await self.store.get(job_id)) is not None and not record.done:
+            await asyncio.sleep(0.5)
+        return await _outcome(self.store, job_id)
+
+    async def run_stored(self, job_id: str) -> dict:
+        """Drive a job from what the store holds of it (one accepted at the door, or taken over)."""
+        record, stored = await self.store.get(job_id), await self.store.input(job_id)
+        if record is None or stored is None:
+            return await _outcome(self.store, job_id)
+        try:
+            decoded = await asyncio.to_thread(decode_upload, stored[0], self.settings)
+        except Exception as e:
+            raise await _end(self.store, job_id, FAILED, f"internal error: the stored upload cannot be read: {e}"
+                             ) from None
+        return await self.run(job_id, decoded, JobOptions(**record.options))
+
+    async def adopt(self, job_id: str, drivers: int) -> None:
+        """Drive on a job taken over from a replica that stopped (or end it, once it has worn out its drivers)."""
+        if drivers - 1 > self.settings.takeovers:
+            await _end(self.store, job_id, FAILED, f"interrupted: {drivers - 1} API process(es) that drove this job "
+                       "stopped (a crash or a restart each); submit it again")
+            return
+        log.warning("job %s: taken over from an API replica that stopped (driver %d)", job_id, drivers)
+        with contextlib.suppress(JobEnded):  # (its end is in the store)
+            await self.run_stored(job_id)
+
+    async def watch(self) -> None:
+        """Forever: cancels every ``poll_s``; leases, takeovers and retention every ``lease_s``."""
+        last_lease = last_purge = 0.0
         while True:
             await asyncio.sleep(self.poll_s)
-            if not self._stops:
-                continue
             try:
-                requested = await asyncio.to_thread(self.store.cancel_requested, list(self._stops))
-            except Exception:
-                log.exception("reading cancel requests failed")
-                continue
-            for job_id in requested:
+                await self._cancels()
+                now = time.monotonic()
+                if now - last_lease >= self.lease_s:
+                    last_lease = now
+                    await self._leases()
+                if now - last_purge >= self.purge_every_s:
+                    last_purge = now
+                    if n := await self.store.purge():
+                        log.info("deleted %d jobs older than the retention time", n)
+            except Exception:  # a busy or briefly unreachable store must not end the watch
+                log.exception("a round of the job watch failed")
+
+    async def _cancels(self) -> None:
+        if self._stops:
+            for job_id in await self.store.cancel_requested(list(self._stops)):
                 if (stop := self._stops.get(job_id)) is not None:
                     stop.set()
+
+    async def _leases(self) -> None:
+        mine = list(self._stops)
+        held = await self.store.renew(self.instance, mine)
+        for job_id in set(mine) - held:
+            if (stop := self._stops.get(job_id)) is not None:
+                stop.handover = True
+                stop.set()
+        if self._closing:
+            return
+        for job_id, drivers in await self.store.take_over(self.instance, self.settings.watchdog_s,
+                                                          self.settings.max_open_jobs):
+            task = asyncio.create_task(self.adopt(job_id, drivers))
+            self._adopted.add(task)
+            task.add_done_callback(self._adopted.discard)
+
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        """Stop driving (each job's optimizer stream is closed) and release every lease, so that a live replica
+        (or this one, restarted) takes the jobs over at once instead of after the watchdog bound."""
+        self._closing = True
+        for stop in self._stops.values():
+            stop.handover = True
+            stop.set()
+        deadline = time.monotonic() + grace_s
+        while self._stops and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if n := await self.store.release(self.instance):
+            log.info("released %d jobs for another API replica to take over", n)

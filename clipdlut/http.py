@@ -1,8 +1,9 @@
 """ASGI middleware of the API service: request size limit and the task routes BentoML leaves open.
 
-BentoML's local task machinery accepts any body at ``/submit`` and fails later, cannot cancel, and
-forgets cancellations. The gate validates a submission before BentoML takes it (a clear 4xx instead
-of a task that fails later), and answers ``cancel``/``status`` from the job store.
+BentoML's local task machinery accepts any body at ``/submit`` and fails later, cannot cancel, and keeps
+its records in the process that took the task. The gate validates a submission before BentoML takes it (a
+clear 4xx instead of a task that fails later), records the job in the job store before the client learns its
+id, and answers ``cancel``/``status``/``get`` from the job store, so any replica answers for any task.
 """
 
 from __future__ import annotations
@@ -111,12 +112,16 @@ def _iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat() if t else None
 
 
+Accept = Callable[[str], Awaitable[None]]  # records a validated submission in the job store under a task id
+
+
 class TaskGate:
-    """Validation at submit, and ``status``/``get``/``cancel`` from the job store, for one ``@bentoml.task``
-    route: BentoML's own task records forget everything at a restart and cannot cancel."""
+    """Validation and recording at submit, and ``status``/``get``/``cancel`` from the job store, for one
+    ``@bentoml.task`` route: BentoML's own task records live in one process, forget everything at a restart
+    and cannot cancel."""
 
     def __init__(self, app: ASGIApp, route: str, store: Callable[[], JobStore],
-                 validate: Callable[[Request], Awaitable[None]], result: Callable[[str], dict | None]):
+                 validate: Callable[[Request], Awaitable[Accept]], result: Callable[[str], Awaitable[dict | None]]):
         self.app = app
         self.route = route.rstrip("/")
         self.store = store
@@ -136,19 +141,19 @@ class TaskGate:
             check_task_id(task_id)
         except InputError as e:
             return await _error(400, str(e))(scope, receive, send)
-        record = self.store().get(task_id)
+        store = self.store()
+        record = await store.get(task_id)
         if record is None:
-            if action == "cancel":
-                return await _error(404, f"no task with id {task_id!r}")(scope, receive, send)
-            return await self.app(scope, receive, send)  # not recorded yet: BentoML may know it
+            return await _error(404, f"no task with id {task_id!r}; task ids come from the submit response"
+                                )(scope, receive, send)
         if action == "cancel":
-            self.store().request_cancel(task_id)
+            await store.request_cancel(task_id)
             response = JSONResponse({"task_id": task_id, "status": TASK_STATUS[CANCELLED]})
         elif action == "status":
             response = JSONResponse({"task_id": task_id, "status": TASK_STATUS[record.status],
                                      "created_at": _iso(record.created),
                                      "executed_at": _iso(record.updated) if record.done else None})
-        elif record.status == FINISHED and (result := self.result(task_id)) is not None:
+        elif record.status == FINISHED and (result := await self.result(task_id)) is not None:
             response = JSONResponse(result)
         elif record.done:
             response = _error(409, f"task {task_id} ended {record.status}: {record.error or 'no result'}")
@@ -159,12 +164,40 @@ class TaskGate:
     async def _submit(self, scope: Scope, receive: Callable, send: Callable) -> None:
         body = await _read_body(receive)
         try:
-            await self.validate(Request(scope, _replay(body, receive)))
+            accept = await self.validate(Request(scope, _replay(body, receive)))
         except InputError as e:
             return await _error(e.status_code, str(e), **getattr(e, "headers", {}))(scope, receive, send)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return await _error(400, "the body is not valid JSON")(scope, receive, send)
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, _replay(body, receive), _Recording(send, accept, scope, receive))
+
+
+class _Recording:
+    """The ``send`` of a task submission: holds BentoML's answer until the job is in the job store under the
+    task id it carries (BentoML starts the task only after the answer is sent), or answers the store's refusal."""
+
+    def __init__(self, send: Callable, accept: Accept, scope: Scope, receive: Callable):
+        self._send, self._accept, self._scope, self._receive = send, accept, scope, receive
+        self._start: dict | None = None
+        self._body: list[bytes] = []
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            self._start = message
+            return
+        if self._start is None:
+            return await self._send(message)
+        self._body.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(self._body)
+        try:
+            await self._accept(json.loads(body)["task_id"])
+        except InputError as e:
+            return await _error(e.status_code, str(e), **getattr(e, "headers", {}))(
+                self._scope, self._receive, self._send)
+        await self._send(self._start)
+        await self._send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(receive: Callable) -> bytes:

@@ -6,6 +6,7 @@ sends the working copy to the optimizer and renders the result.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -24,7 +25,7 @@ from clipdlut.lut import from_table as table_to_lut
 from clipdlut.lut import resample, to_table
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
 from clipdlut.settings import Settings
-from clipdlut.store import FAILED, FINISHED, QUEUED, RUNNING, JobStore
+from clipdlut.store import FAILED, FINISHED, JobStore
 
 log = logging.getLogger(__name__)
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
@@ -51,9 +52,9 @@ class QueueFull(InputError):
                          f"retry in {retry_after_s} s")
 
 
-def check_capacity(store: JobStore, settings: Settings) -> None:
+async def check_capacity(store: JobStore, settings: Settings) -> None:
     """Raise :class:`QueueFull` when no new job can be taken now."""
-    if store.count((QUEUED, RUNNING)) >= settings.max_open_jobs:
+    if await store.open_jobs() >= settings.max_open_jobs:
         raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
@@ -162,21 +163,22 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImage, opts: JobOptions,
-           settings: Settings, owner: str | None = None) -> None:
-    """Record a new job with its original bytes and its working copy, or raise :class:`QueueFull`."""
-    working = _png(working_copy(decoded.rgb, settings.working_size))
-    if not store.create(job_id, opts.as_dict(), data, working, owner=owner, max_open=settings.max_open_jobs):
+async def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImage, opts: JobOptions,
+                 settings: Settings, owner: str) -> None:
+    """Record a new job leased to API replica ``owner`` with its original bytes and its working copy, or
+    raise :class:`QueueFull`."""
+    working = await asyncio.to_thread(lambda: _png(working_copy(decoded.rgb, settings.working_size)))
+    if not await store.create(job_id, opts.as_dict(), data, working, owner=owner, max_open=settings.max_open_jobs):
         raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
-def stored_result(store: JobStore, job_id: str) -> dict | None:
+async def stored_result(store: JobStore, job_id: str) -> dict | None:
     """A finished job's result as the native task returns it (None until it has finished)."""
-    record = store.get(job_id)
+    record = await store.get(job_id)
     if record is None or record.status != FINISHED or record.result is None:
         return None
     res, o = record.result, record.options
-    cube, image = store.file(job_id, "cube"), store.file(job_id, "image")
+    cube, image = await store.file(job_id, "cube"), await store.file(job_id, "image")
     if cube is None or image is None:
         return None
     return {"task_id": job_id, "cube": cube.decode("utf-8"), "image": base64.b64encode(image).decode(),
@@ -185,10 +187,11 @@ def stored_result(store: JobStore, job_id: str) -> dict | None:
             "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
 
 
-def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube") -> tuple[bytes, str]:
+async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube"
+                   ) -> tuple[bytes, str]:
     """A finished job's LUT as a ``.cube`` of another size or as a HaldCLUT PNG: (bytes, media type)."""
-    record = store.get(job_id)
-    cube = store.file(job_id, "cube") if record and record.status == FINISHED else None
+    record = await store.get(job_id)
+    cube = await store.file(job_id, "cube") if record and record.status == FINISHED else None
     if cube is None:
         raise JobEnded(record.status if record else FAILED, f"task {job_id} has no finished LUT")
     if fmt not in ("cube", "hald"):

@@ -33,7 +33,8 @@ class Settings:
     preview_size: int = 256
     max_open_jobs: int = 64  # queued + running; more submissions get 429
     retry_after_s: int = 10
-    watchdog_s: float = 15.0  # a job whose process stopped beating this long ago is failed
+    watchdog_s: float = 15.0  # a job whose API replica has not renewed its lease this long is taken over
+    takeovers: int = 3  # times a job may be taken over from a stopped API replica; once more and it fails
     retention_s: int = 86_400
     api_key: str = ""  # when set, every route but the health checks needs "Authorization: Bearer <key>"
     cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off

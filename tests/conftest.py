@@ -60,6 +60,22 @@ def wait(predicate, timeout: float = 120.0, every: float = 0.05):
     raise AssertionError("timed out")
 
 
+async def until(fetch, check=bool, timeout: float = 120.0, every: float = 0.02):
+    """Poll ``fetch`` (a value or an awaitable of one) until ``check`` accepts it (returned), or fail."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fetch()
+        if inspect.isawaitable(value):
+            value = await value
+        if check(value):
+            return value
+        await asyncio.sleep(every)
+    raise AssertionError("timed out")
+
+
 def png_bytes(img: Image.Image, **params) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", **params)

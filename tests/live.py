@@ -207,3 +207,41 @@ def haproxy_missing() -> str | None:
     if shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists():
         return None
     return "haproxy is not installed (make test installs it with apt where it can)"
+
+
+class RedisServer:
+    """Debian's ``redis-server`` on a free port of 127.0.0.1, with AOF persistence in ``folder`` (as the README
+    asks of a production Redis), for the tests of the Redis job store."""
+
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "",
+             "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def redis_missing() -> str | None:
+    """Why the Redis tests cannot run here (None when they can)."""
+    if shutil.which("redis-server") or Path("/usr/bin/redis-server").exists():
+        return None
+    return "redis-server is not installed (make test installs it with apt where it can)"

@@ -1,9 +1,10 @@
 """The API's side of a job against the real optimizer stream in-process, with the faults a network brings:
-streams that break mid-job, a full batch, a user's cancel."""
+streams that break mid-job, a full batch, a user's cancel, an API replica that stops and one that takes over."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from http import HTTPStatus
 
@@ -13,14 +14,15 @@ import pytest
 from bentoml.exceptions import BadInput, BentoMLException, InternalServerError, ServiceUnavailable
 
 from clipdlut.cube import read_cube
-from clipdlut.driver import Drivers, Resilience, _busy, drive
+from clipdlut.driver import Drivers, HandedOver, Resilience, Stop, _busy, drive
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.jobs import JobEnded, JobOptions, accept, decode_upload
 from clipdlut.jobstream import stream_job
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, SqliteJobStore
+from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING
+from clipdlut.store_sqlite import SqliteJobStore
 from clipdlut.wire import Failed, encode_event
-from tests.conftest import gradient_image, png_bytes, wait
+from tests.conftest import gradient_image, png_bytes, until, wait
 from tests.test_optimizer import BATCH_TOLERANCE
 
 pytestmark = pytest.mark.unit
@@ -41,11 +43,11 @@ def store(tmp_path):
     return SqliteJobStore(tmp_path / "jobs.db")
 
 
-def new_job(store, steps=12, prompt="暖色") -> tuple[str, object, JobOptions]:
+async def new_job(store, steps=12, prompt="暖色", owner="api-a") -> tuple[str, object, JobOptions]:
     job_id = uuid.uuid4().hex
     decoded = decode_upload(PHOTO, SETTINGS)
     opts = JobOptions(prompt, steps=steps, lut_size=17, seed=5)
-    accept(store, job_id, PHOTO, decoded, opts, SETTINGS)
+    await accept(store, job_id, PHOTO, decoded, opts, SETTINGS, owner=owner)
     return job_id, decoded, opts
 
 
@@ -79,88 +81,85 @@ class Optimizer:
             await events.aclose()
 
 
-def run(store, job, optimizer, stop=None, policy=FAST):
+async def run(store, job, optimizer, stop=None, policy=FAST):
     job_id, decoded, opts = job
-    return asyncio.run(drive(store, job_id, decoded, opts, optimizer.optimize, SETTINGS, stop or asyncio.Event(),
-                             policy))
+    return await drive(store, job_id, decoded, opts, optimizer.optimize, SETTINGS, stop or asyncio.Event(), policy)
 
 
-def cube_table(store, job_id):
-    return read_cube(store.file(job_id, "cube")).table
+async def cube_table(store, job_id):
+    return read_cube(await store.file(job_id, "cube")).table
 
 
-def test_a_job_runs_to_a_stored_result(engine, store):
-    job = new_job(store)
-    result = run(store, job, Optimizer(engine))
-    record = store.get(job[0])
+async def test_a_job_runs_to_a_stored_result(engine, store):
+    job = await new_job(store)
+    result = await run(store, job, Optimizer(engine))
+    record = await store.get(job[0])
     assert record.status == FINISHED and record.iteration == 12 and result["model"] == "tiny"
-    assert store.preview(job[0])[:8] == b"\x89PNG\r\n\x1a\n" and read_cube(store.file(job[0], "cube")).size == 17
+    assert (await store.preview(job[0]))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_cube(await store.file(job[0], "cube")).size == 17
 
 
-def test_a_broken_stream_resumes_where_its_state_was_and_ends_the_same(engine, store):
-    clean = new_job(store)
-    run(store, clean, Optimizer(engine))
-    broken = new_job(store)
+async def test_a_broken_stream_resumes_where_its_state_was_and_ends_the_same(engine, store):
+    clean = await new_job(store)
+    await run(store, clean, Optimizer(engine))
+    broken = await new_job(store)
     optimizer = Optimizer(engine, breaks=2, after=3)  # accepted + 2 progress events, then the connection drops
-    run(store, broken, optimizer)
+    await run(store, broken, optimizer)
     assert optimizer.calls == [None, 4, 8]  # each new call resumed from the last state the events carried
-    assert store.get(broken[0]).status == FINISHED and store.get(broken[0]).iteration == 12
-    assert np.abs(cube_table(store, broken[0]) - cube_table(store, clean[0])).max() < BATCH_TOLERANCE
+    record = await store.get(broken[0])
+    assert record.status == FINISHED and record.iteration == 12
+    assert np.abs(await cube_table(store, broken[0]) - await cube_table(store, clean[0])).max() < BATCH_TOLERANCE
 
 
-def test_a_break_after_the_last_step_resumes_from_the_last_state_before_it(engine, store):
-    job = new_job(store)
+async def test_a_break_after_the_last_step_resumes_from_the_last_state_before_it(engine, store):
+    job = await new_job(store)
     optimizer = Optimizer(engine, breaks=1, after=7)  # accepted, 6 reports (the last at step 12), then the break
-    run(store, job, optimizer)
-    assert optimizer.calls == [None, 10] and store.get(job[0]).status == FINISHED
+    await run(store, job, optimizer)
+    assert optimizer.calls == [None, 10] and (await store.get(job[0])).status == FINISHED
 
 
-def test_a_job_a_replica_failed_for_its_own_reasons_is_sent_again(engine, store):
-    job = new_job(store)
+async def test_a_job_a_replica_failed_for_its_own_reasons_is_sent_again(engine, store):
+    job = await new_job(store)
     optimizer = Optimizer(engine, breaks=1, after=3, replica_fails=True)
-    run(store, job, optimizer)
-    assert optimizer.calls == [None, 4] and store.get(job[0]).status == FINISHED
+    await run(store, job, optimizer)
+    assert optimizer.calls == [None, 4] and (await store.get(job[0])).status == FINISHED
 
 
-def test_without_states_a_lost_job_starts_over_with_its_seed(engine, store):
-    clean = new_job(store)
-    run(store, clean, Optimizer(engine))
-    again = new_job(store)
+async def test_without_states_a_lost_job_starts_over_with_its_seed(engine, store):
+    clean = await new_job(store)
+    await run(store, clean, Optimizer(engine))
+    again = await new_job(store)
     optimizer = Optimizer(engine, breaks=1, after=3)
-    run(store, again, optimizer, policy=Resilience(**{**FAST.__dict__, "checkpoint_s": None}))
+    await run(store, again, optimizer, policy=Resilience(**{**FAST.__dict__, "checkpoint_s": None}))
     assert optimizer.calls == [None, None]
-    assert np.abs(cube_table(store, again[0]) - cube_table(store, clean[0])).max() < BATCH_TOLERANCE
+    assert np.abs(await cube_table(store, again[0]) - await cube_table(store, clean[0])).max() < BATCH_TOLERANCE
 
 
-def test_attempts_are_bounded_and_the_reason_says_so(engine, store):
-    job = new_job(store)
+async def test_attempts_are_bounded_and_the_reason_says_so(engine, store):
+    job = await new_job(store)
     with pytest.raises(JobEnded):
-        run(store, job, Optimizer(engine, breaks=10, after=2))
-    record = store.get(job[0])
+        await run(store, job, Optimizer(engine, breaks=10, after=2))
+    record = await store.get(job[0])
     assert record.status == FAILED and "lost 3 times" in record.error and "ConnectionResetError" in record.error
-    wait(lambda: engine.running == 0, timeout=5)  # nothing left running on the replica
+    await until(lambda: engine.running == 0, timeout=5)  # nothing left running on the replica
 
 
-def test_a_job_waits_for_room_in_a_full_batch(engine, store):
-    first, second = new_job(store, steps=60), new_job(store, steps=6)
+async def test_a_job_waits_for_room_in_a_full_batch(engine, store):
+    first, second = await new_job(store, steps=60), await new_job(store, steps=6)
     optimizer = Optimizer(engine)
     seen = []
 
     async def watch():
-        while store.get(second[0]).status == QUEUED:
+        while (await store.get(second[0])).status == QUEUED:
             seen.append(optimizer.tries)
             await asyncio.sleep(0.005)
 
-    async def both():
-        await asyncio.gather(
-            drive(store, first[0], first[1], first[2], optimizer.optimize, SETTINGS, asyncio.Event(), FAST),
-            drive(store, second[0], second[1], second[2], optimizer.optimize, SETTINGS, asyncio.Event(), FAST),
-            watch())
-
-    asyncio.run(both())
+    running = asyncio.create_task(drive(store, *first, optimizer.optimize, SETTINGS, asyncio.Event(), FAST))
+    await until(lambda: store.get(first[0]), lambda r: r.status == RUNNING)
+    await asyncio.gather(running, drive(store, *second, optimizer.optimize, SETTINGS, asyncio.Event(), FAST), watch())
     assert max(seen) >= 3  # the second job was refused (capacity 1) and sent again, queued meanwhile, not failed
     assert optimizer.calls == [None, None] and optimizer.tries > 2
-    assert store.get(first[0]).status == store.get(second[0]).status == FINISHED
+    assert (await store.get(first[0])).status == (await store.get(second[0])).status == FINISHED
 
 
 @pytest.mark.parametrize("error,busy", [
@@ -172,29 +171,96 @@ def test_busy_means_not_now_rather_than_never(error, busy):
     assert _busy(error) is busy
 
 
-def test_a_job_the_optimizer_cannot_run_fails_at_once(engine, store):
-    job_id, decoded, opts = new_job(store)
-    store.create("junk", opts.as_dict(), PHOTO, b"not a PNG")
+async def test_a_job_the_optimizer_cannot_run_fails_at_once(engine, store):
+    job_id, decoded, opts = await new_job(store)
+    await store.create("junk", opts.as_dict(), PHOTO, b"not a PNG", owner="api-a")
     optimizer = Optimizer(engine)
     with pytest.raises(JobEnded):
-        run(store, ("junk", decoded, opts), optimizer)
-    assert store.get("junk").status == FAILED and "cannot be run" in store.get("junk").error
+        await run(store, ("junk", decoded, opts), optimizer)
+    record = await store.get("junk")
+    assert record.status == FAILED and "cannot be run" in record.error
     assert optimizer.tries == 1  # not sent again: it would fail the same way
 
 
-def test_a_cancel_from_the_store_stops_the_job_on_the_optimizer(engine, store):
-    job = new_job(store, steps=100_000)
-    drivers = Drivers(store, Optimizer(engine).optimize, SETTINGS, poll_s=0.02)
+def replica(store, engine, settings=SETTINGS, instance="api-a", **faults) -> Drivers:
+    """An API replica's drivers, sending jobs to the optimizer in-process, its loops quick."""
+    return Drivers(store, Optimizer(engine, **faults).optimize, settings, instance=instance, poll_s=0.02,
+                   lease_s=0.05)
 
-    async def scenario():
-        watcher = asyncio.create_task(drivers.watch_cancels())
-        running = asyncio.create_task(drivers.run(*job))
-        await asyncio.to_thread(wait, lambda: store.get(job[0]).iteration > 0)
-        store.request_cancel(job[0])  # as any API replica would
-        with pytest.raises(JobEnded):
-            await running
-        watcher.cancel()
 
-    asyncio.run(scenario())
-    assert store.get(job[0]).status == CANCELLED
-    wait(lambda: engine.running == 0, timeout=5)
+async def test_a_cancel_from_the_store_stops_the_job_on_the_optimizer(engine, store):
+    job = await new_job(store, steps=100_000)
+    drivers = replica(store, engine)
+    watcher = asyncio.create_task(drivers.watch())
+    running = asyncio.create_task(drivers.run(*job))
+    await until(lambda: store.get(job[0]), lambda r: r.iteration > 0)
+    await store.request_cancel(job[0])  # as any API replica would
+    with pytest.raises(JobEnded):
+        await running
+    watcher.cancel()
+    assert (await store.get(job[0])).status == CANCELLED
+    await until(lambda: engine.running == 0, timeout=5)
+
+
+async def test_a_job_whose_replica_died_is_taken_over_and_resumes_from_its_checkpoint(guide, store):
+    clean = await new_job(store, steps=40)
+    engine = Engine(guide, capacity=2)
+    await run(store, clean, Optimizer(engine))
+    job_id, decoded, opts = await new_job(store, steps=40, owner="api-a")
+    dying = replica(store, engine, instance="api-a")
+    driving = asyncio.create_task(dying.run(job_id, decoded, opts))
+    await until(lambda: store.checkpoint(job_id))
+    driving.cancel()  # the process is gone: no more writes, no more lease renewals, its stream closed
+    with pytest.raises(asyncio.CancelledError):
+        await driving
+    stopped_at = (await store.get(job_id)).iteration
+    survivor = Drivers(store, (optimizer := Optimizer(engine)).optimize,
+                       dataclasses.replace(SETTINGS, watchdog_s=0.3), instance="api-b", poll_s=0.02, lease_s=0.05)
+    watcher = asyncio.create_task(survivor.watch())
+    record = await until(lambda: store.get(job_id), lambda r: r.done, timeout=60)
+    watcher.cancel()
+    engine.stop()
+    assert record.status == FINISHED and (record.owner, record.drivers) == (None, 2)
+    assert optimizer.calls and 0 < optimizer.calls[0] <= stopped_at  # resumed, not started over
+    assert np.abs(await cube_table(store, job_id) - await cube_table(store, clean[0])).max() < BATCH_TOLERANCE
+
+
+async def test_a_replica_shutting_down_hands_its_jobs_on_at_once(engine, store):
+    job = await new_job(store, steps=30, owner="api-a")
+    leaving = replica(store, engine, instance="api-a")
+    driving = asyncio.create_task(leaving.run(*job))
+    await until(lambda: store.get(job[0]), lambda r: r.iteration > 0)
+    await leaving.shutdown()
+    with pytest.raises(HandedOver):
+        await driving
+    assert (await store.get(job[0])).status == RUNNING  # nothing written by the leaving replica
+    staying = replica(store, engine, settings=dataclasses.replace(SETTINGS, watchdog_s=3600), instance="api-b")
+    watcher = asyncio.create_task(staying.watch())
+    record = await until(lambda: store.get(job[0]), lambda r: r.done, timeout=60)
+    watcher.cancel()
+    assert record.status == FINISHED and record.drivers == 2
+
+
+async def test_a_replica_that_lost_its_lease_stops_writing_and_reports_the_end_from_the_store(engine, store):
+    job = await new_job(store, steps=400, owner="api-a")
+    slow = Drivers(store, Optimizer(engine).optimize, SETTINGS, instance="api-a", lease_s=3600)
+    driving = asyncio.create_task(slow.run(*job))
+    await until(lambda: store.get(job[0]), lambda r: r.iteration > 0)
+    await asyncio.sleep(0.3)
+    assert await store.take_over("api-b", idle_s=0.2, limit=1) == [(job[0], 2)]  # it seemed dead to the others
+    await slow._leases()  # its next renewal finds the lease gone: it stops without a write
+    await until(lambda: engine.running == 0, timeout=5)
+    other = replica(store, engine, instance="api-b")
+    await other.run_stored(job[0])
+    result = await driving  # the first caller still gets the job's result, from the store
+    assert result["model"] == "tiny" and (await store.get(job[0])).status == FINISHED
+
+
+async def test_a_job_that_outlived_too_many_replicas_fails_as_interrupted(engine, store):
+    job_id, _, _ = await new_job(store, owner="api-gone")
+    await asyncio.sleep(0.2)
+    drivers = replica(store, engine, settings=dataclasses.replace(SETTINGS, watchdog_s=0.1, takeovers=0),
+                      instance="api-b")
+    await drivers._leases()
+    record = await until(lambda: store.get(job_id), lambda r: r.done, timeout=10)
+    assert record.status == FAILED and "interrupted: 1 API process" in record.error

@@ -1,16 +1,19 @@
 """The ASGI middlewares of the API service, each on a small Starlette app."""
 
+import asyncio
 import uuid
 
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from clipdlut.http import Answered, ApiKey, BodyLimit, ReadyReason, TaskGate
 from clipdlut.jobs import InputError, QueueFull
-from clipdlut.store import FINISHED, SqliteJobStore
+from clipdlut.store import FINISHED
+from clipdlut.store_sqlite import SqliteJobStore
 
 pytestmark = pytest.mark.unit
 
@@ -84,9 +87,9 @@ def test_ready_reason_answers_from_the_kept_state():
     assert c.get("/other").text == "app:/other"
 
 
-def test_task_gate_answers_from_the_store(tmp_path):
+def test_task_gate_records_a_job_before_its_id_is_known_and_answers_from_the_store(tmp_path):
     store = SqliteJobStore(tmp_path / "jobs.db")
-    seen = []
+    seen, known = [], []
 
     async def validate(request):
         body = await request.json()
@@ -96,10 +99,33 @@ def test_task_gate_answers_from_the_store(tmp_path):
         if not body.get("ok"):
             raise InputError("target_prompt: field required")
 
-    gate = (TaskGate, {"route": "/v1/retouch", "store": lambda: store, "validate": validate,
-                       "result": lambda task_id: {"task_id": task_id, "cube": "LUT"}})
-    c = TestClient(app(gate))
-    assert c.post("/v1/retouch/submit", json={"ok": True}).text == "app:/v1/retouch/submit"
+        async def accept(task_id):
+            if body.get("full_by_now"):  # another replica took the last place meanwhile
+                raise QueueFull(2, 9)
+            await store.create(task_id, {"steps": 1}, b"s", b"w", owner="api")
+
+        return accept
+
+    async def bentoml_submit(request):  # BentoML answers the task id, then starts the task
+        task_id = uuid.uuid4().hex
+        known.append(await store.get(task_id))  # (what the task would find when it starts)
+        return JSONResponse({"task_id": task_id, "status": "in_progress"}, background=BackgroundTask(
+            lambda: known.append(task_id)))
+
+    async def bentoml_other(request):
+        return PlainTextResponse("app:" + request.url.path)
+
+    inner = Starlette(routes=[Route("/v1/retouch/submit", bentoml_submit, methods=["POST"]),
+                              Route("/{path:path}", bentoml_other, methods=["GET", "POST", "PUT"])])
+    inner.add_middleware(TaskGate, route="/v1/retouch", store=lambda: store, validate=validate,
+                         result=lambda task_id: _async({"task_id": task_id, "cube": "LUT"}))
+    c = TestClient(inner)
+    r = c.post("/v1/retouch/submit", json={"ok": True})
+    t1 = r.json()["task_id"]
+    assert r.status_code == 200 and known == [None, t1]  # recorded after BentoML made the id, before the answer
+    assert asyncio.run(store.get(t1)).status == "queued"
+    r = c.post("/v1/retouch/submit", json={"ok": True, "full_by_now": True})
+    assert r.status_code == 429 and r.headers["retry-after"] == "9" and "limit" in r.json()["error"]
     r = c.post("/v1/retouch/submit", json={})
     assert r.status_code == 400 and r.json() == {"error": "target_prompt: field required"}
     r = c.post("/v1/retouch/submit", json={"full": True})
@@ -107,22 +133,25 @@ def test_task_gate_answers_from_the_store(tmp_path):
     assert c.post("/v1/retouch/submit", content=b"{nope").status_code == 400
     r = c.put("/v1/retouch/cancel", params={"task_id": "nope"})
     assert r.status_code == 400 and "not a task id" in r.json()["error"]
-    assert c.put("/v1/retouch/cancel", params={"task_id": uuid.uuid4().hex}).status_code == 404
-    unknown = uuid.uuid4().hex
-    assert c.get("/v1/retouch/status", params={"task_id": unknown}).text == "app:/v1/retouch/status"
+    for action, method in (("cancel", c.put), ("status", c.get), ("get", c.get)):
+        r = method(f"/v1/retouch/{action}", params={"task_id": uuid.uuid4().hex})
+        assert r.status_code == 404 and "no task with id" in r.json()["error"]
 
-    t1, t2 = uuid.uuid4().hex, uuid.uuid4().hex
-    store.create(t1, {"steps": 1}, b"", b"")
     assert c.get("/v1/retouch/status", params={"task_id": t1}).json()["status"] == "in_progress"
     assert c.get("/v1/retouch/get", params={"task_id": t1}).status_code == 400
     assert c.put("/v1/retouch/cancel", params={"task_id": t1}).json()["status"] == "canceled"
-    assert store.get(t1).cancel_requested
-    store.finish(t1, {}, {})
+    assert asyncio.run(store.get(t1)).cancel_requested
+    asyncio.run(store.finish(t1, {}, {}))
     status = c.get("/v1/retouch/status", params={"task_id": t1}).json()
     assert status["status"] == "completed" and status["executed_at"]
     assert c.get("/v1/retouch/get", params={"task_id": t1}).json() == {"task_id": t1, "cube": "LUT"}
-    store.create(t2, {"steps": 1}, b"", b"")
-    store.set_status(t2, "failed", "interrupted: restart")
+    t2 = uuid.uuid4().hex
+    asyncio.run(store.create(t2, {"steps": 1}, b"", b"", owner="api"))
+    asyncio.run(store.set_status(t2, "failed", "interrupted: restart"))
     r = c.get("/v1/retouch/get", params={"task_id": t2})
     assert r.status_code == 409 and "interrupted: restart" in r.json()["error"]
-    assert store.get(t1).status == FINISHED
+    assert asyncio.run(store.get(t1)).status == FINISHED
+
+
+async def _async(value):
+    return value

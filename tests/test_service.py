@@ -143,7 +143,8 @@ def test_a_plain_post_whose_job_is_cancelled_gets_409_with_the_reason(client, se
     """POST /v1/retouch (not submitted as a task) waits for its job; cancelled, it answers 409, not 500."""
     import threading
 
-    from clipdlut.store import RUNNING, SqliteJobStore
+    from clipdlut.store import RUNNING
+    from clipdlut.store_sqlite import SqliteJobStore
 
     store = SqliteJobStore(service.S.store)
     answers = []

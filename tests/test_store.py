@@ -1,156 +1,156 @@
-import threading
-import uuid
+"""The job store contract (clipdlut/store.py), one suite run on every implementation: SQLite and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
 
 import pytest
 
-from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SqliteJobStore
+from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore, open_store
+from tests.live import RedisServer, redis_missing
 
 pytestmark = pytest.mark.unit
+KINDS = ["sqlite", "redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    if reason := redis_missing():
+        pytest.skip(reason)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture
-def store(tmp_path):
-    return SqliteJobStore(tmp_path / "jobs.db")
+def location(request, tmp_path):
+    """Where a fresh, empty store of each kind lives."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    redis.Redis.from_url(url).flushall()
+    return url
 
 
-def test_lifecycle(store):
-    store.create("j1", {"steps": 10, "target_prompt": "x"}, b"src", b"work")
-    r = store.get("j1")
-    assert r.status == QUEUED and r.total == 10 and r.options["target_prompt"] == "x" and not r.done
-    assert store.input("j1") == (b"src", b"work")
-    store.progress("j1", 5, 10, 0.5, {"directional": 0.4}, b"png")
-    r = store.get("j1")
+@pytest.fixture
+async def store(location):
+    s = open_store(location)
+    yield s
+    await s.close()
+
+
+def stores(location: str, n: int, retention_s: float = 86_400.0) -> list[JobStore]:
+    """``n`` clients of one store, each with connections of its own (as separate replicas have)."""
+    return [open_store(location, retention_s) for _ in range(n)]
+
+
+pytestmark = [pytestmark, pytest.mark.parametrize("location", KINDS, indirect=True)]
+
+
+async def test_a_job_from_start_to_finish(store):
+    assert await store.create("j1", {"steps": 10, "target_prompt": "x"}, b"src", b"work", owner="api-a")
+    r = await store.get("j1")
+    assert (r.status, r.total, r.options["target_prompt"], r.owner, r.drivers, r.done) == (QUEUED, 10, "x",
+                                                                                             "api-a", 1, False)
+    assert await store.input("j1") == (b"src", b"work")
+    await store.progress("j1", 5, 10, 0.5, {"directional": 0.4}, b"png", b"state5")
+    r = await store.get("j1")
     assert (r.status, r.iteration, r.loss, r.terms) == (RUNNING, 5, 0.5, {"directional": 0.4})
-    assert store.preview("j1") == b"png"
-    store.progress("j1", 6, 10, 0.4, {}, None)
-    assert store.preview("j1") == b"png"  # a report without a preview keeps the last one
-    store.finish("j1", {"model": "tiny"}, {"cube": b"TITLE", "image": b"img"})
-    r = store.get("j1")
-    assert r.status == FINISHED and r.result == {"model": "tiny"} and r.done
-    assert store.file("j1", "cube") == b"TITLE" and store.file("j1", "nope") is None
-    assert store.get("missing") is None and store.input("missing") is None
+    assert await store.preview("j1") == b"png" and await store.checkpoint("j1") == b"state5"
+    await store.progress("j1", 6, 10, 0.4, {}, None, None)
+    assert await store.preview("j1") == b"png" and await store.checkpoint("j1") == b"state5"  # the last kept
+    assert await store.finish("j1", {"model": "tiny"}, {"cube": b"TITLE", "image": b"img"})
+    r = await store.get("j1")
+    assert r.status == FINISHED and r.result == {"model": "tiny"} and r.done and r.owner is None
+    assert await store.file("j1", "cube") == b"TITLE" and await store.file("j1", "nope") is None
+    assert await store.preview("j1") == b"png"
+    # an ended job lets go of what only a running job needs
+    assert await store.input("j1") is None and await store.checkpoint("j1") is None
+    assert await store.get("missing") is None and await store.input("missing") is None
+    assert await store.file("missing", "cube") is None and await store.preview("missing") is None
 
 
-def test_cancel_flags_and_terminal_states_are_final(store):
-    store.create("a", {"steps": 1}, b"", b"")
-    store.create("b", {"steps": 1}, b"", b"")
-    assert store.request_cancel("a")
-    assert store.cancel_requested(["a", "b", "zzz"]) == {"a"}
-    store.set_status("a", CANCELLED)
-    store.set_status("a", RUNNING)  # a late writer cannot revive it
-    assert store.get("a").status == CANCELLED
-    assert not store.request_cancel("a")
-    store.set_status("b", FAILED, "boom")
-    assert store.get("b").error == "boom" and store.count((FAILED, CANCELLED)) == 2
+async def test_cancel_flags_and_ended_jobs_never_change(store):
+    for job in "abc":
+        await store.create(job, {"steps": 1}, b"s", b"w", owner="api-a")
+    assert await store.request_cancel("a")
+    assert await store.cancel_requested(["a", "b", "zzz"]) == {"a"} and await store.cancel_requested([]) == set()
+    assert await store.set_status("a", CANCELLED, "cancelled by the user")
+    assert not await store.set_status("a", RUNNING)  # a late writer cannot revive it
+    await store.progress("a", 1, 1, 0.1, {})
+    assert not await store.finish("a", {}, {"cube": b"late"})
+    r = await store.get("a")
+    assert (r.status, r.iteration, r.error) == (CANCELLED, 0, "cancelled by the user")
+    assert await store.file("a", "cube") is None and not await store.request_cancel("a")
+    assert await store.set_status("b", FAILED, "boom")
+    assert (await store.get("b")).error == "boom"
+    assert await store.set_status("c", RUNNING) and (await store.get("c")).status == RUNNING
+    assert await store.open_jobs() == 1
 
 
-def test_concurrent_writers_across_connections(tmp_path):
-    """Threads with their own connections (as separate processes have) lose no update."""
-    path = tmp_path / "jobs.db"
-    stores = [SqliteJobStore(path) for _ in range(8)]
-    errors = []
-
-    def work(i, s):
-        try:
-            for k in range(25):
-                jid = f"{i}-{k}"
-                s.create(jid, {"steps": 3}, b"x", b"y")
-                s.progress(jid, 1, 3, 0.1, {})
-                s.finish(jid, {"k": k}, {"cube": b"c"})
-        except Exception as e:  # pragma: no cover - the assertion below reports it
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(stores)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert stores[0].count((FINISHED,)) == 200
+async def test_admission_never_overshoots_with_fifty_concurrent_clients(location):
+    clients = stores(location, 50)
+    created = await asyncio.gather(*(c.create(f"job{i}", {"steps": 1}, b"s" * 1000, b"w", owner=f"api-{i % 3}",
+                                              max_open=20) for i, c in enumerate(clients)))
+    assert sum(created) == 20 and await clients[0].open_jobs() == 20
+    refused = [i for i, ok in enumerate(created) if not ok]
+    assert await clients[0].get(f"job{refused[0]}") is None
+    first = next(i for i, ok in enumerate(created) if ok)
+    await clients[1].finish(f"job{first}", {}, {})
+    assert await clients[2].create("one-more", {"steps": 1}, b"s", b"w", owner="api-0", max_open=20)
+    assert not await clients[2].create("too-many", {"steps": 1}, b"s", b"w", owner="api-0", max_open=20)
+    await asyncio.gather(*(c.close() for c in clients))
 
 
-def test_open_job_limit_is_atomic(store):
-    assert store.create("a", {"steps": 1}, b"", b"", max_open=2)
-    assert store.create("b", {"steps": 1}, b"", b"", max_open=2)
-    assert not store.create("c", {"steps": 1}, b"", b"", max_open=2)
-    assert store.get("c") is None
-    store.set_status("a", FINISHED)
-    assert store.create("c", {"steps": 1}, b"", b"", max_open=2)
+async def test_a_lease_is_renewed_by_its_owner_and_taken_over_when_it_is_not(store):
+    await store.create("j", {"steps": 1}, b"s", b"w", owner="api-a")
+    assert await store.renew("api-a", ["j", "missing"]) == {"j"}
+    assert await store.renew("api-b", ["j"]) == set()  # not its lease
+    assert await store.take_over("api-b", idle_s=60, limit=10) == []  # renewed just now
+    await asyncio.sleep(0.3)
+    assert await store.take_over("api-b", idle_s=0.2, limit=10) == [("j", 2)]
+    assert await store.renew("api-a", ["j"]) == set()  # the old driver learns it lost the job
+    assert await store.renew("api-b", ["j"]) == {"j"} and (await store.get("j")).owner == "api-b"
+    assert await store.take_over("api-c", idle_s=0.2, limit=10) == []
+    assert await store.release("api-b") == 1  # a clean shutdown: no need to wait out the lease
+    assert await store.take_over("api-c", idle_s=60, limit=10) == [("j", 3)]
+    r = await store.get("j")
+    assert (r.owner, r.drivers) == ("api-c", 3)
+    await store.finish("j", {}, {})
+    assert await store.renew("api-c", ["j"]) == set()  # an ended job has no lease
+    await asyncio.sleep(0.3)
+    assert await store.take_over("api-d", idle_s=0.1, limit=10) == []
 
 
-def test_orphans_of_stopped_instances_fail_with_a_reason(store):
-    store.beat("api-live", "api", 1)
-    store.beat("api-other", "api", 2)
-    store.create("mine", {"steps": 1}, b"", b"", owner="api-live")
-    store.create("lost-api", {"steps": 1}, b"", b"", owner="api-gone")
-    store.create("done", {"steps": 1}, b"", b"", owner="api-gone")
-    store.set_status("done", FINISHED)
-    assert store.fail_orphans(stale_after_s=60) == ["lost-api"]
-    assert store.get("mine").status == QUEUED and store.get("done").status == FINISHED
-    assert "interrupted" in store.get("lost-api").error and "api process" in store.get("lost-api").error
-    store.retire("api-live")
-    assert store.fail_orphans(stale_after_s=60) == ["mine"]
-    assert [w["instance"] for w in store.workers()] == ["api-other"]
+async def test_each_stale_job_is_taken_over_by_exactly_one_replica(location):
+    clients = stores(location, 8)
+    for i in range(30):
+        await clients[0].create(f"j{i}", {"steps": 1}, b"s", b"w", owner="api-dead")
+    await clients[0].set_status("j0", FINISHED)
+    await asyncio.sleep(0.3)
+    taken = await asyncio.gather(*(c.take_over(f"api-{k}", idle_s=0.2, limit=5) for k, c in enumerate(clients)))
+    ids = [job for batch in taken for job, _ in batch]
+    assert sorted(ids) == sorted(f"j{i}" for i in range(1, 30)) and all(n == 2 for b in taken for _, n in b)
+    assert all(len(batch) <= 5 for batch in taken)
+    for k, batch in enumerate(taken):
+        assert await clients[k].renew(f"api-{k}", [job for job, _ in batch]) == {job for job, _ in batch}
+    await asyncio.gather(*(c.close() for c in clients))
 
 
-def test_purge_deletes_expired_jobs_and_gives_the_space_back(store):
-    blob = bytes(range(256)) * 4096  # 1 MiB
-    for i in range(20):
-        store.create(f"old{i}", {"steps": 1}, blob, blob)
-        store.finish(f"old{i}", {}, {"image": blob})
-    store.create("open", {"steps": 1}, b"", b"")
-    store.create("recent", {"steps": 1}, b"", b"")
-    store.set_status("recent", FAILED, "x")
-    size = store.path.stat().st_size
-    store._exec("PRAGMA wal_checkpoint(TRUNCATE)")
-    assert store.purge(ended_before=store.get("recent").updated - 0.001) == 20
-    store._exec("PRAGMA wal_checkpoint(TRUNCATE)")
-    assert store.get("old3") is None and store.file("old3", "image") is None
-    assert store.get("open") is not None and store.get("recent") is not None
-    assert store.path.stat().st_size < size / 4
-
-
-def _client(path: str, n: int, out) -> None:
-    """One client process: submit, poll and update its own jobs, as the services do."""
-    try:
-        store = SqliteJobStore(path)
-        name = uuid.uuid4().hex
-        for k in range(n):
-            jid = f"{name}-{k}"
-            store.create(jid, {"steps": 2}, b"x" * 1000, b"y")
-            store.progress(jid, 1, 2, 0.5, {"a": 1.0}, b"p")
-            assert store.get(jid).iteration == 1
-            store.request_cancel(jid) if k % 3 == 0 else store.finish(jid, {"k": k}, {"cube": b"c"})
-            store.count((QUEUED, RUNNING))
-        out.put(None)
-    except Exception as e:  # reported by the parent
-        out.put(repr(e))
-
-
-def test_fifty_concurrent_clients_across_processes(tmp_path):
-    """5 processes x 10 threads: no 'database is locked', no lost update."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    path = str(tmp_path / "jobs.db")
-    SqliteJobStore(path)
-    procs = [ctx.Process(target=_threads, args=(path, out)) for _ in range(5)]
-    for p in procs:
-        p.start()
-    errors = [out.get(timeout=120) for _ in range(50)]
-    for p in procs:
-        p.join(timeout=60)
-    assert errors == [None] * 50
-    store = SqliteJobStore(path)
-    assert store.count((FINISHED,)) + store.count((QUEUED, RUNNING)) == 50 * 12
-    assert store.count((FINISHED,)) == 50 * 8  # k = 1, 2, 4, 5, 7, 8, 10, 11 of 0..11
-    assert len(store.cancel_requested([r[0] for r in store._exec("SELECT id FROM jobs")])) == 50 * 4
-
-
-def _threads(path: str, out) -> None:
-    threads = [threading.Thread(target=_client, args=(path, 12, out)) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+async def test_ended_jobs_and_their_files_go_after_the_retention_time(location):
+    (store,) = stores(location, 1, retention_s=1)
+    for job in ("old", "cancelled", "open"):
+        await store.create(job, {"steps": 1}, b"s", b"w", owner="api-a")
+    await store.finish("old", {"k": 1}, {"cube": b"c", "image": b"i"})
+    await store.set_status("cancelled", CANCELLED)
+    await store.purge()
+    assert (await store.get("old")).status == FINISHED  # not yet
+    time.sleep(2.1)
+    await store.purge()
+    assert await store.get("old") is None and await store.file("old", "cube") is None
+    assert await store.get("cancelled") is None and await store.preview("old") is None
+    assert (await store.get("open")).status == QUEUED and await store.input("open") == (b"s", b"w")
+    await store.close()

@@ -1,0 +1,271 @@
+""":class:`~clipdlut.store.JobStore` on a Redis server, shared by API replicas on several hosts.
+
+Keys (``clipdlut:`` by default), in structures a Redis operator recognises:
+
+- ``clipdlut:job:<id>``: a hash of the job's small fields (status, progress, options, result summary, owner);
+- ``clipdlut:data:<id>``: a hash of its bytes (``source``, ``working``, ``checkpoint`` while open; ``preview``;
+  ``file:cube`` and ``file:image`` once finished);
+- ``clipdlut:open``: a sorted set of the open jobs by creation time (admission counts it);
+- ``clipdlut:drive``: a stream with one entry per open job and the consumer group ``drivers``, in which each
+  API replica is a consumer. The replica that accepts a job holds its entry as pending; renewing the lease
+  re-claims the entry (resetting its idle time); a live replica takes over entries idle past the watchdog
+  bound with ``XAUTOCLAIM``, whose delivery count is the job's count of drivers. This is the at-least-once
+  pattern of Celery's late acknowledgements, with Redis keeping the books.
+
+Every write that reads before it writes is one Lua script, so it is atomic; an ended job's keys expire after
+the retention time (Redis deletes them; :meth:`RedisJobStore.purge` has nothing to do). Needs a standalone
+Redis (or Sentinel) of version 6.2 or later; the scripts touch keys they compute, which Redis Cluster forbids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from clipdlut.store import JobRecord
+
+GROUP = b"drivers"
+_RELEASED_IDLE_MS = 10**10  # the idle time a released lease is given: older than any watchdog bound
+_STATUS_OPEN = "local open = {queued = true, running = true}\n"
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('job ' .. ARGV[1] .. ' exists') end
+local max = tonumber(ARGV[2])
+if max >= 0 and redis.call('ZCARD', KEYS[1]) >= max then return 0 end
+redis.pcall('XGROUP', 'CREATE', KEYS[4], ARGV[9], '$', 'MKSTREAM')  -- (an error when it exists)
+local entry = redis.call('XADD', KEYS[4], '*', 'job', ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'queued', 'created', ARGV[3], 'updated', ARGV[3], 'iteration', 0,
+           'total', ARGV[5], 'terms', '{}', 'cancel', 0, 'options', ARGV[4], 'owner', ARGV[8], 'drivers', 1,
+           'entry', entry)
+redis.call('HSET', KEYS[3], 'source', ARGV[6], 'working', ARGV[7])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+-- the accepting replica holds the entry as pending, as if it had read it (no other replica ever reads it new)
+redis.call('XCLAIM', KEYS[4], ARGV[9], ARGV[8], 0, entry, 'FORCE', 'JUSTID')
+return 1
+"""
+
+# KEYS: job, data, open, stream. ARGV: id, status, error, now, retention_s, group, result, files...
+_SET_STATUS = _STATUS_OPEN + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not open[status] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated', ARGV[4])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+if open[ARGV[2]] then return 1 end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], 'file:' .. ARGV[i], ARGV[i + 1]) end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then
+  redis.call('XACK', KEYS[4], ARGV[6], entry)
+  redis.call('XDEL', KEYS[4], entry)
+end
+redis.call('HDEL', KEYS[1], 'owner', 'entry')
+redis.call('HDEL', KEYS[2], 'source', 'working', 'checkpoint')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+# KEYS: job, data. ARGV: iteration, total, loss, terms, now, preview, checkpoint
+_PROGRESS = _STATUS_OPEN + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not open[status] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'iteration', ARGV[1], 'total', ARGV[2], 'loss', ARGV[3],
+           'terms', ARGV[4], 'updated', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'preview', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'checkpoint', ARGV[7]) end
+return 1
+"""
+
+# KEYS: job. ARGV: now
+_CANCEL = _STATUS_OPEN + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not open[status] then return 0 end
+redis.call('HSET', KEYS[1], 'cancel', 1, 'updated', ARGV[1])
+return 1
+"""
+
+# KEYS: stream. ARGV: group, owner, prefix, idle_ms (for a release; '' to renew), ids...
+_RENEW = """
+local held = {}
+for i = 5, #ARGV do
+  local entry = redis.call('HGET', ARGV[3] .. 'job:' .. ARGV[i], 'entry')
+  if entry then
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1)
+    if pending[1] and pending[1][2] == ARGV[2] then
+      if ARGV[4] == '' then
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'JUSTID')
+      else
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'IDLE', ARGV[4], 'JUSTID')
+      end
+      table.insert(held, ARGV[i])
+    end
+  end
+end
+return held
+"""
+
+# KEYS: stream. ARGV: group, owner, idle_ms, limit, prefix
+_TAKE_OVER = """
+local taken, cursor = {}, '0-0'
+local limit = tonumber(ARGV[4])
+repeat
+  local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', limit - #taken / 2)
+  cursor = res[1]
+  for _, e in ipairs(res[2]) do
+    local key = e[2] and (ARGV[5] .. 'job:' .. e[2][2])
+    if key and redis.call('EXISTS', key) == 1 then
+      local drivers = redis.call('HINCRBY', key, 'drivers', 1)
+      redis.call('HSET', key, 'owner', ARGV[2])
+      table.insert(taken, e[2][2])
+      table.insert(taken, drivers)
+    else  -- a job whose keys are gone: nothing to drive
+      redis.call('XACK', KEYS[1], ARGV[1], e[1])
+      redis.call('XDEL', KEYS[1], e[1])
+    end
+  end
+until cursor == '0-0' or #taken / 2 >= limit
+return taken
+"""
+
+
+def _s(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+class RedisJobStore:
+    """The job store on Redis (see :class:`~clipdlut.store.JobStore` for what each method promises)."""
+
+    def __init__(self, url: str, retention_s: float = 86_400.0, prefix: str = "clipdlut:"):
+        self.url = url
+        self.retention_s = retention_s
+        self.prefix = prefix
+        self.redis = aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+        self._open, self._stream = f"{prefix}open", f"{prefix}drive"
+        scripts = {"create": _CREATE, "set_status": _SET_STATUS, "progress": _PROGRESS, "cancel": _CANCEL,
+                   "renew": _RENEW, "take_over": _TAKE_OVER}
+        self._scripts = {name: self.redis.register_script(body) for name, body in scripts.items()}
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def _data(self, job_id: str) -> str:
+        return f"{self.prefix}data:{job_id}"
+
+    async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
+                     max_open: int | None = None) -> bool:
+        keys = [self._open, self._job(job_id), self._data(job_id), self._stream]
+        args = [job_id, -1 if max_open is None else max_open, time.time(), json.dumps(options),
+                int(options.get("steps", 0)), source, working, owner, GROUP]
+        return await self._scripts["create"](keys, args) == 1
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        h = await self.redis.hgetall(self._job(job_id))
+        if not h:
+            return None
+        return JobRecord(job_id=job_id, status=h[b"status"].decode(), created=float(h[b"created"]),
+                         updated=float(h[b"updated"]), iteration=int(h[b"iteration"]), total=int(h[b"total"]),
+                         loss=float(h[b"loss"]) if b"loss" in h else None, terms=json.loads(h[b"terms"]),
+                         error=_s(h.get(b"error")), cancel_requested=h[b"cancel"] == b"1",
+                         options=json.loads(h[b"options"]),
+                         result=json.loads(h[b"result"]) if b"result" in h else None, owner=_s(h.get(b"owner")),
+                         drivers=int(h[b"drivers"]))
+
+    async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
+        source, working = await self.redis.hmget(self._data(job_id), ["source", "working"])
+        return (source, working) if source is not None and working is not None else None
+
+    async def _end(self, job_id: str, status: str, error: str | None, result: dict | None,
+                   files: dict[str, bytes]) -> bool:
+        keys = [self._job(job_id), self._data(job_id), self._open, self._stream]
+        args: list[Any] = [job_id, status, error or "", time.time(), max(1, int(self.retention_s)), GROUP,
+                           json.dumps(result) if result is not None else ""]
+        for name, data in files.items():
+            args += [name, data]
+        return await self._scripts["set_status"](keys, args) == 1
+
+    async def set_status(self, job_id: str, status: str, error: str | None = None) -> bool:
+        return await self._end(job_id, status, error, None, {})
+
+    async def progress(self, job_id: str, iteration: int, total: int, loss: float, terms: dict[str, float],
+                       preview: bytes | None = None, checkpoint: bytes | None = None) -> None:
+        await self._scripts["progress"]([self._job(job_id), self._data(job_id)],
+                                        [iteration, total, repr(float(loss)), json.dumps(terms), time.time(),
+                                         preview or b"", checkpoint or b""])
+
+    async def preview(self, job_id: str) -> bytes | None:
+        return await self.redis.hget(self._data(job_id), "preview")
+
+    async def checkpoint(self, job_id: str) -> bytes | None:
+        return await self.redis.hget(self._data(job_id), "checkpoint")
+
+    async def request_cancel(self, job_id: str) -> bool:
+        return await self._scripts["cancel"]([self._job(job_id)], [time.time()]) == 1
+
+    async def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self._job(job_id), "cancel")
+            flags = await pipe.execute()
+        return {job_id for job_id, flag in zip(job_ids, flags) if flag == b"1"}
+
+    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+        return await self._end(job_id, "finished", None, result, files)
+
+    async def file(self, job_id: str, name: str) -> bytes | None:
+        return await self.redis.hget(self._data(job_id), f"file:{name}")
+
+    async def open_jobs(self) -> int:
+        return await self.redis.zcard(self._open)
+
+    async def _leases(self, owner: str, job_ids: list[str], idle_ms: int | None) -> set[str]:
+        if not job_ids:
+            return set()
+        held = await self._scripts["renew"]([self._stream], [GROUP, owner, self.prefix,
+                                                              "" if idle_ms is None else idle_ms, *job_ids])
+        return {h.decode() for h in held}
+
+    async def renew(self, owner: str, job_ids: list[str]) -> set[str]:
+        return await self._leases(owner, job_ids, None)
+
+    async def release(self, owner: str) -> int:
+        try:
+            pending = await self.redis.xpending_range(self._stream, GROUP, "-", "+", 10_000, consumername=owner)
+        except aioredis.ResponseError as e:
+            if "NOGROUP" in str(e):
+                return 0
+            raise
+        entries = [p["message_id"] for p in pending]
+        if not entries:
+            return 0
+        ids = [fields[b"job"].decode() for _, fields in await self._entries(entries)]
+        return len(await self._leases(owner, ids, _RELEASED_IDLE_MS))
+
+    async def _entries(self, entries: list[bytes]) -> list[tuple[bytes, dict]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.xrange(self._stream, entry, entry, count=1)
+            found = await pipe.execute()
+        return [rows[0] for rows in found if rows]
+
+    async def take_over(self, owner: str, idle_s: float, limit: int) -> list[tuple[str, int]]:
+        try:
+            taken = await self._scripts["take_over"]([self._stream], [GROUP, owner, max(0, int(idle_s * 1000)),
+                                                                       limit, self.prefix])
+        except aioredis.ResponseError as e:
+            if "NOGROUP" in str(e):  # no job was ever created here
+                return []
+            raise
+        return [(taken[i].decode(), int(taken[i + 1])) for i in range(0, len(taken), 2)]
+
+    async def purge(self) -> int:
+        """Nothing to do: an ended job's keys expire after the retention time."""
+        return 0
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,222 @@
+""":class:`~clipdlut.store.JobStore` on one SQLite file: the embedded default for a single host.
+
+WAL mode, one connection per thread, a generous busy timeout; each method is one statement or one
+``BEGIN IMMEDIATE`` transaction, so several processes on the host may share the file. Calls run on a
+worker thread so the API's event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from clipdlut.store import FINISHED, QUEUED, RUNNING, JobRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    loss REAL,
+    terms TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    cancel INTEGER NOT NULL DEFAULT 0,
+    options TEXT NOT NULL DEFAULT '{}',
+    result TEXT,
+    source BLOB,
+    working BLOB,
+    preview BLOB
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS files (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+"""
+# columns added since the first release (an existing file gets them on open)
+_ADDED = {"owner": "TEXT", "lease": "REAL", "drivers": "INTEGER NOT NULL DEFAULT 1", "checkpoint": "BLOB"}
+_RECORD = "id, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner, drivers"
+_OPEN = "status IN ('queued', 'running')"
+# what an ending job lets go of: its lease, and the inputs only a running job needs
+_LET_GO = "owner = NULL, lease = NULL, source = NULL, working = NULL, checkpoint = NULL"
+
+
+class SqliteJobStore:
+    """The job store in a SQLite file (see :class:`~clipdlut.store.JobStore` for what each method promises)."""
+
+    def __init__(self, path: str | Path, retention_s: float = 86_400.0, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_s
+        self._busy_timeout = busy_timeout_s
+        self._local = threading.local()
+        with self._conn() as c:
+            c.executescript(_SCHEMA)
+            have = {row[1] for row in c.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED.items():
+                if column not in have:
+                    c.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file: purges shrink it
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _exec(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        return self._conn().execute(sql, params)
+
+    async def _run(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    def _transaction(self, fn) -> Any:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = fn(conn)
+            conn.execute("COMMIT")
+            return value
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
+                     max_open: int | None = None) -> bool:
+        def run() -> bool:
+            now = time.time()
+            limit = -1 if max_open is None else max_open
+            cur = self._exec(
+                "INSERT INTO jobs (id, status, created, updated, total, options, source, working, owner, lease) "
+                f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? < 0 OR (SELECT COUNT(*) FROM jobs WHERE {_OPEN}) < ?",
+                (job_id, QUEUED, now, now, int(options.get("steps", 0)), json.dumps(options), source, working,
+                 owner, now, limit, limit))
+            return cur.rowcount == 1
+
+        return await self._run(run)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        row = await self._run(lambda: self._exec(f"SELECT {_RECORD} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        if row is None:
+            return None
+        (jid, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner,
+         drivers) = row
+        return JobRecord(jid, status, created, updated, iteration, total, loss, json.loads(terms), error,
+                         bool(cancel), json.loads(options), json.loads(result) if result else None, owner, drivers)
+
+    async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
+        row = await self._run(lambda: self._exec(f"SELECT source, working FROM jobs WHERE id = ? AND {_OPEN}",
+                                                 (job_id,)).fetchone())
+        return (row[0], row[1]) if row and row[0] is not None else None
+
+    async def set_status(self, job_id: str, status: str, error: str | None = None) -> bool:
+        let_go = "" if status in (QUEUED, RUNNING) else ", " + _LET_GO
+        cur = await self._run(self._exec, f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated = ?"
+                              f"{let_go} WHERE id = ? AND {_OPEN}", (status, error, time.time(), job_id))
+        return cur.rowcount > 0
+
+    async def progress(self, job_id: str, iteration: int, total: int, loss: float, terms: dict[str, float],
+                       preview: bytes | None = None, checkpoint: bytes | None = None) -> None:
+        await self._run(self._exec,
+                        "UPDATE jobs SET iteration = ?, total = ?, loss = ?, terms = ?, "
+                        "preview = COALESCE(?, preview), checkpoint = COALESCE(?, checkpoint), status = 'running', "
+                        f"updated = ? WHERE id = ? AND {_OPEN}",
+                        (iteration, total, loss, json.dumps(terms), preview, checkpoint, time.time(), job_id))
+
+    async def preview(self, job_id: str) -> bytes | None:
+        row = await self._run(lambda: self._exec("SELECT preview FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return row[0] if row else None
+
+    async def checkpoint(self, job_id: str) -> bytes | None:
+        row = await self._run(lambda: self._exec(f"SELECT checkpoint FROM jobs WHERE id = ? AND {_OPEN}",
+                                                 (job_id,)).fetchone())
+        return row[0] if row else None
+
+    async def request_cancel(self, job_id: str) -> bool:
+        cur = await self._run(self._exec, f"UPDATE jobs SET cancel = 1, updated = ? WHERE id = ? AND {_OPEN}",
+                              (time.time(), job_id))
+        return cur.rowcount > 0
+
+    async def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        rows = await self._run(lambda: self._exec(f"SELECT id FROM jobs WHERE cancel = 1 AND id IN ({marks})",
+                                                  tuple(job_ids)).fetchall())
+        return {r[0] for r in rows}
+
+    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(f"UPDATE jobs SET status = ?, result = ?, updated = ?, {_LET_GO} "
+                               f"WHERE id = ? AND {_OPEN}", (FINISHED, json.dumps(result), time.time(), job_id))
+            if cur.rowcount == 0:
+                return False
+            conn.executemany("INSERT OR REPLACE INTO files (job_id, name, data) VALUES (?, ?, ?)",
+                             [(job_id, name, data) for name, data in files.items()])
+            return True
+
+        return await self._run(self._transaction, run)
+
+    async def file(self, job_id: str, name: str) -> bytes | None:
+        row = await self._run(lambda: self._exec("SELECT data FROM files WHERE job_id = ? AND name = ?",
+                                                 (job_id, name)).fetchone())
+        return row[0] if row else None
+
+    async def open_jobs(self) -> int:
+        return await self._run(lambda: self._exec(f"SELECT COUNT(*) FROM jobs WHERE {_OPEN}").fetchone()[0])
+
+    async def renew(self, owner: str, job_ids: list[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        rows = await self._run(lambda: self._exec(
+            f"UPDATE jobs SET lease = ? WHERE owner = ? AND {_OPEN} AND id IN ({marks}) RETURNING id",
+            (time.time(), owner, *job_ids)).fetchall())
+        return {r[0] for r in rows}
+
+    async def release(self, owner: str) -> int:
+        cur = await self._run(self._exec, f"UPDATE jobs SET lease = 0 WHERE owner = ? AND {_OPEN}", (owner,))
+        return cur.rowcount
+
+    async def take_over(self, owner: str, idle_s: float, limit: int) -> list[tuple[str, int]]:
+        now = time.time()
+        rows = await self._run(lambda: self._exec(
+            "UPDATE jobs SET owner = ?, lease = ?, drivers = drivers + 1 WHERE id IN "
+            f"(SELECT id FROM jobs WHERE {_OPEN} AND COALESCE(lease, 0) < ? ORDER BY created LIMIT ?) "
+            "RETURNING id, drivers", (owner, now, now - idle_s, limit)).fetchall())
+        return [(r[0], r[1]) for r in rows]
+
+    async def purge(self) -> int:
+        """Also gives the freed pages back to the file system."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM jobs WHERE status IN ('finished', 'cancelled', 'failed') AND updated < ?",
+                (time.time() - self.retention_s,))]
+            conn.executemany("DELETE FROM files WHERE job_id = ?", [(i,) for i in ids])
+            conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            return len(ids)
+
+        def purge() -> int:
+            n = self._transaction(run)
+            self._conn().executescript("PRAGMA incremental_vacuum;")  # to the end: execute() frees one page a step
+            return n
+
+        return await self._run(purge)
+
+    async def close(self) -> None:
+        """(Connections are per thread and close with their thread.)"""
