@@ -14,7 +14,7 @@ import pytest
 from bentoml.exceptions import BadInput, BentoMLException, InternalServerError, ServiceUnavailable
 
 from clipdlut.cube import read_cube
-from clipdlut.driver import Drivers, HandedOver, Resilience, Stop, _busy, drive
+from clipdlut.driver import Drivers, HandedOver, Resilience, _busy, drive
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.jobs import JobEnded, JobOptions, accept, decode_upload
 from clipdlut.jobstream import stream_job
@@ -22,7 +22,7 @@ from clipdlut.settings import Settings
 from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING
 from clipdlut.store_sqlite import SqliteJobStore
 from clipdlut.wire import Failed, encode_event
-from tests.conftest import gradient_image, png_bytes, until, wait
+from tests.conftest import gradient_image, png_bytes, until
 from tests.test_optimizer import BATCH_TOLERANCE
 
 pytestmark = pytest.mark.unit
