@@ -11,6 +11,7 @@ import contextlib
 import functools
 import io
 import logging
+import signal
 import threading
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -241,6 +242,7 @@ class Retouch:
         else:  # jobs wait for an optimizer (BentoCloud's external queue wakes one); probing would keep it awake
             READINESS.update(OptimizerHealth(ready=True))
         self._spawn(self.drivers.watch())
+        self.drivers.shutdown_on(signal.SIGTERM)
 
     @bentoml.on_shutdown
     async def stop_background(self) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -419,6 +420,19 @@ class Drivers:
             task = asyncio.create_task(self.adopt(job_id, drivers))
             self._adopted.add(task)
             task.add_done_callback(self._adopted.discard)
+
+    def shutdown_on(self, signum: int = signal.SIGTERM) -> None:
+        """Hand the jobs on as soon as the process is told to stop (before the server waits for its requests:
+        a native task is a request that lasts as long as its job), then let the server's own handler run."""
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: object) -> None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.shutdown()))
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, handler)
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
         """Stop driving (each job's optimizer stream is closed) and release every lease, so that a live replica
