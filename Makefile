@@ -41,15 +41,17 @@ serve-api: install   # OPTIMIZER_URL=http://gpu-host:3000
 test: install test-servers
 	$(PY) -m pytest -q
 
-# Real servers some tests drive, from Debian's packages: chromium (the browser test) and haproxy (the router in
-# front of optimizer replicas). Installed where apt can be used (root or password-less sudo); elsewhere those
-# tests skip and say why.
+# Real servers some tests drive, from Debian's packages: chromium (the browser test), haproxy (the router in
+# front of replicas) and redis-server (the shared job store). Installed where apt can be used (root or
+# password-less sudo); elsewhere those tests skip and say why.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
-APT_GET := $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-wqy-microhei haproxy >/dev/null 2>&1
+APT_GET := $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-wqy-microhei haproxy \
+	redis-server >/dev/null 2>&1
 test-servers:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v haproxy >/dev/null || \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v haproxy >/dev/null && \
+	command -v redis-server >/dev/null || \
 	$(APT_GET) || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(APT_GET); } || \
-	echo "chromium or haproxy could not be installed with apt: the tests that need them will skip"
+	echo "chromium, haproxy or redis-server could not be installed with apt: the tests that need them will skip"
 
 bench: install   # BENCH_ARGS="--device cuda" on a GPU machine
 	$(PY) -m bench $(BENCH_ARGS)
