@@ -115,8 +115,9 @@ def run(device: torch.device, quick: bool) -> dict:
         "step_cheaper_same_model_default_views": original["step_s"] / same_default["step_s"],
     }
     lap("original_model")
-    results["service_overhead"] = [serving.locust_overhead(topology, seconds=10 if quick else 30)
-                                   for topology in ("one host", "split")]
+    results["service_overhead"] = [serving.locust_overhead(topology, store, seconds=10 if quick else 30)
+                                   for topology, store in (("one host", "sqlite"), ("one host", "redis"),
+                                                           ("split", "sqlite"), ("split", "redis"))]
     lap("service_overhead")
     results["cold_start"] = [serving.cold_start("tiny", "tiny")]
     if not quick:
@@ -179,11 +180,12 @@ def table(r: dict) -> str:
             lines.append(f"| {ld['load']:.0%} | {x['mode']} | {x['p50_latency_s']:.2f} s | {x['p95_latency_s']:.2f} s "
                          f"| {x['throughput_jobs_per_min']:.0f} jobs/min | {ratio} |")
     so = r["service_overhead"]
-    lines += ["", f"Service overhead (tiny model, locust, {so[0]['users']} users, {so[0]['seconds']} s a topology; "
-              "split: the optimizer served alone, the API pointed at it by URL, each with a home of its own):", "",
-              "| topology | submit p50 | submit p99 | status p50 | status p99 | jobs/min | failures |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {x['topology']} | {x['submit_p50_ms']:.0f} ms | {x['submit_p99_ms']:.0f} ms | "
+    lines += ["", f"Service overhead (tiny model, locust, {so[0]['users']} users, {so[0]['seconds']} s a row; split: "
+              "the optimizer served alone, the API pointed at it by URL, each with a home of its own; job store: a "
+              "SQLite file, or a local redis-server with AOF):", "",
+              "| topology | job store | submit p50 | submit p99 | status p50 | status p99 | jobs/min | failures |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {x['topology']} | {x['store']} | {x['submit_p50_ms']:.0f} ms | {x['submit_p99_ms']:.0f} ms | "
               f"{x['status_p50_ms']:.0f} ms | {x['status_p99_ms']:.0f} ms | {x['jobs_per_min']:.0f} | {x['failures']} |"
               for x in so]
     lines += ["", "Cold start of the optimizer (a scale from zero: the process starts, a job waiting for it is sent "

@@ -1,6 +1,6 @@
 """Serving: continuous batching against lock-step under the same Poisson arrivals, the service's own overhead
-under locust on one host and split across two (tiny model, real ``bentoml serve``), and the optimizer's cold
-start (a scale from zero)."""
+under locust on one host and split across two, on the SQLite and the Redis job store (tiny model, real
+``bentoml serve``, Debian's ``redis-server``), and the optimizer's cold start (a scale from zero)."""
 
 from __future__ import annotations
 
@@ -111,20 +111,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def locust_overhead(topology: str = "one host", seconds: int = 30, users: int = 8) -> dict:
+class _Redis:
+    """Debian's ``redis-server`` on a free port, persisting to ``folder`` as the README asks (AOF, noeviction)."""
+
+    def __init__(self, folder: Path):
+        import shutil
+        import socket
+
+        folder.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+                                      "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "yes",
+                                      "--maxmemory-policy", "noeviction"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def locust_overhead(topology: str = "one host", store: str = "sqlite", seconds: int = 30, users: int = 8) -> dict:
     """Submit/status latency and jobs per minute against real tiny-model servers, via the locustfile: ``one host``
     (``bentoml serve service:Retouch`` starts both services) or ``split`` (the optimizer served alone, the API
-    pointed at it by URL, each with a home of its own)."""
+    pointed at it by URL, each with a home of its own); the job store a SQLite file or a Redis server."""
     with tempfile.TemporaryDirectory() as folder:
-        servers = []
+        servers: list = []
         try:
+            env = {}
+            if store == "redis":
+                servers.append(redis := _Redis(Path(folder) / "redis"))
+                env["CLIPDLUT_STORE"] = redis.url
             if topology == "split":
                 servers.append(optimizer := _Server("service:Optimizer", Path(folder) / "optimizer"))
                 _wait_ready(f"{optimizer.url}/readyz")
                 servers.append(api := _Server("service:Retouch", Path(folder) / "api",
-                                              CLIPDLUT_OPTIMIZER_URL=optimizer.url))
+                                              CLIPDLUT_OPTIMIZER_URL=optimizer.url, **env))
             else:
-                servers.append(api := _Server("service:Retouch", Path(folder) / "api"))
+                servers.append(api := _Server("service:Retouch", Path(folder) / "api", **env))
             _wait_ready(f"{api.url}/readyz")
             prefix = f"{folder}/locust"
             subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
@@ -136,7 +167,8 @@ def locust_overhead(topology: str = "one host", seconds: int = 30, users: int = 
                 server.stop()
     jobs = sum(int(rows[n]["Request Count"]) - int(rows[n]["Failure Count"]) for n in rows if n.endswith("to result"))
     pick = {"submit": "/v1/retouch/submit", "status": "/v1/retouch/status"}
-    out = {"topology": topology, "seconds": seconds, "users": users, "jobs_per_min": jobs / seconds * 60,
+    out = {"topology": topology, "store": store, "seconds": seconds, "users": users,
+           "jobs_per_min": jobs / seconds * 60,
            "failures": sum(int(r["Failure Count"]) for n, r in rows.items() if n != "Aggregated")}
     for key, name in pick.items():
         out[f"{key}_p50_ms"] = float(rows[name]["50%"])

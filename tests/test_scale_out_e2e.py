@@ -81,7 +81,7 @@ def test_an_api_replica_killed_mid_run_loses_no_job(tmp_path):
 
         for url in (router.url, survivor.url):  # through the router, and through the survivor itself
             for kind, task_id in jobs:
-                done = wait(lambda t=task_id: (p := progress(url, t))["status"] not in ("queued", "running") and p,
+                done = wait(lambda t=task_id, u=url: (p := progress(u, t))["status"] not in ("queued", "running") and p,
                             timeout=300, every=0.25)
                 assert done["status"] == "finished" and done["iteration"] == STEPS, done
                 if kind == "original":
