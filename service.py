@@ -230,7 +230,7 @@ class Retouch:
     def __init__(self) -> None:
         self.store = _store()
         self.drivers = Drivers(self.store, lambda request: remote.stream(self.optimizer, "optimize", job=request), S,
-                               instance=_instance())
+                               instance=_instance(), on_store=READINESS.store_answered)
         self._background: set[asyncio.Task] = set()
 
     @bentoml.on_startup

@@ -115,9 +115,10 @@ def run(device: torch.device, quick: bool) -> dict:
         "step_cheaper_same_model_default_views": original["step_s"] / same_default["step_s"],
     }
     lap("original_model")
+    rows = (("one host", "sqlite"), ("split", "redis")) if quick else (
+        ("one host", "sqlite"), ("one host", "redis"), ("split", "sqlite"), ("split", "redis"))
     results["service_overhead"] = [serving.locust_overhead(topology, store, seconds=10 if quick else 30)
-                                   for topology, store in (("one host", "sqlite"), ("one host", "redis"),
-                                                           ("split", "sqlite"), ("split", "redis"))]
+                                   for topology, store in rows]
     lap("service_overhead")
     results["cold_start"] = [serving.cold_start("tiny", "tiny")]
     if not quick:

@@ -313,13 +313,16 @@ class Drivers:
 
     :meth:`watch` runs for the life of the process: every ``poll_s`` it stops the jobs whose cancel was
     requested; every ``lease_s`` it renews its leases (stopping, without a write, any job whose lease went
-    elsewhere), takes over jobs whose lease was not renewed for ``settings.watchdog_s``, and now and then
-    purges expired jobs. :meth:`shutdown` hands every job on at once.
+    elsewhere) and takes over jobs whose lease was not renewed for ``settings.watchdog_s``; now and then it
+    purges expired jobs; after each round it tells ``on_store`` whether the store answered. :meth:`shutdown`
+    hands every job on at once.
     """
 
     def __init__(self, store: JobStore, open_stream: OpenStream, settings: Settings, instance: str | None = None,
-                 poll_s: float = 0.1, lease_s: float = 1.0, purge_every_s: float = 60.0):
+                 poll_s: float = 0.1, lease_s: float = 1.0, purge_every_s: float = 60.0,
+                 on_store: Callable[[str | None], None] | None = None):
         self.store = store
+        self.on_store = on_store or (lambda error: None)  # told after each round whether the store answered
         self.open_stream = open_stream
         self.settings = settings
         self.poll_s = poll_s
@@ -385,6 +388,7 @@ class Drivers:
     async def watch(self) -> None:
         """Forever: cancels every ``poll_s``; leases, takeovers and retention every ``lease_s``."""
         last_lease = last_purge = 0.0
+        failing: str | None = None
         while True:
             await asyncio.sleep(self.poll_s)
             try:
@@ -397,8 +401,14 @@ class Drivers:
                     last_purge = now
                     if n := await self.store.purge():
                         log.info("deleted %d jobs older than the retention time", n)
-            except Exception:  # a busy or briefly unreachable store must not end the watch
-                log.exception("a round of the job watch failed")
+                self.on_store(None)
+                failing = None
+            except Exception as e:  # a busy or briefly unreachable store must not end the watch
+                error = f"{type(e).__name__}: {e}".strip().rstrip(":")
+                if error != failing:  # (once per kind of failure, not ten times a second)
+                    log.warning("a round of the job watch failed: %s", error, exc_info=failing is None)
+                failing = error
+                self.on_store(error)
 
     async def _cancels(self) -> None:
         if self._stops:

@@ -1,8 +1,8 @@
 """The API's readiness, kept current in the background: a probe is answered from memory, at once.
 
-The API is ready when its optimizer is: the model is loaded and it can be reached. A background task
-asks the optimizer every second; ``/readyz`` reads the last answer, so a slow or restarting optimizer
-never makes a platform's probe wait.
+The API is ready when its job store can be reached and its optimizer is ready (the model is loaded and it can
+be reached). Background tasks ask the optimizer every second and note whether the store answered their last
+round; ``/readyz`` reads the last answers, so a slow or restarting dependency never makes a platform's probe wait.
 """
 
 from __future__ import annotations
@@ -17,23 +17,39 @@ log = logging.getLogger(__name__)
 
 
 class Readiness:
-    """The last known state of the optimizer, as ``/readyz`` reports it."""
+    """The last known state of the job store and the optimizer, as ``/readyz`` reports it."""
 
     def __init__(self) -> None:
-        self.reason: str | None = "the service is starting"
+        self._optimizer: str | None = "the service is starting"
+        self._store: str | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the API is not ready (None when it is)."""
+        return self._store or self._optimizer
 
     @property
     def ready(self) -> bool:
         return self.reason is None
 
     def update(self, health: OptimizerHealth | None, error: str | None = None) -> None:
+        """Note the optimizer's answer to a health call (None: the call failed with ``error``)."""
         before = self.reason
         if health is None:
-            self.reason = f"the optimizer cannot be reached: {error}"
+            self._optimizer = f"the optimizer cannot be reached: {error}"
         elif not health.ready:
-            self.reason = health.reason or "the optimizer is not ready"
+            self._optimizer = health.reason or "the optimizer is not ready"
         else:
-            self.reason = None
+            self._optimizer = None
+        self._log(before)
+
+    def store_answered(self, error: str | None) -> None:
+        """Note whether the job store answered (``error``: why it did not)."""
+        before = self.reason
+        self._store = f"the job store cannot be reached: {error}" if error else None
+        self._log(before)
+
+    def _log(self, before: str | None) -> None:
         if self.reason != before:
             if self.reason is None:
                 log.info("ready")

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.live import redis_missing
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.e2e
+@pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))
 def test_quick_bench_writes_every_section(tmp_path):
     out = tmp_path / "results.json"
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT, capture_output=True,
@@ -28,13 +31,14 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert [run["mode"] for run in load["runs"]] == ["lock-step", "continuous"]
     assert all(run["jobs"] == results["continuous_batching"]["jobs"] for run in load["runs"])
     assert results["render"]["megapixels"] == 12
-    assert [x["topology"] for x in results["service_overhead"]] == ["one host", "split"]
+    assert [(x["topology"], x["store"]) for x in results["service_overhead"]] == [("one host", "sqlite"),
+                                                                                  ("split", "redis")]
     assert all(x["failures"] == 0 and x["jobs_per_min"] > 0 for x in results["service_overhead"])
     (cold,) = results["cold_start"]
     assert cold["model"] == "tiny" and cold["to_ready_s"] > 0 and cold["to_first_job_s"] > 0
     table = out.with_suffix(".md").read_text()
     assert "Machine:" in table and "Continuous batching" in table and "Rendering 12 MP" in table
-    assert "| split |" in table and "Cold start" in table and "Soak" in table
+    assert "| split | redis |" in table and "Cold start" in table and "Soak" in table
     soak = results["soak"]
     assert soak["accepted"] > 0 and soak["lost"] == 0 and soak["ready_probes"] > 0
 

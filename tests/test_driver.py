@@ -264,3 +264,23 @@ async def test_a_job_that_outlived_too_many_replicas_fails_as_interrupted(engine
     await drivers._leases()
     record = await until(lambda: store.get(job_id), lambda r: r.done, timeout=10)
     assert record.status == FAILED and "interrupted: 1 API process" in record.error
+
+
+async def test_the_watch_reports_whether_the_store_answers(engine, tmp_path):
+    from clipdlut.store_redis import RedisJobStore
+    from tests.live import free_port
+
+    answers = []
+    gone = RedisJobStore(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    drivers = Drivers(gone, Optimizer(engine).optimize, SETTINGS, poll_s=0.01, lease_s=0.01, on_store=answers.append)
+    watcher = asyncio.create_task(drivers.watch())
+    await until(lambda: len(answers) >= 3)
+    watcher.cancel()
+    assert all(a and "ConnectionError" in a for a in answers)
+    answers.clear()
+    drivers = Drivers(SqliteJobStore(tmp_path / "jobs.db"), Optimizer(engine).optimize, SETTINGS, poll_s=0.01,
+                      lease_s=0.01, on_store=answers.append)
+    watcher = asyncio.create_task(drivers.watch())
+    await until(lambda: len(answers) >= 3)
+    watcher.cancel()
+    assert set(answers) == {None}

@@ -48,3 +48,15 @@ def test_a_slow_optimizer_counts_as_unreachable():
 
     asyncio.run(run())
     assert readiness.reason.startswith("the optimizer cannot be reached: TimeoutError")
+
+
+def test_an_unreachable_job_store_makes_the_api_not_ready_whatever_the_optimizer_says():
+    readiness = Readiness()
+    readiness.update(OptimizerHealth(ready=True, model="tiny", running=0, capacity=8))
+    assert readiness.ready
+    readiness.store_answered("ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    assert readiness.reason.startswith("the job store cannot be reached: ConnectionError")
+    readiness.update(None, "ConnectionRefusedError")
+    assert "job store" in readiness.reason  # (the store first: without it nothing can be accepted)
+    readiness.store_answered(None)
+    assert readiness.reason.startswith("the optimizer cannot be reached")

@@ -37,9 +37,11 @@ def test_service_config_passes_bentoml_validation(service):
     assert service.Retouch.dependencies["optimizer"].on is service.Optimizer
 
 
-def test_the_bentocloud_recipe_fits_the_services(service):
-    """deploy/bentocloud.yaml names the services as service.py does, parses as BentoCloud's deployment schema,
-    and its overrides pass BentoML's validation; the optimizer scales to zero behind the external queue."""
+@pytest.mark.parametrize("recipe_file", ["bentocloud.yaml", "bentocloud-redis.yaml"])
+def test_the_bentocloud_recipe_fits_the_services(service, recipe_file):
+    """Each recipe in deploy/ names the services as service.py does, parses as BentoCloud's deployment schema,
+    and its overrides pass BentoML's validation; the optimizer scales to zero behind the external queue; the
+    API runs several replicas only with a job store they can share."""
     from pathlib import Path
 
     import yaml
@@ -49,7 +51,7 @@ def test_the_bentocloud_recipe_fits_the_services(service):
 
     from clipdlut.settings import Settings
 
-    recipe = yaml.safe_load((Path(__file__).parent.parent / "deploy" / "bentocloud.yaml").read_text())
+    recipe = yaml.safe_load((Path(__file__).parent.parent / "deploy" / recipe_file).read_text())
     services = {svc.name: svc for svc in (service.Optimizer, service.Retouch)}
     assert set(recipe["services"]) == set(services)
     settings = {f"CLIPDLUT_{name.upper()}" for name in Settings.__dataclass_fields__}
@@ -62,6 +64,9 @@ def test_the_bentocloud_recipe_fits_the_services(service):
     optimizer = recipe["services"][service.Optimizer.name]
     assert optimizer["scaling"]["min_replicas"] == 0 and optimizer["config_overrides"]["traffic"]["external_queue"]
     assert optimizer["config_overrides"]["traffic"]["concurrency"] == Settings().max_batch_size
+    api = recipe["services"][service.Retouch.name]
+    store = {env["name"]: env["value"] for env in api.get("envs", [])}.get("CLIPDLUT_STORE", "")
+    assert api["scaling"]["max_replicas"] == 1 or store.startswith("redis://")
 
 
 def test_reachability_and_ready(client):
