@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from clipdlut import jobs, logs, modelstore, remote
 from clipdlut.cube import CubeError, read_cube
-from clipdlut.driver import Drivers, new_instance
+from clipdlut.driver import Drivers, HandedOver, new_instance
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
@@ -94,6 +94,10 @@ class UnknownTask(InputError):
 
 class TaskNotFinished(InputError):
     status_code = 409
+
+
+class ShuttingDown(InputError):
+    status_code = 503
 
 
 def answers_client_errors(handler):
@@ -299,6 +303,9 @@ class Retouch:
                 opts = JobOptions(request.target_prompt, request.source_prompt, request.steps, request.lut_size,
                                   request.strength, request.seed, request.image_format)
                 await self.drivers.run(job_id, *await self._accept(job_id, request.image, opts))
+        except HandedOver:  # (this process is stopping; the job is not)
+            raise ShuttingDown(f"this server is shutting down; task {job_id} goes on on another replica: follow it "
+                               "with /v1/progress") from None
         except JobEnded as e:  # an expected outcome: 409 with the job's status and reason (no 500, no traceback)
             raise TaskNotFinished(f"task {job_id} ended {e.status}: {e}") from None
         return RetouchResult(**await jobs.stored_result(self.store, job_id))

@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -375,13 +376,14 @@ class Drivers:
                              ) from None
         return await self.run(job_id, decoded, JobOptions(**record.options))
 
-    async def adopt(self, job_id: str, drivers: int) -> None:
-        """Drive on a job taken over from a replica that stopped (or end it, once it has worn out its drivers)."""
-        if drivers - 1 > self.settings.takeovers:
-            await _end(self.store, job_id, FAILED, f"interrupted: {drivers - 1} API process(es) that drove this job "
-                       "stopped (a crash or a restart each); submit it again")
+    async def adopt(self, job_id: str, takeovers: int) -> None:
+        """Drive on a job taken over from a replica that stopped (or end it, once it has been taken over too often:
+        a job that crashes every replica that drives it must not go round forever)."""
+        if takeovers > self.settings.takeovers:
+            await _end(self.store, job_id, FAILED, f"interrupted: {takeovers} API process(es) that drove this job "
+                       "stopped without handing it on (a crash each time); submit it again")
             return
-        log.warning("job %s: taken over from an API replica that stopped (driver %d)", job_id, drivers)
+        log.warning("job %s: taken over from an API replica that stopped (takeover %d)", job_id, takeovers)
         with contextlib.suppress(JobEnded):  # (its end is in the store)
             await self.run_stored(job_id)
 
@@ -425,15 +427,17 @@ class Drivers:
                 stop.set()
         if self._closing:
             return
-        for job_id, drivers in await self.store.take_over(self.instance, self.settings.watchdog_s,
+        for job_id, takeovers in await self.store.take_over(self.instance, self.settings.watchdog_s,
                                                           self.settings.max_open_jobs):
-            task = asyncio.create_task(self.adopt(job_id, drivers))
+            task = asyncio.create_task(self.adopt(job_id, takeovers))
             self._adopted.add(task)
             task.add_done_callback(self._adopted.discard)
 
     def shutdown_on(self, signum: int = signal.SIGTERM) -> None:
         """Hand the jobs on as soon as the process is told to stop (before the server waits for its requests:
         a native task is a request that lasts as long as its job), then let the server's own handler run."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # (a server run in a thread, as tests do, gets no signals; only the main thread may listen)
         loop = asyncio.get_running_loop()
         previous = signal.getsignal(signum)
 

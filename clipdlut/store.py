@@ -8,8 +8,9 @@ is a Redis server that API replicas on several hosts share.
 
 Leases: each open job has one driving replica at a time, its ``owner``. The owner renews the lease of the
 jobs it drives every second or so; a replica that stops renewing (killed, restarted, scaled down, cut off)
-loses its jobs to the first live replica that calls :meth:`JobStore.take_over`, which counts the drivers a
-job has had so that a job that takes down every replica that drives it ends instead of going round forever.
+loses its jobs to the first live replica that calls :meth:`JobStore.take_over`, which counts the takeovers
+so that a job that takes down every replica that drives it ends instead of going round forever. A replica
+that stops cleanly releases its leases: the next replica takes the jobs at once, and that does not count.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class JobRecord:
     options: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     owner: str | None = None  # the API replica driving it (while open)
-    drivers: int = 1  # API replicas that have driven it: 1 + takeovers
+    takeovers: int = 0  # times it was taken over from an API replica that stopped without handing it on
 
     @property
     def done(self) -> bool:
@@ -98,11 +99,12 @@ class JobStore(Protocol):
         or have ended: their driver must stop without writing)."""
 
     async def release(self, owner: str) -> int:
-        """Give up every lease ``owner`` holds now (a clean shutdown): any replica may take them at once."""
+        """Give up every lease ``owner`` holds now (a clean shutdown): any replica may take them at once, and
+        that takeover is not counted."""
 
     async def take_over(self, owner: str, idle_s: float, limit: int) -> list[tuple[str, int]]:
         """Lease to ``owner`` up to ``limit`` open jobs whose lease was not renewed for ``idle_s`` (or was
-        released); returns (job id, drivers it has now had). No job is handed to two callers."""
+        released); returns (job id, takeovers it has now had). No job is handed to two callers."""
 
     async def purge(self) -> int:
         """Delete jobs that ended more than the retention time ago, with their files; returns how many."""

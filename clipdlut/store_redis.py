@@ -9,8 +9,9 @@ Keys (``clipdlut:`` by default), in structures a Redis operator recognises:
 - ``clipdlut:drive``: a stream with one entry per open job and the consumer group ``drivers``, in which each
   API replica is a consumer. The replica that accepts a job holds its entry as pending; renewing the lease
   re-claims the entry (resetting its idle time); a live replica takes over entries idle past the watchdog
-  bound with ``XAUTOCLAIM``, whose delivery count is the job's count of drivers. This is the at-least-once
-  pattern of Celery's late acknowledgements, with Redis keeping the books.
+  bound with ``XAUTOCLAIM``; a replica that stops cleanly sets its entries' idle time past any bound, so they are
+  taken at once. This is the at-least-once pattern of Celery's late acknowledgements, with Redis keeping the
+  books; the job's hash counts its takeovers (a clean handover does not count).
 
 Every write that reads before it writes is one Lua script, so it is atomic; an ended job's keys expire after
 the retention time (Redis deletes them; :meth:`RedisJobStore.purge` has nothing to do). Needs a standalone
@@ -38,7 +39,7 @@ if max >= 0 and redis.call('ZCARD', KEYS[1]) >= max then return 0 end
 redis.pcall('XGROUP', 'CREATE', KEYS[4], ARGV[9], '$', 'MKSTREAM')  -- (an error when it exists)
 local entry = redis.call('XADD', KEYS[4], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'created', ARGV[3], 'updated', ARGV[3], 'iteration', 0,
-           'total', ARGV[5], 'terms', '{}', 'cancel', 0, 'options', ARGV[4], 'owner', ARGV[8], 'drivers', 1,
+           'total', ARGV[5], 'terms', '{}', 'cancel', 0, 'options', ARGV[4], 'owner', ARGV[8], 'takeovers', 0,
            'entry', entry)
 redis.call('HSET', KEYS[3], 'source', ARGV[6], 'working', ARGV[7])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
@@ -100,6 +101,7 @@ for i = 5, #ARGV do
         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'JUSTID')
       else
         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry, 'IDLE', ARGV[4], 'JUSTID')
+        redis.call('HSET', ARGV[3] .. 'job:' .. ARGV[i], 'released', 1)
       end
       table.insert(held, ARGV[i])
     end
@@ -118,10 +120,12 @@ repeat
   for _, e in ipairs(res[2]) do
     local key = e[2] and (ARGV[5] .. 'job:' .. e[2][2])
     if key and redis.call('EXISTS', key) == 1 then
-      local drivers = redis.call('HINCRBY', key, 'drivers', 1)
+      local released = redis.call('HGET', key, 'released')
+      local takeovers = redis.call('HINCRBY', key, 'takeovers', released and 0 or 1)
+      redis.call('HDEL', key, 'released')
       redis.call('HSET', key, 'owner', ARGV[2])
       table.insert(taken, e[2][2])
-      table.insert(taken, drivers)
+      table.insert(taken, takeovers)
     else  -- a job whose keys are gone: nothing to drive
       redis.call('XACK', KEYS[1], ARGV[1], e[1])
       redis.call('XDEL', KEYS[1], e[1])
@@ -172,7 +176,7 @@ class RedisJobStore:
                          error=_s(h.get(b"error")), cancel_requested=h[b"cancel"] == b"1",
                          options=json.loads(h[b"options"]),
                          result=json.loads(h[b"result"]) if b"result" in h else None, owner=_s(h.get(b"owner")),
-                         drivers=int(h[b"drivers"]))
+                         takeovers=int(h[b"takeovers"]))
 
     async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
         source, working = await self.redis.hmget(self._data(job_id), ["source", "working"])

@@ -44,8 +44,10 @@ CREATE TABLE IF NOT EXISTS files (
 );
 """
 # columns added since the first release (an existing file gets them on open)
-_ADDED = {"owner": "TEXT", "lease": "REAL", "drivers": "INTEGER NOT NULL DEFAULT 1", "checkpoint": "BLOB"}
-_RECORD = "id, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner, drivers"
+_ADDED = {"owner": "TEXT", "lease": "REAL", "takeovers": "INTEGER NOT NULL DEFAULT 0",
+          "released": "INTEGER NOT NULL DEFAULT 0", "checkpoint": "BLOB"}
+_RECORD = ("id, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner, "
+           "takeovers")
 _OPEN = "status IN ('queued', 'running')"
 # what an ending job lets go of: its lease, and the inputs only a running job needs
 _LET_GO = "owner = NULL, lease = NULL, source = NULL, working = NULL, checkpoint = NULL"
@@ -114,9 +116,10 @@ class SqliteJobStore:
         if row is None:
             return None
         (jid, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner,
-         drivers) = row
+         takeovers) = row
         return JobRecord(jid, status, created, updated, iteration, total, loss, json.loads(terms), error,
-                         bool(cancel), json.loads(options), json.loads(result) if result else None, owner, drivers)
+                         bool(cancel), json.loads(options), json.loads(result) if result else None, owner,
+                         takeovers)
 
     async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
         row = await self._run(lambda: self._exec(f"SELECT source, working FROM jobs WHERE id = ? AND {_OPEN}",
@@ -189,15 +192,16 @@ class SqliteJobStore:
         return {r[0] for r in rows}
 
     async def release(self, owner: str) -> int:
-        cur = await self._run(self._exec, f"UPDATE jobs SET lease = 0 WHERE owner = ? AND {_OPEN}", (owner,))
+        cur = await self._run(self._exec, f"UPDATE jobs SET lease = 0, released = 1 WHERE owner = ? AND {_OPEN}",
+                              (owner,))
         return cur.rowcount
 
     async def take_over(self, owner: str, idle_s: float, limit: int) -> list[tuple[str, int]]:
         now = time.time()
         rows = await self._run(lambda: self._exec(
-            "UPDATE jobs SET owner = ?, lease = ?, drivers = drivers + 1 WHERE id IN "
+            "UPDATE jobs SET owner = ?, lease = ?, takeovers = takeovers + 1 - released, released = 0 WHERE id IN "
             f"(SELECT id FROM jobs WHERE {_OPEN} AND COALESCE(lease, 0) < ? ORDER BY created LIMIT ?) "
-            "RETURNING id, drivers", (owner, now, now - idle_s, limit)).fetchall())
+            "RETURNING id, takeovers", (owner, now, now - idle_s, limit)).fetchall())
         return [(r[0], r[1]) for r in rows]
 
     async def purge(self) -> int:

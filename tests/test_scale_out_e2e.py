@@ -94,7 +94,7 @@ def test_an_api_replica_killed_mid_run_loses_no_job(tmp_path):
                     assert status["status"] == "completed" and result["task_id"] == task_id
                     assert result["cube"].startswith("# prompt: ") and result["steps"] == STEPS
         assert db.zcard("clipdlut:open") == 0 and db.xlen("clipdlut:drive") == 0  # none left open
-        open_at_kill = [t for t in orphans if db.hget(f"clipdlut:job:{t}", "drivers") == "2"]
+        open_at_kill = [t for t in orphans if db.hget(f"clipdlut:job:{t}", "takeovers") == "1"]
         assert len(open_at_kill) >= 2  # those the victim was running when it died: taken over, then finished
         assert survivor.log().count("taken over from an API replica that stopped") == len(open_at_kill)
     finally:

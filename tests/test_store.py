@@ -53,8 +53,8 @@ pytestmark = [pytestmark, pytest.mark.parametrize("location", KINDS, indirect=Tr
 async def test_a_job_from_start_to_finish(store):
     assert await store.create("j1", {"steps": 10, "target_prompt": "x"}, b"src", b"work", owner="api-a")
     r = await store.get("j1")
-    assert (r.status, r.total, r.options["target_prompt"], r.owner, r.drivers, r.done) == (QUEUED, 10, "x",
-                                                                                             "api-a", 1, False)
+    assert (r.status, r.total, r.options["target_prompt"], r.owner, r.takeovers, r.done) == (QUEUED, 10, "x",
+                                                                                               "api-a", 0, False)
     assert await store.input("j1") == (b"src", b"work")
     await store.progress("j1", 5, 10, 0.5, {"directional": 0.4}, b"png", b"state5")
     r = await store.get("j1")
@@ -111,16 +111,19 @@ async def test_a_lease_is_renewed_by_its_owner_and_taken_over_when_it_is_not(sto
     assert await store.renew("api-b", ["j"]) == set()  # not its lease
     assert await store.take_over("api-b", idle_s=60, limit=10) == []  # renewed just now
     await asyncio.sleep(0.3)
-    assert await store.take_over("api-b", idle_s=0.2, limit=10) == [("j", 2)]
+    assert await store.take_over("api-b", idle_s=0.2, limit=10) == [("j", 1)]
     assert await store.renew("api-a", ["j"]) == set()  # the old driver learns it lost the job
     assert await store.renew("api-b", ["j"]) == {"j"} and (await store.get("j")).owner == "api-b"
     assert await store.take_over("api-c", idle_s=0.2, limit=10) == []
     assert await store.release("api-b") == 1  # a clean shutdown: no need to wait out the lease
-    assert await store.take_over("api-c", idle_s=60, limit=10) == [("j", 3)]
+    assert await store.take_over("api-c", idle_s=60, limit=10) == [("j", 1)]  # (and a handover is no takeover)
     r = await store.get("j")
-    assert (r.owner, r.drivers) == ("api-c", 3)
+    assert (r.owner, r.takeovers) == ("api-c", 1)
+    await asyncio.sleep(0.3)
+    assert await store.take_over("api-d", idle_s=0.2, limit=10) == [("j", 2)]  # api-c stopped without a word
+    assert await store.renew("api-d", ["j"]) == {"j"}
     await store.finish("j", {}, {})
-    assert await store.renew("api-c", ["j"]) == set()  # an ended job has no lease
+    assert await store.renew("api-d", ["j"]) == set()  # an ended job has no lease
     await asyncio.sleep(0.3)
     assert await store.take_over("api-d", idle_s=0.1, limit=10) == []
 
@@ -133,7 +136,7 @@ async def test_each_stale_job_is_taken_over_by_exactly_one_replica(location):
     await asyncio.sleep(0.3)
     taken = await asyncio.gather(*(c.take_over(f"api-{k}", idle_s=0.2, limit=5) for k, c in enumerate(clients)))
     ids = [job for batch in taken for job, _ in batch]
-    assert sorted(ids) == sorted(f"j{i}" for i in range(1, 30)) and all(n == 2 for b in taken for _, n in b)
+    assert sorted(ids) == sorted(f"j{i}" for i in range(1, 30)) and all(n == 1 for b in taken for _, n in b)
     assert all(len(batch) <= 5 for batch in taken)
     for k, batch in enumerate(taken):
         assert await clients[k].renew(f"api-{k}", [job for job, _ in batch]) == {job for job, _ in batch}

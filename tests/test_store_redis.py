@@ -54,7 +54,7 @@ async def test_jobs_survive_a_restart_of_redis(tmp_path):
         store = RedisJobStore(second.url)
         assert (await store.get("open")).status == "queued" and await store.input("open") == (b"o", b"w")
         assert await store.file("done", "cube") == b"LUT"
-        assert await store.take_over("api-b", idle_s=0, limit=5) == [("open", 2)]
+        assert await store.take_over("api-b", idle_s=0, limit=5) == [("open", 1)]
         await store.close()
     finally:
         second.stop()
