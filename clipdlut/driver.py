@@ -341,7 +341,10 @@ class Drivers:
 
     async def run(self, job_id: str, decoded: DecodedImage, opts: JobOptions) -> dict:
         """Drive one job to its end (see :func:`drive`); if another replica takes it over meanwhile, wait for
-        its end there. Raises :class:`JobEnded` for a job that ends cancelled or failed."""
+        its end there. Raises :class:`JobEnded` for a job that ends cancelled or failed, :class:`HandedOver` once
+        this replica is shutting down (a job it has not started yet is left for the next replica too)."""
+        if self._closing:
+            raise HandedOver(job_id)
         stop = self._stops[job_id] = Stop()
         try:
             return await drive(self.store, job_id, decoded, opts, self.open_stream, self.settings, stop)
@@ -361,6 +364,8 @@ class Drivers:
     async def _outcome(self, job_id: str) -> dict:
         """Wait for a job driven elsewhere to end: its result summary, or :class:`JobEnded`."""
         while (record := await self.store.get(job_id)) is not None and not record.done:
+            if self._closing:
+                raise HandedOver(job_id)
             await asyncio.sleep(0.5)
         return await _outcome(self.store, job_id)
 

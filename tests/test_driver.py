@@ -284,3 +284,12 @@ async def test_the_watch_reports_whether_the_store_answers(engine, tmp_path):
     await until(lambda: len(answers) >= 3)
     watcher.cancel()
     assert set(answers) == {None}
+
+
+async def test_a_replica_shutting_down_starts_no_job_and_stops_waiting_for_others(engine, store):
+    job = await new_job(store, steps=30, owner="api-a")
+    leaving = replica(store, engine, instance="api-a")
+    await leaving.shutdown()
+    with pytest.raises(HandedOver):  # a task that begins after the signal leaves its job to the next replica
+        await leaving.run(*job)
+    assert await leaving.store.take_over("api-b", idle_s=3600, limit=5) == [(job[0], 0)]  # released: at once
