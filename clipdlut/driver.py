@@ -93,16 +93,27 @@ class _Lost(Exception):
     """The stream broke after the optimizer took the job (or the replica failed it for a reason of its own)."""
 
 
-class _StoreFailed(Exception):
-    """The API's own job store failed: not the optimizer's doing, so nothing to send again."""
+class StoreLost(HandedOver):
+    """The job store failed under a write: this replica stops driving the job without a word, and its lease
+    lapses to whichever replica can reach the store (it resumes from the last state stored)."""
+
+    def __init__(self, job_id: str, reason: str):
+        JobEnded.__init__(self, RUNNING, f"the job store failed while driving job {job_id}: {reason}")
 
 
-async def _record(write: Callable, *args) -> None:
-    """A job store write; its failure is :class:`_StoreFailed`."""
+class _NotMine(Exception):
+    """A write was refused: the job has ended, or another replica holds its lease now."""
+
+
+async def _record(job_id: str, write: Callable, *args, **kwargs) -> None:
+    """A job store write fenced by the lease; :class:`StoreLost` when the store fails, :class:`_NotMine` when
+    the write was refused."""
     try:
-        await write(*args)
+        written = await write(*args, **kwargs)
     except Exception as e:
-        raise _StoreFailed(f"{type(e).__name__}: {e}") from e
+        raise StoreLost(job_id, f"{type(e).__name__}: {e}") from e
+    if written is False:
+        raise _NotMine
 
 
 def optimize_request(job_id: str, working_png: bytes, opts: JobOptions, settings: Settings,
@@ -150,18 +161,22 @@ async def _wait(seconds: float, stop: asyncio.Event) -> None:
 
 
 async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions, open_stream: OpenStream,
-                settings: Settings, stop: asyncio.Event, resilience: Resilience | None = None) -> dict:
+                settings: Settings, stop: asyncio.Event, resilience: Resilience | None = None,
+                owner: str | None = None) -> dict:
     """Run a stored job on the optimizer to its end and store its result; returns the result summary.
 
     Starts from the job's last checkpoint in the store, if it has one (a job taken over from another replica).
     Raises :class:`JobEnded` when the job was cancelled (``stop`` set) or failed, the store says which and
-    why; :class:`HandedOver` (and writes nothing) when ``stop`` is a :class:`Stop` set for a handover.
+    why; :class:`HandedOver` (and writes nothing) when ``stop`` is a :class:`Stop` set for a handover, when
+    another replica holds the job's lease (every write is fenced by ``owner``'s lease), or when the store fails.
     """
     policy = resilience or Resilience.of(settings)
     record = await store.get(job_id)
     submitted = record.created if record else time.time()
     stored = await store.input(job_id)
-    if stored is None:  # it has ended (another replica finished it), or its input is gone
+    if stored is None and record is not None and not record.done:
+        raise await _end(store, job_id, owner, FAILED, f"job {job_id} has no input in the job store")
+    if stored is None:  # it has ended (another replica finished it)
         return await _outcome(store, job_id)
     request = optimize_request(job_id, stored[1], opts, settings, policy.checkpoint_s)
     saved = await store.checkpoint(job_id)
@@ -185,7 +200,7 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                     if isinstance(event, Accepted):
                         taken, backoff = True, policy.backoff_s
                         started = started or time.time()
-                        await _record(store.set_status, job_id, RUNNING)
+                        await _record(job_id, store.set_status, job_id, RUNNING, owner=owner)
                         if event.iteration:
                             log.info("job %s resumed at iteration %d", job_id, event.iteration)
                     elif isinstance(event, ProgressEvent):
@@ -194,50 +209,50 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                         if event.checkpoint is not None and event.checkpoint.iteration < event.total:
                             checkpoint = event.checkpoint
                             state = checkpoint.model_dump_json().encode()
-                        await _record(store.progress, job_id, event.iteration, event.total, event.loss, event.terms,
-                                      preview, state)
+                        await _record(job_id, store.progress, job_id, event.iteration, event.total, event.loss,
+                                      event.terms, preview, state, owner=owner)
                     elif isinstance(event, Finished):
                         final = event
                     elif isinstance(event, Failed) and event.retryable:
                         raise _Lost(f"the replica failed the job: {event.error}")
                     elif isinstance(event, Failed):
-                        raise await _end(store, job_id, FAILED, event.error)
+                        raise await _end(store, job_id, owner, FAILED, event.error)
                     elif not isinstance(event, Beat):
                         raise _Lost(f"unexpected event {event!r}")
             except (_Stopped, JobEnded):
                 raise
             except InvalidJob as e:
-                raise await _end(store, job_id, FAILED, str(e)) from None
-            except _StoreFailed as e:
-                raise await _end(store, job_id, FAILED, f"the job store failed: {e}") from None
+                raise await _end(store, job_id, owner, FAILED, str(e)) from None
+            except _NotMine:
+                raise await _ended(store, job_id) from None
             except Exception as e:
                 reason = f"{type(e).__name__}: {e}".strip().rstrip(":")
                 if taken or isinstance(e, _Lost):
                     lost += 1
                     if lost >= policy.attempts:
-                        raise await _end(store, job_id, FAILED, f"the optimizer was lost {lost} times while running "
-                                         f"this job (last: {reason}); submit it again") from None
+                        raise await _end(store, job_id, owner, FAILED, f"the optimizer was lost {lost} times while "
+                                         f"running this job (last: {reason}); submit it again") from None
                     log.warning("job %s: the optimizer's stream broke (%s); sending it again (%d of %d), %s",
                                 job_id, reason, lost + 1, policy.attempts,
                                 f"resuming at iteration {checkpoint.iteration}" if checkpoint else "from the start")
                     waiting_since = time.monotonic()
                 elif not _busy(e):
-                    raise await _end(store, job_id, FAILED, f"the optimizer refused the job: {reason}") from None
+                    raise await _end(store, job_id, owner, FAILED, f"the optimizer refused the job: {reason}") from None
                 elif time.monotonic() - waiting_since > policy.max_wait_s:
-                    raise await _end(store, job_id, FAILED, f"no optimizer could take the job within "
+                    raise await _end(store, job_id, owner, FAILED, f"no optimizer could take the job within "
                                f"{policy.max_wait_s:g} s (last: {reason}); submit it again") from None
                 else:
                     log.debug("job %s waits for an optimizer: %s", job_id, reason)
             finally:
                 await _close(events, raw)
             if final is not None:  # (rendering is the API's own work: nothing to send again if it fails)
-                return await _finish(store, job_id, decoded, opts, final, submitted, started)
+                return await _finish(store, job_id, decoded, opts, final, submitted, started, owner)
             await _wait(backoff * random.uniform(0.5, 1.0), stop)
             backoff = min(backoff * 2, policy.max_backoff_s)
     except _Stopped:
         if getattr(stop, "handover", False):
             raise HandedOver(job_id) from None
-        raise await _end(store, job_id, CANCELLED, "cancelled by the user") from None
+        raise await _end(store, job_id, owner, CANCELLED, "cancelled by the user") from None
 
 
 async def _close(*streams: object) -> None:
@@ -248,34 +263,40 @@ async def _close(*streams: object) -> None:
                 await aclose()
 
 
-async def _end(store: JobStore, job_id: str, status: str, reason: str) -> JobEnded:
-    """End an open job; what to raise (the job's real end, should it have ended already)."""
-    if await store.set_status(job_id, status, reason):
+async def _end(store: JobStore, job_id: str, owner: str | None, status: str, reason: str) -> JobEnded:
+    """End an open job (fenced by ``owner``'s lease); what to raise (the job's real end, should it have ended
+    already, or :class:`HandedOver` if another replica holds it)."""
+    try:
+        ended = await store.set_status(job_id, status, reason, owner=owner)
+    except Exception as e:
+        return StoreLost(job_id, f"{type(e).__name__}: {e}")
+    if ended:
         log.info("job %s ended %s: %s", job_id, status, reason)
         return JobEnded(status, reason)
     return await _ended(store, job_id)
 
 
 async def _outcome(store: JobStore, job_id: str) -> dict:
-    """A job's result summary if it has finished; else raises how it ended (:class:`JobEnded`)."""
+    """A job's result summary if it has finished; else raises how it ended (:class:`JobEnded`), or
+    :class:`HandedOver` while it is open (another replica drives it)."""
     record = await store.get(job_id)
     if record is not None and record.status == FINISHED and record.result is not None:
         return record.result
-    if record is not None and not record.done:
-        raise await _end(store, job_id, FAILED, f"job {job_id} has no input in the job store")
     raise await _ended(store, job_id)
 
 
 async def _ended(store: JobStore, job_id: str) -> JobEnded:
-    """How a job that is no longer open ended."""
+    """How a job that refused a write ended (:class:`HandedOver` if it is open: another replica holds it)."""
     record = await store.get(job_id)
     if record is None:
         return JobEnded(FAILED, f"job {job_id} is gone from the job store")
+    if not record.done:
+        return HandedOver(job_id)
     return JobEnded(record.status, record.error or f"job {job_id} ended {record.status}")
 
 
 async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions, event: Finished,
-                  submitted: float, started: float | None) -> dict:
+                  submitted: float, started: float | None, owner: str | None) -> dict:
     """Write the ``.cube`` text, render the full-resolution image from it, and store both with the scores."""
     t0 = time.time()
     n = event.lut_size
@@ -294,8 +315,12 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }
-    if not await store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image}):
-        return await _outcome(store, job_id)  # it ended meanwhile (a late cancel, or another replica finished it)
+    try:
+        finished = await store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image}, owner=owner)
+    except Exception as e:
+        raise StoreLost(job_id, f"{type(e).__name__}: {e}") from e
+    if not finished:  # it ended meanwhile (a late cancel, or another replica finished it), or is not ours now
+        return await _outcome(store, job_id)
     t = result["timings"]
     log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%dx%d, %d steps)",
              job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], decoded.size[0], decoded.size[1],
@@ -331,7 +356,8 @@ class Drivers:
         self.purge_every_s = purge_every_s
         self.instance = instance or new_instance()
         self._stops: dict[str, Stop] = {}
-        self._adopted: set[asyncio.Task] = set()
+        self._starting: set[str] = set()  # taken over or accepted, its upload being read: leased, not yet driven
+        self._tasks: set[asyncio.Task] = set()
         self._closing = False
 
     @property
@@ -344,53 +370,77 @@ class Drivers:
         its end there. Raises :class:`JobEnded` for a job that ends cancelled or failed, :class:`HandedOver` once
         this replica is shutting down (a job it has not started yet is left for the next replica too)."""
         if self._closing:
+            await self.store.release(self.instance)  # (one accepted while the others were being released)
             raise HandedOver(job_id)
+        if job_id in self._stops:  # (driven here already)
+            return await self._outcome(job_id)
         stop = self._stops[job_id] = Stop()
         try:
-            return await drive(self.store, job_id, decoded, opts, self.open_stream, self.settings, stop)
-        except HandedOver:
+            return await drive(self.store, job_id, decoded, opts, self.open_stream, self.settings, stop,
+                               owner=self.instance)
+        except HandedOver as e:
             if self._closing:
                 raise
-            log.warning("job %s: another API replica drives it now (this one lost its lease)", job_id)
+            log.warning("job %s: %s", job_id, e if isinstance(e, StoreLost) else
+                        "another API replica drives it now (this one lost its lease)")
         except JobEnded:
             raise
-        except Exception as e:  # a bug or a failing store: the job must still end, with a reason
+        except Exception as e:  # a bug: the job must still end, with a reason
             log.exception("job %s failed", job_id)
-            raise await _end(self.store, job_id, FAILED, f"internal error: {type(e).__name__}: {e}") from None
+            raise await _end(self.store, job_id, self.instance, FAILED,
+                             f"internal error: {type(e).__name__}: {e}") from None
         finally:
             self._stops.pop(job_id, None)
         return await self._outcome(job_id)
 
     async def _outcome(self, job_id: str) -> dict:
-        """Wait for a job driven elsewhere to end: its result summary, or :class:`JobEnded`."""
-        while (record := await self.store.get(job_id)) is not None and not record.done:
+        """Wait for a job driven elsewhere to end (riding out a store that does not answer for a while): its
+        result summary, or :class:`JobEnded`."""
+        while True:
             if self._closing:
                 raise HandedOver(job_id)
+            try:
+                return await _outcome(self.store, job_id)
+            except HandedOver:
+                pass  # (still open: driven elsewhere)
+            except JobEnded:
+                raise
+            except Exception as e:
+                log.debug("job %s: the job store did not answer: %s", job_id, e)
             await asyncio.sleep(0.5)
-        return await _outcome(self.store, job_id)
 
     async def run_stored(self, job_id: str) -> dict:
         """Drive a job from what the store holds of it (one accepted at the door, or taken over)."""
-        record, stored = await self.store.get(job_id), await self.store.input(job_id)
-        if record is None or stored is None:
-            return await _outcome(self.store, job_id)
+        if job_id in self._stops or job_id in self._starting:
+            return await self._outcome(job_id)
+        self._starting.add(job_id)  # (its lease is renewed while its upload is read)
         try:
-            decoded = await asyncio.to_thread(decode_upload, stored[0], self.settings)
-        except Exception as e:
-            raise await _end(self.store, job_id, FAILED, f"internal error: the stored upload cannot be read: {e}"
-                             ) from None
+            record, stored = await self.store.get(job_id), await self.store.input(job_id)
+            if record is None or stored is None:
+                return await _outcome(self.store, job_id)
+            try:
+                decoded = await asyncio.to_thread(decode_upload, stored[0], self.settings)
+            except Exception as e:
+                raise await _end(self.store, job_id, self.instance, FAILED,
+                                 f"internal error: the stored upload cannot be read: {e}") from None
+        finally:
+            self._starting.discard(job_id)
         return await self.run(job_id, decoded, JobOptions(**record.options))
 
     async def adopt(self, job_id: str, takeovers: int) -> None:
         """Drive on a job taken over from a replica that stopped (or end it, once it has been taken over too often:
         a job that crashes every replica that drives it must not go round forever)."""
-        if takeovers > self.settings.takeovers:
-            await _end(self.store, job_id, FAILED, f"interrupted: {takeovers} API process(es) that drove this job "
-                       "stopped without handing it on (a crash each time); submit it again")
-            return
-        log.warning("job %s: taken over from an API replica that stopped (takeover %d)", job_id, takeovers)
-        with contextlib.suppress(JobEnded):  # (its end is in the store)
+        try:
+            if takeovers > self.settings.takeovers:
+                await _end(self.store, job_id, self.instance, FAILED, f"interrupted: {takeovers} API process(es) "
+                           "that drove this job stopped without handing it on (a crash each time); submit it again")
+                return
+            log.warning("job %s: taken over from an API replica that stopped (takeover %d)", job_id, takeovers)
             await self.run_stored(job_id)
+        except JobEnded:
+            pass  # (its end is in the store, or another replica drives it)
+        except Exception:  # (the store failed: the lease lapses and the job is taken over again)
+            log.exception("job %s: could not be taken over", job_id)
 
     async def watch(self) -> None:
         """Forever: cancels every ``poll_s``; leases, takeovers and retention every ``lease_s``."""
@@ -424,19 +474,23 @@ class Drivers:
                     stop.set()
 
     async def _leases(self) -> None:
-        mine = list(self._stops)
+        if self._closing:  # (renewing now would undo the release)
+            return
+        mine = [*self._stops, *self._starting]
         held = await self.store.renew(self.instance, mine)
         for job_id in set(mine) - held:
             if (stop := self._stops.get(job_id)) is not None:
                 stop.handover = True
                 stop.set()
-        if self._closing:
-            return
         for job_id, takeovers in await self.store.take_over(self.instance, self.settings.watchdog_s,
-                                                          self.settings.max_open_jobs):
-            task = asyncio.create_task(self.adopt(job_id, takeovers))
-            self._adopted.add(task)
-            task.add_done_callback(self._adopted.discard)
+                                                            self.settings.max_open_jobs):
+            if job_id in self._stops or job_id in self._starting:
+                continue  # its lease had lapsed (a stalled loop) but it is driven here: it is renewed again now
+            self._keep(asyncio.create_task(self.adopt(job_id, takeovers)))
+
+    def _keep(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def shutdown_on(self, signum: int = signal.SIGTERM) -> None:
         """Hand the jobs on as soon as the process is told to stop (before the server waits for its requests:
@@ -447,7 +501,7 @@ class Drivers:
         previous = signal.getsignal(signum)
 
         def handler(sig: int, frame: object) -> None:
-            loop.call_soon_threadsafe(lambda: loop.create_task(self.shutdown()))
+            loop.call_soon_threadsafe(lambda: self._keep(loop.create_task(self.shutdown())))
             if callable(previous):
                 previous(sig, frame)
 

@@ -58,7 +58,8 @@ class JobStore(Protocol):
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
                      max_open: int | None = None) -> bool:
         """Add a queued job leased to ``owner``; False (nothing added) when ``max_open`` jobs are open.
-        The count and the insert are one step: concurrent creates never overshoot the limit."""
+        The count and the insert are one step: concurrent creates never overshoot the limit. Creating a job
+        that ``owner`` already created is a success (a call retried after its answer was lost)."""
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if it never existed or has expired."""
@@ -66,12 +67,16 @@ class JobStore(Protocol):
     async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
         """The original upload and the working copy of an open job."""
 
-    async def set_status(self, job_id: str, status: str, error: str | None = None) -> bool:
-        """Move an open job to ``status`` (an end releases its lease); False if it had already ended."""
+    async def set_status(self, job_id: str, status: str, error: str | None = None, owner: str | None = None
+                         ) -> bool:
+        """Move an open job to ``status`` (an end releases its lease); False if it had already ended, or (given
+        ``owner``) if ``owner`` does not hold its lease: a replica that lost a job can no longer write to it."""
 
     async def progress(self, job_id: str, iteration: int, total: int, loss: float, terms: dict[str, float],
-                       preview: bytes | None = None, checkpoint: bytes | None = None) -> None:
-        """Record a step of an open job (queued becomes running); a missing preview or checkpoint keeps the last."""
+                       preview: bytes | None = None, checkpoint: bytes | None = None, owner: str | None = None
+                       ) -> bool:
+        """Record a step of an open job (queued becomes running); a missing preview or checkpoint keeps the last.
+        False (nothing written) as :meth:`set_status`."""
 
     async def preview(self, job_id: str) -> bytes | None:
         """The last preview PNG."""
@@ -85,8 +90,10 @@ class JobStore(Protocol):
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
         """Those of ``job_ids`` whose cancellation was requested."""
 
-    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
-        """End an open job finished with its result summary and files, all at once; False if it had ended."""
+    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes], owner: str | None = None
+                     ) -> bool:
+        """End an open job finished with its result summary and files, all at once; False (nothing written) as
+        :meth:`set_status`."""
 
     async def file(self, job_id: str, name: str) -> bytes | None:
         """A result file of a finished job."""

@@ -33,7 +33,10 @@ _RELEASED_IDLE_MS = 10**10  # the idle time a released lease is given: older tha
 _STATUS_OPEN = "local open = {queued = true, running = true}\n"
 
 _CREATE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('job ' .. ARGV[1] .. ' exists') end
+if redis.call('EXISTS', KEYS[2]) == 1 then  -- a call retried after its answer was lost succeeded the first time
+  if redis.call('HGET', KEYS[2], 'owner') == ARGV[8] then return 1 end
+  return redis.error_reply('job ' .. ARGV[1] .. ' exists')
+end
 local max = tonumber(ARGV[2])
 if max >= 0 and redis.call('ZCARD', KEYS[1]) >= max then return 0 end
 redis.pcall('XGROUP', 'CREATE', KEYS[4], ARGV[9], '$', 'MKSTREAM')  -- (an error when it exists)
@@ -48,15 +51,17 @@ redis.call('XCLAIM', KEYS[4], ARGV[9], ARGV[8], 0, entry, 'FORCE', 'JUSTID')
 return 1
 """
 
-# KEYS: job, data, open, stream. ARGV: id, status, error, now, retention_s, group, result, files...
+# KEYS: job, data, open, stream. ARGV: id, status, error, now, retention_s, group, owner ('' = any), result,
+# files...
 _SET_STATUS = _STATUS_OPEN + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not open[status] then return 0 end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[7] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated', ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
 if open[ARGV[2]] then return 1 end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], 'file:' .. ARGV[i], ARGV[i + 1]) end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[8]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[2], 'file:' .. ARGV[i], ARGV[i + 1]) end
 local entry = redis.call('HGET', KEYS[1], 'entry')
 if entry then
   redis.call('XACK', KEYS[4], ARGV[6], entry)
@@ -70,10 +75,11 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
 
-# KEYS: job, data. ARGV: iteration, total, loss, terms, now, preview, checkpoint
+# KEYS: job, data. ARGV: iteration, total, loss, terms, now, preview, checkpoint, owner ('' = any)
 _PROGRESS = _STATUS_OPEN + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not open[status] then return 0 end
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[8] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'iteration', ARGV[1], 'total', ARGV[2], 'loss', ARGV[3],
            'terms', ARGV[4], 'updated', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'preview', ARGV[6]) end
@@ -118,7 +124,7 @@ repeat
   local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', limit - #taken / 2)
   cursor = res[1]
   for _, e in ipairs(res[2]) do
-    local key = e[2] and (ARGV[5] .. 'job:' .. e[2][2])
+    local key = e and e[2] and (ARGV[5] .. 'job:' .. e[2][2])
     if key and redis.call('EXISTS', key) == 1 then
       local released = redis.call('HGET', key, 'released')
       local takeovers = redis.call('HINCRBY', key, 'takeovers', released and 0 or 1)
@@ -126,7 +132,7 @@ repeat
       redis.call('HSET', key, 'owner', ARGV[2])
       table.insert(taken, e[2][2])
       table.insert(taken, takeovers)
-    else  -- a job whose keys are gone: nothing to drive
+    elseif e then  -- a job whose keys are gone: nothing to drive
       redis.call('XACK', KEYS[1], ARGV[1], e[1])
       redis.call('XDEL', KEYS[1], e[1])
     end
@@ -183,22 +189,24 @@ class RedisJobStore:
         return (source, working) if source is not None and working is not None else None
 
     async def _end(self, job_id: str, status: str, error: str | None, result: dict | None,
-                   files: dict[str, bytes]) -> bool:
+                   files: dict[str, bytes], owner: str | None) -> bool:
         keys = [self._job(job_id), self._data(job_id), self._open, self._stream]
         args: list[Any] = [job_id, status, error or "", time.time(), max(1, int(self.retention_s)), GROUP,
-                           json.dumps(result) if result is not None else ""]
+                           owner or "", json.dumps(result) if result is not None else ""]
         for name, data in files.items():
             args += [name, data]
         return await self._scripts["set_status"](keys, args) == 1
 
-    async def set_status(self, job_id: str, status: str, error: str | None = None) -> bool:
-        return await self._end(job_id, status, error, None, {})
+    async def set_status(self, job_id: str, status: str, error: str | None = None, owner: str | None = None
+                         ) -> bool:
+        return await self._end(job_id, status, error, None, {}, owner)
 
     async def progress(self, job_id: str, iteration: int, total: int, loss: float, terms: dict[str, float],
-                       preview: bytes | None = None, checkpoint: bytes | None = None) -> None:
-        await self._scripts["progress"]([self._job(job_id), self._data(job_id)],
-                                        [iteration, total, repr(float(loss)), json.dumps(terms), time.time(),
-                                         preview or b"", checkpoint or b""])
+                       preview: bytes | None = None, checkpoint: bytes | None = None, owner: str | None = None
+                       ) -> bool:
+        return await self._scripts["progress"]([self._job(job_id), self._data(job_id)],
+                                               [iteration, total, repr(float(loss)), json.dumps(terms), time.time(),
+                                                preview or b"", checkpoint or b"", owner or ""]) == 1
 
     async def preview(self, job_id: str) -> bytes | None:
         return await self.redis.hget(self._data(job_id), "preview")
@@ -218,8 +226,9 @@ class RedisJobStore:
             flags = await pipe.execute()
         return {job_id for job_id, flag in zip(job_ids, flags) if flag == b"1"}
 
-    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
-        return await self._end(job_id, "finished", None, result, files)
+    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes], owner: str | None = None
+                     ) -> bool:
+        return await self._end(job_id, "finished", None, result, files, owner)
 
     async def file(self, job_id: str, name: str) -> bytes | None:
         return await self.redis.hget(self._data(job_id), f"file:{name}")

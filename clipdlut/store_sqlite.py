@@ -49,6 +49,7 @@ _ADDED = {"owner": "TEXT", "lease": "REAL", "takeovers": "INTEGER NOT NULL DEFAU
 _RECORD = ("id, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner, "
            "takeovers")
 _OPEN = "status IN ('queued', 'running')"
+_HOLDS = "(? IS NULL OR owner = ?)"  # a write fenced by the lease (no owner given: unfenced)
 # what an ending job lets go of: its lease, and the inputs only a running job needs
 _LET_GO = "owner = NULL, lease = NULL, source = NULL, working = NULL, checkpoint = NULL"
 
@@ -102,6 +103,10 @@ class SqliteJobStore:
         def run() -> bool:
             now = time.time()
             limit = -1 if max_open is None else max_open
+            if (row := self._exec("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()) is not None:
+                if row[0] == owner:
+                    return True
+                raise ValueError(f"job {job_id} exists")
             cur = self._exec(
                 "INSERT INTO jobs (id, status, created, updated, total, options, source, working, owner, lease) "
                 f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? < 0 OR (SELECT COUNT(*) FROM jobs WHERE {_OPEN}) < ?",
@@ -126,19 +131,24 @@ class SqliteJobStore:
                                                  (job_id,)).fetchone())
         return (row[0], row[1]) if row and row[0] is not None else None
 
-    async def set_status(self, job_id: str, status: str, error: str | None = None) -> bool:
+    async def set_status(self, job_id: str, status: str, error: str | None = None, owner: str | None = None
+                         ) -> bool:
         let_go = "" if status in (QUEUED, RUNNING) else ", " + _LET_GO
         cur = await self._run(self._exec, f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated = ?"
-                              f"{let_go} WHERE id = ? AND {_OPEN}", (status, error, time.time(), job_id))
+                              f"{let_go} WHERE id = ? AND {_OPEN} AND {_HOLDS}",
+                              (status, error, time.time(), job_id, owner, owner))
         return cur.rowcount > 0
 
     async def progress(self, job_id: str, iteration: int, total: int, loss: float, terms: dict[str, float],
-                       preview: bytes | None = None, checkpoint: bytes | None = None) -> None:
-        await self._run(self._exec,
-                        "UPDATE jobs SET iteration = ?, total = ?, loss = ?, terms = ?, "
-                        "preview = COALESCE(?, preview), checkpoint = COALESCE(?, checkpoint), status = 'running', "
-                        f"updated = ? WHERE id = ? AND {_OPEN}",
-                        (iteration, total, loss, json.dumps(terms), preview, checkpoint, time.time(), job_id))
+                       preview: bytes | None = None, checkpoint: bytes | None = None, owner: str | None = None
+                       ) -> bool:
+        cur = await self._run(self._exec,
+                              "UPDATE jobs SET iteration = ?, total = ?, loss = ?, terms = ?, "
+                              "preview = COALESCE(?, preview), checkpoint = COALESCE(?, checkpoint), "
+                              f"status = 'running', updated = ? WHERE id = ? AND {_OPEN} AND {_HOLDS}",
+                              (iteration, total, loss, json.dumps(terms), preview, checkpoint, time.time(), job_id,
+                               owner, owner))
+        return cur.rowcount > 0
 
     async def preview(self, job_id: str) -> bytes | None:
         row = await self._run(lambda: self._exec("SELECT preview FROM jobs WHERE id = ?", (job_id,)).fetchone())
@@ -162,10 +172,12 @@ class SqliteJobStore:
                                                   tuple(job_ids)).fetchall())
         return {r[0] for r in rows}
 
-    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+    async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes], owner: str | None = None
+                     ) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(f"UPDATE jobs SET status = ?, result = ?, updated = ?, {_LET_GO} "
-                               f"WHERE id = ? AND {_OPEN}", (FINISHED, json.dumps(result), time.time(), job_id))
+                               f"WHERE id = ? AND {_OPEN} AND {_HOLDS}",
+                               (FINISHED, json.dumps(result), time.time(), job_id, owner, owner))
             if cur.rowcount == 0:
                 return False
             conn.executemany("INSERT OR REPLACE INTO files (job_id, name, data) VALUES (?, ?, ?)",

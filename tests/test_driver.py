@@ -14,7 +14,7 @@ import pytest
 from bentoml.exceptions import BadInput, BentoMLException, InternalServerError, ServiceUnavailable
 
 from clipdlut.cube import read_cube
-from clipdlut.driver import Drivers, HandedOver, Resilience, _busy, drive
+from clipdlut.driver import Drivers, HandedOver, Resilience, StoreLost, _busy, drive
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.jobs import JobEnded, JobOptions, accept, decode_upload
 from clipdlut.jobstream import stream_job
@@ -293,3 +293,27 @@ async def test_a_replica_shutting_down_starts_no_job_and_stops_waiting_for_other
     with pytest.raises(HandedOver):  # a task that begins after the signal leaves its job to the next replica
         await leaving.run(*job)
     assert await leaving.store.take_over("api-b", idle_s=3600, limit=5) == [(job[0], 0)]  # released: at once
+
+
+class FlakyStore(SqliteJobStore):
+    """A job store whose progress writes fail from the ``fail_from``-th on (a Redis failover, a dropped link)."""
+
+    def __init__(self, path, fail_from: int):
+        super().__init__(path)
+        self.writes, self.fail_from = 0, fail_from
+
+    async def progress(self, *args, **kwargs):
+        self.writes += 1
+        if self.writes >= self.fail_from:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return await super().progress(*args, **kwargs)
+
+
+async def test_a_store_that_fails_under_a_write_leaves_the_job_to_the_next_lease_holder(engine, tmp_path):
+    store = FlakyStore(tmp_path / "jobs.db", fail_from=3)
+    job = await new_job(store, steps=30, owner="api-a")
+    with pytest.raises(StoreLost):
+        await drive(store, *job, Optimizer(engine).optimize, SETTINGS, asyncio.Event(), FAST, owner="api-a")
+    record = await store.get(job[0])
+    assert record.status == RUNNING and record.error is None  # not failed: another replica takes it over
+    await until(lambda: engine.running == 0, timeout=5)  # and nothing left running on the optimizer

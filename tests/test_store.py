@@ -91,6 +91,24 @@ async def test_cancel_flags_and_ended_jobs_never_change(store):
     assert await store.open_jobs() == 1
 
 
+async def test_writes_of_a_replica_that_lost_the_lease_are_refused(store):
+    assert await store.create("j", {"steps": 3}, b"s", b"w", owner="api-a")
+    assert await store.create("j", {"steps": 3}, b"s", b"w", owner="api-a")  # a retried call: the same job
+    with pytest.raises(Exception, match="exists"):
+        await store.create("j", {"steps": 3}, b"s", b"w", owner="api-b")
+    assert await store.progress("j", 1, 3, 0.5, {}, None, b"state1", owner="api-a")
+    await asyncio.sleep(0.3)
+    assert await store.take_over("api-b", idle_s=0.2, limit=1) == [("j", 1)]
+    assert not await store.progress("j", 2, 3, 0.4, {}, None, b"late", owner="api-a")
+    assert not await store.set_status("j", FAILED, "late", owner="api-a")
+    assert not await store.finish("j", {}, {"cube": b"late"}, owner="api-a")
+    r = await store.get("j")
+    assert (r.status, r.iteration, r.error) == (RUNNING, 1, None) and await store.checkpoint("j") == b"state1"
+    assert await store.progress("j", 2, 3, 0.4, {}, None, b"state2", owner="api-b")
+    assert await store.finish("j", {"by": "b"}, {"cube": b"LUT"}, owner="api-b")
+    assert (await store.get("j")).result == {"by": "b"} and await store.file("j", "cube") == b"LUT"
+
+
 async def test_admission_never_overshoots_with_fifty_concurrent_clients(location):
     clients = stores(location, 50)
     created = await asyncio.gather(*(c.create(f"job{i}", {"steps": 1}, b"s" * 1000, b"w", owner=f"api-{i % 3}",
