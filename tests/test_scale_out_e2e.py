@@ -37,8 +37,27 @@ def submit(url: str, i: int) -> tuple[str, str]:
     return "native", r.json()["task_id"]
 
 
-def progress(url: str, task_id: str) -> dict:
-    return httpx.post(url + "/v1/progress", json={"task_id": task_id}, timeout=30).json()
+def progress(url: str, task_id: str) -> dict | None:
+    """A job's progress; None while the router has no answer (a 502/503 in the second after a replica dies, before
+    its health check marks it down: a client polls again, as this one does)."""
+    try:
+        r = httpx.post(url + "/v1/progress", json={"task_id": task_id}, timeout=30)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def answered(send) -> dict:
+    """The JSON of a call that answers 200, polled as :func:`progress` is (the router may answer 502 once)."""
+
+    def attempt():
+        try:
+            r = send()
+        except httpx.HTTPError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    return wait(attempt, timeout=30, every=0.25)
 
 
 def worker_pids(server) -> set[str]:
@@ -81,16 +100,18 @@ def test_an_api_replica_killed_mid_run_loses_no_job(tmp_path):
 
         for url in (router.url, survivor.url):  # through the router, and through the survivor itself
             for kind, task_id in jobs:
-                done = wait(lambda t=task_id, u=url: (p := progress(u, t))["status"] not in ("queued", "running") and p,
-                            timeout=300, every=0.25)
+                done = wait(lambda t=task_id, u=url: (p := progress(u, t)) and p["status"] not in ("queued", "running")
+                            and p, timeout=300, every=0.25)
                 assert done["status"] == "finished" and done["iteration"] == STEPS, done
                 if kind == "original":
-                    q = httpx.post(url + "/query_task", json={"task_id": task_id, "lut_format": "cube"},
-                                   timeout=30).json()
+                    q = answered(lambda u=url, t=task_id: httpx.post(u + "/query_task", json={
+                        "task_id": t, "lut_format": "cube"}, timeout=30))
                     assert q["status"] == "finished" and base64.b64decode(q["lut"]).startswith(b"# prompt: ")
                 else:
-                    status = httpx.get(url + "/v1/retouch/status", params={"task_id": task_id}, timeout=30).json()
-                    result = httpx.get(url + "/v1/retouch/get", params={"task_id": task_id}, timeout=30).json()
+                    status = answered(lambda u=url, t=task_id: httpx.get(u + "/v1/retouch/status",
+                                                                         params={"task_id": t}, timeout=30))
+                    result = answered(lambda u=url, t=task_id: httpx.get(u + "/v1/retouch/get",
+                                                                         params={"task_id": t}, timeout=30))
                     assert status["status"] == "completed" and result["task_id"] == task_id
                     assert result["cube"].startswith("# prompt: ") and result["steps"] == STEPS
         assert db.zcard("clipdlut:open") == 0 and db.xlen("clipdlut:drive") == 0  # none left open
