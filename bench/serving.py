@@ -4,6 +4,7 @@ under locust on one host and split across two, on the SQLite and the Redis job s
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import subprocess
@@ -142,29 +143,26 @@ def locust_overhead(topology: str = "one host", store: str = "sqlite", seconds: 
     """Submit/status latency and jobs per minute against real tiny-model servers, via the locustfile: ``one host``
     (``bentoml serve service:Retouch`` starts both services) or ``split`` (the optimizer served alone, the API
     pointed at it by URL, each with a home of its own); the job store a SQLite file or a Redis server."""
-    with tempfile.TemporaryDirectory() as folder:
-        servers: list = []
-        try:
-            env = {}
-            if store == "redis":
-                servers.append(redis := _Redis(Path(folder) / "redis"))
-                env["CLIPDLUT_STORE"] = redis.url
-            if topology == "split":
-                servers.append(optimizer := _Server("service:Optimizer", Path(folder) / "optimizer"))
-                _wait_ready(f"{optimizer.url}/readyz")
-                servers.append(api := _Server("service:Retouch", Path(folder) / "api",
-                                              CLIPDLUT_OPTIMIZER_URL=optimizer.url, **env))
-            else:
-                servers.append(api := _Server("service:Retouch", Path(folder) / "api", **env))
-            _wait_ready(f"{api.url}/readyz")
-            prefix = f"{folder}/locust"
-            subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
-                            "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", api.url,
-                            "--csv", prefix, "--only-summary"], cwd=ROOT, env=api.env, check=True, capture_output=True)
-            rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
-        finally:
-            for server in reversed(servers):
-                server.stop()
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as servers:  # (each stopped, whatever fails)
+        env = {}
+        if store == "redis":
+            redis = _Redis(Path(folder) / "redis")
+            servers.callback(redis.stop)
+            env["CLIPDLUT_STORE"] = redis.url
+        if topology == "split":
+            optimizer = _Server("service:Optimizer", Path(folder) / "optimizer")
+            servers.callback(optimizer.stop)
+            _wait_ready(f"{optimizer.url}/readyz")
+            api = _Server("service:Retouch", Path(folder) / "api", CLIPDLUT_OPTIMIZER_URL=optimizer.url, **env)
+        else:
+            api = _Server("service:Retouch", Path(folder) / "api", **env)
+        servers.callback(api.stop)
+        _wait_ready(f"{api.url}/readyz")
+        prefix = f"{folder}/locust"
+        subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
+                        "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", api.url,
+                        "--csv", prefix, "--only-summary"], cwd=ROOT, env=api.env, check=True, capture_output=True)
+        rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
     jobs = sum(int(rows[n]["Request Count"]) - int(rows[n]["Failure Count"]) for n in rows if n.endswith("to result"))
     pick = {"submit": "/v1/retouch/submit", "status": "/v1/retouch/status"}
     out = {"topology": topology, "store": store, "seconds": seconds, "users": users,
