@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
+from clipdlut.settings import Settings
 
+MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
 LutSize = Literal[17, 33, 65]
 ImageFormat = Literal["png", "jpeg", "webp"]
 JobStatus = Literal["queued", "running", "finished", "cancelled", "failed"]
@@ -85,7 +87,7 @@ class LegacyRetouchRequest(BaseModel):
     image: str = Field(description="base64 image, optionally a data URL (data:image/png;base64,...)")
     target_prompt: str = Field(min_length=1, description="the look to aim for", examples=[EXAMPLE_PROMPT])
     original_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, description="what the photo looks like now")
-    iteration: int = Field(1000, ge=1, le=5000, description="optimizer steps")
+    iteration: int = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps")
 
 
 class LegacyTask(BaseModel):
@@ -120,7 +122,7 @@ class RetouchRequest(BaseModel):
                                examples=[EXAMPLE_PROMPT])
     source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, max_length=2000,
                                description="what the photo looks like now")
-    steps: int = Field(200, ge=1, le=5000, description="optimizer steps; more is slower and stronger")
+    steps: int = Field(200, ge=1, le=MAX_STEPS, description="optimizer steps; more is slower and stronger")
     lut_size: LutSize = Field(33, description="LUT nodes per side")
     strength: float = Field(1.0, ge=0.0, le=2.0, description="blend with the identity: 0 none, 1 full, 2 doubled")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")
