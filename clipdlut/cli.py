@@ -10,7 +10,7 @@ from pathlib import Path
 from clipdlut.cube import CubeError, lut_to_cube, read_cube, write_cube
 from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
-from clipdlut.lut import MAX_SIZE, MIN_SIZE
+from clipdlut.lut import OFFERED_SIZES
 from clipdlut.models import MODELS, WeightsNotFound
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, FINISHED, JobSpec
 
@@ -93,8 +93,8 @@ def _import_model(args: argparse.Namespace) -> None:
 
 def _lut_size(text: str) -> int:
     n = int(text)
-    if not MIN_SIZE <= n <= MAX_SIZE:
-        raise argparse.ArgumentTypeError(f"LUT size must be {MIN_SIZE}..{MAX_SIZE}")
+    if n not in OFFERED_SIZES:  # (as the service: the sizes every .cube consumer expects)
+        raise argparse.ArgumentTypeError(f"LUT size must be one of {', '.join(map(str, OFFERED_SIZES))}")
     return n
 
 

@@ -21,13 +21,14 @@ from PIL import Image
 from clipdlut.cube import read_cube, write_cube
 from clipdlut.hald import hald_level_for, write_hald
 from clipdlut.imaging import DecodedImage, decode_image, output_format, working_copy
+from clipdlut.lut import OFFERED_SIZES, resample, to_table
 from clipdlut.lut import from_table as table_to_lut
-from clipdlut.lut import resample, to_table
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
 from clipdlut.settings import Settings
 from clipdlut.store import FAILED, FINISHED, JobStore
 
 log = logging.getLogger(__name__)
+_OFFERED = ", ".join(map(str, OFFERED_SIZES))
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -130,8 +131,8 @@ def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
     """Options with prompts cleaned, or :class:`InputError` naming the field to fix."""
     if not 1 <= opts.steps <= settings.max_steps:
         raise InputError(f"steps must be from 1 to {settings.max_steps}, got {opts.steps}")
-    if opts.lut_size not in (17, 33, 65):
-        raise InputError(f"lut_size must be 17, 33 or 65, got {opts.lut_size}")
+    if opts.lut_size not in OFFERED_SIZES:
+        raise InputError(f"lut_size must be one of {_OFFERED}, got {opts.lut_size}")
     if not 0.0 <= opts.strength <= 2.0:
         raise InputError(f"strength must be from 0 to 2, got {opts.strength}")
     try:
@@ -196,8 +197,8 @@ async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: s
         raise JobEnded(record.status if record else FAILED, f"task {job_id} has no finished LUT")
     if fmt not in ("cube", "hald"):
         raise InputError(f"format must be cube or hald, got {fmt!r}")
-    if size is not None and size not in (17, 33, 65):
-        raise InputError(f"size must be 17, 33 or 65, got {size}")
+    if size is not None and size not in OFFERED_SIZES:
+        raise InputError(f"size must be one of {_OFFERED}, got {size}")
     parsed = read_cube(cube)
     lut = table_to_lut(parsed.normalized())
     if fmt == "hald":

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 MIN_SIZE = 2
 MAX_SIZE = 65
+OFFERED_SIZES = (17, 33, 65)  # the sizes the service and the CLI produce (any of MIN_SIZE..MAX_SIZE reads)
 
 
 def check_size(n: int) -> int:

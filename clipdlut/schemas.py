@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from clipdlut.lut import OFFERED_SIZES
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
 from clipdlut.settings import Settings
 
 MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
-LutSize = Literal[17, 33, 65]
+LutSize = Literal[OFFERED_SIZES]  # (Literal of a tuple: Literal[17, 33, 65])
 ImageFormat = Literal["png", "jpeg", "webp"]
 JobStatus = Literal["queued", "running", "finished", "cancelled", "failed"]
 EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"

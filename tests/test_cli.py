@@ -1,6 +1,8 @@
+import argparse
 import os
 import subprocess
 import sys
+import typing
 
 import numpy as np
 import pytest
@@ -72,3 +74,14 @@ def test_missing_weights_is_one_line(tmp_path):
     out = cli("retouch", tmp_path / "photo.png", "--prompt", "x", "-o", tmp_path / "x.cube", model="ViT-B-16")
     assert out.returncode == 1 and "CLIPDLUT_WEIGHTS_DIR" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_cli_offers_the_lut_sizes_the_service_does():
+    from clipdlut.cli import _lut_size
+    from clipdlut.lut import OFFERED_SIZES
+    from clipdlut.schemas import LutSize
+
+    assert typing.get_args(LutSize) == OFFERED_SIZES and [_lut_size(str(n)) for n in OFFERED_SIZES] == [17, 33, 65]
+    for bad in ("2", "32", "66"):
+        with pytest.raises(argparse.ArgumentTypeError, match="one of 17, 33, 65"):
+            _lut_size(bad)
