@@ -360,11 +360,6 @@ class Drivers:
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
 
-    @property
-    def driving(self) -> list[str]:
-        """The jobs this replica drives now."""
-        return list(self._stops)
-
     async def run(self, job_id: str, decoded: DecodedImage, opts: JobOptions) -> dict:
         """Drive one job to its end (see :func:`drive`); if another replica takes it over meanwhile, wait for
         its end there. Raises :class:`JobEnded` for a job that ends cancelled or failed, :class:`HandedOver` once

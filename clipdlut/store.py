@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 QUEUED, RUNNING, FINISHED, CANCELLED, FAILED = "queued", "running", "finished", "cancelled", "failed"
-OPEN = (QUEUED, RUNNING)
 TERMINAL = frozenset({FINISHED, CANCELLED, FAILED})
 
 

@@ -148,7 +148,30 @@ def split(folder: Path, api_env: dict[str, str] | None = None, **optimizer_env: 
         yield api, optimizer
 
 
-class Proxy:
+class _Daemon:
+    """A server from Debian's packages on ``self.port`` of 127.0.0.1: started, waited for, killed."""
+
+    port: int
+    proc: subprocess.Popen | None = None
+
+    def _spawn(self, args: list[str]):
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise AssertionError(f"{Path(args[0]).name} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Proxy(_Daemon):
     """HAProxy (Debian's package) in front of several servers, on a free port: the platform's router."""
 
     def __init__(self, folder: Path, backends: list[str]):
@@ -175,24 +198,10 @@ backend replicas
   http-check expect status 200
 {servers}
 """)
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> Proxy:
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        self.proc = subprocess.Popen([binary, "-f", str(self.config), "-db"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise AssertionError("haproxy did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return self._spawn([binary, "-f", str(self.config), "-db"])
 
 
 def optimizer_in_flight(url: str) -> float:
@@ -209,7 +218,7 @@ def haproxy_missing() -> str | None:
     return "haproxy is not installed (make test installs it with apt where it can)"
 
 
-class RedisServer:
+class RedisServer(_Daemon):
     """Debian's ``redis-server`` on a free port of 127.0.0.1, with AOF persistence in ``folder`` (as the README
     asks of a production Redis), for the tests of the Redis job store."""
 
@@ -218,26 +227,12 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "",
-             "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return self._spawn([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                            "--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
+                            "--protected-mode", "yes"])
 
 
 def redis_missing() -> str | None:
