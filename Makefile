@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PORT ?= 3000
 
-.PHONY: install serve serve-optimizer serve-api test test-servers bench load build import-model lint clean
+.PHONY: install serve serve-optimizer serve-api test test-servers bench eval load build import-model lint clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ test-servers:
 	command -v redis-server >/dev/null || \
 	$(APT_GET) || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(APT_GET); } || \
 	echo "chromium, haproxy or redis-server could not be installed with apt: the tests that need them will skip"
+
+# The quality report (README, Evaluation): EVAL_ARGS="--model ViT-B-16 --steps 200" with downloaded weights.
+eval: install
+	$(PY) -m clipdlut eval $(EVAL_ARGS)
 
 bench: install   # BENCH_ARGS="--device cuda" on a GPU machine
 	$(PY) -m bench $(BENCH_ARGS)

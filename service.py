@@ -300,9 +300,7 @@ class Retouch:
                 await self.drivers.run_stored(job_id)
             else:
                 job_id = uuid.uuid4().hex
-                opts = JobOptions(request.target_prompt, request.source_prompt, request.steps, request.lut_size,
-                                  request.strength, request.seed, request.image_format)
-                await self.drivers.run(job_id, *await self._accept(job_id, request.image, opts))
+                await self.drivers.run(job_id, *await self._accept(job_id, request.image, request.options()))
         except HandedOver:  # (this process is stopping; the job is not)
             raise ShuttingDown(f"this server is shutting down; task {job_id} goes on on another replica: follow it "
                                "with /v1/progress") from None
@@ -413,8 +411,7 @@ class Retouch:
     async def legacy_retouch(self, request: LegacyRetouchRequest, /) -> LegacyTask:
         """Original API: start a task; poll it with /query_task."""
         job_id = str(uuid.uuid4())
-        opts = JobOptions(request.target_prompt, request.original_prompt, steps=request.iteration)
-        decoded, opts = await self._accept(job_id, request.image, opts)
+        decoded, opts = await self._accept(job_id, request.image, request.options())
 
         async def run() -> None:
             with contextlib.suppress(JobEnded):  # (its end is in the store, where /query_task reads it)
@@ -461,8 +458,7 @@ async def _validate_submission(request: Request) -> Callable[[str], Awaitable[No
         first = e.errors()[0]
         raise InputError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
     await jobs.check_capacity(_store(), S)
-    opts = jobs.validate_options(JobOptions(parsed.target_prompt, parsed.source_prompt, parsed.steps,
-                                            parsed.lut_size, parsed.strength, parsed.seed, parsed.image_format), S)
+    opts = jobs.validate_options(parsed.options(), S)
     data = jobs.b64decode_image(parsed.image)
     decoded = await asyncio.to_thread(jobs.decode_upload, data, S)
     return lambda task_id: jobs.accept(_store(), task_id, data, decoded, opts, S, owner=_instance())

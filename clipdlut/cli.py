@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 from clipdlut.cube import CubeError, lut_to_cube, read_cube, write_cube
+from clipdlut.evaluation import IMAGES
 from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
 from clipdlut.lut import OFFERED_SIZES
 from clipdlut.models import MODELS, WeightsNotFound
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, FINISHED, JobSpec
+from clipdlut.safety import PINS
 
-EXIT_USAGE, EXIT_FAILED = 2, 1
+EXIT_FAILED = 1
 
 
 def _format_for(path: Path) -> str:
@@ -41,8 +43,9 @@ def _retouch(args: argparse.Namespace) -> None:
         bar.set_postfix(loss=f"{p.loss:.4f}")
 
     opt = BatchedOptimizer(guide, on_progress=on_progress)
+    pins = {name: getattr(args, name) for name in PINS}
     spec = JobSpec("cli", working_copy(decoded.rgb), args.prompt, args.source_prompt, steps=args.steps,
-                   lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1)
+                   lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1, **pins)
     failed = opt.add([spec])
     result = failed[0] if failed else opt.run()["cli"]
     bar.close()
@@ -50,7 +53,7 @@ def _retouch(args: argparse.Namespace) -> None:
         raise RuntimeError(result.error or result.status)
     comments = [f"prompt: {args.prompt}", f"source prompt: {args.source_prompt}",
                 f"model: {guide.name}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
-    text = lut_to_cube(result.lut, strength=args.strength, title=args.prompt[:64], comments=comments)
+    text = lut_to_cube(result.lut, strength=args.strength, title=args.prompt[:64], comments=comments, **pins)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
     if args.image:
@@ -82,6 +85,36 @@ def _apply(args: argparse.Namespace) -> None:
     if args.cube:
         args.cube.write_text(write_cube(blend_table(table, args.strength)), encoding="utf-8")
         print(f"wrote {args.cube}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import time
+
+    from clipdlut import evaluation
+    from clipdlut.guidance import Guide
+    from clipdlut.models import load_model
+
+    unknown = set(args.images) - set(IMAGES)
+    if unknown:
+        raise ValueError(f"unknown photo(s) {sorted(unknown)}; choose from {', '.join(IMAGES)}")
+    guide = Guide(load_model(args.model, device=args.device))
+    prompts = evaluation.PROMPTS[:args.prompts]
+    total = len(args.images) * len(prompts)
+
+    def done(row) -> None:
+        if not args.quiet:
+            print(f"{row.image:>10} | {row.prompt.text[:40]:<40} | directional {row.directional:+.3f} | SSIM "
+                  f"{row.quality.ssim:.3f} | ΔE {row.quality.color_shift:.1f} | safe {row.quality.safe}",
+                  file=sys.stderr)
+
+    t0 = time.perf_counter()
+    rows = evaluation.run(guide, images=args.images, prompts=prompts, steps=args.steps, lut_size=args.lut_size,
+                          seed=args.seed, batch=args.batch, on_done=done)
+    wall = time.perf_counter() - t0
+    title = (f"CLIP-DLUT evaluation: {guide.name}, {args.steps} steps, LUT {args.lut_size}, seed {args.seed}, "
+             f"{total} jobs in {wall:.0f} s ({args.batch} at a time, {guide.device})")
+    md, png = evaluation.write(rows, args.out, title)
+    print(f"wrote {md} and {png}")
 
 
 def _import_model(args: argparse.Namespace) -> None:
@@ -124,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
     r.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same LUT")
     r.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 0.005)")
+    for name, help_text in PINS.items():
+        r.add_argument("--" + name.replace("_", "-"), action="store_true", help=help_text)
     r.add_argument("--model", default=None,
                    help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
     r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -138,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
     a.add_argument("--cube", type=Path, help="also write the LUT (at this strength) as a .cube file")
     a.set_defaults(func=_apply)
+    e = sub.add_parser("eval", help="grade a fixed set of photos with a fixed set of prompts and measure every result")
+    e.add_argument("--model", default=None,
+                   help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
+    e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    e.add_argument("--steps", type=_positive, default=200, help="optimizer steps per job (default 200)")
+    e.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
+    e.add_argument("--seed", type=int, default=0, help="random seed of every job")
+    e.add_argument("--batch", type=_positive, default=8, help="jobs optimized together (default 8)")
+    e.add_argument("--images", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   default=list(IMAGES), help=f"comma-separated photos (default: all of {', '.join(IMAGES)})")
+    e.add_argument("--prompts", type=_positive, default=None, help="use only the first N of the prompts (default all)")
+    e.add_argument("-o", "--out", type=Path, default=Path("eval-results"), metavar="DIR",
+                   help="where to write eval.md and contact-sheet.png (default eval-results)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no line per job")
+    e.set_defaults(func=_eval)
     m = sub.add_parser("import-model", help="put Chinese-CLIP weights into BentoML's model store for `bentoml build`")
     m.add_argument("name", choices=list(MODELS), help="the model the service will use ($CLIPDLUT_CLIP_MODEL)")
     m.add_argument("--from", dest="source", type=Path, metavar="FILE",

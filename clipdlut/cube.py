@@ -14,6 +14,7 @@ import torch
 
 from clipdlut import lut as lutmath
 from clipdlut.lut import MAX_SIZE, MIN_SIZE
+from clipdlut.safety import make_safe
 
 DECIMALS = 6
 
@@ -167,10 +168,12 @@ def read_cube(data: str | bytes) -> Cube:
     return Cube(table=table, title=title, domain_min=tuple(lo), domain_max=tuple(hi), comments=comments)
 
 
-def lut_to_cube(lut: torch.Tensor, *, strength: float = 1.0, size: int | None = None,
-                title: str = "CLIP-DLUT", comments: list[str] | tuple[str, ...] = ()) -> str:
-    """The ``.cube`` text of an optimized LUT ``(1, 3, N, N, N)``, blended to ``strength`` and resampled."""
-    lut = lutmath.blend(lut.detach().double(), strength)
+def lut_to_cube(lut: torch.Tensor, *, strength: float = 1.0, size: int | None = None, keep_blacks: bool = False,
+                keep_whites: bool = False, title: str = "CLIP-DLUT", comments: list[str] | tuple[str, ...] = ()) -> str:
+    """The ``.cube`` text of an optimized LUT ``(1, 3, N, N, N)``, blended to ``strength``, made safe again (a
+    strength above 1 extrapolates the grade) and resampled (which keeps it safe: a coarser size takes every k-th
+    node, a finer one interpolates between safe nodes)."""
+    lut = make_safe(lutmath.blend(lut.detach().double(), strength), keep_blacks=keep_blacks, keep_whites=keep_whites)
     if size is not None and size != lut.shape[-1]:
         lut = lutmath.resample(lut, size)
     return write_cube(lutmath.to_table(lut), title=title, comments=comments)

@@ -30,11 +30,12 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from clipdlut.cube import lut_to_cube
+from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.engine import EngineFull
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, encode_image, output_format
 from clipdlut.jobs import JobEnded, JobOptions, decode_upload
 from clipdlut.jobstream import InvalidJob
+from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import render
 from clipdlut.settings import Settings
 from clipdlut.store import CANCELLED, FAILED, FINISHED, RUNNING, JobStore
@@ -122,6 +123,7 @@ def optimize_request(job_id: str, working_png: bytes, opts: JobOptions, settings
     return OptimizeRequest(job_id=job_id, image=base64.b64encode(working_png).decode(),
                            target_prompt=opts.target_prompt, source_prompt=opts.source_prompt, steps=opts.steps,
                            lut_size=opts.lut_size, seed=opts.seed, views=settings.views,
+                           keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites,
                            progress_every=settings.progress_every, preview=True, checkpoint_s=checkpoint_s)
 
 
@@ -303,15 +305,22 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
     comments = [f"prompt: {opts.target_prompt}", f"source prompt: {opts.source_prompt}",
                 f"model: {event.model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
     cube = lut_to_cube(decode_tensor(event.lut, (1, 3, n, n, n)), strength=opts.strength, size=opts.lut_size,
-                       title=opts.target_prompt[:64], comments=comments)
+                       keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites, title=opts.target_prompt[:64],
+                       comments=comments)
     fmt = output_format(opts.image_format)
-    image = await asyncio.to_thread(lambda: encode_image(render(decoded, cube), fmt, decoded.alpha,
-                                                         decoded.icc_profile))
+
+    def render_and_measure() -> tuple[bytes, Quality]:
+        graded = render(decoded, cube)
+        return (encode_image(graded, fmt, decoded.alpha, decoded.icc_profile),
+                measure_grade(decoded.rgb, graded, read_cube(cube).normalized()))
+
+    image, quality = await asyncio.to_thread(render_and_measure)
     done = time.time()
     started = started or t0 - event.seconds
     result = {
         "cube_size": opts.lut_size, "media_type": MEDIA_TYPES[fmt], "width": decoded.size[0],
         "height": decoded.size[1], "model": event.model, "scores": event.scores.model_dump(),
+        "quality": quality.as_dict(),
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }

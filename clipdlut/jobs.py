@@ -78,6 +78,8 @@ class JobOptions:
     strength: float = 1.0
     seed: int = 0
     image_format: str = "png"
+    keep_blacks: bool = False
+    keep_whites: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -185,7 +187,8 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
     return {"task_id": job_id, "cube": cube.decode("utf-8"), "image": base64.b64encode(image).decode(),
             "media_type": res["media_type"], "width": res["width"], "height": res["height"],
             "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],
-            "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
+            "model": res["model"], "scores": res["scores"], "quality": res.get("quality"),
+            "timings": res["timings"]}
 
 
 async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube"

@@ -46,7 +46,7 @@ def job_spec(request: OptimizeRequest) -> JobSpec:
         spec = JobSpec(request.job_id, image.convert("RGB"), request.target_prompt, request.source_prompt,
                        steps=request.steps, lut_size=request.lut_size, lr=request.lr, seed=request.seed,
                        views=request.views, weights=request.loss_weights(), progress_every=request.progress_every,
-                       preview=request.preview,
+                       preview=request.preview, keep_blacks=request.keep_blacks, keep_whites=request.keep_whites,
                        resume=request.resume.state(request.lut_size) if request.resume else None)
         spec.validate()
     except Exception as e:

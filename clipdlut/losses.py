@@ -1,15 +1,15 @@
 """The objective of each job: CLIP guidance terms, LUT regularizers and image-space terms.
 
 Every term takes a leading job dimension and returns one value per job, so a whole batch of jobs costs
-one set of operations (and one set of backward nodes), not one per job. Every LUT regularizer works
-on ``delta = lut - identity`` or on steps that are positive for the identity, so each is exactly 0 on
-the identity LUT.
+one set of operations (and one set of backward nodes), not one per job. The LUT regularizer works on
+``delta = lut - identity``, so it is exactly 0 on the identity LUT. Monotonicity and the slope bound are not
+terms: :mod:`clipdlut.safety` makes them hold after every step (a soft penalty only discourages breaking them).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,6 @@ from clipdlut.lut import identity
 
 # LUT axes in a (B, 3, N, N, N) tensor: dim 2 = blue, 3 = green, 4 = red.
 LUT_AXES = {"b": 2, "g": 3, "r": 4}
-MAX_SLOPE = 4.0  # a LUT steeper than this stretches one 8-bit step into visible bands
 DARK = 0.08  # luminance under which a source pixel counts as black for the black-level term
 
 
@@ -28,11 +27,9 @@ class LossWeights:
 
     directional: float = 1.0
     global_target: float = 0.3
-    smoothness: float = 1e-3
-    monotonicity: float = 10.0
+    smoothness: float = 0.03  # against ripples that band a smooth sky (bench/safety.py)
     color: float = 0.05
     black_level: float = 1.0
-    banding: float = 0.1
 
     def with_overrides(self, **overrides: float) -> LossWeights:
         """A copy with some weights replaced; unknown names raise ``ValueError``."""
@@ -41,9 +38,6 @@ class LossWeights:
         if unknown:
             raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {sorted(known)}")
         return replace(self, **{k: float(v) for k, v in overrides.items()})
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def _diff(t: torch.Tensor, dim: int, order: int = 1) -> torch.Tensor:
@@ -60,20 +54,6 @@ def smoothness(lut: torch.Tensor) -> torch.Tensor:
         return lut.new_zeros(lut.shape[0])
     delta = lut - identity(n, dtype=lut.dtype, device=lut.device)  # broadcast over the jobs
     terms = [(_diff(delta, d, 2) * (n - 1) ** 2).pow(2).flatten(1).mean(1) for d in LUT_AXES.values()]
-    return torch.stack(terms).sum(0)
-
-
-def monotonicity(lut: torch.Tensor) -> torch.Tensor:
-    """Mean of decreasing steps (times N-1) of every output channel along b, g and r, per LUT ``(B,)``."""
-    n = lut.shape[-1]
-    terms = [F.relu(-_diff(lut, d) * (n - 1)).flatten(1).mean(1) for d in LUT_AXES.values()]
-    return torch.stack(terms).sum(0)
-
-
-def banding(lut: torch.Tensor) -> torch.Tensor:
-    """Squared excess of the LUT's slope over :data:`MAX_SLOPE` along b, g and r, per LUT ``(B,)``."""
-    n = lut.shape[-1]
-    terms = [F.relu(_diff(lut, d).abs() * (n - 1) - MAX_SLOPE).pow(2).flatten(1).mean(1) for d in LUT_AXES.values()]
     return torch.stack(terms).sum(0)
 
 

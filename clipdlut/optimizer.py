@@ -21,6 +21,7 @@ from clipdlut.guidance import Guide, random_views
 from clipdlut.imaging import thumbnail, to_image, to_tensor
 from clipdlut.losses import LossWeights
 from clipdlut.lut import apply, check_size, identity
+from clipdlut.safety import make_safe
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class JobSpec:
     progress_every: int = 10
     preview: bool = False
     init_noise: float = 1e-3
+    keep_blacks: bool = False  # the LUT maps black to black exactly
+    keep_whites: bool = False  # the LUT maps white to white exactly
     resume: JobState | None = None  # start from this state instead of the seeded start
 
     def validate(self) -> None:
@@ -140,6 +143,10 @@ class _Job:
     def lut(self) -> torch.Tensor:
         return self.identity + self.delta
 
+    def safe(self, luts: torch.Tensor) -> torch.Tensor:
+        """``luts`` repaired to satisfy the colour-safety guarantees with this job's pins."""
+        return make_safe(luts, keep_blacks=self.spec.keep_blacks, keep_whites=self.spec.keep_whites)
+
     def state(self) -> JobState:
         return JobState(self.iteration, self.delta.detach().cpu().clone(), self.exp_avg.cpu().clone(),
                         self.exp_avg_sq.cpu().clone(), float(self.adam_step), self.generator.get_state())
@@ -179,6 +186,20 @@ def _adam_step(jobs: Sequence[_Job]) -> None:
             job.delta.grad = None
 
 
+@torch.no_grad()
+def _make_safe(jobs: Sequence[_Job]) -> None:
+    """Repair every job's LUT after its update (jobs with the same size and pins in one call), so the guidance
+    only ever sees, and a job only ever returns, LUTs that satisfy the colour-safety guarantees."""
+    groups: dict[tuple, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.spec.lut_size, job.spec.keep_blacks, job.spec.keep_whites), []).append(job)
+    for group in groups.values():
+        ident = group[0].identity
+        safe = group[0].safe(ident + torch.cat([j.delta for j in group])) - ident
+        for job, delta in zip(group, safe):
+            job.delta.copy_(delta.unsqueeze(0))
+
+
 # Each term of the objective on a group of jobs: (luts, src views, graded views, features) -> (G,).
 _TERMS: dict[str, Callable[[Sequence[_Job], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                            torch.Tensor]] = {
@@ -186,8 +207,6 @@ _TERMS: dict[str, Callable[[Sequence[_Job], torch.Tensor, torch.Tensor, torch.Te
         f, torch.stack([j.src_feat for j in jobs]), torch.stack([j.text_dir for j in jobs])),
     "global_target": lambda jobs, lut, src, out, f: losses.global_target(f, torch.stack([j.target for j in jobs])),
     "smoothness": lambda jobs, lut, src, out, f: losses.smoothness(lut),
-    "monotonicity": lambda jobs, lut, src, out, f: losses.monotonicity(lut),
-    "banding": lambda jobs, lut, src, out, f: losses.banding(lut),
     "color": lambda jobs, lut, src, out, f: losses.color_shift(out, src),
     "black_level": lambda jobs, lut, src, out, f: losses.black_level(out, src),
 }
@@ -196,11 +215,16 @@ _TERMS: dict[str, Callable[[Sequence[_Job], torch.Tensor, torch.Tensor, torch.Te
 class BatchedOptimizer:
     """A set of active jobs stepped together; jobs join between steps and leave when they end."""
 
-    def __init__(self, guide: Guide, on_progress: Callable[[Progress], None] | None = None):
+    def __init__(self, guide: Guide, on_progress: Callable[[Progress], None] | None = None,
+                 safe_each_step: bool = False):
+        """The LUT a job returns, and its previews, are repaired to keep the colour-safety guarantees
+        (:mod:`clipdlut.safety`); ``safe_each_step`` repairs after every update as well. Measured in
+        ``bench/safety.py``: that costs the guidance as much as the repair at the end and steps several times
+        slower on a CPU, so it is off."""
         self.guide = guide
         self.on_progress = on_progress
+        self.safe_each_step = safe_each_step
         self._jobs: dict[str, _Job] = {}
-        self.steps_run = 0
         self.last_batch_size = 0
 
     def __len__(self) -> int:
@@ -340,9 +364,10 @@ class BatchedOptimizer:
         if total is not None:
             total.backward()
         _adam_step(stepped)
+        if self.safe_each_step:
+            _make_safe(stepped)
         for job in stepped:
             job.iteration += 1
-        self.steps_run += 1
         done = []
         for job in stepped:
             last = job.iteration >= job.spec.steps
@@ -363,8 +388,8 @@ class BatchedOptimizer:
         terms = {name: v for name, v in zip(_TERMS, values[1:]) if getattr(job.spec.weights, name) != 0}
         preview = None
         if job.spec.preview if with_preview is None else with_preview:
-            with torch.no_grad():
-                preview = to_image(apply(job.lut().detach(), job.preview_base.unsqueeze(0))[0])
+            with torch.no_grad():  # (what the job will return: the repaired LUT)
+                preview = to_image(apply(job.safe(job.lut().detach()), job.preview_base.unsqueeze(0))[0])
         try:
             self.on_progress(Progress(job.spec.job_id, job.iteration, job.spec.steps, values[0], terms,
                                       preview))
@@ -382,7 +407,7 @@ class BatchedOptimizer:
         if self.on_progress:
             for job in jobs:
                 self._report(job)
-        luts = [job.lut().detach() for job in jobs]
+        luts = [job.safe(job.lut().detach()) for job in jobs]
         results = [job.image.unsqueeze(0) for job in jobs]
         try:
             pixels = torch.cat([self.guide.preprocess(apply(lut, img)) for lut, img in zip(luts, results)])

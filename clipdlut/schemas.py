@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from clipdlut.jobs import JobOptions
 from clipdlut.lut import OFFERED_SIZES
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
+from clipdlut.safety import MAX_SLOPE, PINS
 from clipdlut.settings import Settings
 
 MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
@@ -23,6 +25,22 @@ class Scores(BaseModel):
     source_target: float = Field(description="similarity of the original image to the target prompt")
     result_target: float = Field(description="similarity of the graded image to the target prompt")
     directional: float = Field(description="cosine between the image edit and the source->target text direction")
+
+
+class Quality(BaseModel):
+    """How safe the returned LUT is on any footage, and what the grade did to this photo."""
+
+    ssim: float = Field(description="structural similarity of the luminance of the original and the result "
+                        "(1: the content is untouched)", examples=[0.93])
+    color_shift: float = Field(description="mean CIE76 colour difference between the original and the result in "
+                               "L*a*b* (about 2.3 is just noticeable)", examples=[6.1])
+    min_own_step: float = Field(description="the LUT's smallest step of a channel along its own input axis, in "
+                                "8-bit levels (never below -1: no inversions)", examples=[0.4])
+    max_slope: float = Field(description=f"the LUT's steepest output change per input change, along any axis "
+                             f"(at most {MAX_SLOPE:g}: no banding)", examples=[2.7])
+    min_value: float = Field(description="the LUT's smallest output (at least 0)")
+    max_value: float = Field(description="the LUT's largest output (at most 1)")
+    safe: bool = Field(description="all of the guarantees hold")
 
 
 class Timings(BaseModel):
@@ -47,6 +65,8 @@ class RetouchResult(BaseModel):
     seed: int
     model: str = Field(description="the CLIP model that guided the grade")
     scores: Scores
+    quality: Quality | None = Field(None, description="colour-safety and content figures (none for results from "
+                                    "before they were measured)")
     timings: Timings
 
 
@@ -89,6 +109,13 @@ class LegacyRetouchRequest(BaseModel):
     target_prompt: str = Field(min_length=1, description="the look to aim for", examples=[EXAMPLE_PROMPT])
     original_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, description="what the photo looks like now")
     iteration: int = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps")
+    keep_blacks: bool = Field(False, description=PINS["keep_blacks"] + " (not in the original system)")
+    keep_whites: bool = Field(False, description=PINS["keep_whites"] + " (not in the original system)")
+
+    def options(self) -> JobOptions:
+        """The job's options as the API stores them."""
+        return JobOptions(self.target_prompt, self.original_prompt, steps=self.iteration,
+                          keep_blacks=self.keep_blacks, keep_whites=self.keep_whites)
 
 
 class LegacyTask(BaseModel):
@@ -128,3 +155,10 @@ class RetouchRequest(BaseModel):
     strength: float = Field(1.0, ge=0.0, le=2.0, description="blend with the identity: 0 none, 1 full, 2 doubled")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")
     image_format: ImageFormat = Field("png", description="format of the returned full-resolution image")
+    keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
+    keep_whites: bool = Field(False, description=PINS["keep_whites"])
+
+    def options(self) -> JobOptions:
+        """The job's options as the API stores them."""
+        return JobOptions(self.target_prompt, self.source_prompt, self.steps, self.lut_size, self.strength,
+                          self.seed, self.image_format, self.keep_blacks, self.keep_whites)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from clipdlut.losses import LossWeights
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobState
+from clipdlut.safety import PINS
 from clipdlut.schemas import Scores
 
 
@@ -70,6 +71,8 @@ class OptimizeRequest(BaseModel):
     seed: int = Field(0, ge=0)
     views: int = Field(4, ge=1, le=64, description="random crops per step")
     lr: float = Field(5e-3, gt=0)
+    keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
+    keep_whites: bool = Field(False, description=PINS["keep_whites"])
     weights: dict[str, float] = Field(default_factory=dict, description="loss term weights that differ from the "
                                       "defaults (clipdlut.losses.LossWeights)")
     progress_every: int = Field(5, ge=1, description="steps between progress events")

@@ -51,3 +51,17 @@ def test_the_readme_shows_the_committed_results_as_recorded():
     recorded = (ROOT / "bench" / "results.md").read_text(encoding="utf-8")
     assert table(json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))) == recorded
     assert recorded in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.e2e
+def test_the_safety_bench_compares_every_mechanism(tmp_path):
+    """`python -m bench.safety` (smoke run of its code; bench/safety.md holds the recorded figures)."""
+    out = tmp_path / "safety.md"
+    r = subprocess.run([sys.executable, "-m", "bench.safety", "--steps", "4", "--prompts", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row[0] for row in rows[1:]] == ["| none", "| at the end", "| each step"] + ["| at the end"] * 3
+    assert "python -m bench.safety --model tiny --steps 4 --prompts 1" in out.read_text()
+    recorded = (ROOT / "bench" / "safety.md").read_text()
+    assert recorded.startswith("Measured with `python -m bench.safety") and "| each step |" in recorded

@@ -12,6 +12,7 @@ from clipdlut import lut as L
 from clipdlut.cube import read_cube
 from clipdlut.hald import write_hald
 from clipdlut.render import apply_table
+from clipdlut.safety import measure
 from tests.conftest import gradient_image
 
 pytestmark = pytest.mark.unit
@@ -34,6 +35,12 @@ def test_retouch_writes_cube_and_image(tmp_path):
     graded = Image.open(tmp_path / "graded.jpg")
     assert graded.size == (160, 120) and graded.format == "JPEG"
     assert "CLIP similarity" in out.stdout and "step" in out.stderr  # the progress bar ran
+    pinned = cli("retouch", src, "--prompt", "黑白照片", "--steps", "12", "--lut-size", "17", "--strength", "1.9",
+                 "--keep-blacks", "--keep-whites", "-o", tmp_path / "pinned.cube")
+    assert pinned.returncode == 0, pinned.stderr
+    table = read_cube((tmp_path / "pinned.cube").read_bytes()).table
+    assert table[0, 0, 0].tolist() == [0, 0, 0] and table[-1, -1, -1].tolist() == [1, 1, 1]
+    assert measure(L.from_table(table)).safe
 
 
 def test_apply_reads_cube_and_hald(tmp_path):

@@ -10,23 +10,8 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("n", [2, 3, 17, 33])
-def test_regularizers_are_exactly_zero_on_identity(n):
-    ident = identity(n, 2)
-    for fn in (losses.smoothness, losses.monotonicity, losses.banding):
-        assert torch.equal(fn(ident), torch.zeros(2)), fn.__name__
-
-
-@pytest.mark.parametrize("axis", ["r", "g", "b"])
-def test_monotonicity_sees_a_decreasing_step_along_each_axis(axis):
-    n = 9
-    lut = identity(n)
-    dim = losses.LUT_AXES[axis]
-    bad = lut.clone()
-    index = [slice(None)] * 5
-    index[dim] = 5
-    bad[tuple(index)] = lut.select(dim, 3).unsqueeze(dim).squeeze(dim)  # node 5 falls back to node 3's value
-    assert losses.monotonicity(bad)[0] > 0
-    assert losses.smoothness(bad)[0] > 0
+def test_smoothness_is_exactly_zero_on_identity(n):
+    assert torch.equal(losses.smoothness(identity(n, 2)), torch.zeros(2))
 
 
 def test_smoothness_ignores_linear_grades_but_not_bumps():
@@ -36,13 +21,6 @@ def test_smoothness_ignores_linear_grades_but_not_bumps():
     bumpy = identity(n)
     bumpy[0, 0, 8, 8, 8] += 0.05
     assert losses.smoothness(bumpy)[0] > 0.1
-
-
-def test_banding_penalizes_steep_luts_only():
-    assert losses.banding(random_smooth_lut(17, 0, amount=0.05).float())[0] == 0
-    steep = identity(17)
-    steep[0, 0, :, :, 8:] = 1.0  # a jump of half the range in one node step
-    assert losses.banding(steep)[0] > 0
 
 
 def test_image_terms():
@@ -65,13 +43,12 @@ def test_every_term_of_a_stack_equals_the_term_of_each_job_alone():
     src_feat, text = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
     luts = torch.stack([random_smooth_lut(9, seed, amount=0.3)[0].float() for seed in range(3)])
     stacked = [losses.color_shift(out, src), losses.black_level(out, src), losses.directional(feats, src_feat, text),
-               losses.global_target(feats, text), losses.smoothness(luts), losses.monotonicity(luts),
-               losses.banding(luts)]
+               losses.global_target(feats, text), losses.smoothness(luts)]
     for i in range(3):
         one = slice(i, i + 1)
         alone = [losses.color_shift(out[one], src[one]), losses.black_level(out[one], src[one]),
                  losses.directional(feats[one], src_feat[one], text[one]), losses.global_target(feats[one], text[one]),
-                 losses.smoothness(luts[one]), losses.monotonicity(luts[one]), losses.banding(luts[one])]
+                 losses.smoothness(luts[one])]
         assert torch.allclose(torch.stack([t[i] for t in stacked]), torch.cat(alone), atol=1e-6)
 
 
@@ -91,6 +68,6 @@ def test_directional_is_finite_at_zero_direction():
 
 def test_weights_override():
     w = LossWeights().with_overrides(color=0.5, directional=2)
-    assert w.color == 0.5 and w.directional == 2.0 and w.monotonicity == LossWeights().monotonicity
+    assert w.color == 0.5 and w.directional == 2.0 and w.smoothness == LossWeights().smoothness
     with pytest.raises(ValueError, match="unknown loss weight"):
         LossWeights().with_overrides(colour=1)

@@ -120,6 +120,29 @@ def test_native_task_flow(client):
     assert read_cube(result["cube"]).size == 17
     assert set(result["scores"]) == {"source_target", "result_target", "directional"}
     assert result["timings"]["total_s"] >= result["timings"]["optimize_s"] > 0
+    q = result["quality"]
+    assert q["safe"] and q["max_slope"] <= 4 and q["min_own_step"] >= -1 and 0 <= q["min_value"] <= q["max_value"] <= 1
+    assert 0 < q["ssim"] <= 1 and q["color_shift"] >= 0
+    table = read_cube(result["cube"]).table  # (the figures are of the returned .cube)
+    assert q["max_slope"] == pytest.approx(max(np.abs(np.diff(table, axis=a)).max() * 16 for a in range(3)), abs=1e-6)
+
+
+def test_pins_hold_exactly_in_the_returned_cube(client):
+    """keep_blacks / keep_whites on the native and the original API: the .cube maps black and white to
+    themselves exactly, at a strength that extrapolates the grade too."""
+    r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "赛博朋克风格的夜晚城市",
+                                                "steps": 15, "lut_size": 17, "strength": 1.8, "keep_blacks": True,
+                                                "keep_whites": True})
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    wait(lambda: client.get("/v1/retouch/status", params={"task_id": task_id}).json()["status"] != "in_progress")
+    table = read_cube(client.get("/v1/retouch/get", params={"task_id": task_id}).json()["cube"]).table
+    assert table[0, 0, 0].tolist() == [0, 0, 0] and table[-1, -1, -1].tolist() == [1, 1, 1]
+    legacy = client.post("/retouch", json={"image": PHOTO_B64, "target_prompt": "冷色调", "iteration": 10,
+                                           "keep_blacks": True}).json()
+    done = wait(lambda: (q := query(client, legacy["task_id"], lut_format="cube"))["status"] == "finished" and q)
+    table = read_cube(base64.b64decode(done["lut"])).table
+    assert table[0, 0, 0].tolist() == [0, 0, 0]
 
 
 def _running(client, steps=3000):

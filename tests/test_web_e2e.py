@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clipdlut.cube import read_cube
 from tests.conftest import gradient_image
 from tests.live import serving
 
@@ -64,7 +65,7 @@ def errors_in_console(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def start(driver, server, tmp_path, steps: int, image: Path | None = None) -> None:
+def start(driver, server, tmp_path, steps: int, image: Path | None = None, keep_blacks: bool = False) -> None:
     if image is None:
         image = tmp_path / "photo.png"
         gradient_image(320, 240).save(image)
@@ -75,11 +76,13 @@ def start(driver, server, tmp_path, steps: int, image: Path | None = None) -> No
     steps_box = driver.find_element(By.ID, "steps")
     steps_box.clear()
     steps_box.send_keys(str(steps))
+    if keep_blacks:
+        driver.find_element(By.ID, "keep-blacks").click()
     driver.find_element(By.ID, "submit").click()
 
 
 def test_grade_watch_compare_and_download(browser, server, tmp_path):
-    start(browser, server, tmp_path, steps=60)
+    start(browser, server, tmp_path, steps=60, keep_blacks=True)
     wait = WebDriverWait(browser, 120, poll_frequency=0.05)
     wait.until(lambda d: iteration(d) > 0)
     first = browser.find_element(By.ID, "preview").get_attribute("src")
@@ -88,6 +91,7 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     assert iteration(browser) == 60
     assert "CLIP similarity" in browser.find_element(By.ID, "scores").text
+    assert "LUT safe on any footage: yes" in browser.find_element(By.ID, "quality").text
     shot(browser, "web-result")
 
     after = browser.find_element(By.ID, "after").get_attribute("src")
@@ -102,6 +106,7 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     wait.until(lambda d: cube.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")))
     api = httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["cube"]
     assert cube.read_text(encoding="utf-8") == api
+    assert read_cube(api).table[0, 0, 0].tolist() == [0, 0, 0]  # the page's "Keep blacks" reached the job
     assert errors_in_console(browser) == []
 
     browser.refresh()  # the recent list survives a reload

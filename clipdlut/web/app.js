@@ -81,6 +81,7 @@ async function submit(ev) {
   const body = {
     image: await readAsDataURL(file), target_prompt: prompt, steps: Number($("steps").value),
     lut_size: Number($("lut-size").value), seed: Number($("seed").value), image_format: "png",
+    keep_blacks: $("keep-blacks").checked, keep_whites: $("keep-whites").checked,
   };
   if ($("source").value.trim()) body.source_prompt = $("source").value.trim();
   $("submit").disabled = true;
@@ -161,6 +162,10 @@ async function showResult(id) {
     + `${s.result_target.toFixed(3)} after (direction ${s.directional >= 0 ? "+" : ""}${s.directional.toFixed(3)}); `
     + `${result.width}×${result.height}, ${result.steps} steps, model ${result.model}, `
     + `${result.timings.total_s.toFixed(1)} s.`;
+  const q = result.quality;
+  $("quality").textContent = q ? `Content kept (SSIM of luminance) ${q.ssim.toFixed(3)}; mean colour shift `
+    + `${q.color_shift.toFixed(1)} ΔE; LUT safe on any footage: ${q.safe ? "yes" : "no"} (steepest slope `
+    + `${q.max_slope.toFixed(2)}, smallest own-axis step ${q.min_own_step.toFixed(2)} levels).` : "";
   const cube = new Blob([result.cube], { type: "text/plain" });
   setLink("dl-cube", URL.createObjectURL(cube), `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
   for (const n of [17, 33, 65]) setLink(`dl-cube-${n}`, await lutURL(id, { size: n }), `clipdlut-${n}.cube`);

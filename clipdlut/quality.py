@@ -1,0 +1,51 @@
+"""Per-job quality figures: how safe the returned LUT is, how much of the photo's content the grade kept, and
+how far it moved the colours. Reported with every result and by ``python -m clipdlut eval``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipdlut.safety import measure
+
+SIDE = 512  # the figures are computed on copies this long at most (the same for every photo: comparable, quick)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The figures of one graded photo and its LUT."""
+
+    ssim: float  # structural similarity of the luminance of source and result (1 = the content is untouched)
+    color_shift: float  # mean CIE76 distance between source and result in L*a*b* (about 2.3 is just noticeable)
+    min_own_step: float  # the LUT's invariants (clipdlut.safety.Invariants)
+    max_slope: float
+    min_value: float
+    max_value: float
+    safe: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _small(img: Image.Image) -> np.ndarray:
+    img = img.convert("RGB")
+    if max(img.size) > SIDE:
+        img = img.copy()
+        img.thumbnail((SIDE, SIDE), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float64) / 255
+
+
+def measure_grade(source: Image.Image, graded: Image.Image, table: np.ndarray) -> Quality:
+    """The figures of ``graded`` (``source`` with the LUT ``table`` ``[b, g, r, c]`` applied)."""
+    from skimage.color import deltaE_cie76, rgb2gray, rgb2lab
+    from skimage.metrics import structural_similarity
+
+    src, out = _small(source), _small(graded)
+    ssim = structural_similarity(rgb2gray(src), rgb2gray(out), data_range=1.0)
+    shift = float(np.mean(deltaE_cie76(rgb2lab(src), rgb2lab(out))))
+    inv = measure(torch.from_numpy(np.ascontiguousarray(table, dtype=np.float64)).permute(3, 0, 1, 2).unsqueeze(0))
+    return Quality(ssim=float(ssim), color_shift=shift, min_own_step=inv.min_own_step, max_slope=inv.max_slope,
+                   min_value=inv.min_value, max_value=inv.max_value, safe=inv.safe)

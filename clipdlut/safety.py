@@ -1,0 +1,132 @@
+"""What every LUT we return satisfies on footage we never saw (DESIGN.md 8), measured and made to hold.
+
+On a LUT ``(B, 3, N, N, N)`` = ``[batch, channel, b, g, r]``:
+
+- own-axis monotone: red out never falls as red in rises (green along green, blue along blue): no inversions;
+- slope: no channel changes faster than :data:`MAX_SLOPE` times its input along any axis (steeper stretches one
+  8-bit step into a visible band);
+- values within [0, 1];
+- optionally pinned ends of the neutral axis: black stays black, white stays white.
+
+:func:`make_safe` is the repair. The constraints are all of the form ``u[j] - u[i] <= w(i -> j)`` between
+neighbouring nodes, so the LUTs that satisfy them are closed under pointwise min and max, and for any table
+``v`` the largest satisfying LUT below it (``min_j v[j] + dist(j -> i)``) and the smallest above it are
+exact, computed axis by axis with cumulative minima. Their midpoint is the repair: it satisfies every
+constraint whatever ``v`` was (with a margin, so rounding keeps it), and a LUT that already satisfies them
+is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+MAX_SLOPE = 4.0  # at most this many output levels per input level, along every axis, for every channel
+MONOTONE_TOLERANCE = 1 / 255  # the largest fall of a channel along its own axis that counts as monotone
+_MARGIN = 1e-4  # the repair aims this far (relative) inside the slope bound: float32 and 6 .cube decimals keep it
+_AXIS_OF_CHANNEL = (4, 3, 2)  # red varies along dim 4, green along dim 3, blue along dim 2
+# The optional pins, by option name (every interface offers them under these names, off by default)
+PINS = {
+    "keep_blacks": "keep blacks: pure black stays exactly black (the ends of the neutral axis do not move)",
+    "keep_whites": "keep whites: pure white stays exactly white (the ends of the neutral axis do not move)",
+}
+
+
+@dataclass(frozen=True)
+class Invariants:
+    """How close a LUT comes to breaking each guarantee (the worst node of every LUT measured)."""
+
+    min_own_step: float  # smallest step of a channel along its own axis, in 8-bit levels (>= -1 is monotone)
+    max_slope: float  # largest |step| x (N - 1) of any channel along any axis (<= MAX_SLOPE)
+    min_value: float
+    max_value: float
+
+    @property
+    def safe(self) -> bool:
+        return (self.min_own_step >= -MONOTONE_TOLERANCE * 255 and self.max_slope <= MAX_SLOPE
+                and self.min_value >= 0.0 and self.max_value <= 1.0)
+
+
+def measure(lut: torch.Tensor) -> Invariants:
+    """The invariants of one or more LUTs ``(B, 3, N, N, N)`` (worst over all of them)."""
+    t = lut.detach().double()
+    n = t.shape[-1]
+    own = min(float(torch.diff(t[:, c], dim=axis - 1).min()) for c, axis in enumerate(_AXIS_OF_CHANNEL))
+    slope = max(float(torch.diff(t, dim=axis).abs().max()) for axis in (2, 3, 4)) * (n - 1)
+    return Invariants(min_own_step=own * 255, max_slope=slope, min_value=float(t.min()), max_value=float(t.max()))
+
+
+@functools.cache
+def _axes(n: int, dtype: torch.dtype, device: torch.device) -> list[tuple[int, torch.Tensor, torch.Tensor,
+                                                                         torch.Tensor]]:
+    """Per axis: how much each channel may rise over its lower neighbour (forward) and fall below it (backward),
+    and the node positions. The slope bound both ways, except that a channel may not fall along its own axis.
+    Made once per size and device: a copy from the host inside an optimizer step would make a GPU step wait."""
+    step = MAX_SLOPE * (1 - _MARGIN) / (n - 1)
+    out = []
+    for axis in (2, 3, 4):
+        forward = torch.full((1, 3, 1, 1, 1), step, dtype=dtype)
+        backward = torch.tensor([0.0 if own == axis else step for own in _AXIS_OF_CHANNEL], dtype=dtype)
+        shape = [1, 1, 1, 1, 1]
+        shape[axis] = n
+        k = torch.arange(n, dtype=dtype).view(shape)
+        out.append((axis, forward.to(device), backward.view(1, 3, 1, 1, 1).to(device), k.to(device)))
+    return out
+
+
+def _below(v: torch.Tensor) -> torch.Tensor:
+    """The largest LUT satisfying the step constraints that is nowhere above ``v`` (``+inf`` allowed)."""
+    for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device):
+        up = torch.cummin(v - f * k, dim=axis).values + f * k  # from lower neighbours
+        down = torch.cummin((v + b * k).flip(axis), dim=axis).values.flip(axis) - b * k  # from upper ones
+        v = torch.minimum(up, down)
+    return v
+
+
+def _above(v: torch.Tensor) -> torch.Tensor:
+    """The smallest LUT satisfying the step constraints that is nowhere below ``v`` (``-inf`` allowed)."""
+    for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device):
+        up = torch.cummax(v + b * k, dim=axis).values - b * k  # lower neighbours
+        down = torch.cummax((v - f * k).flip(axis), dim=axis).values.flip(axis) + f * k  # upper ones
+        v = torch.maximum(up, down)
+    return v
+
+
+@functools.cache
+def _pinned(n: int, dtype: torch.dtype, device: torch.device, node: int, value: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounds a satisfying LUT keeps when node ``(node, node, node)`` is pinned to ``value`` (made once)."""
+    above = torch.full((1, 3, n, n, n), float("inf"), dtype=dtype, device=device)
+    above[:, :, node, node, node] = value
+    below = torch.where(torch.isinf(above), -above, above)
+    return _above(below), _below(above)
+
+
+def make_safe(lut: torch.Tensor, *, keep_blacks: bool = False, keep_whites: bool = False) -> torch.Tensor:
+    """The repaired LUTs ``(B, 3, N, N, N)``: every guarantee holds, pins hold exactly, and a LUT that already
+    satisfied them all comes back exactly as it was. Same dtype and device as ``lut``; computed
+    in float32 at least (float32 keeps every bound: the repair aims inside them by far more than its rounding)."""
+    v = lut.detach().to(torch.promote_types(lut.dtype, torch.float32))
+    n = v.shape[-1]
+    out = 0.5 * (_below(v) + _above(v))
+    lo, hi = torch.zeros_like(out[:1]), torch.ones_like(out[:1])
+    for keep, node, value in ((keep_blacks, 0, 0.0), (keep_whites, n - 1, 1.0)):
+        if keep:
+            plo, phi = _pinned(n, v.dtype, v.device, node, value)
+            lo, hi = torch.maximum(lo, plo), torch.minimum(hi, phi)
+    out = torch.minimum(torch.maximum(out, lo), hi)
+    kept = _holds(v) & (v >= lo).flatten(1).all(1) & (v <= hi).flatten(1).all(1)  # (a safe LUT exactly as it was)
+    return torch.where(kept.view(-1, 1, 1, 1, 1), v, out).to(lut.dtype)
+
+
+def _holds(v: torch.Tensor) -> torch.Tensor:
+    """Per LUT, whether the step guarantees hold (on the device: no host sync inside an optimizer step)."""
+    n = v.shape[-1]
+    ok = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
+    for axis in (2, 3, 4):
+        ok &= (torch.diff(v, dim=axis).abs() * (n - 1) <= MAX_SLOPE).flatten(1).all(1)
+    for c, axis in enumerate(_AXIS_OF_CHANNEL):
+        ok &= (torch.diff(v[:, c], dim=axis - 1) >= -MONOTONE_TOLERANCE).flatten(1).all(1)
+    return ok
