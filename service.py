@@ -38,7 +38,17 @@ from clipdlut.driver import Drivers, HandedOver, new_instance
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
 from clipdlut.hald import LutImageError, read_hald, write_strip
-from clipdlut.http import Answered, ApiKey, BodyLimit, ClearErrors, FormCheck, Landing, ReadyReason, TaskGate
+from clipdlut.http import (
+    Answered,
+    ApiKey,
+    BodyLimit,
+    ClearErrors,
+    FormCheck,
+    JsonBodies,
+    Landing,
+    ReadyReason,
+    TaskGate,
+)
 from clipdlut.imaging import encode_image, output_format, to_tensor
 from clipdlut.jobs import InputError, JobEnded, JobOptions
 from clipdlut.jobstream import InvalidJob, stream_job
@@ -69,6 +79,8 @@ log.setLevel(logging.INFO)  # job outcomes and lost streams reach the server log
 logs.install()  # a client's mistake is one INFO line, without traceback or payload
 S = Settings.from_env()
 TASK_ROUTE = "/v1/retouch"
+APPLY_ROUTE = "/v1/apply"
+MULTIPART_ROUTES = (APPLY_ROUTE,)  # every other route with a body takes JSON
 BATCH_JOBS = prometheus_client.Histogram(
     "clipdlut_optimizer_batch_jobs", "jobs advanced together by one optimizer step",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
@@ -328,7 +340,7 @@ class Retouch:
             return CancelResponse(task_id=task_id, status="cancelling")
         return CancelResponse(task_id=task_id, status=r.status)
 
-    @bentoml.api(route="/v1/apply")
+    @bentoml.api(route=APPLY_ROUTE)
     @answers_client_errors
     async def apply(self, ctx: bentoml.Context, image: Path, lut: Path, strength: float = 1.0,
                     image_format: ImageFormat = "png") -> Path:
@@ -490,6 +502,7 @@ Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4
 Retouch.add_asgi_middleware(ReadyReason, readiness=READINESS)
 Retouch.add_asgi_middleware(Landing)
 Retouch.add_asgi_middleware(ClearErrors)
-Retouch.add_asgi_middleware(FormCheck, routes=("/v1/apply",))
+Retouch.add_asgi_middleware(JsonBodies, multipart_routes=MULTIPART_ROUTES)
+Retouch.add_asgi_middleware(FormCheck, routes=MULTIPART_ROUTES)
 Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_store, validate=_validate_submission,
                             result=lambda task_id: jobs.stored_result(_store(), task_id))

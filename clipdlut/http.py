@@ -146,9 +146,11 @@ class TaskGate:
         if record is None:
             return await _error(404, f"no task with id {task_id!r}; task ids come from the submit response"
                                 )(scope, receive, send)
-        if action == "cancel":
-            await store.request_cancel(task_id)
-            response = JSONResponse({"task_id": task_id, "status": TASK_STATUS[CANCELLED]})
+        if action == "cancel":  # (a task that has already ended answers the state it ended in)
+            if not record.done:
+                await store.request_cancel(task_id)
+            status = TASK_STATUS[record.status if record.done else CANCELLED]
+            response = JSONResponse({"task_id": task_id, "status": status})
         elif action == "status":
             response = JSONResponse({"task_id": task_id, "status": TASK_STATUS[record.status],
                                      "created_at": _iso(record.created),
@@ -243,6 +245,27 @@ class FormCheck:
                 message = f"the multipart body cannot be read ({e}); send the fields as multipart/form-data"
                 return await _error(400, message)(scope, receive, send)
         await self.app(scope, _replay(body, receive), send)
+
+
+class JsonBodies:
+    """A JSON body sent with no content type, or with curl's default ``-d`` type
+    (``application/x-www-form-urlencoded``), is read as the JSON it is on every route but the multipart ones
+    (BentoML would parse it as a form and answer "Field required")."""
+
+    _FORM = b"application/x-www-form-urlencoded"
+
+    def __init__(self, app: ASGIApp, multipart_routes: tuple[str, ...]):
+        self.app = app
+        self.multipart_routes = multipart_routes
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT") and \
+                scope["path"] not in self.multipart_routes:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            kind = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            if kind.split(b";")[0].strip().lower() in (b"", self._FORM):
+                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 class ReadyReason:

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from clipdlut.http import Answered, ApiKey, BodyLimit, ReadyReason, TaskGate
+from clipdlut.http import Answered, ApiKey, BodyLimit, JsonBodies, ReadyReason, TaskGate
 from clipdlut.jobs import InputError, QueueFull
 from clipdlut.store import FINISHED
 from clipdlut.store_sqlite import SqliteJobStore
@@ -41,6 +41,24 @@ def test_api_key_guards_everything_but_health_checks():
         assert r.headers["www-authenticate"] == "Bearer" and "s3cret" not in r.text
     assert c.post("/retouch", headers={"Authorization": "Bearer s3cret"}).text == "app:/retouch"
     assert c.get("/metrics", headers={"Authorization": "bearer s3cret"}).status_code == 200
+
+
+def test_json_sent_as_curl_sends_it_by_default_is_read_as_json():
+    async def kind(request):
+        return PlainTextResponse(request.headers.get("content-type", "none"))
+
+    a = Starlette(routes=[Route("/{path:path}", kind, methods=["GET", "POST", "PUT"])])
+    a.add_middleware(JsonBodies, multipart_routes=("/v1/apply",))
+    c = TestClient(a)
+    body = b'{"task_id": "x"}'
+    for headers in ({}, {"content-type": "application/x-www-form-urlencoded"},
+                    {"content-type": "Application/X-WWW-Form-Urlencoded; charset=utf-8"}):
+        assert c.post("/query_task", content=body, headers=headers).text == "application/json"
+        assert c.put("/v1/retouch/cancel", content=body, headers=headers).text == "application/json"
+        assert c.post("/v1/apply", content=body, headers=headers).text == headers.get("content-type", "none")
+    for kept in ("application/json; charset=utf-8", "multipart/form-data; boundary=x", "text/plain"):
+        assert c.post("/query_task", content=body, headers={"content-type": kept}).text == kept
+    assert c.get("/readyz").text == "none"
 
 
 class Broken:

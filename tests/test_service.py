@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 import zlib
 
@@ -143,6 +144,23 @@ def test_pins_hold_exactly_in_the_returned_cube(client):
     done = wait(lambda: (q := query(client, legacy["task_id"], lut_format="cube"))["status"] == "finished" and q)
     table = read_cube(base64.b64decode(done["lut"])).table
     assert table[0, 0, 0].tolist() == [0, 0, 0]
+
+
+def test_json_bodies_need_no_content_type(client):
+    """`curl -d` sends JSON as a form (and a bare client sends no type): every JSON route reads it as JSON."""
+    body = json.dumps({"image": PHOTO_B64, "target_prompt": "冷色调", "iteration": 5})
+    for headers in ({"content-type": "application/x-www-form-urlencoded"}, {"content-type": ""}):
+        task = client.post("/retouch", content=body, headers=headers)
+        assert task.status_code == 200, task.text
+        task_id = task.json()["task_id"]
+        for route, payload in (("/query_task", {"task_id": task_id}), ("/v1/progress", {"task_id": task_id}),
+                               ("/v1/classify", {"image": PHOTO_B64, "concepts": ["白天", "夜晚"]}),
+                               ("/v1/embed_text", {"prompts": ["白天"]})):
+            r = client.post(route, content=json.dumps(payload), headers=headers)
+            assert r.status_code == 200, (route, r.text)
+        native = client.post("/v1/retouch/submit", content=json.dumps({"image": PHOTO_B64, "target_prompt": "暖",
+                                                                       "steps": 3}), headers=headers)
+        assert native.status_code == 200, native.text
 
 
 def _running(client, steps=3000):
