@@ -71,7 +71,8 @@ from clipdlut.schemas import (
     RetouchResult,
 )
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, FINISHED, JobStore, open_store
+from clipdlut.status import JobStatus
+from clipdlut.store import JobStore, open_store
 from clipdlut.wire import OptimizeRequest, OptimizerHealth
 
 log = logging.getLogger("clipdlut")
@@ -96,8 +97,6 @@ IMAGE = (
     .run("uv pip install --no-deps cn_clip==1.6.0")
 )
 READINESS = Readiness()  # this API process's view of its optimizer, kept current by Retouch.start_background
-LEGACY_STATUS = {"queued": "pending", "running": "processing", FINISHED: "finished", CANCELLED: "stopped",
-                 FAILED: "failed"}
 
 
 class UnknownTask(InputError):
@@ -430,16 +429,16 @@ class Retouch:
                 await self.drivers.run(job_id, decoded, opts)
 
         self._spawn(run())
-        return LegacyTask(task_id=job_id, status="pending", current_iteration=0, overall_iteration=opts.steps)
+        return LegacyTask(task_id=job_id, status=JobStatus.QUEUED.original, current_iteration=0,
+                          overall_iteration=opts.steps)
 
     @bentoml.api(route="/query_task")
     @answers_client_errors
     async def legacy_query(self, request: LegacyQueryRequest, /) -> LegacyTask:
         """Original API: status, and when finished the LUT (cube or PNG strip) and the result image."""
         r = await self._record(request.task_id)
-        status = LEGACY_STATUS[r.status]
         lut = image = None
-        if status == "finished":
+        if r.status == JobStatus.FINISHED:
             cube = await self.store.file(r.job_id, "cube")
             if request.lut_format == "cube":
                 lut = base64.b64encode(cube).decode()
@@ -447,9 +446,9 @@ class Retouch:
                 lut = base64.b64encode(write_strip(read_cube(cube).table)).decode()
             if request.include_image:
                 image = "data:image/png;base64," + base64.b64encode(await self.store.file(r.job_id, "image")).decode()
-        elif request.include_image and status == "processing" and (png := await self.store.preview(r.job_id)):
+        elif request.include_image and r.status == JobStatus.RUNNING and (png := await self.store.preview(r.job_id)):
             image = "data:image/png;base64," + base64.b64encode(png).decode()
-        return LegacyTask(task_id=r.job_id, status=status, current_iteration=r.iteration,
+        return LegacyTask(task_id=r.job_id, status=r.status.original, current_iteration=r.iteration,
                           overall_iteration=r.options.get("steps", r.total), lut=lut, image=image)
 
     @bentoml.api(route="/stop_task")

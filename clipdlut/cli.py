@@ -13,8 +13,9 @@ from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
 from clipdlut.lut import OFFERED_SIZES
 from clipdlut.models import MODELS, WeightsNotFound
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, FINISHED, JobSpec
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobSpec
 from clipdlut.safety import PINS
+from clipdlut.status import JobStatus
 
 EXIT_FAILED = 1
 
@@ -49,7 +50,7 @@ def _retouch(args: argparse.Namespace) -> None:
     failed = opt.add([spec])
     result = failed[0] if failed else opt.run()["cli"]
     bar.close()
-    if result.status != FINISHED:
+    if result.status != JobStatus.FINISHED:
         raise RuntimeError(result.error or result.status)
     comments = [f"prompt: {args.prompt}", f"source prompt: {args.source_prompt}",
                 f"model: {guide.name}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]

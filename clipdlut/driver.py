@@ -38,7 +38,8 @@ from clipdlut.jobstream import InvalidJob
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import render
 from clipdlut.settings import Settings
-from clipdlut.store import CANCELLED, FAILED, FINISHED, RUNNING, JobStore
+from clipdlut.status import JobStatus
+from clipdlut.store import JobStore
 from clipdlut.wire import (
     Accepted,
     Beat,
@@ -87,7 +88,7 @@ class HandedOver(JobEnded):
     """This replica stopped driving an open job (its lease went to another replica, or it is shutting down)."""
 
     def __init__(self, job_id: str):
-        super().__init__(RUNNING, f"job {job_id} is driven by another API replica now")
+        super().__init__(JobStatus.RUNNING, f"job {job_id} is driven by another API replica now")
 
 
 class _Lost(Exception):
@@ -99,7 +100,7 @@ class StoreLost(HandedOver):
     lapses to whichever replica can reach the store (it resumes from the last state stored)."""
 
     def __init__(self, job_id: str, reason: str):
-        JobEnded.__init__(self, RUNNING, f"the job store failed while driving job {job_id}: {reason}")
+        JobEnded.__init__(self, JobStatus.RUNNING, f"the job store failed while driving job {job_id}: {reason}")
 
 
 class _NotMine(Exception):
@@ -177,7 +178,7 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
     submitted = record.created if record else time.time()
     stored = await store.input(job_id)
     if stored is None and record is not None and not record.done:
-        raise await _end(store, job_id, owner, FAILED, f"job {job_id} has no input in the job store")
+        raise await _end(store, job_id, owner, JobStatus.FAILED, f"job {job_id} has no input in the job store")
     if stored is None:  # it has ended (another replica finished it)
         return await _outcome(store, job_id)
     request = optimize_request(job_id, stored[1], opts, settings, policy.checkpoint_s)
@@ -202,7 +203,7 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                     if isinstance(event, Accepted):
                         taken, backoff = True, policy.backoff_s
                         started = started or time.time()
-                        await _record(job_id, store.set_status, job_id, RUNNING, owner=owner)
+                        await _record(job_id, store.set_status, job_id, JobStatus.RUNNING, owner=owner)
                         if event.iteration:
                             log.info("job %s resumed at iteration %d", job_id, event.iteration)
                     elif isinstance(event, ProgressEvent):
@@ -218,13 +219,13 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                     elif isinstance(event, Failed) and event.retryable:
                         raise _Lost(f"the replica failed the job: {event.error}")
                     elif isinstance(event, Failed):
-                        raise await _end(store, job_id, owner, FAILED, event.error)
+                        raise await _end(store, job_id, owner, JobStatus.FAILED, event.error)
                     elif not isinstance(event, Beat):
                         raise _Lost(f"unexpected event {event!r}")
             except (_Stopped, JobEnded):
                 raise
             except InvalidJob as e:
-                raise await _end(store, job_id, owner, FAILED, str(e)) from None
+                raise await _end(store, job_id, owner, JobStatus.FAILED, str(e)) from None
             except _NotMine:
                 raise await _ended(store, job_id) from None
             except Exception as e:
@@ -232,16 +233,18 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
                 if taken or isinstance(e, _Lost):
                     lost += 1
                     if lost >= policy.attempts:
-                        raise await _end(store, job_id, owner, FAILED, f"the optimizer was lost {lost} times while "
-                                         f"running this job (last: {reason}); submit it again") from None
+                        raise await _end(store, job_id, owner, JobStatus.FAILED,
+                                         f"the optimizer was lost {lost} times while running this job (last: "
+                                         f"{reason}); submit it again") from None
                     log.warning("job %s: the optimizer's stream broke (%s); sending it again (%d of %d), %s",
                                 job_id, reason, lost + 1, policy.attempts,
                                 f"resuming at iteration {checkpoint.iteration}" if checkpoint else "from the start")
                     waiting_since = time.monotonic()
                 elif not _busy(e):
-                    raise await _end(store, job_id, owner, FAILED, f"the optimizer refused the job: {reason}") from None
+                    raise await _end(store, job_id, owner, JobStatus.FAILED,
+                                     f"the optimizer refused the job: {reason}") from None
                 elif time.monotonic() - waiting_since > policy.max_wait_s:
-                    raise await _end(store, job_id, owner, FAILED, f"no optimizer could take the job within "
+                    raise await _end(store, job_id, owner, JobStatus.FAILED, f"no optimizer could take the job within "
                                f"{policy.max_wait_s:g} s (last: {reason}); submit it again") from None
                 else:
                     log.debug("job %s waits for an optimizer: %s", job_id, reason)
@@ -254,7 +257,7 @@ async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOp
     except _Stopped:
         if getattr(stop, "handover", False):
             raise HandedOver(job_id) from None
-        raise await _end(store, job_id, owner, CANCELLED, "cancelled by the user") from None
+        raise await _end(store, job_id, owner, JobStatus.CANCELLED, "cancelled by the user") from None
 
 
 async def _close(*streams: object) -> None:
@@ -282,7 +285,7 @@ async def _outcome(store: JobStore, job_id: str) -> dict:
     """A job's result summary if it has finished; else raises how it ended (:class:`JobEnded`), or
     :class:`HandedOver` while it is open (another replica drives it)."""
     record = await store.get(job_id)
-    if record is not None and record.status == FINISHED and record.result is not None:
+    if record is not None and record.status == JobStatus.FINISHED and record.result is not None:
         return record.result
     raise await _ended(store, job_id)
 
@@ -291,7 +294,7 @@ async def _ended(store: JobStore, job_id: str) -> JobEnded:
     """How a job that refused a write ended (:class:`HandedOver` if it is open: another replica holds it)."""
     record = await store.get(job_id)
     if record is None:
-        return JobEnded(FAILED, f"job {job_id} is gone from the job store")
+        return JobEnded(JobStatus.FAILED, f"job {job_id} is gone from the job store")
     if not record.done:
         return HandedOver(job_id)
     return JobEnded(record.status, record.error or f"job {job_id} ended {record.status}")
@@ -391,7 +394,7 @@ class Drivers:
             raise
         except Exception as e:  # a bug: the job must still end, with a reason
             log.exception("job %s failed", job_id)
-            raise await _end(self.store, job_id, self.instance, FAILED,
+            raise await _end(self.store, job_id, self.instance, JobStatus.FAILED,
                              f"internal error: {type(e).__name__}: {e}") from None
         finally:
             self._stops.pop(job_id, None)
@@ -425,7 +428,7 @@ class Drivers:
             try:
                 decoded = await asyncio.to_thread(decode_upload, stored[0], self.settings)
             except Exception as e:
-                raise await _end(self.store, job_id, self.instance, FAILED,
+                raise await _end(self.store, job_id, self.instance, JobStatus.FAILED,
                                  f"internal error: the stored upload cannot be read: {e}") from None
         finally:
             self._starting.discard(job_id)
@@ -436,8 +439,9 @@ class Drivers:
         a job that crashes every replica that drives it must not go round forever)."""
         try:
             if takeovers > self.settings.takeovers:
-                await _end(self.store, job_id, self.instance, FAILED, f"interrupted: {takeovers} API process(es) "
-                           "that drove this job stopped without handing it on (a crash each time); submit it again")
+                await _end(self.store, job_id, self.instance, JobStatus.FAILED,
+                           f"interrupted: {takeovers} API process(es) that drove this job stopped without handing "
+                           "it on (a crash each time); submit it again")
                 return
             log.warning("job %s: taken over from an API replica that stopped (takeover %d)", job_id, takeovers)
             await self.run_stored(job_id)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clipdlut.guidance import Guide
-from clipdlut.optimizer import CANCELLED, FAILED, BatchedOptimizer, JobResult, JobSpec, JobState, Progress
+from clipdlut.optimizer import BatchedOptimizer, JobResult, JobSpec, JobState, Progress
+from clipdlut.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,8 @@ class Engine:
             cancels, self._cancels = self._cancels, {}
         for job_id, failure in cancels.items():
             if not self.optimizer.cancel(job_id, failure=failure) and job_id in self._entries:
-                self._end(JobResult(job_id, FAILED if failure else CANCELLED, 0, 0.0, error=failure))
+                status = JobStatus.FAILED if failure else JobStatus.CANCELLED
+                self._end(JobResult(job_id, status, 0, 0.0, error=failure))
 
     def _enforce_timeout(self) -> None:
         if self.job_timeout_s is None:
@@ -196,6 +198,7 @@ class Engine:
                 with self._wake:
                     held = [job_id for job_id in self._entries if job_id not in self._pending]
                 for job_id in held:
-                    self._end(JobResult(job_id, FAILED, 0, 0.0, error=f"optimizer error: {e}", retryable=True))
+                    self._end(JobResult(job_id, JobStatus.FAILED, 0, 0.0, error=f"optimizer error: {e}",
+                                        retryable=True))
         for job_id in list(self._entries):
-            self._end(JobResult(job_id, FAILED, 0, 0.0, error="the optimizer stopped", retryable=True))
+            self._end(JobResult(job_id, JobStatus.FAILED, 0, 0.0, error="the optimizer stopped", retryable=True))

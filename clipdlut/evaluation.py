@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.guidance import Guide
 from clipdlut.imaging import working_copy
-from clipdlut.optimizer import FINISHED, BatchedOptimizer, JobSpec
+from clipdlut.optimizer import BatchedOptimizer, JobSpec
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
+from clipdlut.status import JobStatus
 
 
 def sky(width: int = 512, height: int = 384) -> Image.Image:
@@ -105,7 +106,7 @@ def run(guide: Guide, *, images: Sequence[str] = tuple(IMAGES), prompts: Sequenc
                 raise RuntimeError(f"{name} / {prompt.text}: {failed[0].error}")
         for result in opt.step():
             name, prompt = jobs.pop(result.job_id)
-            if result.status != FINISHED:
+            if result.status != JobStatus.FINISHED:
                 raise RuntimeError(f"{name} / {prompt.text}: {result.error or result.status}")
             table = read_cube(lut_to_cube(result.lut)).normalized()
             graded = apply_table(photos[name], table)

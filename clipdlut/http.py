@@ -20,7 +20,8 @@ from starlette.responses import HTMLResponse, JSONResponse
 
 from clipdlut.jobs import InputError, check_task_id
 from clipdlut.readiness import Readiness
-from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore
+from clipdlut.status import JobStatus
+from clipdlut.store import JobStore
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]
@@ -103,11 +104,6 @@ class _TooLarge(Exception):
     pass
 
 
-# job store status -> BentoML task status
-TASK_STATUS = {QUEUED: "in_progress", RUNNING: "in_progress", FINISHED: "completed", CANCELLED: "canceled",
-               FAILED: "failed"}
-
-
 def _iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat() if t else None
 
@@ -149,13 +145,13 @@ class TaskGate:
         if action == "cancel":  # (a task that has already ended answers the state it ended in)
             if not record.done:
                 await store.request_cancel(task_id)
-            status = TASK_STATUS[record.status if record.done else CANCELLED]
+            status = (record.status if record.done else JobStatus.CANCELLED).task
             response = JSONResponse({"task_id": task_id, "status": status})
         elif action == "status":
-            response = JSONResponse({"task_id": task_id, "status": TASK_STATUS[record.status],
+            response = JSONResponse({"task_id": task_id, "status": record.status.task,
                                      "created_at": _iso(record.created),
                                      "executed_at": _iso(record.updated) if record.done else None})
-        elif record.status == FINISHED and (result := await self.result(task_id)) is not None:
+        elif record.status == JobStatus.FINISHED and (result := await self.result(task_id)) is not None:
             response = JSONResponse(result)
         elif record.done:
             response = _error(409, f"task {task_id} ended {record.status}: {record.error or 'no result'}")

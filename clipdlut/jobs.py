@@ -25,7 +25,8 @@ from clipdlut.lut import OFFERED_SIZES, resample, to_table
 from clipdlut.lut import from_table as table_to_lut
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
 from clipdlut.settings import Settings
-from clipdlut.store import FAILED, FINISHED, JobStore
+from clipdlut.status import JobStatus
+from clipdlut.store import JobStore
 
 log = logging.getLogger(__name__)
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
@@ -178,7 +179,7 @@ async def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImag
 async def stored_result(store: JobStore, job_id: str) -> dict | None:
     """A finished job's result as the native task returns it (None until it has finished)."""
     record = await store.get(job_id)
-    if record is None or record.status != FINISHED or record.result is None:
+    if record is None or record.status != JobStatus.FINISHED or record.result is None:
         return None
     res, o = record.result, record.options
     cube, image = await store.file(job_id, "cube"), await store.file(job_id, "image")
@@ -195,9 +196,9 @@ async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: s
                    ) -> tuple[bytes, str]:
     """A finished job's LUT as a ``.cube`` of another size or as a HaldCLUT PNG: (bytes, media type)."""
     record = await store.get(job_id)
-    cube = await store.file(job_id, "cube") if record and record.status == FINISHED else None
+    cube = await store.file(job_id, "cube") if record and record.status == JobStatus.FINISHED else None
     if cube is None:
-        raise JobEnded(record.status if record else FAILED, f"task {job_id} has no finished LUT")
+        raise JobEnded(record.status if record else JobStatus.FAILED, f"task {job_id} has no finished LUT")
     if fmt not in ("cube", "hald"):
         raise InputError(f"format must be cube or hald, got {fmt!r}")
     if size is not None and size not in OFFERED_SIZES:

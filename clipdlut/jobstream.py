@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 from PIL import Image
 
 from clipdlut.engine import Engine, Report
-from clipdlut.optimizer import FINISHED, JobResult, JobSpec
+from clipdlut.optimizer import JobResult, JobSpec
+from clipdlut.status import JobStatus
 from clipdlut.wire import (
     Accepted,
     Beat,
@@ -93,7 +94,7 @@ async def stream_job(engine: Engine, request: OptimizeRequest, model: str, beat_
 
 
 def _last_event(result: JobResult, model: str) -> Finished | Failed:
-    if result.status == FINISHED and result.lut is not None and result.scores is not None:
+    if result.status == JobStatus.FINISHED and result.lut is not None and result.scores is not None:
         s = result.scores
         return Finished(iterations=result.iterations, seconds=result.seconds, lut=encode_tensor(result.lut),
                         lut_size=int(result.lut.shape[-1]), loss=result.loss, model=model,

@@ -22,11 +22,11 @@ from clipdlut.imaging import thumbnail, to_image, to_tensor
 from clipdlut.losses import LossWeights
 from clipdlut.lut import apply, check_size, identity
 from clipdlut.safety import make_safe
+from clipdlut.status import JobStatus
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE_PROMPT = "一张自然色调的图片"
-FINISHED, CANCELLED, FAILED = "finished", "cancelled", "failed"
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Progress:
 @dataclass
 class JobResult:
     job_id: str
-    status: str
+    status: JobStatus
     iterations: int
     seconds: float
     lut: torch.Tensor | None = None  # (1, 3, N, N, N), CPU float32
@@ -237,7 +237,8 @@ class BatchedOptimizer:
     def _fail(self, job: _Job, error: str) -> JobResult:
         self._jobs.pop(job.spec.job_id, None)
         log.warning("job %s failed at iteration %d: %s", job.spec.job_id, job.iteration, error)
-        return JobResult(job.spec.job_id, FAILED, job.iteration, time.perf_counter() - job.started, error=error)
+        return JobResult(job.spec.job_id, JobStatus.FAILED, job.iteration, time.perf_counter() - job.started,
+                         error=error)
 
     @torch.no_grad()
     def add(self, specs: Sequence[JobSpec]) -> list[JobResult]:
@@ -249,13 +250,14 @@ class BatchedOptimizer:
         admitted: list[_Job] = []
         for spec in specs:
             if spec.job_id in self._jobs:
-                failed.append(JobResult(spec.job_id, FAILED, 0, 0.0, error="a job with this id is already running"))
+                failed.append(JobResult(spec.job_id, JobStatus.FAILED, 0, 0.0,
+                                        error="a job with this id is already running"))
                 continue
             try:
                 spec.validate()
                 admitted.append(_Job(spec, self.guide.device))
             except Exception as e:
-                failed.append(JobResult(spec.job_id, FAILED, 0, 0.0, error=f"invalid job: {e}"))
+                failed.append(JobResult(spec.job_id, JobStatus.FAILED, 0, 0.0, error=f"invalid job: {e}"))
         if not admitted:
             return failed
         try:
@@ -269,7 +271,7 @@ class BatchedOptimizer:
             feats = self.guide.encode_pixels(torch.cat(pixels)).split([p.shape[0] for p in pixels])
         except Exception as e:
             log.exception("admission of %d jobs failed", len(admitted))
-            return failed + [JobResult(j.spec.job_id, FAILED, 0, 0.0, error=f"could not encode the job: {e}")
+            return failed + [JobResult(j.spec.job_id, JobStatus.FAILED, 0, 0.0, error=f"could not encode the job: {e}")
                              for j in admitted]
         for job, (target, source), f in zip(admitted, text, feats):
             job.target = target
@@ -280,8 +282,8 @@ class BatchedOptimizer:
                 try:
                     job.restore(job.spec.resume)
                 except Exception as e:
-                    failed.append(JobResult(job.spec.job_id, FAILED, 0, 0.0, error=f"invalid job: the state to "
-                                                                                    f"resume from is broken: {e}"))
+                    failed.append(JobResult(job.spec.job_id, JobStatus.FAILED, 0, 0.0,
+                                            error=f"invalid job: the state to resume from is broken: {e}"))
                     continue
             self._jobs[job.spec.job_id] = job
         return failed
@@ -398,7 +400,7 @@ class BatchedOptimizer:
 
     def _end_cancelled(self, job: _Job) -> JobResult:
         self._jobs.pop(job.spec.job_id, None)
-        return JobResult(job.spec.job_id, FAILED if job.failure else CANCELLED, job.iteration,
+        return JobResult(job.spec.job_id, JobStatus.FAILED if job.failure else JobStatus.CANCELLED, job.iteration,
                          time.perf_counter() - job.started, error=job.failure)
 
     @torch.no_grad()
@@ -424,7 +426,7 @@ class BatchedOptimizer:
                 directional=float(torch.nn.functional.cosine_similarity(
                     f - job.src_full_feat, job.text_dir, dim=0, eps=1e-8)),
             )
-            out.append(JobResult(job.spec.job_id, FINISHED, job.iteration, time.perf_counter() - job.started,
+            out.append(JobResult(job.spec.job_id, JobStatus.FINISHED, job.iteration, time.perf_counter() - job.started,
                                  lut=lut.float().cpu(), scores=scores, loss=float(job.last_loss)))
         return out
 

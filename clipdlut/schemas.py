@@ -11,11 +11,11 @@ from clipdlut.lut import OFFERED_SIZES
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
 from clipdlut.safety import MAX_SLOPE, PINS
 from clipdlut.settings import Settings
+from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 
 MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
 LutSize = Literal[OFFERED_SIZES]  # (Literal of a tuple: Literal[17, 33, 65])
 ImageFormat = Literal["png", "jpeg", "webp"]
-JobStatus = Literal["queued", "running", "finished", "cancelled", "failed"]
 EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"
 
 
@@ -120,7 +120,7 @@ class LegacyRetouchRequest(BaseModel):
 
 class LegacyTask(BaseModel):
     task_id: str
-    status: Literal["pending", "processing", "finished", "stopped", "failed"]
+    status: Literal[ORIGINAL_STATUSES] = Field(description="the original system's names of the job statuses")
     current_iteration: int
     overall_iteration: int
     lut: str | None = Field(None, description="base64 of the .cube text or of the N x N^2 PNG strip")

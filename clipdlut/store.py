@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-QUEUED, RUNNING, FINISHED, CANCELLED, FAILED = "queued", "running", "finished", "cancelled", "failed"
-TERMINAL = frozenset({FINISHED, CANCELLED, FAILED})
+from clipdlut.status import JobStatus
 
 
 @dataclass
@@ -27,7 +26,7 @@ class JobRecord:
     """One job as the API reports it (inputs, previews, checkpoints and result files are fetched separately)."""
 
     job_id: str
-    status: str
+    status: JobStatus
     created: float
     updated: float
     iteration: int = 0
@@ -41,9 +40,12 @@ class JobRecord:
     owner: str | None = None  # the API replica driving it (while open)
     takeovers: int = 0  # times it was taken over from an API replica that stopped without handing it on
 
+    def __post_init__(self) -> None:
+        self.status = JobStatus(self.status)  # (stores keep the value)
+
     @property
     def done(self) -> bool:
-        return self.status in TERMINAL
+        return self.status.is_finished
 
 
 class JobStore(Protocol):

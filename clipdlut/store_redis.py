@@ -26,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from clipdlut.status import JobStatus
 from clipdlut.store import JobRecord
 
 GROUP = b"drivers"
@@ -228,7 +229,7 @@ class RedisJobStore:
 
     async def finish(self, job_id: str, result: dict[str, Any], files: dict[str, bytes], owner: str | None = None
                      ) -> bool:
-        return await self._end(job_id, "finished", None, result, files, owner)
+        return await self._end(job_id, JobStatus.FINISHED, None, result, files, owner)
 
     async def file(self, job_id: str, name: str) -> bytes | None:
         return await self.redis.hget(self._data(job_id), f"file:{name}")

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clipdlut.store import FINISHED, QUEUED, RUNNING, JobRecord
+from clipdlut.status import JobStatus
+from clipdlut.store import JobRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -110,7 +111,7 @@ class SqliteJobStore:
             cur = self._exec(
                 "INSERT INTO jobs (id, status, created, updated, total, options, source, working, owner, lease) "
                 f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? < 0 OR (SELECT COUNT(*) FROM jobs WHERE {_OPEN}) < ?",
-                (job_id, QUEUED, now, now, int(options.get("steps", 0)), json.dumps(options), source, working,
+                (job_id, JobStatus.QUEUED, now, now, int(options.get("steps", 0)), json.dumps(options), source, working,
                  owner, now, limit, limit))
             return cur.rowcount == 1
 
@@ -133,7 +134,7 @@ class SqliteJobStore:
 
     async def set_status(self, job_id: str, status: str, error: str | None = None, owner: str | None = None
                          ) -> bool:
-        let_go = "" if status in (QUEUED, RUNNING) else ", " + _LET_GO
+        let_go = "" if status in (JobStatus.QUEUED, JobStatus.RUNNING) else ", " + _LET_GO
         cur = await self._run(self._exec, f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated = ?"
                               f"{let_go} WHERE id = ? AND {_OPEN} AND {_HOLDS}",
                               (status, error, time.time(), job_id, owner, owner))
@@ -177,7 +178,7 @@ class SqliteJobStore:
         def run(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(f"UPDATE jobs SET status = ?, result = ?, updated = ?, {_LET_GO} "
                                f"WHERE id = ? AND {_OPEN} AND {_HOLDS}",
-                               (FINISHED, json.dumps(result), time.time(), job_id, owner, owner))
+                               (JobStatus.FINISHED, json.dumps(result), time.time(), job_id, owner, owner))
             if cur.rowcount == 0:
                 return False
             conn.executemany("INSERT OR REPLACE INTO files (job_id, name, data) VALUES (?, ?, ?)",

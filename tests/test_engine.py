@@ -5,7 +5,8 @@ import pytest
 
 from clipdlut.engine import Engine, EngineFull, Report
 from clipdlut.imaging import working_copy
-from clipdlut.optimizer import CANCELLED, FAILED, FINISHED, JobResult, JobSpec
+from clipdlut.optimizer import JobResult, JobSpec
+from clipdlut.status import JobStatus
 from tests.conftest import gradient_image
 
 pytestmark = pytest.mark.unit
@@ -52,7 +53,7 @@ def test_jobs_report_progress_and_end_and_a_full_batch_refuses(guide):
     engine.submit(spec("b", 3), b)
     with pytest.raises(EngineFull, match="full"):
         engine.submit(spec("c", 3), Heard())
-    assert a.result().status == FINISHED and b.result().status == FINISHED
+    assert a.result().status == JobStatus.FINISHED and b.result().status == JobStatus.FINISHED
     assert [r.progress.iteration for r in a.reports()] == [1, 2, 3, 4]
     # checkpoint_s=0: a state with every report but the last (a finished job's state is its result)
     assert [r.state is not None for r in a.reports()] == [True, True, True, False]
@@ -60,7 +61,7 @@ def test_jobs_report_progress_and_end_and_a_full_batch_refuses(guide):
     assert all(r.state is None for r in b.reports())  # no checkpoints asked for
     assert engine.running == 0
     engine.submit(spec("c", 2), c := Heard())  # room again
-    assert c.result().status == FINISHED
+    assert c.result().status == JobStatus.FINISHED
     engine.stop()
 
 
@@ -69,11 +70,11 @@ def test_cancel_leaves_the_batch_within_a_step_and_timeout_fails_with_a_reason(g
     slow, stop = running(engine, "slow"), running(engine, "stop")
     with caplog.at_level("INFO", logger="clipdlut.engine"):
         engine.cancel("stop")
-        assert stop.result(timeout=10).status == CANCELLED
+        assert stop.result(timeout=10).status == JobStatus.CANCELLED
     (line,) = [r.getMessage() for r in caplog.records if "left the batch" in r.getMessage()]
     assert int(line.split(", ")[1].split(" ")[0]) <= 1  # "... N step(s) after it was cancelled"
     r = slow.result(timeout=30)
-    assert r.status == FAILED and "timed out" in r.error
+    assert r.status == JobStatus.FAILED and "timed out" in r.error
     engine.stop()
 
 
@@ -82,10 +83,10 @@ def test_a_job_sent_again_ends_its_earlier_copy_and_waits_until_it_has_left(guid
     earlier = running(engine, "j")
     with pytest.raises(EngineFull, match="still leaving"):
         engine.submit(spec("j", 3), Heard())
-    assert earlier.result(timeout=10).status == CANCELLED
+    assert earlier.result(timeout=10).status == JobStatus.CANCELLED
     again = Heard()
     engine.submit(spec("j", 3), again)  # (the API sends it again after a backoff)
-    assert again.result().status == FINISHED
+    assert again.result().status == JobStatus.FINISHED
     engine.stop()
 
 
@@ -93,6 +94,6 @@ def test_stop_fails_the_jobs_it_holds(guide):
     engine = Engine(guide)
     held = running(engine, "held")
     engine.stop()
-    assert held.result(timeout=5).status == FAILED
+    assert held.result(timeout=5).status == JobStatus.FAILED
     with pytest.raises(EngineFull, match="shutting down"):
         engine.submit(spec("late", 1), Heard())

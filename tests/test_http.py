@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from clipdlut.http import Answered, ApiKey, BodyLimit, JsonBodies, ReadyReason, TaskGate
 from clipdlut.jobs import InputError, QueueFull
-from clipdlut.store import FINISHED
+from clipdlut.status import JobStatus
 from clipdlut.store_sqlite import SqliteJobStore
 
 pytestmark = pytest.mark.unit
@@ -168,7 +168,7 @@ def test_task_gate_records_a_job_before_its_id_is_known_and_answers_from_the_sto
     asyncio.run(store.set_status(t2, "failed", "interrupted: restart"))
     r = c.get("/v1/retouch/get", params={"task_id": t2})
     assert r.status_code == 409 and "interrupted: restart" in r.json()["error"]
-    assert asyncio.run(store.get(t1)).status == FINISHED
+    assert asyncio.run(store.get(t1)).status == JobStatus.FINISHED
 
 
 async def _async(value):

@@ -3,7 +3,8 @@ import torch
 from PIL import Image
 
 from clipdlut.losses import LossWeights
-from clipdlut.optimizer import CANCELLED, FAILED, FINISHED, BatchedOptimizer, JobSpec
+from clipdlut.optimizer import BatchedOptimizer, JobSpec
+from clipdlut.status import JobStatus
 from tests.conftest import gradient_image
 
 pytestmark = pytest.mark.unit
@@ -40,7 +41,7 @@ def test_batched_equals_alone(guide):
     alone_a = run(guide, {0: [spec("a", 1)]})["a"]
     alone_b = run(guide, {0: [spec("b", 2, prompt="warm golden hour film look")]})["b"]
     both = run(guide, {0: [spec("a", 1), spec("b", 2, prompt="warm golden hour film look")]})
-    assert alone_a.status == both["a"].status == FINISHED
+    assert alone_a.status == both["a"].status == JobStatus.FINISHED
     assert (both["a"].lut - alone_a.lut).abs().max() < BATCH_TOLERANCE
     assert (both["b"].lut - alone_b.lut).abs().max() < BATCH_TOLERANCE
     assert (alone_a.lut - alone_b.lut).abs().max() > 100 * BATCH_TOLERANCE  # the jobs really differ
@@ -50,8 +51,8 @@ def test_batched_equals_alone(guide):
 def test_joining_and_cancelled_batch_mates_do_not_change_a_job(guide):
     alone = run(guide, {0: [spec("a", 1)]})["a"]
     mixed = run(guide, {0: [spec("a", 1), spec("c", 3, steps=50)], 5: [spec("d", 4)], 8: ["c"]})
-    assert mixed["c"].status == CANCELLED and mixed["c"].iterations == 8
-    assert mixed["d"].status == FINISHED and mixed["d"].iterations == 20
+    assert mixed["c"].status == JobStatus.CANCELLED and mixed["c"].iterations == 8
+    assert mixed["d"].status == JobStatus.FINISHED and mixed["d"].iterations == 20
     assert (mixed["a"].lut - alone.lut).abs().max() < BATCH_TOLERANCE
 
 
@@ -68,9 +69,9 @@ def test_a_nan_job_fails_alone(guide):
     bad = spec("bad", 5, weights=LossWeights().with_overrides(directional=float("nan")))
     res = run(guide, {0: [spec("a", 1), bad]})
     alone = run(guide, {0: [spec("a", 1)]})["a"]
-    assert res["bad"].status == FAILED and "NaN" in res["bad"].error
+    assert res["bad"].status == JobStatus.FAILED and "NaN" in res["bad"].error
     assert res["bad"].iterations == 10  # caught at the first progress report
-    assert res["a"].status == FINISHED
+    assert res["a"].status == JobStatus.FINISHED
     assert (res["a"].lut - alone.lut).abs().max() < BATCH_TOLERANCE
 
 
@@ -78,7 +79,7 @@ def test_invalid_jobs_fail_at_admission_only(guide):
     opt = BatchedOptimizer(guide)
     failed = opt.add([spec("ok", 1, steps=2), JobSpec("bad", gradient_image(), "x", lut_size=1),
                       JobSpec("empty", gradient_image(), "   ")])
-    assert {r.job_id: r.status for r in failed} == {"bad": FAILED, "empty": FAILED}
+    assert {r.job_id: r.status for r in failed} == {"bad": JobStatus.FAILED, "empty": JobStatus.FAILED}
     assert "LUT size" in failed[0].error and "target_prompt is empty" in failed[1].error
     assert opt.active_ids == ["ok"]
     assert opt.add([spec("ok", 1)])[0].error == "a job with this id is already running"
@@ -90,7 +91,7 @@ def test_loss_goes_down(guide):
     opt.add([spec("a", 3, steps=50, progress_every=1)])
     result = opt.run()["a"]
     losses = [p.loss for p in seen if p.job_id == "a"]
-    assert len(losses) == 50 and result.status == FINISHED
+    assert len(losses) == 50 and result.status == JobStatus.FINISHED
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.05, (first, last)
     assert result.scores.directional > 0  # the image moved toward the target direction
@@ -116,7 +117,7 @@ def test_cancel_takes_effect_at_the_next_step(guide):
     opt.step()
     assert opt.cancel("a") and not opt.cancel("nope")
     ended = opt.step()
-    assert [(r.job_id, r.status, r.iterations) for r in ended] == [("a", CANCELLED, 1)]
+    assert [(r.job_id, r.status, r.iterations) for r in ended] == [("a", JobStatus.CANCELLED, 1)]
     assert opt.active_ids == ["b"]
 
 
@@ -200,7 +201,7 @@ def test_jobs_of_other_lut_sizes_and_view_counts_share_a_step_without_changing_e
     together = run(guide, {0: jobs})
     for job in jobs:
         alone = run(guide, {0: [job]})[job.job_id]
-        assert together[job.job_id].status == FINISHED
+        assert together[job.job_id].status == JobStatus.FINISHED
         assert (together[job.job_id].lut - alone.lut).abs().max() < BATCH_TOLERANCE
 
 
@@ -215,7 +216,7 @@ def test_a_job_under_bf16_autocast_ends_near_the_fp32_job(guide):
 
     bf16 = Guide(dataclasses.replace(guide.loaded, dtype=torch.bfloat16))
     a, b = run(guide, {0: [spec("a", 1)]})["a"], run(bf16, {0: [spec("a", 1)]})["a"]
-    assert a.status == b.status == FINISHED
+    assert a.status == b.status == JobStatus.FINISHED
     assert torch.isfinite(b.lut).all() and not torch.equal(a.lut, b.lut)
     assert (a.lut - b.lut).abs().mean() < 0.5 * (a.lut - identity(9)).abs().mean()
 
@@ -230,7 +231,7 @@ def test_resuming_from_a_state_continues_the_same_run(guide):
     state = opt.state("a")
     assert state.iteration == 5 and state.adam_step == 5.0
     resumed = run(guide, {0: [spec("a", 1, steps=12, resume=state)]})["a"]
-    assert resumed.status == FINISHED and resumed.iterations == 12
+    assert resumed.status == JobStatus.FINISHED and resumed.iterations == 12
     assert torch.equal(resumed.lut, whole.lut)
     fresh = run(guide, {0: [spec("a", 1, steps=12)]})["a"]  # starting over with the seed gives the same too
     assert torch.equal(fresh.lut, whole.lut)
@@ -242,5 +243,5 @@ def test_a_state_that_does_not_fit_is_refused(guide):
     opt.step()
     state = opt.state("a")
     failed = BatchedOptimizer(guide).add([spec("b", 1, lut_size=5, resume=state), spec("c", 1, steps=1, resume=state)])
-    assert [r.status for r in failed] == [FAILED, FAILED]
+    assert [r.status for r in failed] == [JobStatus.FAILED, JobStatus.FAILED]
     assert all("resume" in r.error for r in failed)

@@ -7,8 +7,9 @@ from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.evaluation import IMAGES
 from clipdlut.imaging import working_copy
 from clipdlut.lut import OFFERED_SIZES, from_table, identity
-from clipdlut.optimizer import FINISHED, BatchedOptimizer, JobSpec
+from clipdlut.optimizer import BatchedOptimizer, JobSpec
 from clipdlut.safety import MAX_SLOPE, MONOTONE_TOLERANCE, Invariants, make_safe, measure
+from clipdlut.status import JobStatus
 from tests.conftest import gradient_image, random_smooth_lut
 
 pytestmark = pytest.mark.unit
@@ -111,7 +112,7 @@ def test_every_returned_lut_is_safe_at_every_offered_size(guide, lut_size, steps
     each_step.add([s for s in specs if s.job_id.startswith("sky")])
     results.update({f"each:{k}": v for k, v in each_step.run().items()})
     for key, r in results.items():
-        assert r.status == FINISHED
+        assert r.status == JobStatus.FINISHED
         assert_safe(measure(r.lut))
         spec = next(s for s in specs if key.endswith(s.job_id))
         # written at its own size, as is and at the strength that extrapolates most (a weaker one is a blend of

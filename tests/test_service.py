@@ -189,7 +189,7 @@ def test_a_plain_post_whose_job_is_cancelled_gets_409_with_the_reason(client, se
     """POST /v1/retouch (not submitted as a task) waits for its job; cancelled, it answers 409, not 500."""
     import threading
 
-    from clipdlut.store import RUNNING
+    from clipdlut.status import JobStatus
     from clipdlut.store_sqlite import SqliteJobStore
 
     store = SqliteJobStore(service.S.store)
@@ -198,7 +198,7 @@ def test_a_plain_post_whose_job_is_cancelled_gets_409_with_the_reason(client, se
         "image": PHOTO_B64, "target_prompt": "冷色调", "steps": 4321})))
     t.start()
     job_id = wait(lambda: next((r[0] for r in store._exec("SELECT id FROM jobs WHERE status = ? AND total = 4321",
-                                                           (RUNNING,))), None))
+                                                           (JobStatus.RUNNING.value,))), None))
     assert client.post("/v1/cancel", json={"task_id": job_id}).json()["status"] == "cancelling"
     t.join(timeout=30)
     (r,) = answers

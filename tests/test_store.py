@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from clipdlut.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobStore, open_store
+from clipdlut.status import JobStatus
+from clipdlut.store import JobStore, open_store
 from tests.live import RedisServer, redis_missing
 
 pytestmark = pytest.mark.unit
@@ -53,18 +54,18 @@ pytestmark = [pytestmark, pytest.mark.parametrize("location", KINDS, indirect=Tr
 async def test_a_job_from_start_to_finish(store):
     assert await store.create("j1", {"steps": 10, "target_prompt": "x"}, b"src", b"work", owner="api-a")
     r = await store.get("j1")
-    assert (r.status, r.total, r.options["target_prompt"], r.owner, r.takeovers, r.done) == (QUEUED, 10, "x",
+    assert (r.status, r.total, r.options["target_prompt"], r.owner, r.takeovers, r.done) == (JobStatus.QUEUED, 10, "x",
                                                                                                "api-a", 0, False)
     assert await store.input("j1") == (b"src", b"work")
     await store.progress("j1", 5, 10, 0.5, {"directional": 0.4}, b"png", b"state5")
     r = await store.get("j1")
-    assert (r.status, r.iteration, r.loss, r.terms) == (RUNNING, 5, 0.5, {"directional": 0.4})
+    assert (r.status, r.iteration, r.loss, r.terms) == (JobStatus.RUNNING, 5, 0.5, {"directional": 0.4})
     assert await store.preview("j1") == b"png" and await store.checkpoint("j1") == b"state5"
     await store.progress("j1", 6, 10, 0.4, {}, None, None)
     assert await store.preview("j1") == b"png" and await store.checkpoint("j1") == b"state5"  # the last kept
     assert await store.finish("j1", {"model": "tiny"}, {"cube": b"TITLE", "image": b"img"})
     r = await store.get("j1")
-    assert r.status == FINISHED and r.result == {"model": "tiny"} and r.done and r.owner is None
+    assert r.status == JobStatus.FINISHED and r.result == {"model": "tiny"} and r.done and r.owner is None
     assert await store.file("j1", "cube") == b"TITLE" and await store.file("j1", "nope") is None
     assert await store.preview("j1") == b"png"
     # an ended job lets go of what only a running job needs
@@ -78,16 +79,16 @@ async def test_cancel_flags_and_ended_jobs_never_change(store):
         await store.create(job, {"steps": 1}, b"s", b"w", owner="api-a")
     assert await store.request_cancel("a")
     assert await store.cancel_requested(["a", "b", "zzz"]) == {"a"} and await store.cancel_requested([]) == set()
-    assert await store.set_status("a", CANCELLED, "cancelled by the user")
-    assert not await store.set_status("a", RUNNING)  # a late writer cannot revive it
+    assert await store.set_status("a", JobStatus.CANCELLED, "cancelled by the user")
+    assert not await store.set_status("a", JobStatus.RUNNING)  # a late writer cannot revive it
     await store.progress("a", 1, 1, 0.1, {})
     assert not await store.finish("a", {}, {"cube": b"late"})
     r = await store.get("a")
-    assert (r.status, r.iteration, r.error) == (CANCELLED, 0, "cancelled by the user")
+    assert (r.status, r.iteration, r.error) == (JobStatus.CANCELLED, 0, "cancelled by the user")
     assert await store.file("a", "cube") is None and not await store.request_cancel("a")
-    assert await store.set_status("b", FAILED, "boom")
+    assert await store.set_status("b", JobStatus.FAILED, "boom")
     assert (await store.get("b")).error == "boom"
-    assert await store.set_status("c", RUNNING) and (await store.get("c")).status == RUNNING
+    assert await store.set_status("c", JobStatus.RUNNING) and (await store.get("c")).status == JobStatus.RUNNING
     assert await store.open_jobs() == 1
 
 
@@ -100,10 +101,10 @@ async def test_writes_of_a_replica_that_lost_the_lease_are_refused(store):
     await asyncio.sleep(0.3)
     assert await store.take_over("api-b", idle_s=0.2, limit=1) == [("j", 1)]
     assert not await store.progress("j", 2, 3, 0.4, {}, None, b"late", owner="api-a")
-    assert not await store.set_status("j", FAILED, "late", owner="api-a")
+    assert not await store.set_status("j", JobStatus.FAILED, "late", owner="api-a")
     assert not await store.finish("j", {}, {"cube": b"late"}, owner="api-a")
     r = await store.get("j")
-    assert (r.status, r.iteration, r.error) == (RUNNING, 1, None) and await store.checkpoint("j") == b"state1"
+    assert (r.status, r.iteration, r.error) == (JobStatus.RUNNING, 1, None) and await store.checkpoint("j") == b"state1"
     assert await store.progress("j", 2, 3, 0.4, {}, None, b"state2", owner="api-b")
     assert await store.finish("j", {"by": "b"}, {"cube": b"LUT"}, owner="api-b")
     assert (await store.get("j")).result == {"by": "b"} and await store.file("j", "cube") == b"LUT"
@@ -150,7 +151,7 @@ async def test_each_stale_job_is_taken_over_by_exactly_one_replica(location):
     clients = stores(location, 8)
     for i in range(30):
         await clients[0].create(f"j{i}", {"steps": 1}, b"s", b"w", owner="api-dead")
-    await clients[0].set_status("j0", FINISHED)
+    await clients[0].set_status("j0", JobStatus.FINISHED)
     await asyncio.sleep(0.3)
     taken = await asyncio.gather(*(c.take_over(f"api-{k}", idle_s=0.2, limit=5) for k, c in enumerate(clients)))
     ids = [job for batch in taken for job, _ in batch]
@@ -166,12 +167,12 @@ async def test_ended_jobs_and_their_files_go_after_the_retention_time(location):
     for job in ("old", "cancelled", "open"):
         await store.create(job, {"steps": 1}, b"s", b"w", owner="api-a")
     await store.finish("old", {"k": 1}, {"cube": b"c", "image": b"i"})
-    await store.set_status("cancelled", CANCELLED)
+    await store.set_status("cancelled", JobStatus.CANCELLED)
     await store.purge()
-    assert (await store.get("old")).status == FINISHED  # not yet
+    assert (await store.get("old")).status == JobStatus.FINISHED  # not yet
     time.sleep(2.1)
     await store.purge()
     assert await store.get("old") is None and await store.file("old", "cube") is None
     assert await store.get("cancelled") is None and await store.preview("old") is None
-    assert (await store.get("open")).status == QUEUED and await store.input("open") == (b"s", b"w")
+    assert (await store.get("open")).status == JobStatus.QUEUED and await store.input("open") == (b"s", b"w")
     await store.close()

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from clipdlut.store import FINISHED
+from clipdlut.status import JobStatus
 from clipdlut.store_sqlite import SqliteJobStore
 
 pytestmark = pytest.mark.unit
@@ -93,5 +93,5 @@ def test_fifty_concurrent_clients_across_processes(tmp_path):
     assert errors == [None] * 50
     store = SqliteJobStore(path)
     rows = dict(store._exec("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
-    assert rows[FINISHED] == 50 * 8 and sum(rows.values()) == 50 * 12  # k = 1, 2, 4, 5, 7, 8, 10, 11 of 0..11
+    assert rows[JobStatus.FINISHED] == 50 * 8 and sum(rows.values()) == 50 * 12  # k = 1, 2, 4, 5, 7, 8, 10, 11 of 0..11
     assert store._exec("SELECT COUNT(*) FROM jobs WHERE cancel = 1").fetchone()[0] == 50 * 4
