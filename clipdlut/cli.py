@@ -13,7 +13,7 @@ from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
 from clipdlut.lut import OFFERED_SIZES
 from clipdlut.models import MODELS, WeightsNotFound
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobSpec
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, JobSpec
 from clipdlut.safety import PINS
 from clipdlut.status import JobStatus
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("input", metavar="IMAGE", help="the photo to grade")
     r.add_argument("--prompt", required=True, help="the look to aim for, e.g. 赛博朋克风格的夜晚城市")
     r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now")
-    r.add_argument("--steps", type=_positive, default=200, help="optimizer steps (default 200)")
+    r.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     r.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
     r.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
     r.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same LUT")
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None,
                    help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    e.add_argument("--steps", type=_positive, default=200, help="optimizer steps per job (default 200)")
+    e.add_argument("--steps", type=_positive, default=DEFAULT_STEPS,
+                   help=f"optimizer steps per job (default {DEFAULT_STEPS})")
     e.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
     e.add_argument("--seed", type=int, default=0, help="random seed of every job")
     e.add_argument("--batch", type=_positive, default=8, help="jobs optimized together (default 8)")

@@ -23,7 +23,7 @@ from clipdlut.hald import hald_level_for, write_hald
 from clipdlut.imaging import DecodedImage, decode_image, output_format, working_copy
 from clipdlut.lut import OFFERED_SIZES, resample, to_table
 from clipdlut.lut import from_table as table_to_lut
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.settings import Settings
 from clipdlut.status import JobStatus
 from clipdlut.store import JobStore
@@ -74,7 +74,7 @@ class JobOptions:
 
     target_prompt: str
     source_prompt: str = DEFAULT_SOURCE_PROMPT
-    steps: int = 200
+    steps: int = DEFAULT_STEPS
     lut_size: int = 33
     strength: float = 1.0
     seed: int = 0

@@ -27,6 +27,7 @@ from clipdlut.status import JobStatus
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE_PROMPT = "一张自然色调的图片"
+DEFAULT_STEPS = 200  # a job's steps when its request names none (the original API's own default stays 1000)
 
 
 @dataclass
@@ -49,7 +50,7 @@ class JobSpec:
     image: Image.Image
     target_prompt: str
     source_prompt: str = DEFAULT_SOURCE_PROMPT
-    steps: int = 200
+    steps: int = DEFAULT_STEPS
     lut_size: int = 33
     lr: float = 5e-3
     seed: int = 0

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from clipdlut.jobs import JobOptions
 from clipdlut.lut import OFFERED_SIZES
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.safety import MAX_SLOPE, PINS
 from clipdlut.settings import Settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
@@ -150,7 +150,7 @@ class RetouchRequest(BaseModel):
                                examples=[EXAMPLE_PROMPT])
     source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, max_length=2000,
                                description="what the photo looks like now")
-    steps: int = Field(200, ge=1, le=MAX_STEPS, description="optimizer steps; more is slower and stronger")
+    steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS, description="optimizer steps; more is slower and stronger")
     lut_size: LutSize = Field(33, description="LUT nodes per side")
     strength: float = Field(1.0, ge=0.0, le=2.0, description="blend with the identity: 0 none, 1 full, 2 doubled")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")

@@ -12,6 +12,17 @@ def _default_store() -> str:
     return str(Path(home) / "clipdlut" / "jobs.db")
 
 
+# The range of each numeric setting (inclusive; None: no upper bound): a value outside fails at start, naming it.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "max_batch_size": (1, None), "job_timeout_s": (1, None), "max_body_mb": (0.001, None), "max_pixels": (1, None),
+    "max_prompt_chars": (1, None), "max_steps": (1, None), "working_size": (32, 4096),
+    "views": (1, 64), "progress_every": (1, None), "max_open_jobs": (1, None), "retry_after_s": (0, None),
+    "watchdog_s": (0.1, None), "takeovers": (0, None), "retention_s": (0, None), "optimizer_attempts": (1, None),
+    "optimizer_wait_s": (0, None), "stream_beat_s": (0.01, None), "stream_stall_s": (0.01, None),
+    "ready_needs_optimizer": (0, 1),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Defaults are documented in the README's settings table; each maps to ``CLIPDLUT_<NAME>``."""
@@ -26,11 +37,9 @@ class Settings:
     max_pixels: int = 40_000_000
     max_prompt_chars: int = 200
     max_steps: int = 5000
-    default_steps: int = 200
     working_size: int = 288
     views: int = 4
     progress_every: int = 5
-    preview_size: int = 256
     max_open_jobs: int = 64  # queued + running; more submissions get 429
     retry_after_s: int = 10
     watchdog_s: float = 15.0  # a job whose API replica has not renewed its lease this long is taken over
@@ -46,6 +55,13 @@ class Settings:
     stream_stall_s: float = 60.0  # a stream silent this long counts as lost (the job is sent again)
     ready_needs_optimizer: int = 1  # 0: the API is ready without asking the optimizer (one scaled to zero wakes
     # for a job, not for a probe)
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+                raise ValueError(f"CLIPDLUT_{name.upper()}={value!r} is out of range: it must be {bound}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -69,11 +69,3 @@ def test_upload_limits():
         decode_upload(PNG, Settings(max_pixels=1000))
     with pytest.raises(InputError, match="not an image"):
         decode_upload(b"hello", Settings())
-
-
-def test_settings_from_env():
-    s = Settings.from_env({"CLIPDLUT_MAX_STEPS": "10", "CLIPDLUT_MAX_BODY_MB": "1.5",
-                           "CLIPDLUT_GPU_TYPE": "nvidia-a100-80gb"})
-    assert (s.max_steps, s.max_body_mb, s.gpu_type) == (10, 1.5, "nvidia-a100-80gb")
-    with pytest.raises(ValueError, match="CLIPDLUT_MAX_STEPS"):
-        Settings.from_env({"CLIPDLUT_MAX_STEPS": "many"})

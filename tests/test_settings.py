@@ -1,0 +1,35 @@
+"""The service's settings (clipdlut/settings.py): read from CLIPDLUT_* variables, checked at start."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipdlut.settings import Settings
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"CLIPDLUT_MAX_STEPS": "10", "CLIPDLUT_MAX_BODY_MB": "1.5",
+                           "CLIPDLUT_GPU_TYPE": "nvidia-a100-80gb"})
+    assert (s.max_steps, s.max_body_mb, s.gpu_type) == (10, 1.5, "nvidia-a100-80gb")
+    with pytest.raises(ValueError, match="CLIPDLUT_MAX_STEPS"):
+        Settings.from_env({"CLIPDLUT_MAX_STEPS": "many"})
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("MAX_BATCH_SIZE", "0", "at least 1"), ("VIEWS", "65", "from 1 to 64"), ("WATCHDOG_S", "-1", "at least 0.1"),
+    ("READY_NEEDS_OPTIMIZER", "2", "from 0 to 1"), ("MAX_OPEN_JOBS", "-5", "at least 1"),
+])
+def test_a_value_out_of_range_fails_naming_its_variable(name, value, words):
+    with pytest.raises(ValueError, match=f"CLIPDLUT_{name}={value}.*out of range.*{words}"):
+        Settings.from_env({f"CLIPDLUT_{name}": value})
+
+
+def test_the_service_refuses_to_start_with_a_bad_setting():
+    r = subprocess.run([sys.executable, "-c", "import service"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={"PATH": "/usr/bin:/bin", "CLIPDLUT_VIEWS": "0", "HOME": "/tmp"})
+    assert r.returncode != 0 and "CLIPDLUT_VIEWS=0 is out of range" in r.stderr
