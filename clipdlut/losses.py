@@ -3,13 +3,18 @@
 Every term takes a leading job dimension and returns one value per job, so a whole batch of jobs costs
 one set of operations (and one set of backward nodes), not one per job. The LUT regularizer works on
 ``delta = lut - identity``, so it is exactly 0 on the identity LUT. Monotonicity and the slope bound are not
-terms: :mod:`clipdlut.safety` makes them hold after every step (a soft penalty only discourages breaking them).
+terms: :mod:`clipdlut.safety` makes them hold on every returned LUT (a soft penalty only discourages breaking
+them).
+
+:data:`TERMS` is the registry: each term's function and default weight. :class:`LossWeights` and the
+optimizer's objective are both built from it, so adding a term is one entry here.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,25 +24,6 @@ from clipdlut.lut import identity
 # LUT axes in a (B, 3, N, N, N) tensor: dim 2 = blue, 3 = green, 4 = red.
 LUT_AXES = {"b": 2, "g": 3, "r": 4}
 DARK = 0.08  # luminance under which a source pixel counts as black for the black-level term
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the loss terms; every one can be overridden per job."""
-
-    directional: float = 1.0
-    global_target: float = 0.3
-    smoothness: float = 0.03  # against ripples that band a smooth sky (bench/safety.py)
-    color: float = 0.05
-    black_level: float = 1.0
-
-    def with_overrides(self, **overrides: float) -> LossWeights:
-        """A copy with some weights replaced; unknown names raise ``ValueError``."""
-        known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {sorted(known)}")
-        return replace(self, **{k: float(v) for k, v in overrides.items()})
 
 
 def _diff(t: torch.Tensor, dim: int, order: int = 1) -> torch.Tensor:
@@ -119,3 +105,59 @@ def directional(feats: torch.Tensor, src_feat: torch.Tensor, text_dir: torch.Ten
 def global_target(feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per job ``(G,)``: mean over its views' features ``(G, V, D)`` of ``1 - cos(E(out), T(target))``."""
     return (1 - (feats * target.unsqueeze(1)).sum(-1)).mean(-1)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the terms read for a group of ``G`` jobs stepped together (``V`` views each)."""
+
+    luts: torch.Tensor  # (G, 3, N, N, N)
+    src: torch.Tensor  # the source views (G, V, 3, R, R)
+    out: torch.Tensor  # the graded views, like src
+    feats: torch.Tensor  # CLIP features of the graded views (G, V, D)
+    src_feat: torch.Tensor  # of the source image (G, D)
+    text_dir: torch.Tensor  # target minus source prompt features (G, D)
+    target: torch.Tensor  # target prompt features (G, D)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of the objective: its value per job ``(G,)`` and its default weight."""
+
+    fn: Callable[[Inputs], torch.Tensor]
+    weight: float
+
+
+TERMS: dict[str, Term] = {
+    "directional": Term(lambda x: directional(x.feats, x.src_feat, x.text_dir), 1.0),
+    "global_target": Term(lambda x: global_target(x.feats, x.target), 0.3),
+    "smoothness": Term(lambda x: smoothness(x.luts), 0.03),  # against ripples that band a sky (bench/safety.py)
+    "color": Term(lambda x: color_shift(x.out, x.src), 0.05),
+    "black_level": Term(lambda x: black_level(x.out, x.src), 1.0),
+}
+
+
+class LossWeights(Mapping[str, float]):
+    """The weight of every term of :data:`TERMS`: its default unless overridden (per job)."""
+
+    def __init__(self, **overrides: float):
+        unknown = set(overrides) - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {sorted(TERMS)}")
+        self._values = {name: float(overrides.get(name, term.weight)) for name, term in TERMS.items()}
+
+    def with_overrides(self, **overrides: float) -> LossWeights:
+        """A copy with some weights replaced; unknown names raise ``ValueError``."""
+        return LossWeights(**{**self._values, **overrides})
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"LossWeights({', '.join(f'{k}={v:g}' for k, v in self._values.items())})"

@@ -16,10 +16,9 @@ import torch
 from PIL import Image
 from torch.optim.adam import adam
 
-from clipdlut import losses
 from clipdlut.guidance import Guide, random_views
 from clipdlut.imaging import thumbnail, to_image, to_tensor
-from clipdlut.losses import LossWeights
+from clipdlut.losses import TERMS, Inputs, LossWeights
 from clipdlut.lut import apply, check_size, identity
 from clipdlut.safety import make_safe
 from clipdlut.status import JobStatus
@@ -136,10 +135,10 @@ class _Job:
         self.cancelled = False
         self.failure: str | None = None  # set when the job is stopped for a reason (it then ends failed)
         self.last_loss: torch.Tensor | None = None
-        self.last_terms: torch.Tensor | None = None  # the values of the terms, in the order of _TERMS
+        self.last_terms: torch.Tensor | None = None  # the values of the terms, in the order of TERMS
         self.target = self.text_dir = self.src_feat = self.src_full_feat = None
         # on the device once, so that a step never copies from the host
-        self.term_weights = torch.tensor([getattr(spec.weights, name) for name in _TERMS], device=device)
+        self.term_weights = torch.tensor([spec.weights[name] for name in TERMS], device=device)
 
     def lut(self) -> torch.Tensor:
         return self.identity + self.delta
@@ -199,18 +198,6 @@ def _make_safe(jobs: Sequence[_Job]) -> None:
         safe = group[0].safe(ident + torch.cat([j.delta for j in group])) - ident
         for job, delta in zip(group, safe):
             job.delta.copy_(delta.unsqueeze(0))
-
-
-# Each term of the objective on a group of jobs: (luts, src views, graded views, features) -> (G,).
-_TERMS: dict[str, Callable[[Sequence[_Job], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-                           torch.Tensor]] = {
-    "directional": lambda jobs, lut, src, out, f: losses.directional(
-        f, torch.stack([j.src_feat for j in jobs]), torch.stack([j.text_dir for j in jobs])),
-    "global_target": lambda jobs, lut, src, out, f: losses.global_target(f, torch.stack([j.target for j in jobs])),
-    "smoothness": lambda jobs, lut, src, out, f: losses.smoothness(lut),
-    "color": lambda jobs, lut, src, out, f: losses.color_shift(out, src),
-    "black_level": lambda jobs, lut, src, out, f: losses.black_level(out, src),
-}
 
 
 class BatchedOptimizer:
@@ -307,8 +294,10 @@ class BatchedOptimizer:
                     feats: torch.Tensor) -> torch.Tensor:
         """The sum of a group's per-job losses (each job weighs the terms its own way); keeps each job's
         loss and terms for its reports. Terms no job in the group weighs are not computed."""
-        columns = [fn(jobs, luts, src, out, feats) if any(getattr(j.spec.weights, name) for j in jobs)
-                   else luts.new_zeros(len(jobs)) for name, fn in _TERMS.items()]
+        inputs = Inputs(luts, src, out, feats, torch.stack([j.src_feat for j in jobs]),
+                        torch.stack([j.text_dir for j in jobs]), torch.stack([j.target for j in jobs]))
+        columns = [term.fn(inputs) if any(j.spec.weights[name] for j in jobs) else luts.new_zeros(len(jobs))
+                   for name, term in TERMS.items()]
         terms = torch.stack(columns, dim=1)  # (G, terms)
         per_job = (torch.stack([j.term_weights for j in jobs]) * terms).sum(1)
         detached, kept = per_job.detach(), terms.detach()
@@ -388,7 +377,7 @@ class BatchedOptimizer:
 
     def _report(self, job: _Job, with_preview: bool | None = None) -> None:
         values = torch.cat([job.last_loss.view(1), job.last_terms]).tolist()
-        terms = {name: v for name, v in zip(_TERMS, values[1:]) if getattr(job.spec.weights, name) != 0}
+        terms = {name: v for name, v in zip(TERMS, values[1:]) if job.spec.weights[name] != 0}
         preview = None
         if job.spec.preview if with_preview is None else with_preview:
             with torch.no_grad():  # (what the job will return: the repaired LUT)

@@ -68,6 +68,27 @@ def test_directional_is_finite_at_zero_direction():
 
 def test_weights_override():
     w = LossWeights().with_overrides(color=0.5, directional=2)
-    assert w.color == 0.5 and w.directional == 2.0 and w.smoothness == LossWeights().smoothness
+    assert w["color"] == 0.5 and w["directional"] == 2.0 and w["smoothness"] == LossWeights()["smoothness"]
     with pytest.raises(ValueError, match="unknown loss weight"):
         LossWeights().with_overrides(colour=1)
+
+
+def test_weights_and_the_objective_come_from_one_registry(guide, monkeypatch):
+    """A term added to the registry is weighted, computed and reported with no other edit; a weight with no
+    term cannot exist."""
+    from clipdlut.optimizer import BatchedOptimizer, JobSpec
+    from tests.conftest import gradient_image
+
+    assert list(LossWeights()) == list(losses.TERMS)
+    assert dict(LossWeights()) == {name: term.weight for name, term in losses.TERMS.items()}
+    mean_level = losses.Term(lambda x: x.out.mean((1, 2, 3, 4)), 0.5)
+    monkeypatch.setitem(losses.TERMS, "mean_level", mean_level)
+    assert LossWeights()["mean_level"] == 0.5 and LossWeights(mean_level=2)["mean_level"] == 2
+    seen = []
+    opt = BatchedOptimizer(guide, on_progress=seen.append)
+    opt.add([JobSpec("a", gradient_image(), "暖色调", steps=2, lut_size=5, progress_every=1)])
+    opt.run()
+    assert 0 < seen[0].terms["mean_level"] < 1
+    monkeypatch.delitem(losses.TERMS, "mean_level")
+    with pytest.raises(ValueError, match="unknown loss weight"):
+        LossWeights(mean_level=1)
