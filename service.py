@@ -229,9 +229,7 @@ def _thumb_png(data: bytes, side: int = 448) -> str:
     decoded = jobs.decode_upload(data, S)
     img = decoded.rgb
     img.thumbnail((side, side), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(encode_image(img)).decode()
 
 
 @bentoml.service(name="clipdlut", image=IMAGE, traffic={"timeout": S.job_timeout_s + 120},

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.engine import EngineFull
@@ -322,7 +322,7 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
     started = started or t0 - event.seconds
     result = {
         "cube_size": opts.lut_size, "media_type": MEDIA_TYPES[fmt], "width": decoded.size[0],
-        "height": decoded.size[1], "model": event.model, "scores": event.scores.model_dump(),
+        "height": decoded.size[1], "model": event.model, "scores": asdict(event.scores),
         "quality": quality.as_dict(),
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},

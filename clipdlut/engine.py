@@ -8,7 +8,6 @@ cancelled and leaves the batch at the next step.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clipdlut.guidance import Guide
+from clipdlut.imaging import encode_image
 from clipdlut.optimizer import BatchedOptimizer, JobResult, JobSpec, JobState, Progress
 from clipdlut.status import JobStatus
 
@@ -36,12 +36,6 @@ class Report:
 
 
 Listener = Callable[[Report | JobResult], None]  # called on the engine's thread: hand the item over, return fast
-
-
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 @dataclass
@@ -127,7 +121,7 @@ class Engine:
         if due and p.iteration < p.total:  # (a finished job's state is its result)
             entry.last_checkpoint = now
             state = self.optimizer.state(p.job_id)
-        self._tell(entry, Report(p, _png(p.preview) if p.preview is not None else None, state))
+        self._tell(entry, Report(p, encode_image(p.preview, png_level=1) if p.preview is not None else None, state))
 
     @staticmethod
     def _tell(entry: _Entry, item: Report | JobResult) -> None:

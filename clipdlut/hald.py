@@ -10,6 +10,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from clipdlut.imaging import encode_image
 from clipdlut.lut import MAX_SIZE, MIN_SIZE, check_size
 
 HALD_LEVELS = range(2, 9)  # level L holds a cube of size L^2 (4..64) in an L^3 x L^3 image
@@ -21,12 +22,6 @@ class LutImageError(ValueError):
 
 def _to_u8(table: np.ndarray) -> np.ndarray:
     return np.round(np.clip(table, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
 
 
 def _rgb_pixels(data: bytes | Image.Image, what: str, max_pixels: int) -> np.ndarray:
@@ -62,7 +57,7 @@ def write_hald(table: np.ndarray) -> bytes:
     if level * level != n or level not in HALD_LEVELS:
         raise ValueError(f"a Hald image needs a cube size that is a square from 4 to 64, got {n}")
     side = level ** 3
-    return _png(_to_u8(table).reshape(side, side, 3))
+    return encode_image(Image.fromarray(_to_u8(table).reshape(side, side, 3), "RGB"))
 
 
 def read_hald(data: bytes | Image.Image) -> np.ndarray:
@@ -81,7 +76,7 @@ def write_strip(table: np.ndarray) -> bytes:
     """The original system's PNG: N rows x N^2 columns; blue slices side by side, green rows, red columns."""
     n = table.shape[0]
     check_size(n)
-    return _png(_to_u8(table).transpose(1, 0, 2, 3).reshape(n, n * n, 3))
+    return encode_image(Image.fromarray(_to_u8(table).transpose(1, 0, 2, 3).reshape(n, n * n, 3), "RGB"))
 
 
 def read_strip(data: bytes | Image.Image) -> np.ndarray:

@@ -33,7 +33,6 @@ class DecodedImage:
     rgb: Image.Image
     alpha: Image.Image | None = None
     icc_profile: bytes | None = None
-    source_format: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -86,7 +85,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,}") from None
     except Exception as e:
         raise ImageError(f"the image data is truncated or corrupt: {e}") from None
-    fmt = img.format or Image.open(io.BytesIO(data)).format
     alpha = None
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -104,7 +102,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         rgb = img.convert("RGB")
     if icc and not _profile_is_rgb(icc):
         icc = None  # a CMYK or grey profile does not describe the RGB output
-    return DecodedImage(rgb=rgb, alpha=alpha, icc_profile=icc, source_format=fmt)
+    return DecodedImage(rgb=rgb, alpha=alpha, icc_profile=icc)
 
 
 def working_copy(img: Image.Image, short_side: int = 288, max_long_side: int = 864) -> Image.Image:
@@ -145,8 +143,9 @@ def output_format(name: str) -> str:
 
 
 def encode_image(rgb: Image.Image, fmt: str = "PNG", alpha: Image.Image | None = None,
-                 icc_profile: bytes | None = None, quality: int = 95) -> bytes:
-    """Encode to PNG, JPEG or WebP, re-attaching alpha (not for JPEG) and the ICC profile."""
+                 icc_profile: bytes | None = None, quality: int = 95, png_level: int = 6) -> bytes:
+    """Encode to PNG, JPEG or WebP, re-attaching alpha (not for JPEG) and the ICC profile. The project's one
+    image encoder (``png_level`` 1 for previews: quick, larger)."""
     fmt = output_format(fmt) if fmt.lower() in OUTPUT_FORMATS else fmt.upper()
     img = rgb
     if alpha is not None and fmt != "JPEG":
@@ -160,7 +159,7 @@ def encode_image(rgb: Image.Image, fmt: str = "PNG", alpha: Image.Image | None =
     elif fmt == "WEBP":
         params.update(quality=quality, method=4)
     elif fmt == "PNG":
-        params.update(compress_level=6)
+        params.update(compress_level=png_level)
     buf = io.BytesIO()
     img.save(buf, format=fmt, **params)
     return buf.getvalue()

@@ -9,18 +9,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import logging
 import re
 import unicodedata
 import uuid
 from dataclasses import asdict, dataclass
 
-from PIL import Image
-
 from clipdlut.cube import read_cube, write_cube
 from clipdlut.hald import hald_level_for, write_hald
-from clipdlut.imaging import DecodedImage, decode_image, output_format, working_copy
+from clipdlut.imaging import DecodedImage, decode_image, encode_image, output_format, working_copy
 from clipdlut.lut import OFFERED_SIZES, resample, to_table
 from clipdlut.lut import from_table as table_to_lut
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
@@ -161,17 +158,11 @@ def decode_upload(data: bytes, settings: Settings) -> DecodedImage:
         raise InputError(str(e)) from None
 
 
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 async def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImage, opts: JobOptions,
                  settings: Settings, owner: str) -> None:
     """Record a new job leased to API replica ``owner`` with its original bytes and its working copy, or
     raise :class:`QueueFull`."""
-    working = await asyncio.to_thread(lambda: _png(working_copy(decoded.rgb, settings.working_size)))
+    working = await asyncio.to_thread(lambda: encode_image(working_copy(decoded.rgb, settings.working_size)))
     if not await store.create(job_id, opts.as_dict(), data, working, owner=owner, max_open=settings.max_open_jobs):
         raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 

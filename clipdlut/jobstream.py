@@ -27,7 +27,6 @@ from clipdlut.wire import (
     Finished,
     OptimizeRequest,
     ProgressEvent,
-    Scores,
     encode_event,
     encode_tensor,
 )
@@ -95,10 +94,7 @@ async def stream_job(engine: Engine, request: OptimizeRequest, model: str, beat_
 
 def _last_event(result: JobResult, model: str) -> Finished | Failed:
     if result.status == JobStatus.FINISHED and result.lut is not None and result.scores is not None:
-        s = result.scores
         return Finished(iterations=result.iterations, seconds=result.seconds, lut=encode_tensor(result.lut),
-                        lut_size=int(result.lut.shape[-1]), loss=result.loss, model=model,
-                        scores=Scores(source_target=s.source_target, result_target=s.result_target,
-                                      directional=s.directional))
+                        lut_size=int(result.lut.shape[-1]), loss=result.loss, model=model, scores=result.scores)
     return Failed(iteration=result.iterations, error=result.error or f"the job ended {result.status}",
                   retryable=result.retryable)

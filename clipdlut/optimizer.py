@@ -11,9 +11,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from PIL import Image
+from pydantic import Field
 from torch.optim.adam import adam
 
 from clipdlut.guidance import Guide, random_views
@@ -85,11 +87,13 @@ class JobSpec:
 
 @dataclass
 class Scores:
-    """Cosine similarities on the whole working image: how far the grade moved toward the target."""
+    """Cosine similarities in Chinese-CLIP space on the whole working image: how far the grade moved toward the
+    target. (The API's result reports it as is: the descriptions are its documentation.)"""
 
-    source_target: float
-    result_target: float
-    directional: float
+    source_target: Annotated[float, Field(description="similarity of the original image to the target prompt")]
+    result_target: Annotated[float, Field(description="similarity of the graded image to the target prompt")]
+    directional: Annotated[float, Field(description="cosine between the image edit and the source->target text "
+                                                    "direction")]
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from clipdlut.jobs import JobOptions
 from clipdlut.lut import OFFERED_SIZES
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, Scores
 from clipdlut.safety import MAX_SLOPE, PINS
 from clipdlut.settings import Settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
@@ -17,14 +17,6 @@ MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound ever
 LutSize = Literal[OFFERED_SIZES]  # (Literal of a tuple: Literal[17, 33, 65])
 ImageFormat = Literal["png", "jpeg", "webp"]
 EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"
-
-
-class Scores(BaseModel):
-    """Cosine similarities in Chinese-CLIP space on the working image."""
-
-    source_target: float = Field(description="similarity of the original image to the target prompt")
-    result_target: float = Field(description="similarity of the graded image to the target prompt")
-    directional: float = Field(description="cosine between the image edit and the source->target text direction")
 
 
 class Quality(BaseModel):

@@ -18,9 +18,8 @@ import torch
 from pydantic import BaseModel, Field, TypeAdapter
 
 from clipdlut.losses import LossWeights
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobState
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobState, Scores
 from clipdlut.safety import PINS
-from clipdlut.schemas import Scores
 
 
 def encode_tensor(t: torch.Tensor) -> str:
