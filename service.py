@@ -413,7 +413,7 @@ class Retouch:
     def _small(self, image_b64: str) -> str:
         return _thumb_png(jobs.b64decode_image(image_b64))
 
-    # -- the original system's API (DESIGN.md 7) -------------------------------------------------
+    # -- the original system's API (README, "The original system's API") --------------------------
 
     @bentoml.api(route="/retouch")
     @answers_client_errors

@@ -1,4 +1,4 @@
-"""The original system's per-iteration computation, re-implemented for cost comparison (DESIGN.md 4).
+"""The original system's per-iteration computation, re-implemented for cost comparison (README, Benchmarks).
 
 One job at a time (batch 1), fp32: an MLP field 3->512->512->512->3 evaluated on all 33^3 LUT nodes gives
 the LUT; it is applied to the 336 px image; ViT-L-14@336 encodes the result; the loss is the CLIP

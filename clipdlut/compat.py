@@ -1,7 +1,7 @@
 """Importing ``cn_clip`` on installs without a working torchvision.
 
 ``cn_clip.clip.utils`` imports five names from ``torchvision.transforms`` at module level, only for its
-own PIL preprocessing, which clipdlut does not use (see :func:`clipdlut.guidance.preprocess`). On a CPU
+own PIL preprocessing, which clipdlut does not use (see :meth:`clipdlut.guidance.Guide.preprocess`). On a CPU
 machine the registry's torchvision is a CUDA build that fails to import against a CPU torch, and
 installing it would replace torch with a multi-GB CUDA build, so clipdlut installs ``cn_clip`` without
 its dependencies. When torchvision cannot be imported, inert stand-ins for those five names are placed
@@ -25,7 +25,7 @@ class _Unavailable:
 
     def __call__(self, *args: object, **kwargs: object):
         raise RuntimeError("cn_clip's PIL transforms need torchvision, which is not usable here; "
-                           "use clipdlut.guidance.preprocess instead")
+                           "use clipdlut.guidance.Guide.preprocess instead")
 
 
 def _torchvision_works() -> bool:

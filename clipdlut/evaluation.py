@@ -43,7 +43,7 @@ def _skimage(name: str) -> Callable[[], Image.Image]:
     return load
 
 
-# The photos, by name: scikit-image's colour photos (DESIGN.md 9) and the synthetic sky.
+# The photos, by name: scikit-image's colour photos (in its wheel: no download) and the synthetic sky.
 IMAGES: dict[str, Callable[[], Image.Image]] = {
     "astronaut": _skimage("astronaut"), "coffee": _skimage("coffee"), "chelsea": _skimage("chelsea"),
     "rocket": _skimage("rocket"), "hubble": _skimage("hubble_deep_field"), "sky": sky,

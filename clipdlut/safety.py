@@ -1,4 +1,4 @@
-"""What every LUT we return satisfies on footage we never saw (DESIGN.md 8), measured and made to hold.
+"""What every LUT we return satisfies on footage we never saw, measured and made to hold.
 
 On a LUT ``(B, 3, N, N, N)`` = ``[batch, channel, b, g, r]``:
 

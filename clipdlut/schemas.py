@@ -94,7 +94,7 @@ class ConceptScores(BaseModel):
     best: str = Field(description="the most likely concept")
 
 
-# The original system's API (DESIGN.md 7), kept field for field for its existing clients.
+# The original system's API (README, "The original system's API"), kept field for field for its clients.
 
 class LegacyRetouchRequest(BaseModel):
     image: str = Field(description="base64 image, optionally a data URL (data:image/png;base64,...)")

@@ -9,7 +9,7 @@ from tests.conftest import gradient_image
 
 pytestmark = pytest.mark.unit
 
-# Measured (DESIGN.md 4): float32 kernels block differently at other batch sizes; a real dependence
+# Measured: float32 kernels block differently at other batch sizes; a real dependence
 # on batch-mates shows up orders of magnitude larger than this.
 BATCH_TOLERANCE = 1e-5
 

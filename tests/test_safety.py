@@ -1,4 +1,4 @@
-"""The colour-safety guarantees (clipdlut/safety.py, DESIGN.md 8): the repair, and every LUT the library returns."""
+"""The colour-safety guarantees (clipdlut/safety.py): the repair, and every LUT the library returns."""
 
 import pytest
 import torch
