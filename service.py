@@ -9,7 +9,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import io
 import logging
 import signal
 import threading
@@ -18,27 +17,32 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-import aiohttp
 import bentoml
-import httpx
-import numpy as np
 import prometheus_client
 import torch
 from bentoml.exceptions import BadInput, ServiceUnavailable
-from PIL import Image
-from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
-from clipdlut import jobs, logs, modelstore, remote
-from clipdlut.cube import CubeError, read_cube
-from clipdlut.driver import Drivers, HandedOver, new_instance
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
-from clipdlut.hald import LutImageError, read_hald, write_strip
-from clipdlut.http import (
+from clipdlut.imaging import to_tensor
+from clipdlut.models import load_model
+from clipdlut.serving import concepts, jobs, logs, modelstore, remote, validation
+from clipdlut.serving.apply import apply_upload
+from clipdlut.serving.driver import Drivers, HandedOver, new_instance
+from clipdlut.serving.errors import (
+    InputError,
+    JobEnded,
+    ShuttingDown,
+    TaskNotFinished,
+    UnknownTask,
+    answers_client_errors,
+)
+from clipdlut.serving.jobs import JobOptions
+from clipdlut.serving.jobstream import InvalidJob, stream_job
+from clipdlut.serving.middleware import (
     Answered,
     ApiKey,
     BodyLimit,
@@ -49,13 +53,8 @@ from clipdlut.http import (
     ReadyReason,
     TaskGate,
 )
-from clipdlut.imaging import encode_image, output_format, to_tensor
-from clipdlut.jobs import InputError, JobEnded, JobOptions
-from clipdlut.jobstream import InvalidJob, stream_job
-from clipdlut.models import load_model
-from clipdlut.readiness import Readiness
-from clipdlut.render import apply_table, blend_table
-from clipdlut.schemas import (
+from clipdlut.serving.readiness import Readiness
+from clipdlut.serving.schemas import (
     CancelResponse,
     Concepts,
     ConceptScores,
@@ -70,10 +69,10 @@ from clipdlut.schemas import (
     RetouchRequest,
     RetouchResult,
 )
-from clipdlut.settings import Settings
+from clipdlut.serving.settings import Settings
+from clipdlut.serving.store import JobStore, open_store
+from clipdlut.serving.wire import OptimizeRequest, OptimizerHealth
 from clipdlut.status import JobStatus
-from clipdlut.store import JobStore, open_store
-from clipdlut.wire import OptimizeRequest, OptimizerHealth
 
 log = logging.getLogger("clipdlut")
 log.setLevel(logging.INFO)  # job outcomes and lost streams reach the server log (BentoML sets the root to WARNING)
@@ -97,36 +96,6 @@ IMAGE = (
     .run("uv pip install --no-deps cn_clip==1.6.0")
 )
 READINESS = Readiness()  # this API process's view of its optimizer, kept current by Retouch.start_background
-
-
-class UnknownTask(InputError):
-    status_code = 404
-
-
-class TaskNotFinished(InputError):
-    status_code = 409
-
-
-class ShuttingDown(InputError):
-    status_code = 503
-
-
-def answers_client_errors(handler):
-    """Turn :class:`InputError` into a ``{"error": message}`` response with its 4xx status.
-
-    (BentoML 1.4.39 wraps the body of its own 4xx errors in a list; clients expect an object.)
-    """
-
-    @functools.wraps(handler)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await handler(*args, **kwargs)
-        except InputError as e:
-            if (ctx := kwargs.get("ctx")) is not None:  # BentoML applies the context's status last
-                ctx.response.status_code = e.status_code
-            return JSONResponse({"error": str(e)}, status_code=e.status_code, headers=getattr(e, "headers", None))
-
-    return wrapper
 
 
 @bentoml.service(
@@ -187,7 +156,7 @@ class Optimizer:
 
     @bentoml.api
     async def optimize(self, job: OptimizeRequest) -> AsyncGenerator[str, None]:
-        """Run one job in the running batch; streams its events (newline-delimited JSON, clipdlut.wire) until it
+        """Run one job in the running batch; streams its events (newline-delimited JSON, clipdlut.serving.wire) until it
         ends. 503 when the batch is full or the model not loaded, 400 when the job cannot run. Disconnect to
         cancel: the job leaves the batch at the next step."""
         if self.engine is None:
@@ -215,21 +184,12 @@ class Optimizer:
         guide = await self._guide()
 
         def run() -> list[list[float]]:
-            pixels = torch.cat([guide.preprocess(to_tensor(Image.open(io.BytesIO(base64.b64decode(b)))
-                                                           .convert("RGB")).unsqueeze(0).to(guide.device))
+            pixels = torch.cat([guide.preprocess(to_tensor(concepts.open_png(b)).unsqueeze(0).to(guide.device))
                                 for b in images])
             with torch.no_grad():
                 return guide.encode_pixels(pixels).cpu().tolist()
 
         return await asyncio.to_thread(run)
-
-
-def _thumb_png(data: bytes, side: int = 448) -> str:
-    """A small PNG (base64) of an uploaded image: what the CLIP endpoints send to the optimizer."""
-    decoded = jobs.decode_upload(data, S)
-    img = decoded.rgb
-    img.thumbnail((side, side), Image.Resampling.BICUBIC)
-    return base64.b64encode(encode_image(img)).decode()
 
 
 @bentoml.service(name="clipdlut", image=IMAGE, traffic={"timeout": S.job_timeout_s + 120},
@@ -272,26 +232,15 @@ class Retouch:
 
     # -- shared job machinery -------------------------------------------------------------------
 
-    async def _call(self, endpoint: str, items: list, attempts: int = 3) -> list:
-        """Call an optimizer endpoint; retried when the connection drops (every one of them is idempotent)."""
-        for attempt in range(attempts):
-            try:
-                return await getattr(self.optimizer, endpoint)(items)
-            except (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError):
-                if attempt == attempts - 1:
-                    raise
-                log.warning("call to the optimizer's %s dropped; retrying", endpoint, exc_info=True)
-                await asyncio.sleep(0.5 * (attempt + 1))
-
     async def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
-        opts = jobs.validate_options(opts, S)
-        data = jobs.b64decode_image(image_b64)
-        decoded = await asyncio.to_thread(jobs.decode_upload, data, S)
+        opts = validation.validate_options(opts, S)
+        data = validation.b64decode_image(image_b64)
+        decoded = await asyncio.to_thread(validation.decode_upload, data, S)
         await jobs.accept(self.store, job_id, data, decoded, opts, S, owner=_instance())
         return decoded, opts
 
     async def _record(self, task_id: str):
-        record = await self.store.get(jobs.check_task_id(task_id))
+        record = await self.store.get(validation.check_task_id(task_id))
         if record is None:
             raise UnknownTask(f"no task with id {task_id!r}; task ids come from the submit response")
         return record
@@ -342,23 +291,9 @@ class Retouch:
     async def apply(self, ctx: bentoml.Context, image: Path, lut: Path, strength: float = 1.0,
                     image_format: ImageFormat = "png") -> Path:
         """Apply a .cube file or HaldCLUT PNG to an uploaded image (multipart), with a strength."""
-        if not 0.0 <= strength <= 2.0:
-            raise InputError(f"strength must be from 0 to 2, got {strength}")
-        decoded = jobs.decode_upload(image.read_bytes(), S)
-        raw = lut.read_bytes()
-        try:
-            table = read_hald(raw) if raw[:8] == b"\x89PNG\r\n\x1a\n" else read_cube(raw).normalized()
-        except (CubeError, LutImageError) as e:
-            raise InputError(f"the LUT file cannot be used: {e}") from None
-        fmt = output_format(image_format)
-
         out = Path(ctx.temp_dir) / f"graded.{image_format}"
-
-        def run() -> None:
-            out.write_bytes(encode_image(apply_table(decoded.rgb, blend_table(table, strength)), fmt, decoded.alpha,
-                                         decoded.icc_profile))
-
-        await asyncio.to_thread(run)
+        out.write_bytes(await asyncio.to_thread(apply_upload, image.read_bytes(), lut.read_bytes(), strength,
+                                                image_format, S))
         return out
 
     @bentoml.api(route="/v1/lut")
@@ -385,33 +320,27 @@ class Retouch:
         if not 1 <= len(prompts) <= 64:
             raise InputError("send 1 to 64 prompts")
         cleaned = [self._prompt(p) for p in prompts]
-        return list(await self._call("embed_text", cleaned))
+        return list(await remote.call(self.optimizer, "embed_text", cleaned))
 
     @bentoml.api(route="/v1/embed_image")
     @answers_client_errors
     async def embed_image(self, image: str) -> list[float]:
         """The Chinese-CLIP embedding (unit norm) of one image (base64 or data URL)."""
-        (vec,) = await self._call("embed_image", [self._small(image)])
+        (vec,) = await remote.call(self.optimizer, "embed_image", [concepts.small_png(image, S)])
         return list(vec)
 
     @bentoml.api(route="/v1/classify")
     @answers_client_errors
     async def classify(self, request: Concepts, /) -> ConceptScores:
         """Zero-shot: how well each concept prompt describes the image."""
-        concepts = [self._prompt(c) for c in request.concepts]
-        img, txt = await asyncio.gather(self._call("embed_image", [self._small(request.image)]),
-                                        self._call("embed_text", concepts))
-        logits = 100.0 * np.asarray(txt) @ np.asarray(img[0])
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        return ConceptScores(probabilities=dict(zip(request.concepts, p.tolist())),
-                             best=request.concepts[int(p.argmax())])
+        prompts = [self._prompt(c) for c in request.concepts]
+        small = concepts.small_png(request.image, S)
+        img, txt = await asyncio.gather(remote.call(self.optimizer, "embed_image", [small]),
+                                        remote.call(self.optimizer, "embed_text", prompts))
+        return concepts.zero_shot(request.concepts, txt, img[0])
 
     def _prompt(self, text: str) -> str:
-        return jobs.clean_prompt(text, "prompt", S.max_prompt_chars)
-
-    def _small(self, image_b64: str) -> str:
-        return _thumb_png(jobs.b64decode_image(image_b64))
+        return validation.clean_prompt(text, "prompt", S.max_prompt_chars)
 
     # -- the original system's API (README, "The original system's API") --------------------------
 
@@ -437,11 +366,10 @@ class Retouch:
         r = await self._record(request.task_id)
         lut = image = None
         if r.status == JobStatus.FINISHED:
-            cube = await self.store.file(r.job_id, "cube")
-            if request.lut_format == "cube":
-                lut = base64.b64encode(cube).decode()
-            elif request.lut_format == "png":
-                lut = base64.b64encode(write_strip(read_cube(cube).table)).decode()
+            if request.lut_format is not None:
+                fmt = "strip" if request.lut_format == "png" else "cube"  # (the original's names)
+                data, _ = await jobs.lut_file(self.store, r.job_id, fmt=fmt)
+                lut = base64.b64encode(data).decode()
             if request.include_image:
                 image = "data:image/png;base64," + base64.b64encode(await self.store.file(r.job_id, "image")).decode()
         elif request.include_image and r.status == JobStatus.RUNNING and (png := await self.store.preview(r.job_id)):
@@ -461,15 +389,7 @@ class Retouch:
 async def _validate_submission(request: Request) -> Callable[[str], Awaitable[None]]:
     """Check a native task body before BentoML accepts it (BentoML itself would accept anything); what records
     it in the job store under its task id."""
-    try:
-        parsed = RetouchRequest.model_validate_json(await request.body())
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InputError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
-    await jobs.check_capacity(_store(), S)
-    opts = jobs.validate_options(parsed.options(), S)
-    data = jobs.b64decode_image(parsed.image)
-    decoded = await asyncio.to_thread(jobs.decode_upload, data, S)
+    data, decoded, opts = await validation.submission(await request.body(), _store(), S)
     return lambda task_id: jobs.accept(_store(), task_id, data, decoded, opts, S, owner=_instance())
 
 
@@ -485,7 +405,7 @@ def _instance() -> str:
     return new_instance()
 
 
-WEB = Path(__file__).parent / "clipdlut" / "web"  # the page: static files, no build step, no CDN
+WEB = Path(__file__).parent / "clipdlut" / "serving" / "web"  # the page: static files, no build step, no CDN
 bentoml.mount_asgi_app(StaticFiles(directory=WEB, html=True), path="/ui")(Retouch)
 # Middlewares, outermost first (the first added sees a request first): CORS, an answer for anything that raises,
 # then who may call and how much they may send, before anything reads a body or answers from the store.

@@ -186,7 +186,7 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
 
     from bench.render import photo
     from clipdlut.imaging import working_copy
-    from clipdlut.wire import Failed, Finished, OptimizeRequest, read_events
+    from clipdlut.serving.wire import Failed, Finished, OptimizeRequest, read_events
 
     buf = io.BytesIO()
     working_copy(photo(640, 480)).save(buf, format="PNG")

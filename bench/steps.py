@@ -20,7 +20,7 @@ from bench.baseline import OriginalJob
 from clipdlut.guidance import Guide
 from clipdlut.imaging import to_tensor, working_copy
 from clipdlut.optimizer import BatchedOptimizer, JobSpec
-from clipdlut.settings import Settings
+from clipdlut.serving.settings import Settings
 
 DEFAULTS = Settings()
 PROMPTS = ["赛博朋克风格的夜晚城市", "温暖的金色黄昏胶片", "冷色调的清晨", "复古胶片"]

@@ -11,7 +11,7 @@ from clipdlut.cube import CubeError, lut_to_cube, read_cube, write_cube
 from clipdlut.evaluation import IMAGES
 from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
-from clipdlut.lut import OFFERED_SIZES
+from clipdlut.lut import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.models import MODELS, WeightsNotFound
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, JobSpec
 from clipdlut.safety import PINS
@@ -119,7 +119,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _import_model(args: argparse.Namespace) -> None:
-    from clipdlut.modelstore import import_weights
+    from clipdlut.serving.modelstore import import_weights
 
     tag = import_weights(args.name, args.source)
     print(f"stored {args.name} as {tag}; `bentoml build` now packages it with the service")
@@ -134,8 +134,8 @@ def _lut_size(text: str) -> int:
 
 def _strength(text: str) -> float:
     v = float(text)
-    if not 0.0 <= v <= 2.0:
-        raise argparse.ArgumentTypeError("strength must be between 0 and 2")
+    if not 0.0 <= v <= MAX_STRENGTH:
+        raise argparse.ArgumentTypeError(f"strength must be between 0 and {MAX_STRENGTH:g}")
     return v
 
 
@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now")
     r.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     r.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
-    r.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
+    r.add_argument("--strength", type=_strength, default=1.0,
+                   help=f"blend with the identity, 0..{MAX_STRENGTH:g} (default 1)")
     r.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same LUT")
     r.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 0.005)")
     for name, help_text in PINS.items():
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("lut", type=Path, metavar="LUT", help="a .cube file or a HaldCLUT PNG")
     a.add_argument("input", metavar="IMAGE", help="the photo")
     a.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output image (.png/.jpg/.webp)")
-    a.add_argument("--strength", type=_strength, default=1.0, help="blend with the identity, 0..2 (default 1)")
+    a.add_argument("--strength", type=_strength, default=1.0,
+                   help=f"blend with the identity, 0..{MAX_STRENGTH:g} (default 1)")
     a.add_argument("--cube", type=Path, help="also write the LUT (at this strength) as a .cube file")
     a.set_defaults(func=_apply)
     e = sub.add_parser("eval", help="grade a fixed set of photos with a fixed set of prompts and measure every result")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 MIN_SIZE = 2
 MAX_SIZE = 65
 OFFERED_SIZES = (17, 33, 65)  # the sizes the service and the CLI produce (any of MIN_SIZE..MAX_SIZE reads)
+MAX_STRENGTH = 2.0  # a blend with the identity goes from 0 (none) to this (the grade doubled), everywhere
 
 
 def check_size(n: int) -> int:

@@ -50,7 +50,7 @@ def test_the_bentocloud_recipe_fits_the_services(service, recipe_file):
     from bentoml._internal.cloud.schemas.modelschemas import DeploymentServiceConfig
     from bentoml._internal.utils.cattr import bentoml_cattr
 
-    from clipdlut.settings import Settings
+    from clipdlut.serving.settings import Settings
 
     recipe = yaml.safe_load((Path(__file__).parent.parent / "deploy" / recipe_file).read_text())
     services = {svc.name: svc for svc in (service.Optimizer, service.Retouch)}
@@ -189,8 +189,8 @@ def test_a_plain_post_whose_job_is_cancelled_gets_409_with_the_reason(client, se
     """POST /v1/retouch (not submitted as a task) waits for its job; cancelled, it answers 409, not 500."""
     import threading
 
+    from clipdlut.serving.store_sqlite import SqliteJobStore
     from clipdlut.status import JobStatus
-    from clipdlut.store_sqlite import SqliteJobStore
 
     store = SqliteJobStore(service.S.store)
     answers = []

@@ -4,7 +4,7 @@ import typing
 
 import pytest
 
-from clipdlut.schemas import LegacyTask, ProgressResponse
+from clipdlut.serving.schemas import LegacyTask, ProgressResponse
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 
 pytestmark = pytest.mark.unit

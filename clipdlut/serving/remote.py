@@ -1,4 +1,5 @@
-"""A streamed call to another BentoML service whose end the callee sees at once.
+"""Calls to the optimizer service: one-shot calls retried when the connection drops, and a streamed call whose
+end the callee sees at once.
 
 BentoML's client hands a stream to the caller as an async iterator but keeps the HTTP response to itself:
 closing the iterator leaves the connection open until the garbage collector finds it (about 10 s
@@ -10,12 +11,31 @@ in-process (tests) the dependency is the service object itself, and its method i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import httpx
 from multidict import CIMultiDict
+
+log = logging.getLogger(__name__)
+
+
+async def call(dependency: Any, endpoint: str, items: list, attempts: int = 3) -> list:
+    """Call one-shot ``endpoint`` of ``dependency`` with ``items``, again after a short wait when the connection
+    drops (only for idempotent endpoints: every one-shot endpoint of the optimizer is)."""
+    for attempt in range(attempts):
+        try:
+            return await getattr(dependency, endpoint)(items)
+        except (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError):
+            if attempt == attempts - 1:
+                raise
+            log.warning("call to the optimizer's %s dropped; retrying", endpoint, exc_info=True)
+            await asyncio.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def stream(dependency: Any, endpoint: str, **kwargs: Any) -> AsyncIterator[str | bytes]:

@@ -4,7 +4,7 @@ import pytest
 from bentoml.exceptions import BadInput, InternalServerError
 from pydantic import BaseModel, ValidationError
 
-from clipdlut.logs import BENTOML_REQUEST_LOGGER, ClientErrorsInOneLine
+from clipdlut.serving.logs import BENTOML_REQUEST_LOGGER, ClientErrorsInOneLine
 
 pytestmark = pytest.mark.unit
 UPLOAD = "iVBORw0KGgoAAAANSUhEUgAA" * 40  # the start of a base64 PNG, as a client would send it

@@ -10,10 +10,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from clipdlut.http import Answered, ApiKey, BodyLimit, JsonBodies, ReadyReason, TaskGate
-from clipdlut.jobs import InputError, QueueFull
+from clipdlut.serving.errors import InputError, QueueFull
+from clipdlut.serving.middleware import Answered, ApiKey, BodyLimit, JsonBodies, ReadyReason, TaskGate
+from clipdlut.serving.store_sqlite import SqliteJobStore
 from clipdlut.status import JobStatus
-from clipdlut.store_sqlite import SqliteJobStore
 
 pytestmark = pytest.mark.unit
 
@@ -88,8 +88,8 @@ def test_body_limit():
 
 
 def test_ready_reason_answers_from_the_kept_state():
-    from clipdlut.readiness import Readiness
-    from clipdlut.wire import OptimizerHealth
+    from clipdlut.serving.readiness import Readiness
+    from clipdlut.serving.wire import OptimizerHealth
 
     readiness = Readiness()
     c = TestClient(app((ReadyReason, {"readiness": readiness})))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipdlut.modelstore import model_tag
+from clipdlut.serving.modelstore import model_tag
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
@@ -35,7 +35,7 @@ def test_import_command_stores_the_checkpoint_and_the_service_prefers_it(tmp_pat
     r = run([sys.executable, "-m", "clipdlut", "import-model", "RN50", "--from", str(checkpoint)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "clipdlut-clip-rn50:" in r.stdout
-    probe = ("from clipdlut import modelstore as m; p = m.stored_checkpoint(m.reference('RN50')); "
+    probe = ("from clipdlut.serving import modelstore as m; p = m.stored_checkpoint(m.reference('RN50')); "
              "print(p); print(m.reference('ViT-B-16'))")
     r = run([sys.executable, "-c", probe], tmp_path)
     stored, other = r.stdout.split()

@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from clipdlut.readiness import Readiness
-from clipdlut.wire import OptimizerHealth
+from clipdlut.serving.readiness import Readiness
+from clipdlut.serving.wire import OptimizerHealth
 
 pytestmark = pytest.mark.unit
 

@@ -18,10 +18,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
-from clipdlut.jobs import InputError, check_task_id
-from clipdlut.readiness import Readiness
+from clipdlut.serving.errors import InputError
+from clipdlut.serving.readiness import Readiness
+from clipdlut.serving.store import JobStore
+from clipdlut.serving.validation import check_task_id
 from clipdlut.status import JobStatus
-from clipdlut.store import JobStore
 
 log = logging.getLogger(__name__)
 Scope = dict[str, Any]
@@ -265,7 +266,7 @@ class JsonBodies:
 
 
 class ReadyReason:
-    """``/readyz`` from the state a background task keeps current (see :mod:`clipdlut.readiness`): answered
+    """``/readyz`` from the state a background task keeps current (see :mod:`clipdlut.serving.readiness`): answered
     at once, with the reason in a 503's body (BentoML's own 503 body is fixed text; a user whose model
     cannot load needs the reason)."""
 

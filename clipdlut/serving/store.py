@@ -125,9 +125,9 @@ def open_store(location: str, retention_s: float = 86_400.0) -> JobStore:
     """The job store at ``location``: ``redis://host:port/db`` (or ``rediss://``, ``unix://``) is Redis,
     anything else a SQLite file path."""
     if location.startswith(("redis://", "rediss://", "unix://")):
-        from clipdlut.store_redis import RedisJobStore
+        from clipdlut.serving.store_redis import RedisJobStore
 
         return RedisJobStore(location, retention_s)
-    from clipdlut.store_sqlite import SqliteJobStore
+    from clipdlut.serving.store_sqlite import SqliteJobStore
 
     return SqliteJobStore(location, retention_s)

@@ -4,8 +4,8 @@ import base64
 import pytest
 
 from clipdlut.engine import Engine, EngineFull
-from clipdlut.jobstream import InvalidJob, stream_job
-from clipdlut.wire import Accepted, Finished, OptimizeRequest, ProgressEvent, decode_tensor, parse_event
+from clipdlut.serving.jobstream import InvalidJob, stream_job
+from clipdlut.serving.wire import Accepted, Finished, OptimizeRequest, ProgressEvent, decode_tensor, parse_event
 from tests.conftest import gradient_image, png_bytes, wait
 
 pytestmark = pytest.mark.unit

@@ -14,14 +14,16 @@ import pytest
 from bentoml.exceptions import BadInput, BentoMLException, InternalServerError, ServiceUnavailable
 
 from clipdlut.cube import read_cube
-from clipdlut.driver import Drivers, HandedOver, Resilience, StoreLost, _busy, drive
 from clipdlut.engine import Engine, EngineFull
-from clipdlut.jobs import JobEnded, JobOptions, accept, decode_upload
-from clipdlut.jobstream import stream_job
-from clipdlut.settings import Settings
+from clipdlut.serving.driver import Drivers, HandedOver, Resilience, StoreLost, _busy, drive
+from clipdlut.serving.errors import JobEnded
+from clipdlut.serving.jobs import JobOptions, accept
+from clipdlut.serving.jobstream import stream_job
+from clipdlut.serving.settings import Settings
+from clipdlut.serving.store_sqlite import SqliteJobStore
+from clipdlut.serving.validation import decode_upload
+from clipdlut.serving.wire import Failed, encode_event
 from clipdlut.status import JobStatus
-from clipdlut.store_sqlite import SqliteJobStore
-from clipdlut.wire import Failed, encode_event
 from tests.conftest import gradient_image, png_bytes, until
 from tests.test_optimizer import BATCH_TOLERANCE
 
@@ -268,7 +270,7 @@ async def test_a_job_that_outlived_too_many_replicas_fails_as_interrupted(engine
 
 
 async def test_the_watch_reports_whether_the_store_answers(engine, tmp_path):
-    from clipdlut.store_redis import RedisJobStore
+    from clipdlut.serving.store_redis import RedisJobStore
     from tests.live import free_port
 
     answers = []

@@ -1,4 +1,4 @@
-""":class:`~clipdlut.store.JobStore` on a Redis server, shared by API replicas on several hosts.
+""":class:`~clipdlut.serving.store.JobStore` on a Redis server, shared by API replicas on several hosts.
 
 Keys (``clipdlut:`` by default), in structures a Redis operator recognises:
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from clipdlut.serving.store import JobRecord
 from clipdlut.status import JobStatus
-from clipdlut.store import JobRecord
 
 GROUP = b"drivers"
 _RELEASED_IDLE_MS = 10**10  # the idle time a released lease is given: older than any watchdog bound
@@ -148,7 +148,7 @@ def _s(value: bytes | None) -> str | None:
 
 
 class RedisJobStore:
-    """The job store on Redis (see :class:`~clipdlut.store.JobStore` for what each method promises)."""
+    """The job store on Redis (see :class:`~clipdlut.serving.store.JobStore` for what each method promises)."""
 
     def __init__(self, url: str, retention_s: float = 86_400.0, prefix: str = "clipdlut:"):
         self.url = url

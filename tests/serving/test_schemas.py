@@ -1,4 +1,4 @@
-"""The request models (clipdlut/schemas.py): their limits come from the settings, so raising one raises it on
+"""The request models (clipdlut/serving/schemas.py): their limits come from the settings, so raising one raises it on
 every interface and in the OpenAPI document."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = textwrap.dedent("""
     import base64, io, json, os, time
     from PIL import Image

@@ -1,4 +1,4 @@
-"""The service's settings (clipdlut/settings.py): read from CLIPDLUT_* variables, checked at start."""
+"""The service's settings (clipdlut/serving/settings.py): read from CLIPDLUT_* variables, checked at start."""
 
 import subprocess
 import sys
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from clipdlut.settings import Settings
+from clipdlut.serving.settings import Settings
 
 pytestmark = pytest.mark.unit
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_settings_from_env():

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from clipdlut.wire import OptimizerHealth
+from clipdlut.serving.wire import OptimizerHealth
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
+from clipdlut.serving.store_sqlite import SqliteJobStore
 from clipdlut.status import JobStatus
-from clipdlut.store_sqlite import SqliteJobStore
 
 pytestmark = pytest.mark.unit
 

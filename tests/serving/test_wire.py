@@ -3,7 +3,7 @@ import asyncio
 import pytest
 import torch
 
-from clipdlut.wire import (
+from clipdlut.serving.wire import (
     Accepted,
     Checkpoint,
     Failed,

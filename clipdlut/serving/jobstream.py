@@ -18,8 +18,7 @@ from PIL import Image
 
 from clipdlut.engine import Engine, Report
 from clipdlut.optimizer import JobResult, JobSpec
-from clipdlut.status import JobStatus
-from clipdlut.wire import (
+from clipdlut.serving.wire import (
     Accepted,
     Beat,
     Checkpoint,
@@ -30,6 +29,7 @@ from clipdlut.wire import (
     encode_event,
     encode_tensor,
 )
+from clipdlut.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def job_spec(request: OptimizeRequest) -> JobSpec:
 
 async def stream_job(engine: Engine, request: OptimizeRequest, model: str, beat_s: float = 5.0
                      ) -> AsyncIterator[str]:
-    """Run one job in ``engine``'s batch and yield its events as lines of JSON (see :mod:`clipdlut.wire`).
+    """Run one job in ``engine``'s batch and yield its events as lines of JSON (see :mod:`clipdlut.serving.wire`).
 
     Raises :class:`InvalidJob` or :class:`clipdlut.engine.EngineFull` before the first event. A
     :class:`Beat` is sent whenever the stream has been quiet for ``beat_s``, so a caller can tell a slow

@@ -1,17 +1,13 @@
+"""Checking what a client sends (clipdlut/serving/validation.py): images, prompts and job options."""
+
 import base64
 
 import pytest
 
-from clipdlut.jobs import (
-    InputError,
-    JobOptions,
-    PayloadTooLarge,
-    b64decode_image,
-    clean_prompt,
-    decode_upload,
-    validate_options,
-)
-from clipdlut.settings import Settings
+from clipdlut.serving.errors import InputError, PayloadTooLarge
+from clipdlut.serving.jobs import JobOptions
+from clipdlut.serving.settings import Settings
+from clipdlut.serving.validation import b64decode_image, clean_prompt, decode_upload, validate_options
 from tests.conftest import gradient_image, png_bytes
 
 pytestmark = pytest.mark.unit

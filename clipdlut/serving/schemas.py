@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from clipdlut.jobs import JobOptions
-from clipdlut.lut import OFFERED_SIZES
+from clipdlut.lut import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, Scores
 from clipdlut.safety import MAX_SLOPE, PINS
-from clipdlut.settings import Settings
+from clipdlut.serving.jobs import JobOptions
+from clipdlut.serving.settings import Settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 
 MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
@@ -144,7 +144,8 @@ class RetouchRequest(BaseModel):
                                description="what the photo looks like now")
     steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS, description="optimizer steps; more is slower and stronger")
     lut_size: LutSize = Field(33, description="LUT nodes per side")
-    strength: float = Field(1.0, ge=0.0, le=2.0, description="blend with the identity: 0 none, 1 full, 2 doubled")
+    strength: float = Field(1.0, ge=0.0, le=MAX_STRENGTH, description="blend with the identity: 0 none, 1 full, "
+                            f"{MAX_STRENGTH:g} doubled")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")
     image_format: ImageFormat = Field("png", description="format of the returned full-resolution image")
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"])

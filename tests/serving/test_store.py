@@ -1,4 +1,4 @@
-"""The job store contract (clipdlut/store.py), one suite run on every implementation: SQLite and a real Redis."""
+"""The job store contract (clipdlut/serving/store.py), one suite run on every implementation: SQLite and Redis."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from clipdlut.serving.store import JobStore, open_store
 from clipdlut.status import JobStatus
-from clipdlut.store import JobStore, open_store
 from tests.live import RedisServer, redis_missing
 
 pytestmark = pytest.mark.unit

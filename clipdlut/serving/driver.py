@@ -33,14 +33,15 @@ from dataclasses import asdict, dataclass
 from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.engine import EngineFull
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, encode_image, output_format
-from clipdlut.jobs import JobEnded, JobOptions, decode_upload
-from clipdlut.jobstream import InvalidJob
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import render
-from clipdlut.settings import Settings
-from clipdlut.status import JobStatus
-from clipdlut.store import JobStore
-from clipdlut.wire import (
+from clipdlut.serving.errors import JobEnded
+from clipdlut.serving.jobs import JobOptions
+from clipdlut.serving.jobstream import InvalidJob
+from clipdlut.serving.settings import Settings
+from clipdlut.serving.store import JobStore
+from clipdlut.serving.validation import decode_upload
+from clipdlut.serving.wire import (
     Accepted,
     Beat,
     Checkpoint,
@@ -51,6 +52,7 @@ from clipdlut.wire import (
     decode_tensor,
     read_events,
 )
+from clipdlut.status import JobStatus
 
 log = logging.getLogger(__name__)
 OpenStream = Callable[[OptimizeRequest], AsyncIterable[str]]  # one call to the optimizer's ``optimize``

@@ -1,4 +1,4 @@
-""":class:`~clipdlut.store.JobStore` on one SQLite file: the embedded default for a single host.
+""":class:`~clipdlut.serving.store.JobStore` on one SQLite file: the embedded default for a single host.
 
 WAL mode, one connection per thread, a generous busy timeout; each method is one statement or one
 ``BEGIN IMMEDIATE`` transaction, so several processes on the host may share the file. Calls run on a
@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clipdlut.serving.store import JobRecord
 from clipdlut.status import JobStatus
-from clipdlut.store import JobRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -56,7 +56,7 @@ _LET_GO = "owner = NULL, lease = NULL, source = NULL, working = NULL, checkpoint
 
 
 class SqliteJobStore:
-    """The job store in a SQLite file (see :class:`~clipdlut.store.JobStore` for what each method promises)."""
+    """The job store in a SQLite file (see :class:`~clipdlut.serving.store.JobStore` for what each method promises)."""
 
     def __init__(self, path: str | Path, retention_s: float = 86_400.0, busy_timeout_s: float = 30.0):
         self.path = Path(path)

@@ -1,0 +1,117 @@
+"""Checking what a client sends before anything is accepted: images, prompts, task ids and job options, each
+refused with an :class:`~clipdlut.serving.errors.InputError` that says what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import unicodedata
+import uuid
+
+from pydantic import ValidationError
+
+from clipdlut.imaging import DecodedImage, ImageError, ImageTooLarge, decode_image, output_format
+from clipdlut.lut import MAX_STRENGTH, OFFERED_SIZES
+from clipdlut.serving.errors import InputError, PayloadTooLarge
+from clipdlut.serving.jobs import JobOptions, check_capacity
+from clipdlut.serving.schemas import RetouchRequest
+from clipdlut.serving.settings import Settings
+from clipdlut.serving.store import JobStore
+
+_OFFERED = ", ".join(map(str, OFFERED_SIZES))
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
+
+
+def b64decode_image(text: str) -> bytes:
+    """Bytes of a base64 image or ``data:image/...;base64,`` URL; raises :class:`InputError`."""
+    text = text.strip()
+    m = _DATA_URL.match(text)
+    if m:
+        media = (m.group(1) or "").lower()
+        if media and not media.startswith("image/"):
+            raise InputError(f"the data URL holds {media}, not an image; "
+                             "send data:image/png;base64,... or plain base64")
+        text = text[m.end():]
+    elif text.startswith("data:"):
+        raise InputError("a data URL must be base64-encoded: data:image/png;base64,...")
+    text = re.sub(r"\s+", "", text)
+    if not text:
+        raise InputError("the image is empty")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the image is not valid base64 (characters A-Z a-z 0-9 + / =)") from None
+
+
+def clean_prompt(text: str, name: str, max_chars: int) -> str:
+    """A prompt with control characters removed and whitespace collapsed; raises if empty or too long."""
+    cleaned = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+    cleaned = " ".join(cleaned.split())
+    if not cleaned:
+        raise InputError(f"{name} is empty; describe the look in words, e.g. 温暖的金色黄昏")
+    if len(cleaned) > max_chars:
+        raise InputError(f"{name} has {len(cleaned)} characters; the limit is {max_chars}")
+    if not any(ch.isalnum() for ch in cleaned):
+        raise InputError(f"{name} has no words (only symbols or emoji); describe the look in words")
+    return cleaned
+
+
+def check_task_id(task_id: str) -> str:
+    """A task id as the service issues them (a UUID, with or without dashes), or :class:`InputError`."""
+    try:
+        uuid.UUID(task_id)
+    except (ValueError, TypeError, AttributeError):
+        raise InputError(f"task_id {str(task_id)[:64]!r} is not a task id; use the task_id the submit call returned"
+                         ) from None
+    return task_id
+
+
+def check_strength(strength: float) -> float:
+    """``strength`` if it is a blend the service offers, else :class:`InputError`."""
+    if not 0.0 <= strength <= MAX_STRENGTH:
+        raise InputError(f"strength must be from 0 to {MAX_STRENGTH:g}, got {strength}")
+    return strength
+
+
+def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
+    """Options with prompts cleaned, or :class:`InputError` naming the field to fix."""
+    if not 1 <= opts.steps <= settings.max_steps:
+        raise InputError(f"steps must be from 1 to {settings.max_steps}, got {opts.steps}")
+    if opts.lut_size not in OFFERED_SIZES:
+        raise InputError(f"lut_size must be one of {_OFFERED}, got {opts.lut_size}")
+    check_strength(opts.strength)
+    try:
+        output_format(opts.image_format)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    opts.target_prompt = clean_prompt(opts.target_prompt, "target_prompt", settings.max_prompt_chars)
+    opts.source_prompt = clean_prompt(opts.source_prompt, "source_prompt", settings.max_prompt_chars)
+    return opts
+
+
+def decode_upload(data: bytes, settings: Settings) -> DecodedImage:
+    """Decode an uploaded image within the pixel limit, or raise :class:`InputError`/:class:`PayloadTooLarge`."""
+    if len(data) > settings.max_body_mb * 1024 * 1024:
+        raise PayloadTooLarge(f"the image is {len(data) / 2**20:.1f} MB; the limit is {settings.max_body_mb:g} MB")
+    try:
+        return decode_image(data, settings.max_pixels)
+    except ImageTooLarge as e:
+        raise PayloadTooLarge(str(e)) from None
+    except ImageError as e:
+        raise InputError(str(e)) from None
+
+
+async def submission(body: bytes, store: JobStore, settings: Settings) -> tuple[bytes, DecodedImage, JobOptions]:
+    """A native task's body checked before BentoML takes it (BentoML itself accepts anything): the image's bytes,
+    the decoded image and the options; :class:`InputError` naming the field to fix, or ``QueueFull``."""
+    try:
+        parsed = RetouchRequest.model_validate_json(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InputError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+    await check_capacity(store, settings)
+    opts = validate_options(parsed.options(), settings)
+    data = b64decode_image(parsed.image)
+    return data, await asyncio.to_thread(decode_upload, data, settings), opts
