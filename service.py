@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import bentoml
 import prometheus_client
@@ -149,17 +149,17 @@ class Optimizer:
     @bentoml.api
     async def health(self) -> OptimizerHealth:
         """Whether this replica can take jobs (and why not), with its running jobs and capacity."""
-        if self.engine is None:
+        if self.engine is None or self.guide is None:
             return OptimizerHealth(ready=False, reason=self.reason)
         return OptimizerHealth(ready=True, model=self.guide.name, running=self.engine.running,
                                capacity=self.engine.capacity)
 
     @bentoml.api
     async def optimize(self, job: OptimizeRequest) -> AsyncGenerator[str, None]:
-        """Run one job in the running batch; streams its events (newline-delimited JSON, clipdlut.serving.wire) until it
-        ends. 503 when the batch is full or the model not loaded, 400 when the job cannot run. Disconnect to
-        cancel: the job leaves the batch at the next step."""
-        if self.engine is None:
+        """Run one job in the running batch; streams its events (newline-delimited JSON, clipdlut.serving.wire)
+        until it ends. 503 when the batch is full or the model not loaded, 400 when the job cannot run.
+        Disconnect to cancel: the job leaves the batch at the next step."""
+        if self.engine is None or self.guide is None:
             raise ServiceUnavailable(self.reason)
         async with contextlib.aclosing(stream_job(self.engine, job, self.guide.name, S.stream_beat_s)) as events:
             try:
@@ -264,7 +264,9 @@ class Retouch:
                                "with /v1/progress") from None
         except JobEnded as e:  # an expected outcome: 409 with the job's status and reason (no 500, no traceback)
             raise TaskNotFinished(f"task {job_id} ended {e.status}: {e}") from None
-        return RetouchResult(**await jobs.stored_result(self.store, job_id))
+        if (result := await jobs.stored_result(self.store, job_id)) is None:
+            raise TaskNotFinished(f"task {job_id} has no result")
+        return RetouchResult(**result)
 
     @bentoml.api(route="/v1/progress")
     @answers_client_errors
@@ -368,10 +370,10 @@ class Retouch:
         if r.status == JobStatus.FINISHED:
             if request.lut_format is not None:
                 fmt = "strip" if request.lut_format == "png" else "cube"  # (the original's names)
-                data, _ = await jobs.lut_file(self.store, r.job_id, fmt=fmt)
-                lut = base64.b64encode(data).decode()
-            if request.include_image:
-                image = "data:image/png;base64," + base64.b64encode(await self.store.file(r.job_id, "image")).decode()
+                lut_data, _ = await jobs.lut_file(self.store, r.job_id, fmt=fmt)
+                lut = base64.b64encode(lut_data).decode()
+            if request.include_image and (graded := await self.store.file(r.job_id, "image")) is not None:
+                image = "data:image/png;base64," + base64.b64encode(graded).decode()
         elif request.include_image and r.status == JobStatus.RUNNING and (png := await self.store.preview(r.job_id)):
             image = "data:image/png;base64," + base64.b64encode(png).decode()
         return LegacyTask(task_id=r.job_id, status=r.status.original, current_iteration=r.iteration,
@@ -407,19 +409,20 @@ def _instance() -> str:
 
 WEB = Path(__file__).parent / "clipdlut" / "serving" / "web"  # the page: static files, no build step, no CDN
 bentoml.mount_asgi_app(StaticFiles(directory=WEB, html=True), path="/ui")(Retouch)
+SERVED = cast("bentoml.Service[Retouch]", Retouch)  # (what @bentoml.service made of the class: mypy keeps the class)
 # Middlewares, outermost first (the first added sees a request first): CORS, an answer for anything that raises,
 # then who may call and how much they may send, before anything reads a body or answers from the store.
 if S.cors_origins:  # (outside everything: its headers go on every answer, a 500 included)
-    Retouch.add_asgi_middleware(CORSMiddleware, allow_origins=[o.strip() for o in S.cors_origins.split(",")],
+    SERVED.add_asgi_middleware(CORSMiddleware, allow_origins=[o.strip() for o in S.cors_origins.split(",")],
                                 allow_methods=["GET", "POST", "PUT"], allow_headers=["Authorization", "Content-Type"])
-Retouch.add_asgi_middleware(Answered)
+SERVED.add_asgi_middleware(Answered)
 if S.api_key:
-    Retouch.add_asgi_middleware(ApiKey, key=S.api_key)
-Retouch.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
-Retouch.add_asgi_middleware(ReadyReason, readiness=READINESS)
-Retouch.add_asgi_middleware(Landing)
-Retouch.add_asgi_middleware(ClearErrors)
-Retouch.add_asgi_middleware(JsonBodies, multipart_routes=MULTIPART_ROUTES)
-Retouch.add_asgi_middleware(FormCheck, routes=MULTIPART_ROUTES)
-Retouch.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_store, validate=_validate_submission,
+    SERVED.add_asgi_middleware(ApiKey, key=S.api_key)
+SERVED.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
+SERVED.add_asgi_middleware(ReadyReason, readiness=READINESS)
+SERVED.add_asgi_middleware(Landing)
+SERVED.add_asgi_middleware(ClearErrors)
+SERVED.add_asgi_middleware(JsonBodies, multipart_routes=MULTIPART_ROUTES)
+SERVED.add_asgi_middleware(FormCheck, routes=MULTIPART_ROUTES)
+SERVED.add_asgi_middleware(TaskGate, route=TASK_ROUTE, store=_store, validate=_validate_submission,
                             result=lambda task_id: jobs.stored_result(_store(), task_id))

@@ -50,14 +50,14 @@ def _retouch(args: argparse.Namespace) -> None:
     failed = opt.add([spec])
     result = failed[0] if failed else opt.run()["cli"]
     bar.close()
-    if result.status != JobStatus.FINISHED:
+    if result.status != JobStatus.FINISHED or result.lut is None or result.scores is None:
         raise RuntimeError(result.error or result.status)
     comments = [f"prompt: {args.prompt}", f"source prompt: {args.source_prompt}",
                 f"model: {guide.name}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
     text = lut_to_cube(result.lut, strength=args.strength, title=args.prompt[:64], comments=comments, **pins)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
-    if args.image:
+    if image_format is not None:
         from clipdlut.render import render
         data = encode_image(render(decoded, text), image_format, decoded.alpha, decoded.icc_profile)
         args.image.write_bytes(data)

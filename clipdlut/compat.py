@@ -49,11 +49,10 @@ def _import_cn_clip() -> types.ModuleType:
         import cn_clip.clip
         return cn_clip.clip
     transforms = types.ModuleType("torchvision.transforms")
-    for name in ("Compose", "ToTensor", "Normalize", "Resize"):
-        setattr(transforms, name, _Unavailable)
-    transforms.InterpolationMode = types.SimpleNamespace(BICUBIC="bicubic")
+    vars(transforms).update(dict.fromkeys(("Compose", "ToTensor", "Normalize", "Resize"), _Unavailable),
+                            InterpolationMode=types.SimpleNamespace(BICUBIC="bicubic"))
     package = types.ModuleType("torchvision")
-    package.transforms = transforms
+    vars(package)["transforms"] = transforms
     sys.modules["torchvision"], sys.modules["torchvision.transforms"] = package, transforms
     try:
         import cn_clip.clip

@@ -165,7 +165,8 @@ def read_cube(data: str | bytes) -> Cube:
     if any(h <= low for low, h in zip(lo, hi)):
         raise CubeError(f"DOMAIN_MAX {hi} must be greater than DOMAIN_MIN {lo}")
     table = np.asarray(rows, dtype=np.float64).reshape(size, size, size, 3)
-    return Cube(table=table, title=title, domain_min=tuple(lo), domain_max=tuple(hi), comments=comments)
+    return Cube(table=table, title=title, domain_min=(lo[0], lo[1], lo[2]), domain_max=(hi[0], hi[1], hi[2]),
+                comments=comments)
 
 
 def lut_to_cube(lut: torch.Tensor, *, strength: float = 1.0, size: int | None = None, keep_blacks: bool = False,

@@ -106,7 +106,7 @@ def run(guide: Guide, *, images: Sequence[str] = tuple(IMAGES), prompts: Sequenc
                 raise RuntimeError(f"{name} / {prompt.text}: {failed[0].error}")
         for result in opt.step():
             name, prompt = jobs.pop(result.job_id)
-            if result.status != JobStatus.FINISHED:
+            if result.status != JobStatus.FINISHED or result.lut is None or result.scores is None:
                 raise RuntimeError(f"{name} / {prompt.text}: {result.error or result.status}")
             table = read_cube(lut_to_cube(result.lut)).normalized()
             graded = apply_table(photos[name], table)
@@ -127,7 +127,7 @@ def table(rows: Sequence[Row], title: str) -> str:
     """The markdown report: one line per prompt (means over the photos) and one for all of them."""
     lines = [f"# {title}", "", "| # | kind | prompt | directional | target before → after | SSIM | colour shift ΔE "
              "| min own step | max slope | safe | s/job |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    groups = {}
+    groups: dict[Prompt, list[Row]] = {}
     for row in rows:
         groups.setdefault(row.prompt, []).append(row)
 
@@ -151,7 +151,7 @@ def table(rows: Sequence[Row], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # (Pillow before 10.1: one fixed size)

@@ -64,7 +64,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     if not data:
         raise ImageError("the image is empty (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("the data is not an image Pillow can read; send JPEG, PNG, WebP, TIFF or BMP") from None
     except Image.DecompressionBombError:
@@ -92,10 +92,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         rgb = rgba.convert("RGB")
     elif img.mode == "CMYK" and icc and not _profile_is_rgb(icc):
         try:
-            rgb = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                            ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                                  ImageCms.createProfile("sRGB"), outputMode="RGB")
         except ImageCms.PyCMSError:
-            rgb = img.convert("RGB")
+            converted = None
+        rgb = converted or img.convert("RGB")
     elif img.mode.startswith("I") or img.mode == "F":
         rgb = _high_bit_to_rgb(img)
     else:

@@ -14,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -36,7 +37,7 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
 }
 # A model of the real architecture with random weights, under 1 M parameters: colours it produces
 # are meaningless, but every line of the guidance code runs.
-TINY_CONFIG = {
+TINY_CONFIG: dict[str, Any] = {
     "embed_dim": 32, "image_resolution": 32, "vision_layers": 2, "vision_width": 64, "vision_patch_size": 8,
     "vocab_size": 21128, "text_attention_probs_dropout_prob": 0.0, "text_hidden_act": "gelu",
     "text_hidden_dropout_prob": 0.0, "text_hidden_size": 32, "text_initializer_range": 0.02,
@@ -58,7 +59,7 @@ class LoadedModel:
     the weights instead fails: cn_clip's LayerNorm feeds float32 activations to its own weights.)
     """
 
-    model: torch.nn.Module
+    model: Any  # cn_clip's CLIP (an nn.Module with encode_image and encode_text; cn_clip ships no types)
     name: str
     resolution: int
     device: torch.device
@@ -179,7 +180,7 @@ def load_model(spec: str | None = None, device: str | torch.device | None = None
     spec = spec or os.environ.get("CLIPDLUT_CLIP_MODEL") or DEFAULT_MODEL
     device = torch.device(device) if device else default_device()
     if spec == TINY:
-        model, name, resolution = build_tiny(), TINY, TINY_CONFIG["image_resolution"]
+        model, name, resolution = build_tiny(), TINY, int(TINY_CONFIG["image_resolution"])
     elif spec in MODELS:
         name = spec
         model = _from_checkpoint(checkpoint_path(spec, directory, download), spec)

@@ -138,9 +138,13 @@ class _Job:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.cancelled = False
         self.failure: str | None = None  # set when the job is stopped for a reason (it then ends failed)
-        self.last_loss: torch.Tensor | None = None
-        self.last_terms: torch.Tensor | None = None  # the values of the terms, in the order of TERMS
-        self.target = self.text_dir = self.src_feat = self.src_full_feat = None
+        self.last_loss = torch.zeros((), device=device)
+        self.last_terms = torch.zeros(len(TERMS), device=device)  # the values of the terms, in the order of TERMS
+        # set at admission (one batched text and image forward for all the jobs admitted together):
+        self.target: torch.Tensor  # the target prompt's features (D,)
+        self.text_dir: torch.Tensor  # target minus source prompt features (D,)
+        self.src_feat: torch.Tensor  # the source image's views and whole, averaged (D,)
+        self.src_full_feat: torch.Tensor  # the whole source image (D,)
         # on the device once, so that a step never copies from the host
         self.term_weights = torch.tensor([spec.weights[name] for name in TERMS], device=device)
 
@@ -178,12 +182,13 @@ def _apply_to_views(luts: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
 def _adam_step(jobs: Sequence[_Job]) -> None:
     """One Adam update of every job's LUT: torch's own multi-tensor Adam, one call per learning rate
     (each job keeps its own moments and step count, so this equals a ``torch.optim.Adam`` per job)."""
-    by_lr: dict[float, list[_Job]] = {}
+    by_lr: dict[float, list[tuple[_Job, torch.Tensor]]] = {}
     for job in jobs:
         if job.delta.grad is not None:
-            by_lr.setdefault(job.spec.lr, []).append(job)
-    for lr, group in by_lr.items():
-        adam([j.delta for j in group], [j.delta.grad for j in group], [j.exp_avg for j in group],
+            by_lr.setdefault(job.spec.lr, []).append((job, job.delta.grad))
+    for lr, pairs in by_lr.items():
+        group = [j for j, _ in pairs]
+        adam([j.delta for j in group], [grad for _, grad in pairs], [j.exp_avg for j in group],
              [j.exp_avg_sq for j in group], [], [j.adam_step for j in group], foreach=True, amsgrad=False,
              beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)
         for job in group:
@@ -379,11 +384,13 @@ class BatchedOptimizer:
             ended.extend(self._finish(done))
         return ended
 
-    def _report(self, job: _Job, with_preview: bool | None = None) -> None:
+    def _report(self, job: _Job) -> None:
+        if self.on_progress is None:
+            return
         values = torch.cat([job.last_loss.view(1), job.last_terms]).tolist()
         terms = {name: v for name, v in zip(TERMS, values[1:]) if job.spec.weights[name] != 0}
         preview = None
-        if job.spec.preview if with_preview is None else with_preview:
+        if job.preview_base is not None:
             with torch.no_grad():  # (what the job will return: the repaired LUT)
                 preview = to_image(apply(job.safe(job.lut().detach()), job.preview_base.unsqueeze(0))[0])
         try:

@@ -19,3 +19,11 @@ def test_the_library_core_imports_neither_bentoml_nor_the_serving_package():
     r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+def test_make_lint_passes():
+    """What `make lint` runs: ruff on the tree, mypy on clipdlut/ and service.py (settings in pyproject.toml)."""
+    bin_dir = Path(sys.executable).parent
+    for command in ([str(bin_dir / "ruff"), "check", "."], [str(bin_dir / "mypy")]):
+        r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

@@ -29,6 +29,8 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
+from types import FrameType
+from typing import Any
 
 from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.engine import EngineFull
@@ -55,7 +57,7 @@ from clipdlut.serving.wire import (
 from clipdlut.status import JobStatus
 
 log = logging.getLogger(__name__)
-OpenStream = Callable[[OptimizeRequest], AsyncIterable[str]]  # one call to the optimizer's ``optimize``
+OpenStream = Callable[[OptimizeRequest], AsyncIterable[str | bytes]]  # one call to the optimizer's ``optimize``
 BUSY_STATUSES = frozenset({429, 502, 503, 504})  # no replica could take the job now: wait and send it again
 
 
@@ -322,7 +324,7 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
     image, quality = await asyncio.to_thread(render_and_measure)
     done = time.time()
     started = started or t0 - event.seconds
-    result = {
+    result: dict[str, Any] = {
         "cube_size": opts.lut_size, "media_type": MEDIA_TYPES[fmt], "width": decoded.size[0],
         "height": decoded.size[1], "model": event.model, "scores": asdict(event.scores),
         "quality": quality.as_dict(),
@@ -510,7 +512,7 @@ class Drivers:
         loop = asyncio.get_running_loop()
         previous = signal.getsignal(signum)
 
-        def handler(sig: int, frame: object) -> None:
+        def handler(sig: int, frame: FrameType | None) -> None:
             loop.call_soon_threadsafe(lambda: self._keep(loop.create_task(self.shutdown())))
             if callable(previous):
                 previous(sig, frame)

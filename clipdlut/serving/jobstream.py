@@ -12,7 +12,7 @@ import asyncio
 import base64
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from PIL import Image
 
@@ -55,7 +55,7 @@ def job_spec(request: OptimizeRequest) -> JobSpec:
 
 
 async def stream_job(engine: Engine, request: OptimizeRequest, model: str, beat_s: float = 5.0
-                     ) -> AsyncIterator[str]:
+                     ) -> AsyncGenerator[str, None]:
     """Run one job in ``engine``'s batch and yield its events as lines of JSON (see :mod:`clipdlut.serving.wire`).
 
     Raises :class:`InvalidJob` or :class:`clipdlut.engine.EngineFull` before the first event. A
@@ -65,8 +65,10 @@ async def stream_job(engine: Engine, request: OptimizeRequest, model: str, beat_
     spec = job_spec(request)
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[Report | JobResult] = asyncio.Queue()
-    engine.submit(spec, lambda item: loop.call_soon_threadsafe(items.put_nowait, item),
-                  checkpoint_s=request.checkpoint_s)
+    def hand_over(item: Report | JobResult) -> None:  # (called on the engine's thread)
+        loop.call_soon_threadsafe(items.put_nowait, item)
+
+    engine.submit(spec, hand_over, checkpoint_s=request.checkpoint_s)
     ended = False
     try:
         yield encode_event(Accepted(iteration=spec.resume.iteration if spec.resume else 0, model=model))

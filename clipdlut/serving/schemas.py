@@ -14,7 +14,7 @@ from clipdlut.serving.settings import Settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 
 MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
-LutSize = Literal[OFFERED_SIZES]  # (Literal of a tuple: Literal[17, 33, 65])
+LutSize = Literal[OFFERED_SIZES]  # type: ignore[valid-type]  # (of a tuple, read at run time: Literal[17, 33, 65])
 ImageFormat = Literal["png", "jpeg", "webp"]
 EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"
 
@@ -112,7 +112,8 @@ class LegacyRetouchRequest(BaseModel):
 
 class LegacyTask(BaseModel):
     task_id: str
-    status: Literal[ORIGINAL_STATUSES] = Field(description="the original system's names of the job statuses")
+    status: Literal[ORIGINAL_STATUSES] = Field(  # type: ignore[valid-type]  # (of a tuple, read at run time)
+        description="the original system's names of the job statuses")
     current_iteration: int
     overall_iteration: int
     lut: str | None = Field(None, description="base64 of the .cube text or of the N x N^2 PNG strip")

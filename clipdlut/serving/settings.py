@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
 def _default_store() -> str:
@@ -67,7 +68,7 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Settings with each field overridden by ``CLIPDLUT_<FIELD>`` when that variable is set."""
         env = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"CLIPDLUT_{f.name.upper()}")
             if raw is None or raw == "":

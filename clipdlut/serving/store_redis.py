@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -147,6 +147,12 @@ def _s(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
 
+def _raw(reply: Any) -> bytes | None:
+    """A reply of this client, which never decodes (``decode_responses=False``): bytes or nil. (redis-py's types
+    cannot tell a decoding client from this one.)"""
+    return reply
+
+
 class RedisJobStore:
     """The job store on Redis (see :class:`~clipdlut.serving.store.JobStore` for what each method promises)."""
 
@@ -169,15 +175,15 @@ class RedisJobStore:
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
                      max_open: int | None = None) -> bool:
         keys = [self._open, self._job(job_id), self._data(job_id), self._stream]
-        args = [job_id, -1 if max_open is None else max_open, time.time(), json.dumps(options),
-                int(options.get("steps", 0)), source, working, owner, GROUP]
+        args: list[Any] = [job_id, -1 if max_open is None else max_open, time.time(), json.dumps(options),
+                           int(options.get("steps", 0)), source, working, owner, GROUP]
         return await self._scripts["create"](keys, args) == 1
 
     async def get(self, job_id: str) -> JobRecord | None:
-        h = await self.redis.hgetall(self._job(job_id))
+        h = cast("dict[bytes, bytes]", await self.redis.hgetall(self._job(job_id)))  # (see _raw)
         if not h:
             return None
-        return JobRecord(job_id=job_id, status=h[b"status"].decode(), created=float(h[b"created"]),
+        return JobRecord(job_id=job_id, status=JobStatus(h[b"status"].decode()), created=float(h[b"created"]),
                          updated=float(h[b"updated"]), iteration=int(h[b"iteration"]), total=int(h[b"total"]),
                          loss=float(h[b"loss"]) if b"loss" in h else None, terms=json.loads(h[b"terms"]),
                          error=_s(h.get(b"error")), cancel_requested=h[b"cancel"] == b"1",
@@ -186,7 +192,7 @@ class RedisJobStore:
                          takeovers=int(h[b"takeovers"]))
 
     async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
-        source, working = await self.redis.hmget(self._data(job_id), ["source", "working"])
+        source, working = map(_raw, await self.redis.hmget(self._data(job_id), ["source", "working"]))
         return (source, working) if source is not None and working is not None else None
 
     async def _end(self, job_id: str, status: str, error: str | None, result: dict | None,
@@ -210,10 +216,10 @@ class RedisJobStore:
                                                 preview or b"", checkpoint or b"", owner or ""]) == 1
 
     async def preview(self, job_id: str) -> bytes | None:
-        return await self.redis.hget(self._data(job_id), "preview")
+        return _raw(await self.redis.hget(self._data(job_id), "preview"))
 
     async def checkpoint(self, job_id: str) -> bytes | None:
-        return await self.redis.hget(self._data(job_id), "checkpoint")
+        return _raw(await self.redis.hget(self._data(job_id), "checkpoint"))
 
     async def request_cancel(self, job_id: str) -> bool:
         return await self._scripts["cancel"]([self._job(job_id)], [time.time()]) == 1
@@ -232,7 +238,7 @@ class RedisJobStore:
         return await self._end(job_id, JobStatus.FINISHED, None, result, files, owner)
 
     async def file(self, job_id: str, name: str) -> bytes | None:
-        return await self.redis.hget(self._data(job_id), f"file:{name}")
+        return _raw(await self.redis.hget(self._data(job_id), f"file:{name}"))
 
     async def open_jobs(self) -> int:
         return await self.redis.zcard(self._open)
@@ -254,7 +260,7 @@ class RedisJobStore:
             if "NOGROUP" in str(e):
                 return 0
             raise
-        entries = [p["message_id"] for p in pending]
+        entries = [cast(bytes, p["message_id"]) for p in pending]
         if not entries:
             return 0
         ids = [fields[b"job"].decode() for _, fields in await self._entries(entries)]
