@@ -19,7 +19,7 @@ from bench.baseline import STEPS as ORIGINAL_STEPS
 from bench.baseline import OriginalJob
 from clipdlut.guidance import Guide
 from clipdlut.imaging import to_tensor, working_copy
-from clipdlut.optimizer import BatchedOptimizer, JobSpec
+from clipdlut.optimizer import DEFAULT_STEPS, BatchedOptimizer, JobSpec
 from clipdlut.serving.settings import Settings
 
 DEFAULTS = Settings()
@@ -104,7 +104,7 @@ def original(guide: Guide, photo: Image.Image, repeat: int = 2) -> dict:
             "peak_mib": mem.peak}
 
 
-def job_cost(step: dict, steps: int = DEFAULTS.default_steps) -> dict:
+def job_cost(step: dict, steps: int = DEFAULT_STEPS) -> dict:
     """One default job, from the cost of a step (a job is its steps; admission is one forward)."""
     return {**step, "steps": steps, "job_s": step["step_s"] * steps}
 
