@@ -311,17 +311,17 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
     n = event.lut_size
     comments = [f"prompt: {opts.target_prompt}", f"source prompt: {opts.source_prompt}",
                 f"model: {event.model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
-    cube = lut_to_cube(decode_tensor(event.lut, (1, 3, n, n, n)), strength=opts.strength, size=opts.lut_size,
-                       keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites, title=opts.target_prompt[:64],
-                       comments=comments)
     fmt = output_format(opts.image_format)
 
-    def render_and_measure() -> tuple[bytes, Quality]:
+    def write_render_measure() -> tuple[str, bytes, Quality]:  # (off the event loop: tens of ms to seconds)
+        cube = lut_to_cube(decode_tensor(event.lut, (1, 3, n, n, n)), strength=opts.strength, size=opts.lut_size,
+                           keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites,
+                           title=opts.target_prompt[:64], comments=comments)
         graded = render(decoded, cube)
-        return (encode_image(graded, fmt, decoded.alpha, decoded.icc_profile),
+        return (cube, encode_image(graded, fmt, decoded.alpha, decoded.icc_profile),
                 measure_grade(decoded.rgb, graded, read_cube(cube).normalized()))
 
-    image, quality = await asyncio.to_thread(render_and_measure)
+    cube, image, quality = await asyncio.to_thread(write_render_measure)
     done = time.time()
     started = started or t0 - event.seconds
     result: dict[str, Any] = {
