@@ -36,7 +36,7 @@ from clipdlut.cube import lut_to_cube, read_cube
 from clipdlut.engine import EngineFull
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, encode_image, output_format
 from clipdlut.quality import Quality, measure_grade
-from clipdlut.render import render
+from clipdlut.render import apply_table
 from clipdlut.serving.errors import JobEnded
 from clipdlut.serving.jobs import JobOptions
 from clipdlut.serving.jobstream import InvalidJob
@@ -317,9 +317,10 @@ async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: Job
         cube = lut_to_cube(decode_tensor(event.lut, (1, 3, n, n, n)), strength=opts.strength, size=opts.lut_size,
                            keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites,
                            title=opts.target_prompt[:64], comments=comments)
-        graded = render(decoded, cube)
+        table = read_cube(cube).normalized()  # (rendered from the returned text: a client's Pillow gets these pixels)
+        graded = apply_table(decoded.rgb, table)
         return (cube, encode_image(graded, fmt, decoded.alpha, decoded.icc_profile),
-                measure_grade(decoded.rgb, graded, read_cube(cube).normalized()))
+                measure_grade(decoded.rgb, graded, table))
 
     cube, image, quality = await asyncio.to_thread(write_render_measure)
     done = time.time()
