@@ -384,7 +384,8 @@ class BatchedOptimizer:
             ended.extend(self._finish(done))
         return ended
 
-    def _report(self, job: _Job) -> None:
+    def _report(self, job: _Job, safe_lut: torch.Tensor | None = None) -> None:
+        """Tell ``on_progress`` where ``job`` stands (``safe_lut``: its LUT, already repaired)."""
         if self.on_progress is None:
             return
         values = torch.cat([job.last_loss.view(1), job.last_terms]).tolist()
@@ -392,7 +393,8 @@ class BatchedOptimizer:
         preview = None
         if job.preview_base is not None:
             with torch.no_grad():  # (what the job will return: the repaired LUT)
-                preview = to_image(apply(job.safe(job.lut().detach()), job.preview_base.unsqueeze(0))[0])
+                lut = job.safe(job.lut().detach()) if safe_lut is None else safe_lut
+                preview = to_image(apply(lut, job.preview_base.unsqueeze(0))[0])
         try:
             self.on_progress(Progress(job.spec.job_id, job.iteration, job.spec.steps, values[0], terms,
                                       preview))
@@ -407,10 +409,9 @@ class BatchedOptimizer:
     @torch.no_grad()
     def _finish(self, jobs: list[_Job]) -> list[JobResult]:
         """End jobs with their LUTs and scores (one batched forward for the scores)."""
-        if self.on_progress:
-            for job in jobs:
-                self._report(job)
-        luts = [job.safe(job.lut().detach()) for job in jobs]
+        luts = [job.safe(job.lut().detach()) for job in jobs]  # (what each returns, and its last preview)
+        for job, lut in zip(jobs, luts):
+            self._report(job, lut)
         results = [job.image.unsqueeze(0) for job in jobs]
         try:
             pixels = torch.cat([self.guide.preprocess(apply(lut, img)) for lut, img in zip(luts, results)])
