@@ -27,7 +27,6 @@ from starlette.staticfiles import StaticFiles
 
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
-from clipdlut.imaging import to_tensor
 from clipdlut.models import load_model
 from clipdlut.serving import concepts, jobs, logs, modelstore, remote, validation
 from clipdlut.serving.apply import apply_upload
@@ -73,6 +72,7 @@ from clipdlut.serving.settings import Settings
 from clipdlut.serving.store import JobStore, open_store
 from clipdlut.serving.wire import OptimizeRequest, OptimizerHealth
 from clipdlut.status import JobStatus
+from clipdlut.tensors import to_tensor
 
 log = logging.getLogger("clipdlut")
 log.setLevel(logging.INFO)  # job outcomes and lost streams reach the server log (BentoML sets the root to WARNING)

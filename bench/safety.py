@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipdlut.cube import lut_to_cube, read_cube
+from clipdlut.cube import read_cube
 from clipdlut.evaluation import IMAGES, PROMPTS
+from clipdlut.export import lut_to_cube
 from clipdlut.guidance import Guide
 from clipdlut.imaging import working_copy
 from clipdlut.losses import LossWeights
@@ -87,8 +88,8 @@ def variant(guide: Guide, mechanism: str, smoothness: float, steps: int, prompts
 @torch.no_grad()
 def _directional(guide: Guide, specs, results, luts: dict[str, torch.Tensor]) -> float:
     """Mean directional score of LUTs (as the optimizer scores its results), for the unrepaired ones."""
-    from clipdlut.imaging import to_tensor
     from clipdlut.lut import apply
+    from clipdlut.tensors import to_tensor
 
     values = []
     for spec in specs:

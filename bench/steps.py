@@ -18,9 +18,10 @@ from PIL import Image
 from bench.baseline import STEPS as ORIGINAL_STEPS
 from bench.baseline import OriginalJob
 from clipdlut.guidance import Guide
-from clipdlut.imaging import to_tensor, working_copy
+from clipdlut.imaging import working_copy
 from clipdlut.optimizer import DEFAULT_STEPS, BatchedOptimizer, JobSpec
 from clipdlut.serving.settings import Settings
+from clipdlut.tensors import to_tensor
 
 DEFAULTS = Settings()
 PROMPTS = ["赛博朋克风格的夜晚城市", "温暖的金色黄昏胶片", "冷色调的清晨", "复古胶片"]

@@ -7,15 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-from clipdlut.cube import CubeError, lut_to_cube, read_cube, write_cube
+from clipdlut.cube import CubeError, read_cube, write_cube
 from clipdlut.evaluation import IMAGES
+from clipdlut.export import lut_to_cube
 from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
-from clipdlut.lut import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.models import MODELS, WeightsNotFound
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, JobSpec
 from clipdlut.safety import PINS
 from clipdlut.status import JobStatus
+from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 
 EXIT_FAILED = 1
 

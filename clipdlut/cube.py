@@ -1,7 +1,8 @@
 """Reading and writing Adobe/Resolve ``.cube`` 3D LUT files.
 
 Rows are red-fastest, so N^3 rows read in C order into ``(N, N, N, 3)`` give ``table[b, g, r, c]``:
-the layout of :mod:`clipdlut.lut` and of Pillow's ``Color3DLUT``.
+the layout of :mod:`clipdlut.table` and of Pillow's ``Color3DLUT``. The file format only: numpy, no torch
+(:mod:`clipdlut.export` turns an optimized tensor into ``.cube`` text).
 """
 
 from __future__ import annotations
@@ -10,11 +11,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from clipdlut import lut as lutmath
-from clipdlut.lut import MAX_SIZE, MIN_SIZE
-from clipdlut.safety import make_safe
+from clipdlut.table import MAX_SIZE, MIN_SIZE, trilinear
 
 DECIMALS = 6
 
@@ -46,17 +44,11 @@ class Cube:
         lo, hi = np.array(self.domain_min), np.array(self.domain_max)
         if np.all(lo == 0) and np.all(hi == 1):
             return self.table
-        n = self.size
+        axis = np.arange(self.size) / (self.size - 1)
+        b, g, r = np.meshgrid(axis, axis, axis, indexing="ij")
         # Node k of the unit grid sits at input value k/(n-1); in table coordinates that input is
         # (v - lo) / (hi - lo). Evaluate the table there (clamped to its border).
-        axis = np.arange(n) / (n - 1)
-        b, g, r = np.meshgrid(axis, axis, axis, indexing="ij")
-        pts = np.stack([r, g, b], axis=-1)
-        coords = (pts - lo) / (hi - lo)
-        src = lutmath.from_table(self.table).double()
-        img = torch.from_numpy(coords.reshape(1, n * n, n, 3)).permute(0, 3, 1, 2)
-        out = lutmath.apply(src, img.double())
-        return out.reshape(3, n, n, n).permute(1, 2, 3, 0).numpy()
+        return trilinear(self.table, (np.stack([r, g, b], axis=-1) - lo) / (hi - lo))
 
 
 def _escape_title(title: str) -> str:
@@ -168,13 +160,3 @@ def read_cube(data: str | bytes) -> Cube:
     return Cube(table=table, title=title, domain_min=(lo[0], lo[1], lo[2]), domain_max=(hi[0], hi[1], hi[2]),
                 comments=comments)
 
-
-def lut_to_cube(lut: torch.Tensor, *, strength: float = 1.0, size: int | None = None, keep_blacks: bool = False,
-                keep_whites: bool = False, title: str = "CLIP-DLUT", comments: list[str] | tuple[str, ...] = ()) -> str:
-    """The ``.cube`` text of an optimized LUT ``(1, 3, N, N, N)``, blended to ``strength``, made safe again (a
-    strength above 1 extrapolates the grade) and resampled (which keeps it safe: a coarser size takes every k-th
-    node, a finer one interpolates between safe nodes)."""
-    lut = make_safe(lutmath.blend(lut.detach().double(), strength), keep_blacks=keep_blacks, keep_whites=keep_whites)
-    if size is not None and size != lut.shape[-1]:
-        lut = lutmath.resample(lut, size)
-    return write_cube(lutmath.to_table(lut), title=title, comments=comments)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from clipdlut.cube import lut_to_cube, read_cube
+from clipdlut.cube import read_cube
+from clipdlut.export import lut_to_cube
 from clipdlut.guidance import Guide
 from clipdlut.imaging import working_copy
 from clipdlut.optimizer import BatchedOptimizer, JobSpec

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from clipdlut.imaging import encode_image
-from clipdlut.lut import MAX_SIZE, MIN_SIZE, check_size
+from clipdlut.table import MAX_SIZE, MIN_SIZE, check_size
 
 HALD_LEVELS = range(2, 9)  # level L holds a cube of size L^2 (4..64) in an L^3 x L^3 image
 

@@ -10,7 +10,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -121,18 +120,6 @@ def thumbnail(img: Image.Image, max_side: int = 256) -> Image.Image:
     out = img.copy()
     out.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return out
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """An RGB image as a float32 ``(3, H, W)`` tensor in [0, 1]."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def to_image(t: torch.Tensor) -> Image.Image:
-    """A ``(3, H, W)`` tensor in [0, 1] as an 8-bit RGB image (rounded)."""
-    arr = (t.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr, "RGB")
 
 
 def output_format(name: str) -> str:

@@ -1,7 +1,8 @@
 """3D LUT math on tensors laid out ``(B, 3, N, N, N)`` = ``[batch, channel, b, g, r]``.
 
 The same layout is used by the ``.cube`` reader/writer (rows red-fastest) and by Pillow's
-``Color3DLUT`` table, so no code anywhere transposes a LUT.
+``Color3DLUT`` table, so no code anywhere transposes a LUT. Sizes, strengths and the torch-free table math
+are in :mod:`clipdlut.table`.
 """
 
 from __future__ import annotations
@@ -9,17 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MIN_SIZE = 2
-MAX_SIZE = 65
-OFFERED_SIZES = (17, 33, 65)  # the sizes the service and the CLI produce (any of MIN_SIZE..MAX_SIZE reads)
-MAX_STRENGTH = 2.0  # a blend with the identity goes from 0 (none) to this (the grade doubled), everywhere
-
-
-def check_size(n: int) -> int:
-    """Return ``n`` if it is a supported LUT size, else raise ``ValueError``."""
-    if not isinstance(n, int) or not MIN_SIZE <= n <= MAX_SIZE:
-        raise ValueError(f"LUT size must be an integer from {MIN_SIZE} to {MAX_SIZE}, got {n!r}")
-    return n
+from clipdlut.table import check_size
 
 
 def identity(n: int, batch: int = 1, *, dtype: torch.dtype = torch.float32,

@@ -19,11 +19,12 @@ from pydantic import Field
 from torch.optim.adam import adam
 
 from clipdlut.guidance import Guide, random_views
-from clipdlut.imaging import thumbnail, to_image, to_tensor
+from clipdlut.imaging import thumbnail
 from clipdlut.losses import TERMS, Inputs, LossWeights
 from clipdlut.lut import apply, check_size, identity
 from clipdlut.safety import make_safe
 from clipdlut.status import JobStatus
+from clipdlut.tensors import to_image, to_tensor
 
 log = logging.getLogger(__name__)
 

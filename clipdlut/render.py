@@ -14,15 +14,7 @@ from PIL import Image, ImageFilter
 
 from clipdlut.cube import read_cube
 from clipdlut.imaging import DecodedImage
-from clipdlut.lut import identity, to_table
-
-
-def blend_table(table: np.ndarray, strength: float) -> np.ndarray:
-    """``I + strength * (table - I)`` on a ``[b, g, r, c]`` table."""
-    if strength == 1.0:
-        return table
-    ident = to_table(identity(table.shape[0]))
-    return ident + strength * (table - ident)
+from clipdlut.table import blend_table
 
 
 def pillow_lut(table: np.ndarray) -> ImageFilter.Color3DLUT:

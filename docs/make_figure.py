@@ -13,8 +13,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from clipdlut.cube import lut_to_cube, read_cube
+from clipdlut.cube import read_cube
 from clipdlut.evaluation import IMAGES
+from clipdlut.export import lut_to_cube
 from clipdlut.guidance import Guide
 from clipdlut.hald import write_hald
 from clipdlut.imaging import decode_image, encode_image, working_copy

@@ -85,8 +85,8 @@ def test_missing_weights_is_one_line(tmp_path):
 
 def test_the_cli_offers_the_lut_sizes_the_service_does():
     from clipdlut.cli import _lut_size
-    from clipdlut.lut import OFFERED_SIZES
     from clipdlut.serving.schemas import LutSize
+    from clipdlut.table import OFFERED_SIZES
 
     assert typing.get_args(LutSize) == OFFERED_SIZES and [_lut_size(str(n)) for n in OFFERED_SIZES] == [17, 33, 65]
     for bad in ("2", "32", "66"):

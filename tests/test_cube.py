@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from clipdlut import lut as L
-from clipdlut.cube import CubeError, lut_to_cube, read_cube, write_cube
+from clipdlut.cube import CubeError, read_cube, write_cube
+from clipdlut.export import lut_to_cube
 from clipdlut.safety import make_safe
 from tests.conftest import random_smooth_lut
 

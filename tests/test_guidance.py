@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from clipdlut.guidance import TEMPLATES, Guide, random_views, resize
-from clipdlut.imaging import to_tensor
+from clipdlut.tensors import to_tensor
 from tests.conftest import gradient_image
 
 pytestmark = pytest.mark.unit

@@ -4,8 +4,8 @@ import torch
 from PIL import ImageFilter
 
 from clipdlut import lut as L
-from clipdlut.imaging import to_tensor
 from clipdlut.render import pillow_lut
+from clipdlut.tensors import to_tensor
 from tests.conftest import all_levels_image, gradient_image, random_smooth_lut
 
 pytestmark = pytest.mark.unit

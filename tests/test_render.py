@@ -5,7 +5,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from clipdlut import lut as L
-from clipdlut.cube import lut_to_cube, read_cube
+from clipdlut.cube import read_cube
+from clipdlut.export import lut_to_cube
 from clipdlut.imaging import decode_image, encode_image
 from clipdlut.render import apply_table, render
 from clipdlut.render import pillow_lut as color3dlut

@@ -3,13 +3,15 @@
 import pytest
 import torch
 
-from clipdlut.cube import lut_to_cube, read_cube
+from clipdlut.cube import read_cube
 from clipdlut.evaluation import IMAGES
+from clipdlut.export import lut_to_cube
 from clipdlut.imaging import working_copy
-from clipdlut.lut import OFFERED_SIZES, from_table, identity
+from clipdlut.lut import from_table, identity
 from clipdlut.optimizer import BatchedOptimizer, JobSpec
 from clipdlut.safety import MAX_SLOPE, MONOTONE_TOLERANCE, Invariants, make_safe, measure
 from clipdlut.status import JobStatus
+from clipdlut.table import OFFERED_SIZES
 from tests.conftest import gradient_image, random_smooth_lut
 
 pytestmark = pytest.mark.unit

@@ -5,10 +5,11 @@ from __future__ import annotations
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.hald import LutImageError, read_hald
 from clipdlut.imaging import encode_image, output_format
-from clipdlut.render import apply_table, blend_table
+from clipdlut.render import apply_table
 from clipdlut.serving.errors import InputError
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.validation import check_strength, decode_upload
+from clipdlut.table import blend_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

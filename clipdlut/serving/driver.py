@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Any
 
-from clipdlut.cube import lut_to_cube, read_cube
+from clipdlut.cube import read_cube
 from clipdlut.engine import EngineFull
+from clipdlut.export import lut_to_cube
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, encode_image, output_format
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table

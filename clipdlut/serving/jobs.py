@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass
 from clipdlut.cube import read_cube, write_cube
 from clipdlut.hald import hald_level_for, write_hald, write_strip
 from clipdlut.imaging import DecodedImage, encode_image, working_copy
-from clipdlut.lut import OFFERED_SIZES, resample, to_table
 from clipdlut.lut import from_table as table_to_lut
+from clipdlut.lut import resample, to_table
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.store import JobStore
 from clipdlut.status import JobStatus
+from clipdlut.table import OFFERED_SIZES
 
 log = logging.getLogger(__name__)
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from clipdlut.lut import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, Scores
 from clipdlut.safety import MAX_SLOPE, PINS
 from clipdlut.serving.jobs import JobOptions
 from clipdlut.serving.settings import Settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
+from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 
 MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
 LutSize = Literal[OFFERED_SIZES]  # type: ignore[valid-type]  # (of a tuple, read at run time: Literal[17, 33, 65])

@@ -13,12 +13,12 @@ import uuid
 from pydantic import ValidationError
 
 from clipdlut.imaging import DecodedImage, ImageError, ImageTooLarge, decode_image, output_format
-from clipdlut.lut import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.serving.errors import InputError, PayloadTooLarge
 from clipdlut.serving.jobs import JobOptions, check_capacity
 from clipdlut.serving.schemas import RetouchRequest
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.store import JobStore
+from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
