@@ -232,12 +232,9 @@ class Retouch:
 
     # -- shared job machinery -------------------------------------------------------------------
 
-    async def _accept(self, job_id: str, image_b64: str, opts: JobOptions):
-        opts = validation.validate_options(opts, S)
-        data = validation.b64decode_image(image_b64)
-        decoded = await asyncio.to_thread(validation.decode_upload, data, S)
-        await jobs.accept(self.store, job_id, data, decoded, opts, S, owner=_instance())
-        return decoded, opts
+    async def _accept(self, job_id: str, upload: jobs.Upload, opts: JobOptions):
+        await jobs.accept(self.store, job_id, upload, opts, S, owner=_instance())
+        return upload.decoded, opts
 
     async def _record(self, task_id: str):
         record = await self.store.get(validation.check_task_id(task_id))
@@ -250,7 +247,8 @@ class Retouch:
     @bentoml.task(route=TASK_ROUTE)
     @answers_client_errors
     async def retouch(self, request: RetouchRequest, /, ctx: bentoml.Context) -> RetouchResult:
-        """Grade a photo from a text prompt; returns the .cube, the full-resolution image and scores."""
+        """Grade a photo, or a series with one LUT, toward a prompt and/or a reference photo (from scratch or refining
+        a LUT; colour or black and white); returns the .cube, the full-resolution images and scores."""
         # a task was recorded at submit (TaskGate); a plain POST to the route runs it synchronously under a new id
         job_id = getattr(ctx.request.state, "task_id", None)
         try:
@@ -258,7 +256,8 @@ class Retouch:
                 await self.drivers.run_stored(job_id)
             else:
                 job_id = uuid.uuid4().hex
-                await self.drivers.run(job_id, *await self._accept(job_id, request.image, request.options()))
+                await self.drivers.run(job_id, *await self._accept(job_id, *await validation.upload(request, self.store,
+                                                                                                       S)))
         except HandedOver:  # (this process is stopping; the job is not)
             raise ShuttingDown(f"this server is shutting down; task {job_id} goes on on another replica: follow it "
                                "with /v1/progress") from None
@@ -351,7 +350,10 @@ class Retouch:
     async def legacy_retouch(self, request: LegacyRetouchRequest, /) -> LegacyTask:
         """Original API: start a task; poll it with /query_task."""
         job_id = str(uuid.uuid4())
-        decoded, opts = await self._accept(job_id, request.image, request.options())
+        opts = validation.validate_options(request.options(), S)
+        data = validation.b64decode_image(request.image)
+        upload = jobs.Upload([(data, await asyncio.to_thread(validation.decode_upload, data, S))])
+        decoded, opts = await self._accept(job_id, upload, opts)
 
         async def run() -> None:
             with contextlib.suppress(JobEnded):  # (its end is in the store, where /query_task reads it)
@@ -391,8 +393,8 @@ class Retouch:
 async def _validate_submission(request: Request) -> Callable[[str], Awaitable[None]]:
     """Check a native task body before BentoML accepts it (BentoML itself would accept anything); what records
     it in the job store under its task id."""
-    data, decoded, opts = await validation.submission(await request.body(), _store(), S)
-    return lambda task_id: jobs.accept(_store(), task_id, data, decoded, opts, S, owner=_instance())
+    upload, opts = await validation.submission(await request.body(), _store(), S)
+    return lambda task_id: jobs.accept(_store(), task_id, upload, opts, S, owner=_instance())
 
 
 @functools.cache

@@ -45,6 +45,15 @@ def random_views(image: torch.Tensor, count: int, size: int, generator: torch.Ge
     return torch.cat(views).clamp_(0, 1)
 
 
+def series_views(images: list[torch.Tensor], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` views drawn across a series of images, so that one LUT is fitted to them all: the images are
+    visited in a random order, each view from the next one (for one image, exactly :func:`random_views`)."""
+    if len(images) == 1:
+        return random_views(images[0], count, size, generator)
+    order = torch.randperm(len(images), generator=generator).tolist()
+    return torch.cat([random_views(images[order[i % len(images)]], 1, size, generator) for i in range(count)])
+
+
 class Guide:
     """A loaded Chinese-CLIP model with normalized text and image features and a text-feature cache."""
 

@@ -79,6 +79,24 @@ def color_shift(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return (d / 100).pow(2).sum(-1).mean(-1)
 
 
+def lab_stats(rgb: torch.Tensor) -> torch.Tensor:
+    """Per image or job: the mean and standard deviation of L*, a* and b* (in units of 100) over all pixels of
+    ``(..., [V,] 3, H, W)`` with the leading dimension kept: ``(G, 6)``."""
+    lab = (rgb_to_lab(rgb) / 100).movedim(-3, -1).reshape(rgb.shape[0], -1, 3)
+    return torch.cat([lab.mean(1), lab.std(1, correction=0)], dim=-1)
+
+
+def reference_color(out: torch.Tensor, ref_stats: torch.Tensor) -> torch.Tensor:
+    """Per job ``(G,)``: squared distance between the L*a*b* mean and spread of its graded views
+    ``(G, V, 3, H, W)`` and its reference photo's (``(G, 6)``, :func:`lab_stats`)."""
+    return (lab_stats(out) - ref_stats).pow(2).sum(-1)
+
+
+def reference(feats: torch.Tensor, ref_feat: torch.Tensor) -> torch.Tensor:
+    """Per job ``(G,)``: mean over its views' features ``(G, V, D)`` of ``1 - cos(E(out), E(reference))``."""
+    return (1 - (feats * ref_feat.unsqueeze(1)).sum(-1)).mean(-1)
+
+
 def _luma(rgb: torch.Tensor) -> torch.Tensor:
     r, g, b = rgb.unbind(-3)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
@@ -118,6 +136,8 @@ class Inputs:
     src_feat: torch.Tensor  # of the source image (G, D)
     text_dir: torch.Tensor  # target minus source prompt features (G, D)
     target: torch.Tensor  # target prompt features (G, D)
+    ref_feat: torch.Tensor  # the reference photo's features (G, D); zeros for a job without one
+    ref_stats: torch.Tensor  # the reference photo's L*a*b* statistics (G, 6), :func:`lab_stats`; zeros likewise
 
 
 @dataclass(frozen=True)
@@ -134,7 +154,11 @@ TERMS: dict[str, Term] = {
     "smoothness": Term(lambda x: smoothness(x.luts), 0.03),  # against ripples that band a sky (bench/safety.py)
     "color": Term(lambda x: color_shift(x.out, x.src), 0.05),
     "black_level": Term(lambda x: black_level(x.out, x.src), 1.0),
+    # with a reference photo only (a job without one weighs them 0)
+    "reference": Term(lambda x: reference(x.feats, x.ref_feat), 1.0),
+    "reference_color": Term(lambda x: reference_color(x.out, x.ref_stats), 1.0),
 }
+
 
 
 class LossWeights(Mapping[str, float]):

@@ -18,10 +18,11 @@ from PIL import Image
 from pydantic import Field
 from torch.optim.adam import adam
 
-from clipdlut.guidance import Guide, random_views
+from clipdlut.guidance import Guide, series_views
 from clipdlut.imaging import thumbnail
-from clipdlut.losses import TERMS, Inputs, LossWeights
-from clipdlut.lut import apply, check_size, identity
+from clipdlut.losses import TERMS, Inputs, LossWeights, lab_stats
+from clipdlut.lut import apply, check_size, identity, resample
+from clipdlut.mono import MODES, Mode, neutral
 from clipdlut.safety import make_safe
 from clipdlut.status import JobStatus
 from clipdlut.tensors import to_image, to_tensor
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE_PROMPT = "一张自然色调的图片"
 DEFAULT_STEPS = 200  # a job's steps when its request names none (the original API's own default stays 1000)
+MAX_PHOTOS = 16  # photos one job fits its LUT to (a series)
 
 
 @dataclass
@@ -49,8 +51,8 @@ class JobSpec:
     """Everything one job's result depends on."""
 
     job_id: str
-    image: Image.Image
-    target_prompt: str
+    image: Image.Image | Sequence[Image.Image]  # one photo, or a series that gets one LUT (views drawn across all)
+    target_prompt: str  # may be empty when there is a reference photo
     source_prompt: str = DEFAULT_SOURCE_PROMPT
     steps: int = DEFAULT_STEPS
     lut_size: int = 33
@@ -64,6 +66,13 @@ class JobSpec:
     keep_blacks: bool = False  # the LUT maps black to black exactly
     keep_whites: bool = False  # the LUT maps white to white exactly
     resume: JobState | None = None  # start from this state instead of the seeded start
+    reference: Image.Image | None = None  # a photo whose look to aim for (features and L*a*b* colour statistics)
+    start: torch.Tensor | None = None  # a LUT (1, 3, M, M, M) to start from instead of the identity (refining)
+    mode: Mode = "color"  # "bw": a neutral LUT (clipdlut.mono)
+
+    @property
+    def photos(self) -> list[Image.Image]:
+        return [self.image] if isinstance(self.image, Image.Image) else list(self.image)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
@@ -76,8 +85,17 @@ class JobSpec:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.progress_every < 1:
             raise ValueError(f"progress_every must be at least 1, got {self.progress_every}")
-        if not self.target_prompt.strip():
-            raise ValueError("target_prompt is empty")
+        if not self.target_prompt.strip() and self.reference is None:
+            raise ValueError("target_prompt is empty (and there is no reference photo to aim for instead)")
+        if not 1 <= len(self.photos) <= MAX_PHOTOS:
+            raise ValueError(f"a job takes 1 to {MAX_PHOTOS} photos, got {len(self.photos)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.start is not None:
+            check_size(int(self.start.shape[-1]))
+            if self.start.ndim != 5 or tuple(self.start.shape[:2]) != (1, 3) or len(set(self.start.shape[2:])) != 1:
+                got = tuple(self.start.shape)
+                raise ValueError(f"the LUT to start from must have shape (1, 3, M, M, M), got {got}")
         if self.resume is not None:
             shape = (1, 3, self.lut_size, self.lut_size, self.lut_size)
             if tuple(self.resume.delta.shape) != shape or not 0 <= self.resume.iteration < self.steps:
@@ -120,16 +138,31 @@ class JobResult:
     retryable: bool = False  # failed for a reason of the process running it, not of the job: another may succeed
 
 
+def _weights(spec: JobSpec) -> dict[str, float]:
+    """The weights a job's objective uses: the reference terms only with a reference photo ("reference" only with
+    a prompt as well: without one the prompt terms aim at the reference already)."""
+    w = dict(spec.weights)
+    if spec.reference is None or not spec.target_prompt.strip():
+        w["reference"] = 0.0
+    if spec.reference is None:
+        w["reference_color"] = 0.0
+    return w
+
+
 class _Job:
     def __init__(self, spec: JobSpec, device: torch.device):
         self.spec = spec
         self.started = time.perf_counter()
         self.generator = torch.Generator().manual_seed(spec.seed)
-        self.image = to_tensor(spec.image).to(device)
-        self.preview_base = to_tensor(thumbnail(spec.image)).to(device) if spec.preview else None
+        self.images = [to_tensor(p).to(device) for p in spec.photos]
+        self.image = self.images[0]  # (the preview's photo)
+        self.preview_base = to_tensor(thumbnail(spec.photos[0])).to(device) if spec.preview else None
+        self.reference = to_tensor(spec.reference).to(device) if spec.reference is not None else None
         n = spec.lut_size
         self.identity = identity(n, device=device)
         noise = torch.randn(1, 3, n, n, n, generator=self.generator) * spec.init_noise
+        if spec.start is not None:  # (no noise: the first step starts at that LUT exactly)
+            noise = resample(spec.start.detach().float().cpu(), n) - self.identity.cpu()
         self.delta = noise.to(device).requires_grad_(True)
         # Adam state, stepped for many jobs at once by :func:`_adam_step`
         self.exp_avg = torch.zeros_like(self.delta)
@@ -139,22 +172,31 @@ class _Job:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.cancelled = False
         self.failure: str | None = None  # set when the job is stopped for a reason (it then ends failed)
+        self.weights = _weights(spec)
         self.last_loss = torch.zeros((), device=device)
         self.last_terms = torch.zeros(len(TERMS), device=device)  # the values of the terms, in the order of TERMS
         # set at admission (one batched text and image forward for all the jobs admitted together):
-        self.target: torch.Tensor  # the target prompt's features (D,)
-        self.text_dir: torch.Tensor  # target minus source prompt features (D,)
-        self.src_feat: torch.Tensor  # the source image's views and whole, averaged (D,)
-        self.src_full_feat: torch.Tensor  # the whole source image (D,)
+        self.target: torch.Tensor  # the target prompt's features, or the reference photo's (D,)
+        self.text_dir: torch.Tensor  # target minus source (prompt features, or the photos' without a prompt) (D,)
+        self.src_feat: torch.Tensor  # the source photos' views and wholes, averaged (D,)
+        self.src_full_feats: torch.Tensor  # each whole source photo (K, D); graded by the start LUT when refining
+        self.ref_feat = torch.zeros((), device=device)  # the reference photo's features (D,) (zeros: none)
+        self.ref_stats = torch.zeros(6, device=device)  # its L*a*b* statistics (losses.lab_stats)
         # on the device once, so that a step never copies from the host
-        self.term_weights = torch.tensor([spec.weights[name] for name in TERMS], device=device)
+        self.term_weights = torch.tensor([self.weights[name] for name in TERMS], device=device)
 
     def lut(self) -> torch.Tensor:
-        return self.identity + self.delta
+        lut = self.identity + self.delta
+        return neutral(lut) if self.spec.mode == "bw" else lut
 
     def safe(self, luts: torch.Tensor) -> torch.Tensor:
         """``luts`` repaired to satisfy the colour-safety guarantees with this job's pins."""
-        return make_safe(luts, keep_blacks=self.spec.keep_blacks, keep_whites=self.spec.keep_whites)
+        return make_safe(luts, keep_blacks=self.spec.keep_blacks, keep_whites=self.spec.keep_whites,
+                         neutral=self.spec.mode == "bw")
+
+    def views(self, size: int) -> torch.Tensor:
+        """This step's views, drawn across the job's photos."""
+        return series_views(self.images, self.spec.views, size, self.generator)
 
     def state(self) -> JobState:
         return JobState(self.iteration, self.delta.detach().cpu().clone(), self.exp_avg.cpu().clone(),
@@ -202,10 +244,11 @@ def _make_safe(jobs: Sequence[_Job]) -> None:
     only ever sees, and a job only ever returns, LUTs that satisfy the colour-safety guarantees."""
     groups: dict[tuple, list[_Job]] = {}
     for job in jobs:
-        groups.setdefault((job.spec.lut_size, job.spec.keep_blacks, job.spec.keep_whites), []).append(job)
+        key = (job.spec.lut_size, job.spec.keep_blacks, job.spec.keep_whites, job.spec.mode)
+        groups.setdefault(key, []).append(job)
     for group in groups.values():
         ident = group[0].identity
-        safe = group[0].safe(ident + torch.cat([j.delta for j in group])) - ident
+        safe = group[0].safe(torch.cat([j.lut() for j in group])) - ident
         for job, delta in zip(group, safe):
             job.delta.copy_(delta.unsqueeze(0))
 
@@ -259,23 +302,27 @@ class BatchedOptimizer:
         if not admitted:
             return failed
         try:
-            prompts = [p for j in admitted for p in (j.spec.target_prompt, j.spec.source_prompt)]
-            text = self.guide.encode_text(prompts).view(len(admitted), 2, -1)
-            size = self.guide.resolution
-            # Source features: the whole image plus the job's own seeded views, averaged.
-            pixels = [torch.cat([self.guide.preprocess(j.image.unsqueeze(0)),
-                                 self.guide.normalize(random_views(j.image, j.spec.views, size, j.generator))])
-                      for j in admitted]
+            prompts = [p for j in admitted for p in (j.spec.target_prompt, j.spec.source_prompt) if p.strip()]
+            text = dict(zip(prompts, self.guide.encode_text(prompts))) if prompts else {}
+            pixels = [self._source_pixels(j) for j in admitted]
             feats = self.guide.encode_pixels(torch.cat(pixels)).split([p.shape[0] for p in pixels])
         except Exception as e:
             log.exception("admission of %d jobs failed", len(admitted))
             return failed + [JobResult(j.spec.job_id, JobStatus.FAILED, 0, 0.0, error=f"could not encode the job: {e}")
                              for j in admitted]
-        for job, (target, source), f in zip(admitted, text, feats):
-            job.target = target
-            job.text_dir = target - source
-            job.src_full_feat = f[0]
-            job.src_feat = torch.nn.functional.normalize(f.mean(0), dim=-1)
+        for job, f in zip(admitted, feats):
+            k = len(job.images)
+            job.src_full_feats = f[:k]
+            job.src_feat = torch.nn.functional.normalize(f[:k + job.spec.views].mean(0), dim=-1)
+            job.ref_feat = f[-1] if job.reference is not None else torch.zeros_like(f[0])
+            if job.reference is not None:
+                job.ref_stats = lab_stats(job.reference.unsqueeze(0))[0]
+            if job.spec.target_prompt.strip():
+                job.target = text[job.spec.target_prompt]
+                job.text_dir = job.target - text[job.spec.source_prompt]
+            else:  # a reference photo alone: aim at its features, in the direction from the photos' own
+                job.target = job.ref_feat
+                job.text_dir = job.ref_feat - torch.nn.functional.normalize(job.src_full_feats.mean(0), dim=-1)
             if job.spec.resume is not None:
                 try:
                     job.restore(job.spec.resume)
@@ -285,6 +332,20 @@ class BatchedOptimizer:
                     continue
             self._jobs[job.spec.job_id] = job
         return failed
+
+    def _source_pixels(self, job: _Job) -> torch.Tensor:
+        """A job's model inputs at admission: each whole photo, its first views, then its reference photo. The
+        photos are graded by the LUT the job starts from (refining: the direction is from that look)."""
+        start = job.lut().detach() if job.spec.start is not None else None
+
+        def graded(images: torch.Tensor) -> torch.Tensor:
+            return images if start is None else apply(start.expand(len(images), -1, -1, -1, -1), images)
+
+        parts = [self.guide.preprocess(graded(img.unsqueeze(0))) for img in job.images]
+        parts.append(self.guide.normalize(graded(job.views(self.guide.resolution))))
+        if job.reference is not None:
+            parts.append(self.guide.preprocess(job.reference.unsqueeze(0)))
+        return torch.cat(parts)
 
     def state(self, job_id: str) -> JobState:
         """An active job's state, copied to the CPU: send it along and the job can resume anywhere."""
@@ -305,8 +366,9 @@ class BatchedOptimizer:
         """The sum of a group's per-job losses (each job weighs the terms its own way); keeps each job's
         loss and terms for its reports. Terms no job in the group weighs are not computed."""
         inputs = Inputs(luts, src, out, feats, torch.stack([j.src_feat for j in jobs]),
-                        torch.stack([j.text_dir for j in jobs]), torch.stack([j.target for j in jobs]))
-        columns = [term.fn(inputs) if any(j.spec.weights[name] for j in jobs) else luts.new_zeros(len(jobs))
+                        torch.stack([j.text_dir for j in jobs]), torch.stack([j.target for j in jobs]),
+                        torch.stack([j.ref_feat for j in jobs]), torch.stack([j.ref_stats for j in jobs]))
+        columns = [term.fn(inputs) if any(j.weights[name] for j in jobs) else luts.new_zeros(len(jobs))
                    for name, term in TERMS.items()]
         terms = torch.stack(columns, dim=1)  # (G, terms)
         per_job = (torch.stack([j.term_weights for j in jobs]) * terms).sum(1)
@@ -329,7 +391,7 @@ class BatchedOptimizer:
         members: dict[tuple[int, int], list[tuple[_Job, torch.Tensor]]] = {}
         for job in list(self._jobs.values()):
             try:
-                src = random_views(job.image, job.spec.views, self.guide.resolution, job.generator)
+                src = job.views(self.guide.resolution)
             except Exception as e:
                 ended.append(self._fail(job, f"error preparing the step: {e}"))
                 continue
@@ -338,7 +400,7 @@ class BatchedOptimizer:
         for group in members.values():
             jobs = [job for job, _ in group]
             try:
-                luts = jobs[0].identity + torch.cat([job.delta for job in jobs])
+                luts = torch.cat([job.lut() for job in jobs])
                 src = torch.stack([views for _, views in group])
                 groups.append((jobs, luts, src, _apply_to_views(luts, src)))
             except Exception as e:
@@ -390,7 +452,7 @@ class BatchedOptimizer:
         if self.on_progress is None:
             return
         values = torch.cat([job.last_loss.view(1), job.last_terms]).tolist()
-        terms = {name: v for name, v in zip(TERMS, values[1:]) if job.spec.weights[name] != 0}
+        terms = {name: v for name, v in zip(TERMS, values[1:]) if job.weights[name] != 0}
         preview = None
         if job.preview_base is not None:
             with torch.no_grad():  # (what the job will return: the repaired LUT)
@@ -413,21 +475,22 @@ class BatchedOptimizer:
         luts = [job.safe(job.lut().detach()) for job in jobs]  # (what each returns, and its last preview)
         for job, lut in zip(jobs, luts):
             self._report(job, lut)
-        results = [job.image.unsqueeze(0) for job in jobs]
         try:
-            pixels = torch.cat([self.guide.preprocess(apply(lut, img)) for lut, img in zip(luts, results)])
-            feats = self.guide.encode_pixels(pixels)
+            pixels = [torch.cat([self.guide.preprocess(apply(lut, img.unsqueeze(0))) for img in job.images])
+                      for job, lut in zip(jobs, luts)]
+            feats = self.guide.encode_pixels(torch.cat(pixels)).split([len(job.images) for job in jobs])
         except Exception as e:
             log.exception("scoring failed")
             return [self._fail(job, f"scoring failed: {e}") for job in jobs]
         out = []
-        for job, lut, f in zip(jobs, luts, feats):
+        for job, lut, f in zip(jobs, luts, feats):  # (each photo scored; a series reports the means)
             self._jobs.pop(job.spec.job_id, None)
+            src = job.src_full_feats
             scores = Scores(
-                source_target=float(job.src_full_feat @ job.target),
-                result_target=float(f @ job.target),
+                source_target=float((src @ job.target).mean()),
+                result_target=float((f @ job.target).mean()),
                 directional=float(torch.nn.functional.cosine_similarity(
-                    f - job.src_full_feat, job.text_dir, dim=0, eps=1e-8)),
+                    f - src, job.text_dir.unsqueeze(0), dim=-1, eps=1e-8).mean()),
             )
             out.append(JobResult(job.spec.job_id, JobStatus.FINISHED, job.iteration, time.perf_counter() - job.started,
                                  lut=lut.float().cpu(), scores=scores, loss=float(job.last_loss)))

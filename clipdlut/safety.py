@@ -59,16 +59,17 @@ def measure(lut: torch.Tensor) -> Invariants:
 
 
 @functools.cache
-def _axes(n: int, dtype: torch.dtype, device: torch.device) -> list[tuple[int, torch.Tensor, torch.Tensor,
-                                                                         torch.Tensor]]:
+def _axes(n: int, dtype: torch.dtype, device: torch.device, neutral: bool = False
+          ) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per axis: how much each channel may rise over its lower neighbour (forward) and fall below it (backward),
-    and the node positions. The slope bound both ways, except that a channel may not fall along its own axis.
+    and the node positions. The slope bound both ways, except that a channel may not fall along its own axis
+    (``neutral``: along any axis, since each output is the same grey and so must rise with every input).
     Made once per size and device: a copy from the host inside an optimizer step would make a GPU step wait."""
     step = MAX_SLOPE * (1 - _MARGIN) / (n - 1)
     out = []
     for axis in (2, 3, 4):
         forward = torch.full((1, 3, 1, 1, 1), step, dtype=dtype)
-        backward = torch.tensor([0.0 if own == axis else step for own in _AXIS_OF_CHANNEL], dtype=dtype)
+        backward = torch.tensor([0.0 if neutral or own == axis else step for own in _AXIS_OF_CHANNEL], dtype=dtype)
         shape = [1, 1, 1, 1, 1]
         shape[axis] = n
         k = torch.arange(n, dtype=dtype).view(shape)
@@ -76,18 +77,18 @@ def _axes(n: int, dtype: torch.dtype, device: torch.device) -> list[tuple[int, t
     return out
 
 
-def _below(v: torch.Tensor) -> torch.Tensor:
+def _below(v: torch.Tensor, neutral: bool = False) -> torch.Tensor:
     """The largest LUT satisfying the step constraints that is nowhere above ``v`` (``+inf`` allowed)."""
-    for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device):
+    for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device, neutral):
         up = torch.cummin(v - f * k, dim=axis).values + f * k  # from lower neighbours
         down = torch.cummin((v + b * k).flip(axis), dim=axis).values.flip(axis) - b * k  # from upper ones
         v = torch.minimum(up, down)
     return v
 
 
-def _above(v: torch.Tensor) -> torch.Tensor:
+def _above(v: torch.Tensor, neutral: bool = False) -> torch.Tensor:
     """The smallest LUT satisfying the step constraints that is nowhere below ``v`` (``-inf`` allowed)."""
-    for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device):
+    for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device, neutral):
         up = torch.cummax(v + b * k, dim=axis).values - b * k  # lower neighbours
         down = torch.cummax((v - f * k).flip(axis), dim=axis).values.flip(axis) + f * k  # upper ones
         v = torch.maximum(up, down)
@@ -95,26 +96,29 @@ def _above(v: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _pinned(n: int, dtype: torch.dtype, device: torch.device, node: int, value: float
+def _pinned(n: int, dtype: torch.dtype, device: torch.device, node: int, value: float, neutral: bool
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bounds a satisfying LUT keeps when node ``(node, node, node)`` is pinned to ``value`` (made once)."""
     above = torch.full((1, 3, n, n, n), float("inf"), dtype=dtype, device=device)
     above[:, :, node, node, node] = value
     below = torch.where(torch.isinf(above), -above, above)
-    return _above(below), _below(above)
+    return _above(below, neutral), _below(above, neutral)
 
 
-def make_safe(lut: torch.Tensor, *, keep_blacks: bool = False, keep_whites: bool = False) -> torch.Tensor:
+def make_safe(lut: torch.Tensor, *, keep_blacks: bool = False, keep_whites: bool = False,
+              neutral: bool = False) -> torch.Tensor:
     """The repaired LUTs ``(B, 3, N, N, N)``: every guarantee holds, pins hold exactly, and a LUT that already
     satisfied them all comes back exactly as it was. Same dtype and device as ``lut``; computed
-    in float32 at least (float32 keeps every bound: the repair aims inside them by far more than its rounding)."""
+    in float32 at least (float32 keeps every bound: the repair aims inside them by far more than its rounding).
+    ``neutral``: the LUTs are neutral (R = G = B out, :mod:`clipdlut.mono`) and stay neutral exactly (every
+    channel gets the same repair)."""
     v = lut.detach().to(torch.promote_types(lut.dtype, torch.float32))
     n = v.shape[-1]
-    out = 0.5 * (_below(v) + _above(v))
+    out = 0.5 * (_below(v, neutral) + _above(v, neutral))
     lo, hi = torch.zeros_like(out[:1]), torch.ones_like(out[:1])
     for keep, node, value in ((keep_blacks, 0, 0.0), (keep_whites, n - 1, 1.0)):
         if keep:
-            plo, phi = _pinned(n, v.dtype, v.device, node, value)
+            plo, phi = _pinned(n, v.dtype, v.device, node, value, neutral)
             lo, hi = torch.maximum(lo, plo), torch.minimum(hi, phi)
     out = torch.minimum(torch.maximum(out, lo), hi)
     kept = _holds(v) & (v >= lo).flatten(1).all(1) & (v <= hi).flatten(1).all(1)  # (a safe LUT exactly as it was)

@@ -82,3 +82,12 @@ def test_a_prompts_features_do_not_depend_on_its_company():
     alone = Guide(load_model("tiny", device="cpu")).encode_text(["暖色"])
     together = Guide(load_model("tiny", device="cpu")).encode_text(["冷色调", "暖色", "复古胶片"])
     assert torch.equal(alone[0], together[1])
+
+
+def test_series_views_visit_every_photo_and_one_photo_draws_as_before():
+    from clipdlut.guidance import random_views, series_views
+    photos = [torch.full((3, 40, 50), v) for v in (0.1, 0.5, 0.9)]
+    views = series_views(photos, 3, 16, torch.Generator().manual_seed(0))
+    assert sorted(round(float(v.mean()), 3) for v in views) == [0.1, 0.5, 0.9]
+    one = series_views(photos[:1], 4, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(one, random_views(photos[0], 4, 16, torch.Generator().manual_seed(1)))

@@ -245,3 +245,60 @@ def test_a_state_that_does_not_fit_is_refused(guide):
     failed = BatchedOptimizer(guide).add([spec("b", 1, lut_size=5, resume=state), spec("c", 1, steps=1, resume=state)])
     assert [r.status for r in failed] == [JobStatus.FAILED, JobStatus.FAILED]
     assert all("resume" in r.error for r in failed)
+
+
+# -- a series, a reference photo, refining, black and white (issue 15) --------------------------------------
+
+def _lab_mean(img: Image.Image) -> torch.Tensor:
+    from clipdlut.losses import rgb_to_lab
+    from clipdlut.tensors import to_tensor
+    return rgb_to_lab(to_tensor(img).unsqueeze(0))[0].mean((-1, -2))
+
+
+def test_a_series_gets_one_lut_fitted_to_all_its_photos(guide):
+    photos = [gradient_image(96, 64, s) for s in (1, 2, 3)]
+    r = run(guide, {0: [JobSpec("s", photos, "暖色调", steps=6, lut_size=9, seed=0)]})["s"]
+    assert r.status == JobStatus.FINISHED and r.lut.shape == (1, 3, 9, 9, 9)
+    alone = run(guide, {0: [JobSpec("a", photos[0], "暖色调", steps=6, lut_size=9, seed=0)]})["a"]
+    assert (r.lut - alone.lut).abs().max() > 1e-4  # the other photos changed the fit
+    with pytest.raises(ValueError, match="1 to 16 photos"):
+        JobSpec("x", [gradient_image()] * 17, "暖色调").validate()
+
+
+def test_a_reference_photo_moves_the_colour_toward_it(guide):
+    from clipdlut.lut import apply
+    from clipdlut.tensors import to_image, to_tensor
+    photo = gradient_image(96, 64, 5)
+    arr = torch.tensor([1.0, 0.75, 0.45]).view(3, 1, 1) * to_tensor(photo)  # a strongly warm-tinted copy
+    reference = to_image(arr)
+    r = run(guide, {0: [JobSpec("r", photo, "", steps=40, lut_size=9, seed=0, lr=2e-2, reference=reference)]})["r"]
+    assert r.status == JobStatus.FINISHED, r.error
+    graded = to_image(apply(r.lut, to_tensor(photo).unsqueeze(0))[0])
+    before = (_lab_mean(photo) - _lab_mean(reference)).norm()
+    after = (_lab_mean(graded) - _lab_mean(reference)).norm()
+    assert after < 0.6 * before, (float(before), float(after))
+
+
+def test_refining_starts_at_the_given_lut(guide):
+    from clipdlut.lut import identity, resample
+    start = identity(17).clone()
+    start[:, 0] = (start[:, 0] * 1.1 + 0.02).clamp(0, 1)  # a warmer look
+    start[:, 2] = start[:, 2] * 0.9
+    opt = BatchedOptimizer(guide)
+    assert not opt.add([JobSpec("r", gradient_image(), "更暖一点", steps=3, lut_size=9, start=start)])
+    state = opt.state("r")
+    assert torch.allclose(identity(9) + state.delta, resample(start, 9), atol=1e-7)  # step 1 starts at that LUT
+    result = opt.run()["r"]
+    assert (result.lut - resample(start, 9)).abs().max() < 0.05  # and continues from it
+    with pytest.raises(ValueError, match="shape"):
+        JobSpec("x", gradient_image(), "x", start=torch.zeros(1, 3, 5, 5, 4)).validate()
+
+
+def test_black_and_white_is_neutral_to_the_last_bit(guide):
+    from clipdlut.mono import is_neutral
+    from clipdlut.safety import measure
+    r = run(guide, {0: [JobSpec("bw", gradient_image(), "高对比度的黑白照片", steps=8, lut_size=9, lr=3e-2,
+                                mode="bw", keep_blacks=True)]})["bw"]
+    assert r.status == JobStatus.FINISHED
+    assert is_neutral(r.lut) and measure(r.lut).safe
+    assert float(r.lut[0, :, 0, 0, 0].abs().max()) == 0.0  # (the pin holds in bw too)

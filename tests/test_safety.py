@@ -131,3 +131,14 @@ def test_every_returned_lut_is_safe_at_every_offered_size(guide, lut_size, steps
                 assert table[0, :, 0, 0, 0].eq(0).all()
             if spec.keep_whites:
                 assert table[0, :, -1, -1, -1].eq(1).all()
+
+
+@pytest.mark.parametrize("n", [2, 9, 33])
+def test_the_neutral_repair_keeps_a_neutral_lut_neutral(n):
+    from clipdlut.mono import is_neutral, neutral
+    lut = neutral(wild(n, batch=2, seed=4))
+    out = make_safe(lut, keep_blacks=True, keep_whites=True, neutral=True)
+    assert is_neutral(out) and measure(out).safe
+    assert float(out[:, :, 0, 0, 0].abs().max()) == 0.0 and float(out[:, :, -1, -1, -1].min()) == 1.0
+    safe = make_safe(neutral(identity(n)), neutral=True)
+    assert torch.equal(safe, neutral(identity(n)))

@@ -344,3 +344,80 @@ def test_control_characters_are_removed_from_a_prompt(client):
     task_id = r.json()["task_id"]
     wait(lambda: client.get("/v1/retouch/status", params={"task_id": task_id}).json()["status"] == "completed")
     assert client.get("/v1/retouch/get", params={"task_id": task_id}).json()["cube"].startswith("# prompt: 暖 色 调")
+
+
+# -- looks for a whole shoot (issue 15) ----------------------------------------------------------------------
+
+def finished(client, body):
+    r = client.post("/v1/retouch/submit", json=body)
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    status = wait(lambda: (s := client.get("/v1/retouch/status", params={"task_id": task_id}).json())["status"]
+                  != "in_progress" and s)
+    assert status["status"] == "completed", client.post("/v1/progress", json={"task_id": task_id}).text
+    return client.get("/v1/retouch/get", params={"task_id": task_id}).json()
+
+
+def test_a_series_gets_one_cube_and_each_photo_graded_from_it(client):
+    photos = [gradient_image(160, 120, 1), gradient_image(120, 90, 2), gradient_image(100, 140, 3)]
+    result = finished(client, {"images": [base64.b64encode(png_bytes(p)).decode() for p in photos],
+                               "target_prompt": "温暖的金色黄昏", "steps": 8, "lut_size": 17})
+    assert len(result["images"]) == 3 and result["image"] == result["images"][0]["image"]
+    lut = pillow_lut(read_cube(result["cube"]).table)
+    for photo, graded in zip(photos, result["images"]):
+        image = Image.open(io.BytesIO(base64.b64decode(graded["image"])))
+        assert (graded["width"], graded["height"]) == photo.size and graded["quality"]["safe"]
+        assert image.convert("RGB").tobytes() == photo.filter(lut).tobytes()  # bit for bit, from the .cube
+    assert "one LUT for a series of 3 photos" in result["cube"]
+
+
+def test_refining_starts_from_a_finished_task_or_a_cube_file(client, service):
+    first = finished(client, {"image": PHOTO_B64, "target_prompt": "冷色调", "steps": 40, "lut_size": 17})
+    again = finished(client, {"image": PHOTO_B64, "target_prompt": "更暖一点", "start_from": first["task_id"],
+                              "steps": 1, "lut_size": 17})
+    before, after = read_cube(first["cube"]).table, read_cube(again["cube"]).table
+    moved = np.abs(before - read_cube(_identity_cube(17)).table).max()  # (the first look, from the identity)
+    assert np.abs(after - before).max() < 0.25 * moved
+    assert f"refined from task {first['task_id']}" in again["cube"]
+    uploaded = finished(client, {"image": PHOTO_B64, "target_prompt": "更暖一点", "start_from": first["cube"],
+                                 "steps": 1, "lut_size": 17})
+    assert np.abs(read_cube(uploaded["cube"]).table - before).max() < 0.25 * moved
+    r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "x", "start_from": "LUT_3D_SIZE 3"})
+    assert r.status_code == 400 and "start_from" in r.json()["error"]
+    r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "x", "start_from": UNKNOWN_ID})
+    assert r.status_code == 404 and "start_from" in r.json()["error"]
+
+
+def _identity_cube(n):
+    from clipdlut.cube import write_cube
+    from clipdlut.table import identity_table
+    return write_cube(identity_table(n))
+
+
+def test_black_and_white_gives_a_neutral_cube(client):
+    result = finished(client, {"image": PHOTO_B64, "target_prompt": "高对比度的黑白照片", "mode": "bw", "steps": 6,
+                               "lut_size": 17, "strength": 0.6})
+    rows = [line.split() for line in result["cube"].splitlines() if line[:1].isdigit()]
+    assert len(rows) == 17**3 and all(r == g == b for r, g, b in rows)
+    assert result["mode"] == "bw" and "mode: bw" in result["cube"]
+
+
+def test_a_reference_photo_alone_gives_the_look(client):
+    tinted = Image.fromarray((np.asarray(PHOTO) * [1.0, 0.7, 0.4]).astype(np.uint8))
+    result = finished(client, {"image": PHOTO_B64, "reference_image": base64.b64encode(png_bytes(tinted)).decode(),
+                               "steps": 20, "lut_size": 17})
+    assert "aimed at a reference photo" in result["cube"] and result["quality"]["safe"]
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"target_prompt": "x"}, "`image`, or a series as `images`"),
+    ({"image": PHOTO_B64, "images": [PHOTO_B64], "target_prompt": "x"}, "one of the two"),
+    ({"image": PHOTO_B64}, "target_prompt`, `reference_image`, or both"),
+    ({"images": [PHOTO_B64] * 17, "target_prompt": "x"}, "images"),
+    ({"images": [PHOTO_B64, "***"], "target_prompt": "x"}, "not valid base64"),
+    ({"image": PHOTO_B64, "target_prompt": "x", "mode": "sepia"}, "mode"),
+    ({"image": PHOTO_B64, "reference_image": "aGVsbG8=", "target_prompt": "x"}, "not an image"),
+])
+def test_a_bad_shoot_request_gets_a_clear_400(client, body, message):
+    r = client.post("/v1/retouch/submit", json=body)
+    assert r.status_code == 400 and message in r.json()["error"], r.text

@@ -36,10 +36,12 @@ from clipdlut.cube import read_cube
 from clipdlut.engine import EngineFull
 from clipdlut.export import lut_to_cube
 from clipdlut.imaging import MEDIA_TYPES, DecodedImage, encode_image, output_format
+from clipdlut.lut import from_table as table_to_lut
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
+from clipdlut.serving.bundle import unpack
 from clipdlut.serving.errors import JobEnded
-from clipdlut.serving.jobs import JobOptions
+from clipdlut.serving.jobs import REFERENCE_FILE, START_FILE, JobOptions, image_file, photo_file
 from clipdlut.serving.jobstream import InvalidJob
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.store import JobStore
@@ -53,6 +55,7 @@ from clipdlut.serving.wire import (
     OptimizeRequest,
     ProgressEvent,
     decode_tensor,
+    encode_tensor,
     read_events,
 )
 from clipdlut.status import JobStatus
@@ -123,14 +126,27 @@ async def _record(job_id: str, write: Callable, *args, **kwargs) -> None:
         raise _NotMine
 
 
-def optimize_request(job_id: str, working_png: bytes, opts: JobOptions, settings: Settings,
+def optimize_request(job_id: str, working: bytes, opts: JobOptions, settings: Settings,
                      checkpoint_s: float | None) -> OptimizeRequest:
-    """The optimizer's request for a stored job: its working copy, the user's options, the service's settings."""
-    return OptimizeRequest(job_id=job_id, image=base64.b64encode(working_png).decode(),
+    """The optimizer's request for a stored job: its working inputs (:func:`clipdlut.serving.jobs.accept`), the
+    user's options, the service's settings."""
+    files = unpack(working)
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    start = start_size = None
+    if (cube := files.get(START_FILE)) is not None:
+        lut = table_to_lut(read_cube(cube).normalized())
+        start, start_size = encode_tensor(lut), int(lut.shape[-1])
+    reference = files.get(REFERENCE_FILE)
+    return OptimizeRequest(job_id=job_id, images=[b64(files[photo_file(i)]) for i in range(opts.photos)],
                            target_prompt=opts.target_prompt, source_prompt=opts.source_prompt, steps=opts.steps,
                            lut_size=opts.lut_size, seed=opts.seed, views=settings.views,
                            keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites,
-                           progress_every=settings.progress_every, preview=True, checkpoint_s=checkpoint_s)
+                           progress_every=settings.progress_every, preview=True, checkpoint_s=checkpoint_s,
+                           reference=b64(reference) if reference is not None else None, start=start,
+                           start_size=start_size, mode=opts.mode)
 
 
 def _busy(e: BaseException) -> bool:
@@ -168,7 +184,7 @@ async def _wait(seconds: float, stop: asyncio.Event) -> None:
         raise _Stopped
 
 
-async def drive(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions, open_stream: OpenStream,
+async def drive(store: JobStore, job_id: str, decoded: list[DecodedImage], opts: JobOptions, open_stream: OpenStream,
                 settings: Settings, stop: asyncio.Event, resilience: Resilience | None = None,
                 owner: str | None = None) -> dict:
     """Run a stored job on the optimizer to its end and store its result; returns the result summary.
@@ -305,44 +321,47 @@ async def _ended(store: JobStore, job_id: str) -> JobEnded:
     return JobEnded(record.status, record.error or f"job {job_id} ended {record.status}")
 
 
-async def _finish(store: JobStore, job_id: str, decoded: DecodedImage, opts: JobOptions, event: Finished,
+async def _finish(store: JobStore, job_id: str, decoded: list[DecodedImage], opts: JobOptions, event: Finished,
                   submitted: float, started: float | None, owner: str | None) -> dict:
-    """Write the ``.cube`` text, render the full-resolution image from it, and store both with the scores."""
+    """Write the ``.cube`` text, render each full-resolution photo from it, and store them with the scores."""
     t0 = time.time()
     n = event.lut_size
-    comments = [f"prompt: {opts.target_prompt}", f"source prompt: {opts.source_prompt}",
+    comments = [*opts.describe(),
                 f"model: {event.model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
     fmt = output_format(opts.image_format)
 
-    def write_render_measure() -> tuple[str, bytes, Quality]:  # (off the event loop: tens of ms to seconds)
+    def write_render_measure() -> tuple[str, list[tuple[bytes, Quality]]]:  # (off the event loop: 10 ms to seconds)
         cube = lut_to_cube(decode_tensor(event.lut, (1, 3, n, n, n)), strength=opts.strength, size=opts.lut_size,
-                           keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites,
-                           title=opts.target_prompt[:64], comments=comments)
+                           keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites, neutral=opts.mode == "bw",
+                           title=(opts.target_prompt or "CLIP-DLUT")[:64], comments=comments)
         table = read_cube(cube).normalized()  # (rendered from the returned text: a client's Pillow gets these pixels)
-        graded = apply_table(decoded.rgb, table)
-        return (cube, encode_image(graded, fmt, decoded.alpha, decoded.icc_profile),
-                measure_grade(decoded.rgb, graded, table))
+        photos = []
+        for d in decoded:
+            graded = apply_table(d.rgb, table)
+            photos.append((encode_image(graded, fmt, d.alpha, d.icc_profile), measure_grade(d.rgb, graded, table)))
+        return cube, photos
 
-    cube, image, quality = await asyncio.to_thread(write_render_measure)
+    cube, photos = await asyncio.to_thread(write_render_measure)
     done = time.time()
     started = started or t0 - event.seconds
+    each = [{"media_type": MEDIA_TYPES[fmt], "width": d.size[0], "height": d.size[1], "quality": q.as_dict()}
+            for d, (_, q) in zip(decoded, photos)]
     result: dict[str, Any] = {
-        "cube_size": opts.lut_size, "media_type": MEDIA_TYPES[fmt], "width": decoded.size[0],
-        "height": decoded.size[1], "model": event.model, "scores": asdict(event.scores),
-        "quality": quality.as_dict(),
+        "cube_size": opts.lut_size, **each[0], "photos": each, "model": event.model, "scores": asdict(event.scores),
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }
+    files = {"cube": cube.encode("utf-8"), **{image_file(i): image for i, (image, _) in enumerate(photos)}}
     try:
-        finished = await store.finish(job_id, result, {"cube": cube.encode("utf-8"), "image": image}, owner=owner)
+        finished = await store.finish(job_id, result, files, owner=owner)
     except Exception as e:
         raise StoreLost(job_id, f"{type(e).__name__}: {e}") from e
     if not finished:  # it ended meanwhile (a late cancel, or another replica finished it), or is not ours now
         return await _outcome(store, job_id)
     t = result["timings"]
-    log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%dx%d, %d steps)",
-             job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], decoded.size[0], decoded.size[1],
-             opts.steps)
+    log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%d photo(s), first "
+             "%dx%d, %d steps)", job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], len(decoded),
+             decoded[0].size[0], decoded[0].size[1], opts.steps)
     return result
 
 
@@ -378,7 +397,7 @@ class Drivers:
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
 
-    async def run(self, job_id: str, decoded: DecodedImage, opts: JobOptions) -> dict:
+    async def run(self, job_id: str, decoded: list[DecodedImage], opts: JobOptions) -> dict:
         """Drive one job to its end (see :func:`drive`); if another replica takes it over meanwhile, wait for
         its end there. Raises :class:`JobEnded` for a job that ends cancelled or failed, :class:`HandedOver` once
         this replica is shutting down (a job it has not started yet is left for the next replica too)."""
@@ -432,7 +451,9 @@ class Drivers:
             if record is None or stored is None:
                 return await _outcome(self.store, job_id)
             try:
-                decoded = await asyncio.to_thread(decode_upload, stored[0], self.settings)
+                photos = unpack(stored[0])
+                decoded = [await asyncio.to_thread(decode_upload, photos[photo_file(i)], self.settings)
+                           for i in range(len(photos))]
             except Exception as e:
                 raise await _end(self.store, job_id, self.instance, JobStatus.FAILED,
                                  f"internal error: the stored upload cannot be read: {e}") from None

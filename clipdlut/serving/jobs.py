@@ -17,6 +17,7 @@ from clipdlut.imaging import DecodedImage, encode_image, working_copy
 from clipdlut.lut import from_table as table_to_lut
 from clipdlut.lut import resample, to_table
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
+from clipdlut.serving.bundle import pack
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.store import JobStore
@@ -46,17 +47,72 @@ class JobOptions:
     image_format: str = "png"
     keep_blacks: bool = False
     keep_whites: bool = False
+    mode: str = "color"
+    photos: int = 1  # a series: one LUT for several photos
+    reference: bool = False  # a reference photo gives the look (with or without a prompt)
+    start_from: str | None = None  # refining: the task whose LUT the job starts from ("a .cube file" if uploaded)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> list[str]:
+        """What the job was asked, for the comments of its ``.cube``."""
+        lines = [f"prompt: {self.target_prompt}" if self.target_prompt else "prompt: none",
+                 f"source prompt: {self.source_prompt}"]
+        if self.reference:
+            lines.append("aimed at a reference photo")
+        if self.start_from:
+            lines.append(f"refined from {self.start_from}")
+        if self.photos > 1:
+            lines.append(f"one LUT for a series of {self.photos} photos")
+        if self.mode != "color":
+            lines.append(f"mode: {self.mode}")
+        return lines
 
-async def accept(store: JobStore, job_id: str, data: bytes, decoded: DecodedImage, opts: JobOptions,
-                 settings: Settings, owner: str) -> None:
-    """Record a new job leased to API replica ``owner`` with its original bytes and its working copy, or
-    raise :class:`QueueFull`."""
-    working = await asyncio.to_thread(lambda: encode_image(working_copy(decoded.rgb, settings.working_size)))
-    if not await store.create(job_id, opts.as_dict(), data, working, owner=owner, max_open=settings.max_open_jobs):
+
+@dataclass
+class Upload:
+    """What a client sent for one job, checked: each photo's bytes and decoded image, the reference photo, and the
+    ``.cube`` text of the LUT to start from."""
+
+    photos: list[tuple[bytes, DecodedImage]]
+    reference: DecodedImage | None = None
+    start_cube: bytes | None = None
+
+    @property
+    def decoded(self) -> list[DecodedImage]:
+        return [d for _, d in self.photos]
+
+
+def photo_file(i: int) -> str:
+    """The name of photo ``i`` of a job in its stored inputs."""
+    return f"photo-{i}"
+
+
+def image_file(i: int) -> str:
+    """The name of graded photo ``i`` among a finished job's files."""
+    return "image" if i == 0 else f"image-{i}"
+
+
+REFERENCE_FILE, START_FILE = "reference", "start.cube"  # in a job's stored working inputs
+
+
+async def accept(store: JobStore, job_id: str, upload: Upload, opts: JobOptions, settings: Settings,
+                 owner: str) -> None:
+    """Record a new job leased to API replica ``owner`` with its original bytes and its working inputs (small
+    copies of the photos and the reference, the LUT to start from), or raise :class:`QueueFull`."""
+    def working() -> bytes:
+        files = {photo_file(i): encode_image(working_copy(d.rgb, settings.working_size))
+                 for i, d in enumerate(upload.decoded)}
+        if upload.reference is not None:
+            files[REFERENCE_FILE] = encode_image(working_copy(upload.reference.rgb, settings.working_size))
+        if upload.start_cube is not None:
+            files[START_FILE] = upload.start_cube
+        return pack(files)
+
+    source = pack({photo_file(i): data for i, (data, _) in enumerate(upload.photos)})
+    if not await store.create(job_id, opts.as_dict(), source, await asyncio.to_thread(working), owner=owner,
+                              max_open=settings.max_open_jobs):
         raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
@@ -66,14 +122,17 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
     if record is None or record.status != JobStatus.FINISHED or record.result is None:
         return None
     res, o = record.result, record.options
-    cube, image = await store.file(job_id, "cube"), await store.file(job_id, "image")
-    if cube is None or image is None:
+    photos = res.get("photos") or [{k: res.get(k) for k in ("media_type", "width", "height", "quality")}]
+    cube = await store.file(job_id, "cube")
+    images = [await store.file(job_id, image_file(i)) for i in range(len(photos))]
+    if cube is None or any(image is None for image in images):
         return None
-    return {"task_id": job_id, "cube": cube.decode("utf-8"), "image": base64.b64encode(image).decode(),
-            "media_type": res["media_type"], "width": res["width"], "height": res["height"],
+    graded = [{**photo, "image": base64.b64encode(image).decode()} for photo, image in zip(photos, images)
+              if image is not None]
+    return {"task_id": job_id, "cube": cube.decode("utf-8"), **graded[0],
+            "images": graded if o.get("photos", 1) > 1 else None, "mode": o.get("mode", "color"),
             "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],
-            "model": res["model"], "scores": res["scores"], "quality": res.get("quality"),
-            "timings": res["timings"]}
+            "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
 
 
 async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube"

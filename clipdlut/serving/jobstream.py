@@ -26,6 +26,7 @@ from clipdlut.serving.wire import (
     Finished,
     OptimizeRequest,
     ProgressEvent,
+    decode_tensor,
     encode_event,
     encode_tensor,
 )
@@ -38,16 +39,28 @@ class InvalidJob(ValueError):
     """The request cannot be run (undecodable working copy, unknown loss term, state that does not fit)."""
 
 
+def _png(data: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+    image.load()
+    return image.convert("RGB")
+
+
 def job_spec(request: OptimizeRequest) -> JobSpec:
     """The optimizer's job from a request, or :class:`InvalidJob` naming what is wrong."""
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(request.image, validate=True)))
-        image.load()
-        spec = JobSpec(request.job_id, image.convert("RGB"), request.target_prompt, request.source_prompt,
-                       steps=request.steps, lut_size=request.lut_size, lr=request.lr, seed=request.seed,
-                       views=request.views, weights=request.loss_weights(), progress_every=request.progress_every,
-                       preview=request.preview, keep_blacks=request.keep_blacks, keep_whites=request.keep_whites,
-                       resume=request.resume.state(request.lut_size) if request.resume else None)
+        start = None
+        if request.start is not None:
+            m = request.start_size or 0
+            start = decode_tensor(request.start, (1, 3, m, m, m))
+        photos = [_png(p) for p in request.images]
+        spec = JobSpec(request.job_id, photos[0] if len(photos) == 1 else photos, request.target_prompt,
+                       request.source_prompt, steps=request.steps, lut_size=request.lut_size, lr=request.lr,
+                       seed=request.seed, views=request.views, weights=request.loss_weights(),
+                       progress_every=request.progress_every, preview=request.preview,
+                       keep_blacks=request.keep_blacks, keep_whites=request.keep_whites,
+                       resume=request.resume.state(request.lut_size) if request.resume else None,
+                       reference=_png(request.reference) if request.reference else None, start=start,
+                       mode=request.mode)
         spec.validate()
     except Exception as e:
         raise InvalidJob(f"the job cannot be run: {e}") from None

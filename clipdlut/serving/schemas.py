@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, Scores
+from clipdlut.mono import MODES, Mode
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MAX_PHOTOS, Scores
 from clipdlut.safety import MAX_SLOPE, PINS
 from clipdlut.serving.jobs import JobOptions
 from clipdlut.serving.settings import Settings
@@ -42,23 +43,36 @@ class Timings(BaseModel):
     total_s: float = Field(description="seconds from submission to result")
 
 
+class GradedPhoto(BaseModel):
+    """One graded photo of a series, rendered from the task's `.cube` text."""
+
+    image: str = Field(description="the graded full-resolution image, base64")
+    media_type: str = Field(description="media type of `image`", examples=["image/png"])
+    width: int
+    height: int
+    quality: Quality | None = None
+
+
 class RetouchResult(BaseModel):
     """The result of a native retouch task."""
 
     task_id: str
     cube: str = Field(description="the .cube file text (apply it anywhere: Photoshop, Resolve, ffmpeg lut3d)")
-    image: str = Field(description="the graded full-resolution image, base64")
+    image: str = Field(description="the graded full-resolution image, base64 (of a series: its first photo)")
     media_type: str = Field(description="media type of `image`", examples=["image/png"])
     width: int
     height: int
+    images: list[GradedPhoto] | None = Field(None, description="a series' graded photos, in the order sent, each "
+                                             "rendered from `cube` (only for a request with `images`)")
+    mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
     lut_size: int
     strength: float
     steps: int
     seed: int
     model: str = Field(description="the CLIP model that guided the grade")
     scores: Scores
-    quality: Quality | None = Field(None, description="colour-safety and content figures (none for results from "
-                                    "before they were measured)")
+    quality: Quality | None = Field(None, description="colour-safety and content figures of `image` (none for "
+                                    "results from before they were measured)")
     timings: Timings
 
 
@@ -136,23 +150,47 @@ class LegacyStopResponse(BaseModel):
 
 
 class RetouchRequest(BaseModel):
-    """A native retouch task: the photo and how to grade it."""
+    """A native retouch task: the photo (or a series of photos) and how to grade it: a prompt, a reference photo,
+    or both; from scratch or refining a LUT you have."""
 
-    image: str = Field(description="the photo, base64 or a data URL (JPEG, PNG, WebP, TIFF, BMP)")
-    target_prompt: str = Field(min_length=1, max_length=2000, description="the look to aim for",
-                               examples=[EXAMPLE_PROMPT])
+    image: str | None = Field(None, description="the photo, base64 or a data URL (JPEG, PNG, WebP, TIFF, BMP); "
+                              "or send `images`")
+    images: list[str] | None = Field(None, min_length=1, max_length=MAX_PHOTOS,
+                                     description=f"a series of 1 to {MAX_PHOTOS} photos instead of `image`: one LUT "
+                                     "is fitted to them all and the result grades each")
+    target_prompt: str | None = Field(None, min_length=1, max_length=2000, description="the look to aim for (may "
+                                      "be left out when `reference_image` gives the look)", examples=[EXAMPLE_PROMPT])
     source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, max_length=2000,
                                description="what the photo looks like now")
+    reference_image: str | None = Field(None, description="a photo whose look to aim for, base64 or a data URL: "
+                                        "its CLIP features and its L*a*b* colour statistics become targets")
+    start_from: str | None = Field(None, description="refine a look: the task_id of a finished task, or the text of "
+                                   "a .cube file; the job starts from that LUT instead of the identity",
+                                   examples=["3f2a9c1e6b7d4e0f8a5b2c1d9e8f7a6b"])
+    mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
     steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS, description="optimizer steps; more is slower and stronger")
     lut_size: LutSize = Field(33, description="LUT nodes per side")
-    strength: float = Field(1.0, ge=0.0, le=MAX_STRENGTH, description="blend with the identity: 0 none, 1 full, "
-                            f"{MAX_STRENGTH:g} doubled")
+    strength: float = Field(1.0, ge=0.0, le=MAX_STRENGTH, description="blend with the identity (a `bw` look: with "
+                            f"the plain black-and-white conversion): 0 none, 1 full, {MAX_STRENGTH:g} doubled")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")
     image_format: ImageFormat = Field("png", description="format of the returned full-resolution image")
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
     keep_whites: bool = Field(False, description=PINS["keep_whites"])
 
+    @model_validator(mode="after")
+    def _what_to_grade(self) -> RetouchRequest:
+        if (self.image is None) == (self.images is None):
+            raise ValueError("send the photo as `image`, or a series as `images` (one of the two)")
+        if self.target_prompt is None and self.reference_image is None:
+            raise ValueError("say what look to aim for: `target_prompt`, `reference_image`, or both")
+        return self
+
+    @property
+    def photos(self) -> list[str]:
+        return self.images if self.images is not None else [self.image or ""]
+
     def options(self) -> JobOptions:
         """The job's options as the API stores them."""
-        return JobOptions(self.target_prompt, self.source_prompt, self.steps, self.lut_size, self.strength,
-                          self.seed, self.image_format, self.keep_blacks, self.keep_whites)
+        return JobOptions(self.target_prompt or "", self.source_prompt, self.steps, self.lut_size, self.strength,
+                          self.seed, self.image_format, self.keep_blacks, self.keep_whites, mode=self.mode,
+                          photos=len(self.photos), reference=self.reference_image is not None)

@@ -12,12 +12,14 @@ import uuid
 
 from pydantic import ValidationError
 
+from clipdlut.cube import CubeError, read_cube
 from clipdlut.imaging import DecodedImage, ImageError, ImageTooLarge, decode_image, output_format
-from clipdlut.serving.errors import InputError, PayloadTooLarge
-from clipdlut.serving.jobs import JobOptions, check_capacity
+from clipdlut.serving.errors import InputError, PayloadTooLarge, TaskNotFinished, UnknownTask
+from clipdlut.serving.jobs import JobOptions, Upload, check_capacity
 from clipdlut.serving.schemas import RetouchRequest
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.store import JobStore
+from clipdlut.status import JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
@@ -86,7 +88,8 @@ def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
         output_format(opts.image_format)
     except ValueError as e:
         raise InputError(str(e)) from None
-    opts.target_prompt = clean_prompt(opts.target_prompt, "target_prompt", settings.max_prompt_chars)
+    if opts.target_prompt or not opts.reference:  # (a reference photo may give the look alone)
+        opts.target_prompt = clean_prompt(opts.target_prompt, "target_prompt", settings.max_prompt_chars)
     opts.source_prompt = clean_prompt(opts.source_prompt, "source_prompt", settings.max_prompt_chars)
     return opts
 
@@ -103,15 +106,48 @@ def decode_upload(data: bytes, settings: Settings) -> DecodedImage:
         raise InputError(str(e)) from None
 
 
-async def submission(body: bytes, store: JobStore, settings: Settings) -> tuple[bytes, DecodedImage, JobOptions]:
-    """A native task's body checked before BentoML takes it (BentoML itself accepts anything): the image's bytes,
-    the decoded image and the options; :class:`InputError` naming the field to fix, or ``QueueFull``."""
+async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
+    """The ``.cube`` text a refining job starts from and how to name it: a finished task's LUT (by its id), or the
+    text of a ``.cube`` file; :class:`InputError`, :class:`UnknownTask` or :class:`TaskNotFinished` otherwise."""
+    text = start_from.strip()
+    if "LUT_3D_SIZE" not in text.upper():
+        record = await store.get(check_task_id(text))
+        if record is None:
+            raise UnknownTask(f"start_from: no task with id {text!r}; use a task_id the submit call returned")
+        cube = await store.file(text, "cube") if record.status == JobStatus.FINISHED else None
+        if cube is None:
+            raise TaskNotFinished(f"start_from: task {text} is {record.status}; refine a finished task")
+        return cube, f"task {text}"
+    try:
+        read_cube(text)
+    except CubeError as e:
+        raise InputError(f"start_from is neither a task id nor a readable .cube file: {e}") from None
+    return text.encode("utf-8"), "a .cube file"
+
+
+async def upload(request: RetouchRequest, store: JobStore, settings: Settings) -> tuple[Upload, JobOptions]:
+    """A native request's photos, reference and starting LUT decoded and checked, with its options."""
+    opts = validate_options(request.options(), settings)
+    raw = [b64decode_image(text) for text in request.photos]
+    decoded = await asyncio.gather(*(asyncio.to_thread(decode_upload, data, settings) for data in raw))
+    reference = None
+    if request.reference_image is not None:
+        reference = await asyncio.to_thread(decode_upload, b64decode_image(request.reference_image), settings)
+    start = None
+    if request.start_from is not None:
+        start, opts.start_from = await start_cube(request.start_from, store)
+    return Upload(list(zip(raw, decoded)), reference, start), opts
+
+
+async def submission(body: bytes, store: JobStore, settings: Settings) -> tuple[Upload, JobOptions]:
+    """A native task's body checked before BentoML takes it (BentoML itself accepts anything): its upload and
+    options; :class:`InputError` naming the field to fix, or ``QueueFull``."""
     try:
         parsed = RetouchRequest.model_validate_json(body)
     except ValidationError as e:
         first = e.errors()[0]
-        raise InputError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"{where}: {first['msg']}" if where else str(first["msg"]).removeprefix("Value error, ")
+                         ) from None
     await check_capacity(store, settings)
-    opts = validate_options(parsed.options(), settings)
-    data = b64decode_image(parsed.image)
-    return data, await asyncio.to_thread(decode_upload, data, settings), opts
+    return await upload(parsed, store, settings)

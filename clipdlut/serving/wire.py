@@ -18,7 +18,8 @@ import torch
 from pydantic import BaseModel, Field, TypeAdapter
 
 from clipdlut.losses import LossWeights
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, JobState, Scores
+from clipdlut.mono import MODES, Mode
+from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, MAX_PHOTOS, JobState, Scores
 from clipdlut.safety import PINS
 
 
@@ -62,8 +63,9 @@ class OptimizeRequest(BaseModel):
     """One job for the optimizer service: everything its result depends on."""
 
     job_id: str = Field(min_length=1, max_length=64)
-    image: str = Field(description="the working copy, base64 PNG (the API makes it; short side ~288 px)")
-    target_prompt: str = Field(min_length=1)
+    images: list[str] = Field(min_length=1, max_length=MAX_PHOTOS, description="the working copies of the photos "
+                              "(a series gets one LUT), base64 PNG (the API makes them; short side ~288 px)")
+    target_prompt: str = Field("", description="the look's prompt (empty: the reference photo gives the look)")
     source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1)
     steps: int = Field(ge=1)
     lut_size: int = Field(33, ge=2, le=65, description="LUT nodes per side while optimizing")
@@ -79,6 +81,10 @@ class OptimizeRequest(BaseModel):
     checkpoint_s: float | None = Field(10.0, ge=0, description="send the job's state with a progress event at "
                                        "most this often (seconds; 0 = every event, null = never)")
     resume: Checkpoint | None = Field(None, description="continue from this state instead of starting over")
+    reference: str | None = Field(None, description="the working copy of a reference photo, base64 PNG")
+    start: str | None = Field(None, description="the LUT to start from, (1, 3, M, M, M) float32 base64")
+    start_size: int | None = Field(None, ge=2, le=65, description="M, the size of `start`")
+    mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
 
     def loss_weights(self) -> LossWeights:
         return LossWeights().with_overrides(**self.weights)

@@ -17,7 +17,8 @@ from clipdlut.cube import read_cube
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.serving.driver import Drivers, HandedOver, Resilience, StoreLost, _busy, drive
 from clipdlut.serving.errors import JobEnded
-from clipdlut.serving.jobs import JobOptions, accept
+from clipdlut.serving.bundle import pack
+from clipdlut.serving.jobs import JobOptions, Upload, accept, photo_file
 from clipdlut.serving.jobstream import stream_job
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.store_sqlite import SqliteJobStore
@@ -49,8 +50,8 @@ async def new_job(store, steps=12, prompt="暖色", owner="api-a") -> tuple[str,
     job_id = uuid.uuid4().hex
     decoded = decode_upload(PHOTO, SETTINGS)
     opts = JobOptions(prompt, steps=steps, lut_size=17, seed=5)
-    await accept(store, job_id, PHOTO, decoded, opts, SETTINGS, owner=owner)
-    return job_id, decoded, opts
+    await accept(store, job_id, Upload([(PHOTO, decoded)]), opts, SETTINGS, owner=owner)
+    return job_id, [decoded], opts
 
 
 class Optimizer:
@@ -176,7 +177,8 @@ def test_busy_means_not_now_rather_than_never(error, busy):
 
 async def test_a_job_the_optimizer_cannot_run_fails_at_once(engine, store):
     job_id, decoded, opts = await new_job(store)
-    await store.create("junk", opts.as_dict(), PHOTO, b"not a PNG", owner="api-a")
+    await store.create("junk", opts.as_dict(), pack({photo_file(0): PHOTO}), pack({photo_file(0): b"not a PNG"}),
+                       owner="api-a")
     optimizer = Optimizer(engine)
     with pytest.raises(JobEnded):
         await run(store, ("junk", decoded, opts), optimizer)

@@ -13,7 +13,7 @@ WORKING = base64.b64encode(png_bytes(gradient_image())).decode()
 
 
 def request(job_id: str, steps: int = 6, **kw) -> OptimizeRequest:
-    return OptimizeRequest(job_id=job_id, image=WORKING, target_prompt="暖色", steps=steps, lut_size=9, views=1,
+    return OptimizeRequest(job_id=job_id, images=[WORKING], target_prompt="暖色", steps=steps, lut_size=9, views=1,
                            progress_every=2, **kw)
 
 
@@ -45,7 +45,7 @@ def test_refusals_come_before_the_first_event(engine):
         return await anext(stream_job(engine, req, "tiny"))
 
     with pytest.raises(InvalidJob, match="cannot be run"):
-        asyncio.run(first(request("bad").model_copy(update={"image": "bm90IGFuIGltYWdl"})))
+        asyncio.run(first(request("bad").model_copy(update={"images": ["bm90IGFuIGltYWdl"]})))
     with pytest.raises(InvalidJob, match="loss"):
         asyncio.run(first(request("bad", weights={"no_such_term": 1.0})))
 
