@@ -118,6 +118,18 @@ def test_an_api_replica_killed_mid_run_loses_no_job(tmp_path):
         open_at_kill = [t for t in orphans if db.hget(f"clipdlut:job:{t}", "takeovers") == "1"]
         assert len(open_at_kill) >= 2  # those the victim was running when it died: taken over, then finished
         assert survivor.log().count("taken over from an API replica that stopped") == len(open_at_kill)
+
+        store.stop()  # the job store goes away: every route that needs it says so at once, and to retry
+        for method, path, kw in (("POST", "/v1/progress", {"json": {"task_id": ids[0]}}),
+                                 ("GET", "/v1/retouch/status", {"params": {"task_id": ids[0]}}),
+                                 ("POST", "/query_task", {"json": {"task_id": ids[1]}}),
+                                 ("POST", "/v1/retouch/submit", {"json": {"image": PHOTO_B64,
+                                                                          "target_prompt": "冷色"}})):
+            r = httpx.request(method, survivor.url + path, timeout=30, **kw)
+            assert r.status_code == 503 and r.headers["retry-after"], (path, r.text)
+            assert r.json()["error"].startswith("the job store cannot be reached now (ConnectionError)"), r.text
+        assert wait(lambda: (r := httpx.get(survivor.url + "/readyz", timeout=5)).status_code == 503 and r.json(),
+                    timeout=10)["error"].startswith("the job store cannot be reached")
     finally:
         for s in servers:
             s.stop()

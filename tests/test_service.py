@@ -382,7 +382,8 @@ def test_refining_starts_from_a_finished_task_or_a_cube_file(client, service):
     uploaded = finished(client, {"image": PHOTO_B64, "target_prompt": "更暖一点", "start_from": first["cube"],
                                  "steps": 1, "lut_size": 17})
     assert np.abs(read_cube(uploaded["cube"]).table - before).max() < 0.25 * moved
-    r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "x", "start_from": "LUT_3D_SIZE 3"})
+    r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "x",
+                                                "start_from": "LUT_3D_SIZE 3"})
     assert r.status_code == 400 and "start_from" in r.json()["error"]
     r = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "x", "start_from": UNKNOWN_ID})
     assert r.status_code == 404 and "start_from" in r.json()["error"]

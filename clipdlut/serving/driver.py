@@ -40,7 +40,7 @@ from clipdlut.lut import from_table as table_to_lut
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
 from clipdlut.serving.bundle import unpack
-from clipdlut.serving.errors import JobEnded
+from clipdlut.serving.errors import JobEnded, StoreUnavailable
 from clipdlut.serving.jobs import REFERENCE_FILE, START_FILE, JobOptions, image_file, photo_file
 from clipdlut.serving.jobstream import InvalidJob
 from clipdlut.serving.settings import Settings
@@ -496,7 +496,7 @@ class Drivers:
                 self.on_store(None)
                 failing = None
             except Exception as e:  # a busy or briefly unreachable store must not end the watch
-                error = f"{type(e).__name__}: {e}".strip().rstrip(":")
+                error = e.cause if isinstance(e, StoreUnavailable) else f"{type(e).__name__}: {e}".strip().rstrip(":")
                 if error != failing:  # (once per kind of failure, not ten times a second)
                     log.warning("a round of the job watch failed: %s", error, exc_info=failing is None)
                 failing = error

@@ -34,6 +34,18 @@ class ShuttingDown(InputError):
     status_code = 503
 
 
+class StoreUnavailable(InputError):
+    """The job store cannot be reached now (Redis restarting, a network cut, a locked or full disk): 503 with
+    ``Retry-After``; the message names the kind of failure, never the store's address."""
+
+    status_code = 503
+
+    def __init__(self, cause: BaseException):
+        self.cause = f"{type(cause).__name__}: {cause}".strip().rstrip(":")  # (for the log and readiness)
+        self.headers = {"Retry-After": "5"}
+        super().__init__(f"the job store cannot be reached now ({type(cause).__name__}); retry in a few seconds")
+
+
 class QueueFull(InputError):
     """Too many open jobs: try again later (429 with ``Retry-After``)."""
 

@@ -47,8 +47,9 @@ class _Watched:
 
 class Answered:
     """Every request gets an answer: an exception that escapes what is inside before a response has started
-    becomes a 500 with the exception's type at once (logged with its traceback), not a request left open until
-    the service's timeout."""
+    is answered at once, not left open until the service's timeout: an expected outcome (:class:`InputError`,
+    e.g. a job store that cannot be reached: 503) with its status, a bug with a 500 naming the exception's type
+    (logged with its traceback)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -59,6 +60,11 @@ class Answered:
         watched = _Watched(send)
         try:
             await self.app(scope, receive, watched)
+        except InputError as e:
+            if watched.started:
+                raise
+            log.warning("%s %s: %d %s", scope.get("method"), scope.get("path"), e.status_code, e)
+            await _error(e.status_code, str(e), **getattr(e, "headers", {}))(scope, receive, send)
         except Exception as e:
             if watched.started:  # (the server logs it)
                 raise
@@ -68,7 +74,9 @@ class Answered:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
+    """Refuse request bodies over ``max_bytes`` with 413, by Content-Length or while streaming. A body sent
+    without a length (chunked) is read here first, up to the limit: BentoML reads some bodies itself and would
+    answer a refusal in the middle of its reading with a 500."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -79,9 +87,22 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit = self.max_bytes
         too_large = f"the request body is larger than {limit / 2**20:g} MB; send a smaller image"
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                return await _error(413, too_large)(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _error(413, too_large)(scope, receive, send)
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # (the client went away)
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > limit:
+                    return await _error(413, too_large)(scope, receive, send)
+                if not message.get("more_body"):
+                    break
+            receive = _replay(b"".join(chunks), receive)
         seen = 0
 
         async def limited_receive() -> dict:
@@ -285,7 +306,8 @@ class ReadyReason:
 class ApiKey:
     """Require ``Authorization: Bearer <key>`` on every data route. Open: the health checks, ``GET /`` (the
     original clients' reachability check), and what a browser loads by navigating, which sends no header: the
-    web page's files and the OpenAPI page. The key is compared in constant time and never logged."""
+    web page's files and the OpenAPI page. The key is compared in constant time and never logged. The OpenAPI
+    document declares the bearer scheme, so its page's "Authorize" button sends the key with "Try it out"."""
 
     OPEN = frozenset({"/healthz", "/livez", "/readyz", "/docs", "/docs.json"})
     OPEN_PREFIXES = ("/ui/", "/static_content/")
@@ -297,6 +319,8 @@ class ApiKey:
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         preflight = scope.get("method") == "OPTIONS" and any(k == b"access-control-request-method"
                                                               for k, _ in scope.get("headers", []))
+        if scope["type"] == "http" and scope["path"] == "/docs.json":
+            return await self.app(scope, receive, _Rewritten(send, self._declare_scheme))
         if (scope["type"] != "http" or scope["path"] in self.OPEN or preflight
                 or (scope["method"] in ("GET", "HEAD") and (scope["path"] in ("/", "/ui")
                                                            or scope["path"].startswith(self.OPEN_PREFIXES)))):
@@ -310,6 +334,47 @@ class ApiKey:
         return await self.app(scope, receive, send)
 
 
+    def _declare_scheme(self, document: bytes) -> bytes:
+        """The OpenAPI document with the bearer scheme required on every operation but the open ones."""
+        try:
+            doc = json.loads(document)
+        except ValueError:
+            return document
+        doc.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+            "type": "http", "scheme": "bearer", "description": "the service's CLIPDLUT_API_KEY"}
+        doc["security"] = [{"apiKey": []}]
+        for path, operations in doc.get("paths", {}).items():
+            if path in self.OPEN or path == "/":
+                for operation in operations.values():
+                    if isinstance(operation, dict):
+                        operation["security"] = []
+        return json.dumps(doc).encode()
+
+
+class _Rewritten:
+    """A ``send`` that hands the whole body of a response with ``status`` to ``rewrite`` before sending it (with
+    its new length)."""
+
+    def __init__(self, send: Callable, rewrite: Callable[[bytes], bytes], status: int = 200):
+        self._send, self._rewrite, self._status = send, rewrite, status
+        self._start: dict | None = None
+        self._chunks: list[bytes] = []
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] == self._status:
+            self._start = message
+            return
+        if self._start is None:
+            return await self._send(message)
+        self._chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = self._rewrite(b"".join(self._chunks))
+        headers = [(k, v) for k, v in self._start["headers"] if k.lower() != b"content-length"]
+        await self._send({**self._start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 class ClearErrors:
     """Turn BentoML's request-validation 400s ("1 validation error for XIODescriptor", details in a list)
     into one message that names each field to fix, e.g. ``iteration: Input should be a valid integer``,
@@ -321,34 +386,19 @@ class ClearErrors:
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start: dict | None = None
-        chunks: list[bytes] = []
+        await self.app(scope, receive, _Rewritten(send, _clear, status=400))
 
-        async def rewriting_send(message: dict) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start" and message["status"] == 400:
-                start = message
-                return
-            if start is None:
-                return await send(message)
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            body = b"".join(chunks)
-            try:
-                payload = json.loads(body)
-                details = payload["detail"] if isinstance(payload, dict) else None
-                if isinstance(details, list) and details and "validation error" in str(payload.get("error")):
-                    # (the documented error schema has a string ``detail``; BentoML sends a list there)
-                    body = json.dumps({"error": "; ".join(_describe(d) for d in details)}).encode()
-            except (ValueError, KeyError, TypeError):
-                pass
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
 
-        await self.app(scope, receive, rewriting_send)
+def _clear(body: bytes) -> bytes:
+    try:
+        payload = json.loads(body)
+        details = payload["detail"] if isinstance(payload, dict) else None
+        if isinstance(details, list) and details and "validation error" in str(payload.get("error")):
+            # (the documented error schema has a string ``detail``; BentoML sends a list there)
+            return json.dumps({"error": "; ".join(_describe(d) for d in details)}).encode()
+    except (ValueError, KeyError, TypeError):
+        pass
+    return body
 
 
 def _describe(detail: dict) -> str:

@@ -15,9 +15,12 @@ that stops cleanly releases its leases: the next replica takes the jobs at once,
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from clipdlut.serving.errors import StoreUnavailable
 from clipdlut.status import JobStatus
 
 
@@ -121,13 +124,38 @@ class JobStore(Protocol):
         """Release connections."""
 
 
+class _Guarded:
+    """A store whose failures to reach its server or file (the implementation's ``UNAVAILABLE`` errors) raise
+    :class:`~clipdlut.serving.errors.StoreUnavailable`, which every route answers with a 503."""
+
+    def __init__(self, store: Any, unavailable: tuple[type[BaseException], ...]):
+        self._store, self._unavailable = store, unavailable
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await attr(*args, **kwargs)
+            except self._unavailable as e:
+                raise StoreUnavailable(e) from e
+
+        return call
+
+
 def open_store(location: str, retention_s: float = 86_400.0) -> JobStore:
     """The job store at ``location``: ``redis://host:port/db`` (or ``rediss://``, ``unix://``) is Redis,
     anything else a SQLite file path."""
+    store: Any
     if location.startswith(("redis://", "rediss://", "unix://")):
-        from clipdlut.serving.store_redis import RedisJobStore
+        from clipdlut.serving import store_redis
 
-        return RedisJobStore(location, retention_s)
-    from clipdlut.serving.store_sqlite import SqliteJobStore
+        store = store_redis.RedisJobStore(location, retention_s)
+        return cast(JobStore, _Guarded(store, store_redis.UNAVAILABLE))
+    from clipdlut.serving import store_sqlite
 
-    return SqliteJobStore(location, retention_s)
+    store = store_sqlite.SqliteJobStore(location, retention_s)
+    return cast(JobStore, _Guarded(store, store_sqlite.UNAVAILABLE))

@@ -25,11 +25,13 @@ import time
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from clipdlut.serving.store import JobRecord
 from clipdlut.status import JobStatus
 
 GROUP = b"drivers"
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # (BusyLoadingError included)
 _RELEASED_IDLE_MS = 10**10  # the idle time a released lease is given: older than any watchdog bound
 _STATUS_OPEN = "local open = {queued = true, running = true}\n"
 

@@ -18,6 +18,7 @@ from typing import Any
 from clipdlut.serving.store import JobRecord
 from clipdlut.status import JobStatus
 
+UNAVAILABLE = (sqlite3.OperationalError,)  # a file locked past the busy timeout, a full or failing disk
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_named_files_come_back_in_order_and_any_zip_tool_reads_them():
-    files = {"photo-1": b"\x89PNG second", "photo-0": b"first", "start.cube": "LUT_3D_SIZE 2\n".encode()}
+    files = {"photo-1": b"\x89PNG second", "photo-0": b"first", "start.cube": b"LUT_3D_SIZE 2\n"}
     blob = pack(files)
     assert unpack(blob) == files and list(unpack(blob)) == list(files)
     assert zipfile.ZipFile(io.BytesIO(blob)).read("photo-0") == b"first"

@@ -15,9 +15,9 @@ from bentoml.exceptions import BadInput, BentoMLException, InternalServerError, 
 
 from clipdlut.cube import read_cube
 from clipdlut.engine import Engine, EngineFull
+from clipdlut.serving.bundle import pack
 from clipdlut.serving.driver import Drivers, HandedOver, Resilience, StoreLost, _busy, drive
 from clipdlut.serving.errors import JobEnded
-from clipdlut.serving.bundle import pack
 from clipdlut.serving.jobs import JobOptions, Upload, accept, photo_file
 from clipdlut.serving.jobstream import stream_job
 from clipdlut.serving.settings import Settings

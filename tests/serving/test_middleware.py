@@ -173,3 +173,61 @@ def test_task_gate_records_a_job_before_its_id_is_known_and_answers_from_the_sto
 
 async def _async(value):
     return value
+
+
+def test_a_body_without_a_length_over_the_limit_is_413_where_the_app_reads_it_itself():
+    """As BentoML does: the app reads the body and answers anything that goes wrong meanwhile with a 500."""
+    async def reads(request):
+        try:
+            return PlainTextResponse(f"read {len(await request.body())}")
+        except Exception:
+            return PlainTextResponse("An unexpected error has occurred", status_code=500)
+
+    a = Starlette(routes=[Route("/{path:path}", reads, methods=["POST"])])
+    a.add_middleware(BodyLimit, max_bytes=100)
+    c = TestClient(a)
+
+    def chunked(n):
+        yield from (b"a" * 10 for _ in range(n))
+
+    r = c.post("/x", content=chunked(11))
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+    assert c.post("/x", content=chunked(10)).text == "read 100"
+
+
+def test_a_job_store_that_cannot_be_reached_is_a_503_saying_to_retry():
+    from clipdlut.serving.errors import StoreUnavailable
+    from clipdlut.serving.store import open_store
+
+    class Down:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and scope["path"] == "/status":
+                await open_store("redis://127.0.0.1:9/0").get("x")  # (nothing listens on port 9)
+            await self.app(scope, receive, send)
+
+    c = TestClient(app((Down, {}), (Answered, {})), raise_server_exceptions=False)
+    r = c.get("/status")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json()["error"] == ("the job store cannot be reached now (ConnectionError); retry in a few seconds")
+    assert "127.0.0.1" not in r.text
+    with pytest.raises(StoreUnavailable) as failure:
+        asyncio.run(open_store("redis://127.0.0.1:9/0").open_jobs())
+    assert failure.value.cause.startswith("ConnectionError: Error 111 connecting to 127.0.0.1:9")  # (for the log)
+
+
+def test_the_openapi_document_declares_the_key_so_try_it_out_can_send_it():
+    import json
+
+    async def document(request):
+        return JSONResponse({"openapi": "3.0.2", "paths": {"/readyz": {"get": {}}, "/v1/progress": {"post": {}}}})
+
+    a = Starlette(routes=[Route("/docs.json", document)])
+    a.add_middleware(ApiKey, key="s3cret")
+    doc = json.loads(TestClient(a).get("/docs.json").text)
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer", "description": "the service's CLIPDLUT_API_KEY"}
+    assert doc["security"] == [{"apiKey": []}] and doc["paths"]["/readyz"]["get"]["security"] == []
+    assert "security" not in doc["paths"]["/v1/progress"]["post"] and "s3cret" not in json.dumps(doc)
