@@ -235,6 +235,9 @@ def test_bad_input_gets_a_clear_4xx(client, path, body, status, message):
 def test_oversized_body_is_413(client):
     r = client.post("/retouch", content=b"x" * (4 * 2**20), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "larger than" in r.json()["error"]
+    for path in ("/v1/embed_image", "/retouch", "/v1/retouch/submit"):  # (sent chunked: no length to refuse by)
+        r = client.post(path, content=(b"x" * 2**20 for _ in range(4)), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "larger than" in r.json()["error"], (path, r.text)
 
 
 def test_apply_endpoint(client):
