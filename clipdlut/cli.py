@@ -1,22 +1,22 @@
-"""``python -m clipdlut``: grade a photo from a prompt, or apply a LUT to a photo, from the shell."""
+"""``python -m clipdlut``: grade a photo from a prompt, or apply a LUT to photos, a folder or a video, from the
+shell. ``apply`` imports no torch (it starts in a fraction of a second); the other commands import it when used."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from clipdlut.cube import CubeError, read_cube, write_cube
-from clipdlut.evaluation import IMAGES
-from clipdlut.export import lut_to_cube
-from clipdlut.hald import LutImageError, read_hald
-from clipdlut.imaging import ImageError, decode_image, encode_image, output_format, working_copy
-from clipdlut.models import MODELS, WeightsNotFound
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, JobSpec
-from clipdlut.safety import PINS
-from clipdlut.status import JobStatus
-from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
+import numpy as np
+
+from clipdlut import batch, video
+from clipdlut.cube import read_cube, write_cube
+from clipdlut.hald import read_hald
+from clipdlut.imaging import output_format
+from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES, blend_table
 
 EXIT_FAILED = 1
 
@@ -31,9 +31,13 @@ def _format_for(path: Path) -> str:
 def _retouch(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from clipdlut.export import lut_to_cube
     from clipdlut.guidance import Guide
+    from clipdlut.imaging import decode_image, encode_image, working_copy
     from clipdlut.models import load_model
-    from clipdlut.optimizer import BatchedOptimizer
+    from clipdlut.optimizer import BatchedOptimizer, JobSpec
+    from clipdlut.safety import PINS
+    from clipdlut.status import JobStatus
 
     image_format = _format_for(args.image) if args.image else None
     decoded = decode_image(Path(args.input).read_bytes())
@@ -68,7 +72,7 @@ def _retouch(args: argparse.Namespace) -> None:
           f"(direction {s.directional:+.4f}), {result.seconds:.1f} s")
 
 
-def _read_lut_file(path: Path):
+def _read_lut_file(path: Path) -> np.ndarray:
     data = path.read_bytes()
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return read_hald(data)
@@ -76,23 +80,75 @@ def _read_lut_file(path: Path):
 
 
 def _apply(args: argparse.Namespace) -> None:
-    from clipdlut.render import apply_table, blend_table
-
-    fmt = _format_for(args.output)
-    table = _read_lut_file(args.lut)
-    decoded = decode_image(Path(args.input).read_bytes())
-    out = apply_table(decoded.rgb, blend_table(table, args.strength))
-    args.output.write_bytes(encode_image(out, fmt, decoded.alpha, decoded.icc_profile))
-    print(f"wrote {args.output}")
+    videos = [p for p in args.inputs if video.is_video(p)]
+    if videos and len(args.inputs) > 1:
+        raise ValueError(f"a video is graded on its own: apply LUT {videos[0]} -o OUT{videos[0].suffix}")
+    if videos and not video.is_video(args.output):
+        raise ValueError(f"a video is written to a video file ({', '.join(video.VIDEO_SUFFIXES)}), not {args.output}")
+    one_photo = not videos and len(args.inputs) == 1 and not args.inputs[0].is_dir() and not args.output.is_dir()
+    fmt = output_format(args.format) if args.format else _format_for(args.output) if one_photo else None
+    table = blend_table(_read_lut_file(args.lut), args.strength)
     if args.cube:
-        args.cube.write_text(write_cube(blend_table(table, args.strength)), encoding="utf-8")
+        args.cube.write_text(write_cube(table), encoding="utf-8")
         print(f"wrote {args.cube}")
+    if videos:
+        _apply_video(args, table)
+    elif one_photo:
+        batch.grade_file(batch.Task(args.inputs[0], args.output, fmt or "PNG"), table, threads=None)
+        print(f"wrote {args.output}")
+    else:
+        _apply_many(args, table, fmt)
+
+
+def _apply_many(args: argparse.Namespace, table: np.ndarray, fmt: str | None) -> None:
+    from tqdm import tqdm
+
+    out: Path = args.output
+    if out.exists() and not out.is_dir() or not out.exists() and out.suffix.lower() in batch.WRITE_FORMATS:
+        raise ValueError(f"several photos or a folder are written into a folder; {out} is a file name")
+    sources = batch.photos_in(args.inputs)
+    if not sources:
+        raise ValueError(f"no photos ({', '.join(batch.READ_SUFFIXES)}) in {', '.join(map(str, args.inputs))}")
+    tasks = batch.plan(sources, out, fmt)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    outcomes = batch.grade_all(tasks, table, args.jobs)
+    with tqdm(total=len(tasks), unit="photo", file=sys.stderr, disable=args.quiet) as bar:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                failed += 1
+                bar.write(f"error: {outcome.task.source}: {outcome.error}", file=sys.stderr)
+            bar.update()
+    print(f"wrote {len(tasks) - failed} of {len(tasks)} photos to {out}")
+    if failed:
+        raise RuntimeError(f"{failed} of {len(tasks)} photos could not be graded (each is named above)")
+
+
+def _apply_video(args: argparse.Namespace, table: np.ndarray) -> None:
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []  # made at the first progress report, so an unreadable input shows no bar
+
+    def progress(fraction: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=100, file=sys.stderr, disable=args.quiet,
+                             bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]"))
+        bars[0].update(round(100 * fraction, 1) - bars[0].n)
+
+    try:
+        video.grade_video(args.inputs[0], args.output, table, crf=args.crf, lossless=args.lossless,
+                          on_progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"wrote {args.output}")
 
 
 def _eval(args: argparse.Namespace) -> None:
     import time
 
     from clipdlut import evaluation
+    from clipdlut.evaluation import IMAGES
     from clipdlut.guidance import Guide
     from clipdlut.models import load_model
 
@@ -147,10 +203,39 @@ def _positive(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clipdlut", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("retouch", help="optimize a LUT for a photo from a text prompt")
+def _crf(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= 63:
+        raise argparse.ArgumentTypeError("CRF goes from 0 (best) to 51 (H.264) or 63 (VP9)")
+    return v
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser that adds its arguments when it is used (parsed or asked for help): those of
+    ``retouch`` and ``eval`` name defaults from modules that import torch, which ``apply`` must not wait for."""
+
+    def __init__(self, *args: Any, define: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._define = define
+
+    def _defined(self) -> None:
+        if self._define is not None:
+            define, self._define = self._define, None
+            define(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._defined()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_help(self) -> str:
+        self._defined()
+        return super().format_help()
+
+
+def _retouch_arguments(r: argparse.ArgumentParser) -> None:
+    from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
+    from clipdlut.safety import PINS
+
     r.add_argument("input", metavar="IMAGE", help="the photo to grade")
     r.add_argument("--prompt", required=True, help="the look to aim for, e.g. 赛博朋克风格的夜晚城市")
     r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now")
@@ -168,16 +253,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.cube", help="where to write the LUT")
     r.add_argument("--image", type=Path, metavar="OUT.jpg", help="also write the graded full-resolution image")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    r.set_defaults(func=_retouch)
-    a = sub.add_parser("apply", help="apply a .cube or Hald PNG LUT to a photo")
+
+
+def _apply_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("lut", type=Path, metavar="LUT", help="a .cube file or a HaldCLUT PNG")
-    a.add_argument("input", metavar="IMAGE", help="the photo")
-    a.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output image (.png/.jpg/.webp)")
+    a.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                   help="a photo; or several photos and folders of photos; or one video "
+                        f"({', '.join(video.VIDEO_SUFFIXES)})")
+    a.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="for one photo, the output image (.png/.jpg/.webp); for several photos or a folder, the "
+                        "output folder (created; each photo keeps its name); for a video, the output video")
     a.add_argument("--strength", type=_strength, default=1.0,
                    help=f"blend with the identity, 0..{MAX_STRENGTH:g} (default 1)")
+    a.add_argument("--format", choices=("png", "jpeg", "webp"),
+                   help="photos' output format (default: one photo's from OUT's name; in a folder, each photo's "
+                        "own when PNG, JPEG or WebP, else PNG)")
+    a.add_argument("-j", "--jobs", type=_positive, default=None,
+                   help="photos graded at once, one process each (default: one per core)")
+    a.add_argument("--crf", type=_crf, default=None,
+                   help=f"video quality, lower is better (default {video.X264.crf} for H.264, {video.VP9.crf} for "
+                        "VP9 in a .webm)")
+    a.add_argument("--lossless", action="store_true",
+                   help="video: keep the graded frames in 8-bit RGB, losslessly coded (large files; for masters and "
+                        "for comparing with Pillow)")
     a.add_argument("--cube", type=Path, help="also write the LUT (at this strength) as a .cube file")
-    a.set_defaults(func=_apply)
-    e = sub.add_parser("eval", help="grade a fixed set of photos with a fixed set of prompts and measure every result")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _eval_arguments(e: argparse.ArgumentParser) -> None:
+    from clipdlut.evaluation import IMAGES
+    from clipdlut.optimizer import DEFAULT_STEPS
+
     e.add_argument("--model", default=None,
                    help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -192,12 +298,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", type=Path, default=Path("eval-results"), metavar="DIR",
                    help="where to write eval.md and contact-sheet.png (default eval-results)")
     e.add_argument("-q", "--quiet", action="store_true", help="no line per job")
-    e.set_defaults(func=_eval)
-    m = sub.add_parser("import-model", help="put Chinese-CLIP weights into BentoML's model store for `bentoml build`")
+
+
+def _import_model_arguments(m: argparse.ArgumentParser) -> None:
+    from clipdlut.models import MODELS
+
     m.add_argument("name", choices=list(MODELS), help="the model the service will use ($CLIPDLUT_CLIP_MODEL)")
     m.add_argument("--from", dest="source", type=Path, metavar="FILE",
                    help="a checkpoint file you have (default: the weights folder, else download from the Hub)")
-    m.set_defaults(func=_import_model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m clipdlut", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
+    commands = (
+        ("retouch", "optimize a LUT for a photo from a text prompt", _retouch_arguments, _retouch),
+        ("apply", "apply a .cube or Hald PNG LUT to a photo, many photos or folders (in parallel), or a video",
+         _apply_arguments, _apply),
+        ("eval", "grade a fixed set of photos with a fixed set of prompts and measure every result", _eval_arguments,
+         _eval),
+        ("import-model", "put Chinese-CLIP weights into BentoML's model store for `bentoml build`",
+         _import_model_arguments, _import_model),
+    )
+    for name, help_text, define, func in commands:
+        sub.add_parser(name, help=help_text, define=define).set_defaults(func=func)
     return p
 
 
@@ -206,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (OSError, ValueError, ImageError, CubeError, LutImageError, WeightsNotFound, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # (every error of ours is one of these, with its message)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -55,11 +55,13 @@ def _escape_title(title: str) -> str:
     return " ".join(title.replace('"', "'").split())
 
 
-def write_cube(table: np.ndarray, title: str = "CLIP-DLUT", comments: list[str] | tuple[str, ...] = ()) -> str:
+def write_cube(table: np.ndarray, title: str = "CLIP-DLUT", comments: list[str] | tuple[str, ...] = (),
+               clip: bool = True) -> str:
     """The ``.cube`` text of ``table[b, g, r, c]`` in the most widely accepted profile.
 
     Comments first, ``TITLE``, ``LUT_3D_SIZE``, then N^3 rows with 6 decimals; ``\\n`` line ends and a
-    trailing newline. Values are clipped to [0, 1] because most consumers refuse or clip others.
+    trailing newline. Values are clipped to [0, 1] because most consumers refuse or clip others; ``clip=False``
+    keeps them, for a consumer known to interpolate them before clipping its output, as Pillow does (ffmpeg).
     """
     table = np.asarray(table, dtype=np.float64)
     n = table.shape[0]
@@ -67,7 +69,7 @@ def write_cube(table: np.ndarray, title: str = "CLIP-DLUT", comments: list[str] 
         raise ValueError(f"table must have shape (N, N, N, 3) with N in {MIN_SIZE}..{MAX_SIZE}, got {table.shape}")
     if not np.all(np.isfinite(table)):
         raise ValueError("table contains NaN or infinity")
-    rows = np.clip(table, 0.0, 1.0).reshape(-1, 3)
+    rows = (np.clip(table, 0.0, 1.0) if clip else table).reshape(-1, 3)
     head = [f"# {' '.join(c.split())}" for c in comments]
     head += [f'TITLE "{_escape_title(title)}"', f"LUT_3D_SIZE {n}"]
     body = "\n".join(f"{r:.{DECIMALS}f} {g:.{DECIMALS}f} {b:.{DECIMALS}f}" for r, g, b in rows.tolist())

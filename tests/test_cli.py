@@ -92,3 +92,43 @@ def test_the_cli_offers_the_lut_sizes_the_service_does():
     for bad in ("2", "32", "66"):
         with pytest.raises(argparse.ArgumentTypeError, match="one of 17, 33, 65"):
             _lut_size(bad)
+
+
+def test_apply_grades_photos_and_folders_into_a_folder(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photos = {f"p{i}.png": gradient_image(80, 60, seed=i) for i in range(3)}
+    for name, img in photos.items():
+        img.save(folder / name)
+    (folder / "broken.jpg").write_bytes(b"not a JPEG")
+    loose = tmp_path / "loose.png"
+    gradient_image(50, 40, seed=7).save(loose)
+    table = L.to_table(L.identity(16))[..., [2, 1, 0]]
+    (tmp_path / "swap.png").write_bytes(write_hald(table))
+    out = cli("apply", tmp_path / "swap.png", folder, loose, "-o", tmp_path / "out" / "graded", "--jobs", "2")
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and errors[0].startswith(f"error: {folder / 'broken.jpg'}: ") and "1 of 5" in errors[1]
+    assert "wrote 4 of 5 photos" in out.stdout
+    for name, img in [*photos.items(), ("loose.png", Image.open(loose))]:
+        assert Image.open(tmp_path / "out" / "graded" / name).tobytes() == apply_table(img, table).tobytes()
+    (tmp_path / "webp").mkdir()  # one photo into a folder that exists
+    webp = cli("apply", tmp_path / "swap.png", loose, "-o", tmp_path / "webp", "--format", "webp", "-q")
+    assert webp.returncode == 0 and Image.open(tmp_path / "webp" / "loose.webp").format == "WEBP"
+    assert webp.stderr == ""  # -q: no progress bar
+
+
+@pytest.mark.parametrize("inputs,output,message", [
+    (["{tmp}/photo.png", "{tmp}/photo.png"], "{tmp}/x.png", "is a file name"),
+    (["{tmp}/clip.mp4", "{tmp}/photo.png"], "{tmp}/out", "a video is graded on its own"),
+    (["{tmp}/clip.mp4"], "{tmp}/x.png", "a video is written to a video file"),
+    (["{tmp}/empty"], "{tmp}/out", "no photos"),
+])
+def test_apply_refuses_what_it_cannot_do_in_one_line(tmp_path, inputs, output, message):
+    gradient_image().save(tmp_path / "photo.png")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "id.cube").write_text("LUT_3D_SIZE 2\n" + "0 0 0\n1 0 0\n0 1 0\n1 1 0\n0 0 1\n1 0 1\n0 1 1\n1 1 1\n")
+    paths = [i.format(tmp=tmp_path) for i in inputs]
+    out = cli("apply", tmp_path / "id.cube", *paths, "-o", output.format(tmp=tmp_path))
+    assert out.returncode == 1 and out.stderr.strip().startswith("error: ") and message in out.stderr, out.stderr

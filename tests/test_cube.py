@@ -121,6 +121,12 @@ def test_writer_refuses_bad_tables():
         write_cube(np.full((2, 2, 2, 3), np.nan))
 
 
+def test_values_outside_0_1_are_clipped_unless_asked_not_to():
+    table = L.to_table(L.identity(3)) * 1.5 - 0.25
+    assert read_cube(write_cube(table)).table.min() == 0 and read_cube(write_cube(table)).table.max() == 1
+    assert np.abs(read_cube(write_cube(table, clip=False)).table - table).max() < 1e-6
+
+
 def test_lut_to_cube_applies_strength_and_size():
     lut = random_smooth_lut(33, 7).float()
     text = lut_to_cube(lut, strength=0.0, size=17)
