@@ -52,6 +52,12 @@ def shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def whole_page(driver) -> None:
+    """A window tall enough for the whole page (a screenshot shows the viewport only)."""
+    chrome = driver.get_window_size()["height"] - driver.execute_script("return window.innerHeight")
+    driver.set_window_size(1280, driver.execute_script("return document.documentElement.scrollHeight") + chrome)
+
+
 def text(driver, element_id: str) -> str:
     """An element's text whether or not it is shown yet (Selenium's ``.text`` is empty while hidden)."""
     return driver.find_element(By.ID, element_id).get_attribute("textContent").strip()
@@ -65,19 +71,34 @@ def errors_in_console(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def start(driver, server, tmp_path, steps: int, image: Path | None = None, keep_blacks: bool = False) -> None:
-    if image is None:
-        image = tmp_path / "photo.png"
-        gradient_image(320, 240).save(image)
+def recent_id(driver) -> str:
+    """The task id of the page's latest submission (its recent list in local storage)."""
+    return driver.execute_script("return JSON.parse(localStorage.getItem('clipdlut.recent'))[0].id")
+
+
+def photos(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[Path]:
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        paths.append(tmp_path / f"photo-{i + 1}.png")
+        gradient_image(w, h, seed=i).save(paths[-1])
+    return paths
+
+
+def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None, prompt: str = "温暖的金色黄昏胶片",
+          reference: Path | None = None, keep_blacks: bool = False, bw: bool = False) -> None:
     driver.get(server.url + "/ui/")
-    driver.find_element(By.ID, "file").send_keys(str(image))
-    driver.find_element(By.ID, "prompt").send_keys("温暖的金色黄昏胶片")
+    files = images or photos(tmp_path, [(320, 240)])
+    driver.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))  # one path a line: several files
+    if reference is not None:
+        driver.find_element(By.ID, "reference").send_keys(str(reference))
+    driver.find_element(By.ID, "prompt").send_keys(prompt)
     driver.find_element(By.CSS_SELECTOR, "details summary").click()
     steps_box = driver.find_element(By.ID, "steps")
     steps_box.clear()
     steps_box.send_keys(str(steps))
-    if keep_blacks:
-        driver.find_element(By.ID, "keep-blacks").click()
+    for box, checked in (("keep-blacks", keep_blacks), ("bw", bw)):
+        if checked:
+            driver.find_element(By.ID, box).click()
     driver.find_element(By.ID, "submit").click()
 
 
@@ -100,7 +121,7 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     wait.until(lambda d: d.find_element(By.ID, "after").get_attribute("src") != after)
     assert browser.find_element(By.ID, "strength-value").text == "0.50"
 
-    task_id = browser.execute_script("return JSON.parse(localStorage.getItem('clipdlut.recent'))[0].id")
+    task_id = recent_id(browser)
     browser.find_element(By.ID, "dl-cube").click()
     cube = wait.until(lambda d: next(iter(browser.downloads.glob("*.cube")), None))
     wait.until(lambda d: cube.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")))
@@ -113,13 +134,74 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     assert "温暖的金色黄昏胶片" in browser.find_element(By.ID, "recent").text
 
 
+def strip_images(driver) -> list[list]:
+    """Each image of the result strip: [decoded, natural width, natural height]."""
+    return driver.execute_script("return [...document.querySelectorAll('#strip img')]"
+                                 ".map((i) => [i.complete && i.naturalWidth > 0, i.naturalWidth, i.naturalHeight])")
+
+
+def test_a_series_graded_with_one_look_then_refined(browser, server, tmp_path):
+    sizes = [(320, 240), (240, 320), (300, 200)]
+    start(browser, server, tmp_path, steps=6, images=photos(tmp_path, sizes))
+    assert text(browser, "drop-text").startswith("3 photos, one look for all")
+    wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    wait.until(lambda d: all(decoded for decoded, _, _ in strip_images(d)))
+    assert [size for _, *size in strip_images(browser)] == [list(s) for s in sizes]
+    links = browser.find_elements(By.CSS_SELECTOR, "#strip a")
+    assert [a.get_attribute("download") for a in links] == ["clipdlut-1.png", "clipdlut-2.png", "clipdlut-3.png"]
+    assert "3 photos graded with one look" in text(browser, "scores")
+    browser.find_elements(By.CSS_SELECTOR, "#strip button")[1].click()  # photo 2 in the comparison
+    assert browser.find_element(By.ID, "after").get_attribute("src") == links[1].get_attribute("href")
+    assert text(browser, "dl-image") == "Full-resolution image (photo 2)"
+    whole_page(browser)
+    shot(browser, "web-series")  # docs/web.png: this, scaled to 2/3
+    first = recent_id(browser)
+    series = httpx.get(server.url + "/v1/retouch/get", params={"task_id": first}).json()
+    assert [(p["width"], p["height"]) for p in series["images"]] == sizes
+
+    browser.find_element(By.ID, "refine").click()  # the same photos, a follow-up prompt, from the first look
+    assert browser.find_element(By.ID, "refine-note").is_displayed() and text(browser, "refine-id") == first
+    prompt = browser.find_element(By.ID, "prompt")
+    assert prompt.get_attribute("value") == "" and browser.switch_to.active_element == prompt
+    prompt.send_keys("更暖一点")
+    shot(browser, "web-refine")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: recent_id(d) != first)
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert not browser.find_element(By.ID, "refine-note").is_displayed()
+    refined = httpx.get(server.url + "/v1/retouch/get", params={"task_id": recent_id(browser)}).json()
+    assert f"refined from task {first}" in refined["cube"] and "更暖一点" in refined["cube"]
+    assert [(p["width"], p["height"]) for p in refined["images"]] == sizes
+    assert len(strip_images(browser)) == 3
+    assert "更暖一点 · 3 photos · refining" in browser.find_element(By.ID, "recent").text
+    assert errors_in_console(browser) == []
+
+
+def test_a_reference_photo_alone_gives_a_black_and_white_look(browser, server, tmp_path):
+    reference = tmp_path / "reference.png"
+    gradient_image(200, 150, seed=7).save(reference)
+    start(browser, server, tmp_path, steps=4, prompt="", reference=reference, bw=True)
+    assert browser.find_element(By.ID, "prompt-optional").is_displayed()  # the page says the prompt may be left out
+    wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert not browser.find_element(By.ID, "strip").is_displayed()  # one photo: no strip
+    assert "black and white" in text(browser, "scores")
+    result = httpx.get(server.url + "/v1/retouch/get", params={"task_id": recent_id(browser)}).json()
+    assert result["mode"] == "bw" and result["images"] is None
+    assert "aimed at a reference photo" in result["cube"] and "prompt: none" in result["cube"]
+    table = read_cube(result["cube"]).table
+    assert (table == table[..., :1]).all()  # neutral: R = G = B at every node
+    assert errors_in_console(browser) == []
+
+
 def test_stop_button_stops_the_job(browser, server, tmp_path):
     start(browser, server, tmp_path, steps=5000)
     wait = WebDriverWait(browser, 120, poll_frequency=0.05)
     wait.until(lambda d: iteration(d) > 0)
     browser.find_element(By.ID, "stop").click()
     wait.until(lambda d: text(d, "state") == "stopped")
-    task_id = browser.execute_script("return JSON.parse(localStorage.getItem('clipdlut.recent'))[0].id")
+    task_id = recent_id(browser)
     assert httpx.post(server.url + "/v1/progress", json={"task_id": task_id}).json()["status"] == "cancelled"
     shot(browser, "web-stopped")
 
@@ -127,7 +209,7 @@ def test_stop_button_stops_the_job(browser, server, tmp_path):
 def test_a_text_file_gets_a_readable_error(browser, server, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
-    start(browser, server, tmp_path, steps=5, image=notes)
+    start(browser, server, tmp_path, steps=5, images=[notes])
     error = WebDriverWait(browser, 30).until(lambda d: text(d, "error"))
     assert "not an image" in error
     shot(browser, "web-error")
@@ -150,7 +232,7 @@ def test_a_keyed_service_opens_the_page_and_asks_for_the_key_once(browser, tmp_p
         browser.find_element(By.ID, "submit").click()
         wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
         assert iteration(browser) == 8
-        task_id = browser.execute_script("return JSON.parse(localStorage.getItem('clipdlut.recent'))[0].id")
+        task_id = recent_id(browser)
         for call in (lambda h: httpx.get(keyed.url + "/v1/retouch/status", params={"task_id": task_id}, headers=h),
                      lambda h: httpx.get(keyed.url + "/v1/retouch/get", params={"task_id": task_id}, headers=h),
                      lambda h: httpx.put(keyed.url + "/v1/retouch/cancel", params={"task_id": task_id}, headers=h)):

@@ -3,7 +3,11 @@
 const $ = (id) => document.getElementById(id);
 const RECENT_KEY = "clipdlut.recent";
 const API_KEY = "clipdlut.api-key";  // asked for once when the service answers 401, kept in this browser
-let file = null, taskId = null, result = null, polling = null, applySeq = 0;
+const MAX_PHOTOS = 16;  // a series: one LUT fitted to all its photos
+const DROP_TEXT = $("drop-text").textContent;
+let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
+let taskId = null, result = null, polling = null, applySeq = 0;
+let originals = [], graded = [], shown = 0;  // the shown job's photos before and after, and the one compared
 
 function showError(message) {
   $("error").textContent = message;
@@ -40,11 +44,43 @@ function readAsDataURL(blob) {
   });
 }
 
-async function choose(f) {
-  file = f;
-  $("drop-text").textContent = f ? `${f.name} (${Math.round(f.size / 1024)} KB)` : "Drop a photo here";
-  if (f) $("before").src = URL.createObjectURL(f);
+function choose(list) {
   showError("");
+  if (list.length > MAX_PHOTOS) {
+    forgetPhotos();
+    return showError(`Choose at most ${MAX_PHOTOS} photos: one look is fitted to a series of up to ${MAX_PHOTOS}.`);
+  }
+  files = list;
+  const kb = Math.round(list.reduce((sum, f) => sum + f.size, 0) / 1024);
+  $("drop-text").textContent = list.length === 0 ? DROP_TEXT : list.length === 1 ? `${list[0].name} (${kb} KB)`
+    : `${list.length} photos, one look for all (${kb} KB): ${list.map((f) => f.name).join(", ")}`;
+}
+
+function forgetPhotos() {
+  $("file").value = "";
+  files = [];
+  $("drop-text").textContent = DROP_TEXT;
+}
+
+function chooseReference(f) {
+  reference = f;
+  if (!f) $("reference").value = "";
+  if (f) $("reference-thumb").src = URL.createObjectURL(f);
+  $("reference-thumb").hidden = $("reference-clear").hidden = $("prompt-optional").hidden = !f;
+  $("prompt").required = !f;
+}
+
+function setRefining(id) {
+  refining = id;
+  $("refine-note").hidden = !id;
+  $("refine-id").textContent = id || "";
+  $("prompt").placeholder = id ? "更暖一点 · less green in the shadows" : "赛博朋克风格的夜晚城市";
+}
+
+function refine() {
+  setRefining(result.task_id);
+  $("prompt").value = "";
+  $("prompt").focus();
 }
 
 function recent() {
@@ -75,26 +111,51 @@ function renderRecent() {
 async function submit(ev) {
   ev.preventDefault();
   showError("");
-  if (!file) return showError("Choose a photo first.");
+  if (!files.length) return showError(refining ? "Choose the photos to refine this look on." : "Choose a photo first.");
   const prompt = $("prompt").value.trim();
-  if (!prompt) return showError("Describe the look you want, e.g. 温暖的金色黄昏胶片.");
-  const body = {
-    image: await readAsDataURL(file), target_prompt: prompt, steps: Number($("steps").value),
-    lut_size: Number($("lut-size").value), seed: Number($("seed").value), image_format: "png",
-    keep_blacks: $("keep-blacks").checked, keep_whites: $("keep-whites").checked,
-  };
-  if ($("source").value.trim()) body.source_prompt = $("source").value.trim();
+  if (!prompt && !reference) {
+    return showError(refining ? "Say what to change, e.g. 更暖一点."
+                              : "Describe the look you want, e.g. 温暖的金色黄昏胶片, or choose a reference photo.");
+  }
   $("submit").disabled = true;
   try {
+    const body = await request(prompt);
     const r = await api("/v1/retouch/submit", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     const { task_id } = await r.json();
-    remember({ id: task_id, prompt, at: Date.now() });
+    remember({ id: task_id, prompt: describe(body), at: Date.now() });
+    originals = files;
+    setRefining(null);
     watch(task_id);
   } catch (e) {
     showError(e.message);
     $("submit").disabled = false;
   }
+}
+
+async function request(prompt) {
+  const photos = await Promise.all(files.map(readAsDataURL));
+  const body = {
+    steps: Number($("steps").value), lut_size: Number($("lut-size").value), seed: Number($("seed").value),
+    image_format: "png", keep_blacks: $("keep-blacks").checked, keep_whites: $("keep-whites").checked,
+    mode: $("bw").checked ? "bw" : "color",
+  };
+  if (photos.length === 1) body.image = photos[0];
+  else body.images = photos;
+  if (prompt) body.target_prompt = prompt;
+  if ($("source").value.trim()) body.source_prompt = $("source").value.trim();
+  if (reference) body.reference_image = await readAsDataURL(reference);
+  if (refining) body.start_from = refining;
+  return body;
+}
+
+function describe(body) {
+  const parts = [body.target_prompt || "the reference photo's look"];
+  if (body.images) parts.push(`${body.images.length} photos`);
+  if (body.target_prompt && body.reference_image) parts.push("with a reference");
+  if (body.start_from) parts.push(`refining ${body.start_from.slice(0, 8)}`);
+  if (body.mode === "bw") parts.push("black and white");
+  return parts.join(" · ");
 }
 
 function watch(id) {
@@ -152,28 +213,74 @@ async function stop() {
 async function showResult(id) {
   const r = await api(`/v1/retouch/get?task_id=${encodeURIComponent(id)}`);
   result = await r.json();
-  if (!file) {  // opened from the recent list: no local original, use the graded image as both
-    file = await (await fetch(`data:${result.media_type};base64,${result.image}`)).blob();
-    $("before").src = URL.createObjectURL(file);
-  }
-  $("after").src = `data:${result.media_type};base64,${result.image}`;
+  const photos = result.images || [result];
+  const blobs = await Promise.all(photos.map(
+    async (g) => (await fetch(`data:${g.media_type};base64,${g.image}`)).blob()));
+  graded = photos.map((g, i) => ({ ...g, url: URL.createObjectURL(blobs[i]) }));
+  if (!originals.length) originals = blobs;  // opened from the recent list: no local originals, show the graded
   const s = result.scores;
-  $("scores").textContent = `CLIP similarity to the prompt: ${s.source_target.toFixed(3)} before → `
+  $("scores").textContent = `CLIP similarity to the target look: ${s.source_target.toFixed(3)} before → `
     + `${s.result_target.toFixed(3)} after (direction ${s.directional >= 0 ? "+" : ""}${s.directional.toFixed(3)}); `
-    + `${result.width}×${result.height}, ${result.steps} steps, model ${result.model}, `
-    + `${result.timings.total_s.toFixed(1)} s.`;
-  const q = result.quality;
-  $("quality").textContent = q ? `Content kept (SSIM of luminance) ${q.ssim.toFixed(3)}; mean colour shift `
-    + `${q.color_shift.toFixed(1)} ΔE; LUT safe on any footage: ${q.safe ? "yes" : "no"} (steepest slope `
-    + `${q.max_slope.toFixed(2)}, smallest own-axis step ${q.min_own_step.toFixed(2)} levels).` : "";
+    + `${size(result)}, ${result.mode === "bw" ? "black and white, " : ""}${result.steps} steps, `
+    + `model ${result.model}, ${result.timings.total_s.toFixed(1)} s.`;
   const cube = new Blob([result.cube], { type: "text/plain" });
   setLink("dl-cube", URL.createObjectURL(cube), `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
   for (const n of [17, 33, 65]) setLink(`dl-cube-${n}`, await lutURL(id, { size: n }), `clipdlut-${n}.cube`);
   setLink("dl-hald", await lutURL(id, { format: "hald" }), "clipdlut-hald.png");
-  setLink("dl-image", $("after").src, `clipdlut.${result.media_type.split("/")[1]}`);
   $("strength").value = 1;
   $("strength-value").textContent = "1.00";
+  renderStrip();
+  select(0);
   $("result").hidden = false;
+}
+
+function size(res) {
+  const first = `${res.width}×${res.height}`;
+  return res.images ? `${res.images.length} photos graded with one look (the first ${first})` : first;
+}
+
+function qualityText(q) {
+  return q ? `Content kept (SSIM of luminance) ${q.ssim.toFixed(3)}; mean colour shift `
+    + `${q.color_shift.toFixed(1)} ΔE; LUT safe on any footage: ${q.safe ? "yes" : "no"} (steepest slope `
+    + `${q.max_slope.toFixed(2)}, smallest own-axis step ${q.min_own_step.toFixed(2)} levels).` : "";
+}
+
+function imageName(i, ext = graded[i].media_type.split("/")[1]) {
+  return graded.length > 1 ? `clipdlut-${i + 1}.${ext}` : `clipdlut.${ext}`;
+}
+
+function renderStrip() {
+  $("strip").replaceChildren(...(graded.length > 1 ? graded.map(stripItem) : []));
+  $("strip").hidden = graded.length < 2;
+}
+
+function stripItem(g, i) {
+  const figure = document.createElement("figure");
+  const show = document.createElement("button");
+  show.type = "button";
+  show.title = `Compare photo ${i + 1} before and after`;
+  const img = document.createElement("img");
+  img.src = g.url;
+  img.alt = `Graded photo ${i + 1}`;
+  show.append(img);
+  show.addEventListener("click", () => select(i));
+  const link = document.createElement("a");
+  link.href = g.url;
+  link.download = imageName(i);
+  link.textContent = `Photo ${i + 1} (${g.width}×${g.height})`;
+  figure.append(show, link);
+  return figure;
+}
+
+function select(i) {  // photo i of the result in the comparison, at the chosen strength
+  shown = i;
+  $("before").src = URL.createObjectURL(originals[i]);
+  $("after").src = graded[i].url;
+  $("quality").textContent = qualityText(graded[i].quality);
+  setLink("dl-image", graded[i].url, imageName(i),
+          graded.length > 1 ? `Full-resolution image (photo ${i + 1})` : "Full-resolution image");
+  $("strip").querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(j === i)));
+  if (Number($("strength").value) !== 1) restrength();
 }
 
 async function lutURL(id, options) {
@@ -192,10 +299,11 @@ function setLink(id, href, name, text) {
 async function restrength() {
   const strength = Number($("strength").value);
   $("strength-value").textContent = strength.toFixed(2);
-  if (!result || !file) return;
+  if (!result) return;
   const seq = ++applySeq;
+  const original = originals[shown];
   const form = new FormData();
-  form.append("image", file, file.name || "photo.png");
+  form.append("image", original, original.name || "photo.png");
   form.append("lut", new Blob([result.cube], { type: "text/plain" }), "look.cube");
   form.append("strength", String(strength));
   form.append("image_format", "png");
@@ -204,14 +312,15 @@ async function restrength() {
     const url = URL.createObjectURL(await r.blob());
     if (seq === applySeq) {
       $("after").src = url;
-      setLink("dl-image", url, "clipdlut.png");
+      setLink("dl-image", url, imageName(shown, "png"));
     }
   } catch (e) { showError(e.message); }
 }
 
 async function open(id) {
   showError("");
-  file = null;
+  forgetPhotos();
+  originals = [];
   watch(id);
 }
 
@@ -219,16 +328,19 @@ function split() {
   $("after").style.clipPath = `inset(0 ${100 - Number($("split").value)}% 0 0)`;
 }
 
-$("file").addEventListener("change", () => choose($("file").files[0] || null));
+$("file").addEventListener("change", () => choose([...$("file").files]));
+$("reference").addEventListener("change", () => chooseReference($("reference").files[0] || null));
+$("reference-clear").addEventListener("click", () => chooseReference(null));
+$("refine").addEventListener("click", refine);
+$("refine-cancel").addEventListener("click", () => setRefining(null));
 $("drop").addEventListener("dragover", (e) => { e.preventDefault(); $("drop").classList.add("over"); });
 $("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
 $("drop").addEventListener("drop", (e) => {
   e.preventDefault();
   $("drop").classList.remove("over");
-  if (e.dataTransfer.files.length) choose(e.dataTransfer.files[0]);
+  if (e.dataTransfer.files.length) choose([...e.dataTransfer.files]);
 });
-for (const b of document.querySelectorAll("button.example")) {
-  if (b.closest("#recent")) continue;
+for (const b of document.querySelectorAll(".examples button")) {
   b.addEventListener("click", () => { $("prompt").value = b.textContent; $("prompt").focus(); });
 }
 $("form").addEventListener("submit", submit);
