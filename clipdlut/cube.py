@@ -7,6 +7,7 @@ the layout of :mod:`clipdlut.table` and of Pillow's ``Color3DLUT``. The file for
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 
@@ -88,6 +89,20 @@ def _floats(parts: list[str], count: int, lineno: int, what: str) -> list[float]
     return values
 
 
+def _rows_at_once(lines: list[str]) -> np.ndarray | None:
+    """The table rows read by numpy in one go (a 33-node table in milliseconds, not a tenth of a second), or
+    ``None`` when the lines hold anything but rows of three finite numbers: the line-by-line reading then keeps
+    the comments, or names the line that is wrong."""
+    body = "\n".join(lines)
+    if "#" in body:
+        return None
+    try:
+        values = np.loadtxt(io.StringIO(body), dtype=np.float64, ndmin=2)
+    except ValueError:
+        return None
+    return values if values.shape[1] == 3 and np.isfinite(values).all() else None
+
+
 def read_cube(data: str | bytes) -> Cube:
     """Parse ``.cube`` text or bytes; tolerant of variants, strict about the table itself.
 
@@ -106,8 +121,10 @@ def read_cube(data: str | bytes) -> Cube:
     comments: list[str] = []
     lo, hi = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     rows: list[list[float]] = []
+    at_once: np.ndarray | None = None
     first_row_line = 0
-    for lineno, raw in enumerate(data.splitlines(), start=1):
+    lines = data.splitlines()
+    for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line:
             continue
@@ -123,6 +140,9 @@ def read_cube(data: str | bytes) -> Cube:
                 raise CubeError("table data before LUT_3D_SIZE", lineno)
             if not rows:
                 first_row_line = lineno
+                at_once = _rows_at_once(lines[lineno - 1:])
+                if at_once is not None:
+                    break
             rows.append(_floats(parts, 3, lineno, "table row"))
             continue
         key = key.upper()
@@ -152,13 +172,14 @@ def read_cube(data: str | bytes) -> Cube:
         raise CubeError("no LUT_3D_SIZE line: not a 3D .cube file")
     if size_1d:
         raise CubeError("files with both a 1D and a 3D table are not supported; export the 3D LUT alone")
+    values = at_once if at_once is not None else np.asarray(rows, dtype=np.float64).reshape(-1, 3)
     expected = size ** 3
-    if len(rows) != expected:
-        raise CubeError(f"LUT_3D_SIZE {size} needs {expected} table rows, found {len(rows)}",
+    if len(values) != expected:
+        raise CubeError(f"LUT_3D_SIZE {size} needs {expected} table rows, found {len(values)}",
                         first_row_line or None)
     if any(h <= low for low, h in zip(lo, hi)):
         raise CubeError(f"DOMAIN_MAX {hi} must be greater than DOMAIN_MIN {lo}")
-    table = np.asarray(rows, dtype=np.float64).reshape(size, size, size, 3)
+    table = values.reshape(size, size, size, 3)
     return Cube(table=table, title=title, domain_min=(lo[0], lo[1], lo[2]), domain_max=(hi[0], hi[1], hi[2]),
                 comments=comments)
 
