@@ -29,7 +29,7 @@ async function api(path, options = {}) {
     let message = `${r.status} ${r.statusText}`;
     try { const body = await r.json(); message = body.error || JSON.stringify(body); } catch (e) { /* not JSON */ }
     if (r.status === 429) message += " (the service is busy; try again shortly)";
-    if (r.status === 413) message = "The photo is too large: " + message;
+    if (r.status === 413) message = "Too large to send: " + message;
     throw new Error(message);
   }
   return r;
