@@ -31,16 +31,29 @@ def _format_for(path: Path) -> str:
 def _retouch(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from clipdlut.export import lut_to_cube
+    from clipdlut.export import describe_look, lut_to_cube
     from clipdlut.guidance import Guide
     from clipdlut.imaging import decode_image, encode_image, working_copy
+    from clipdlut.lut import from_table
     from clipdlut.models import load_model
-    from clipdlut.optimizer import BatchedOptimizer, JobSpec
+    from clipdlut.optimizer import MAX_PHOTOS, BatchedOptimizer, JobSpec
+    from clipdlut.render import render
     from clipdlut.safety import PINS
     from clipdlut.status import JobStatus
 
-    image_format = _format_for(args.image) if args.image else None
-    decoded = decode_image(Path(args.input).read_bytes())
+    sources = batch.photos_in(args.inputs)
+    if not 1 <= len(sources) <= MAX_PHOTOS:
+        raise ValueError(f"a look is fitted to 1 to {MAX_PHOTOS} photos; {len(sources)} found in "
+                         f"{', '.join(map(str, args.inputs))}")
+    if args.prompt is None and args.reference is None:
+        raise ValueError("say what look to aim for: --prompt, --reference, or both")
+    series = len(sources) > 1
+    if args.image is not None and series and args.image.suffix.lower() in batch.WRITE_FORMATS:
+        raise ValueError(f"the graded photos of a series are written into a folder; {args.image} is a file name")
+    image_format = _format_for(args.image) if args.image and not series else None
+    decoded = [decode_image(p.read_bytes()) for p in sources]
+    reference = working_copy(decode_image(args.reference.read_bytes()).rgb) if args.reference else None
+    start = from_table(_read_lut_file(args.start_from)) if args.start_from else None
     guide = Guide(load_model(args.model, device=args.device))
     bar = tqdm(total=args.steps, unit="step", file=sys.stderr, disable=args.quiet)
 
@@ -50,26 +63,36 @@ def _retouch(args: argparse.Namespace) -> None:
 
     opt = BatchedOptimizer(guide, on_progress=on_progress)
     pins = {name: getattr(args, name) for name in PINS}
-    spec = JobSpec("cli", working_copy(decoded.rgb), args.prompt, args.source_prompt, steps=args.steps,
-                   lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1, **pins)
+    photos = [working_copy(d.rgb) for d in decoded]
+    spec = JobSpec("cli", photos if series else photos[0], args.prompt or "", args.source_prompt, steps=args.steps,
+                   lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1, reference=reference,
+                   start=start, mode=args.mode, **pins)
     failed = opt.add([spec])
     result = failed[0] if failed else opt.run()["cli"]
     bar.close()
     if result.status != JobStatus.FINISHED or result.lut is None or result.scores is None:
         raise RuntimeError(result.error or result.status)
-    comments = [f"prompt: {args.prompt}", f"source prompt: {args.source_prompt}",
+    comments = [*describe_look(args.prompt or "", args.source_prompt, reference=reference is not None,
+                               start_from=args.start_from and args.start_from.name, photos=len(sources),
+                               mode=args.mode),
                 f"model: {guide.name}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
-    text = lut_to_cube(result.lut, strength=args.strength, title=args.prompt[:64], comments=comments, **pins)
+    text = lut_to_cube(result.lut, strength=args.strength, title=(args.prompt or "CLIP-DLUT")[:64], comments=comments,
+                       neutral=args.mode == "bw", **pins)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
     if image_format is not None:
-        from clipdlut.render import render
-        data = encode_image(render(decoded, text), image_format, decoded.alpha, decoded.icc_profile)
+        data = encode_image(render(decoded[0], text), image_format, decoded[0].alpha, decoded[0].icc_profile)
         args.image.write_bytes(data)
         print(f"wrote {args.image}")
+    elif args.image is not None:
+        args.image.mkdir(parents=True, exist_ok=True)
+        table = read_cube(text).normalized()
+        for task in batch.plan(sources, args.image):
+            batch.grade_file(task, table, threads=None)
+        print(f"wrote {len(sources)} graded photos to {args.image}")
     s = result.scores
-    print(f"CLIP similarity to the prompt: {s.source_target:.4f} -> {s.result_target:.4f} "
-          f"(direction {s.directional:+.4f}), {result.seconds:.1f} s")
+    print(f"CLIP similarity to the target look: {s.source_target:.4f} -> {s.result_target:.4f} "
+          f"(direction {s.directional:+.4f}{', mean of the series' if series else ''}), {result.seconds:.1f} s")
 
 
 def _read_lut_file(path: Path) -> np.ndarray:
@@ -233,11 +256,21 @@ class _Subcommand(argparse.ArgumentParser):
 
 
 def _retouch_arguments(r: argparse.ArgumentParser) -> None:
-    from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
+    from clipdlut.mono import MODES
+    from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MAX_PHOTOS
     from clipdlut.safety import PINS
 
-    r.add_argument("input", metavar="IMAGE", help="the photo to grade")
-    r.add_argument("--prompt", required=True, help="the look to aim for, e.g. 赛博朋克风格的夜晚城市")
+    r.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO",
+                   help=f"the photo to grade; or a series (up to {MAX_PHOTOS} photos, or folders of them) to fit one "
+                        "LUT to")
+    r.add_argument("--prompt", help="the look to aim for, e.g. 赛博朋克风格的夜晚城市 (may be left out with "
+                   "--reference)")
+    r.add_argument("--reference", type=Path, metavar="PHOTO", help="a photo whose look to aim for (with or without "
+                   "--prompt): its CLIP features and its L*a*b* colour statistics")
+    r.add_argument("--start-from", type=Path, metavar="LUT", help="refine a look: start from this .cube (or Hald "
+                   "PNG) instead of the identity, e.g. with --prompt 更暖一点")
+    r.add_argument("--mode", choices=list(MODES), default="color",
+                   help="; ".join(f"{k}: {v}" for k, v in MODES.items()) + " (default color)")
     r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now")
     r.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     r.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
@@ -251,7 +284,9 @@ def _retouch_arguments(r: argparse.ArgumentParser) -> None:
                    help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
     r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.cube", help="where to write the LUT")
-    r.add_argument("--image", type=Path, metavar="OUT.jpg", help="also write the graded full-resolution image")
+    r.add_argument("--image", type=Path, metavar="OUT.jpg|DIR",
+                   help="also write the graded full-resolution photo (a series: into this folder, each under its "
+                        "own name)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -312,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clipdlut", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
     commands = (
-        ("retouch", "optimize a LUT for a photo from a text prompt", _retouch_arguments, _retouch),
+        ("retouch", "optimize a LUT for a photo or a series from a prompt and/or a reference photo", _retouch_arguments,
+         _retouch),
         ("apply", "apply a .cube or Hald PNG LUT to a photo, many photos or folders (in parallel), or a video",
          _apply_arguments, _apply),
         ("eval", "grade a fixed set of photos with a fixed set of prompts and measure every result", _eval_arguments,

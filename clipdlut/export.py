@@ -27,3 +27,18 @@ def lut_to_cube(lut: torch.Tensor, *, strength: float = 1.0, size: int | None = 
     if size is not None and size != lut.shape[-1]:
         lut = lutmath.resample(lut, size)
     return write_cube(lutmath.to_table(lut), title=title, comments=comments)
+
+
+def describe_look(target_prompt: str, source_prompt: str, *, reference: bool = False, start_from: str | None = None,
+                  photos: int = 1, mode: str = "color") -> list[str]:
+    """What a look was asked, as the comments of its ``.cube`` (the service and the CLI write the same)."""
+    lines = [f"prompt: {target_prompt}" if target_prompt else "prompt: none", f"source prompt: {source_prompt}"]
+    if reference:
+        lines.append("aimed at a reference photo")
+    if start_from:
+        lines.append(f"refined from {start_from}")
+    if photos > 1:
+        lines.append(f"one LUT for a series of {photos} photos")
+    if mode != "color":
+        lines.append(f"mode: {mode}")
+    return lines

@@ -4,7 +4,8 @@ A black-and-white look is a LUT whose every node's grey is optimized: it starts 
 conversion) and may weigh colours differently (a per-hue channel mix) and bend the tones (a tone curve) in
 one table. The optimizer keeps it neutral by construction (:func:`neutral`), the repair keeps neutral
 LUTs neutral (:func:`clipdlut.safety.make_safe` with ``neutral``), and a blend uses the plain conversion
-(:func:`grey_identity`) as its zero, so a neutral ``.cube`` stays neutral to the last digit at any strength.
+(:func:`grey_identity`) as its zero, so a neutral ``.cube`` stays neutral to the last digit at any strength
+(:func:`clipdlut.table.blend_table` does the same for a neutral table a client applies).
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import Literal
 import torch
 
 from clipdlut.lut import identity
+from clipdlut.table import LUMA
 
 Mode = Literal["color", "bw"]
 MODES: dict[str, str] = {  # every interface offers these names, with these descriptions
     "color": "a colour grade",
     "bw": "black and white: a neutral LUT (R = G = B out) whose channel mix and tone curve are optimized",
 }
-LUMA = (0.2126, 0.7152, 0.0722)  # Rec. 709: the grey a plain black-and-white conversion gives
 
 
 def neutral(lut: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,3 @@ def grey_identity(n: int, *, dtype: torch.dtype = torch.float32, device: torch.d
     """The plain black-and-white conversion as a LUT ``(1, 3, N, N, N)``: a neutral look's strength-0 end."""
     return neutral(identity(n, dtype=torch.float64, device=device)).to(dtype)
 
-
-def is_neutral(lut: torch.Tensor) -> bool:
-    """Whether every node of every LUT has R = G = B exactly."""
-    return bool((lut[:, 0] == lut[:, 1]).all() and (lut[:, 1] == lut[:, 2]).all())

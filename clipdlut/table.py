@@ -13,6 +13,7 @@ MIN_SIZE = 2
 MAX_SIZE = 65
 OFFERED_SIZES = (17, 33, 65)  # the sizes the service and the CLI produce (any of MIN_SIZE..MAX_SIZE reads)
 MAX_STRENGTH = 2.0  # a blend with the identity goes from 0 (none) to this (the grade doubled), everywhere
+LUMA = (0.2126, 0.7152, 0.0722)  # Rec. 709: the grey a plain black-and-white conversion gives (clipdlut.mono)
 
 
 def check_size(n: int) -> int:
@@ -29,12 +30,21 @@ def identity_table(n: int) -> np.ndarray:
     return np.stack([r, g, b], axis=-1)
 
 
+def is_neutral(table: np.ndarray) -> bool:
+    """Whether every node has R = G = B out: a black-and-white look."""
+    return bool((table[..., 0] == table[..., 1]).all() and (table[..., 1] == table[..., 2]).all())
+
+
 def blend_table(table: np.ndarray, strength: float) -> np.ndarray:
-    """``I + strength * (table - I)``: exact, because trilinear output is linear in the table."""
+    """``I + strength * (table - I)``: exact, because trilinear output is linear in the table. A neutral
+    (black-and-white) table blends with the plain black-and-white conversion instead of the identity, so it stays
+    black and white at any strength."""
     if strength == 1.0:
         return table
-    ident = identity_table(table.shape[0])
-    return ident + strength * (table - ident)
+    base = identity_table(table.shape[0])
+    if is_neutral(table):
+        base = np.repeat((base * LUMA).sum(-1, keepdims=True), 3, axis=-1)
+    return base + strength * (table - base)
 
 
 def trilinear(table: np.ndarray, rgb: np.ndarray) -> np.ndarray:

@@ -60,7 +60,37 @@ def test_apply_reads_cube_and_hald(tmp_path):
     assert Image.open(tmp_path / "half.png").tobytes() == expected.tobytes()
 
 
+def test_retouch_a_series_with_a_reference_refined_then_in_black_and_white(tmp_path):
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    for i in range(3):
+        gradient_image(120 + 20 * i, 90, i).save(shoot / f"p{i}.png")
+    Image.fromarray((np.asarray(gradient_image(100, 100, 9)) * [1.0, 0.7, 0.4]).astype(np.uint8)).save(
+        tmp_path / "ref.png")
+    out = cli("retouch", shoot, "--reference", tmp_path / "ref.png", "--steps", "10", "--lut-size", "17",
+              "-o", tmp_path / "series.cube", "--image", tmp_path / "graded")
+    assert out.returncode == 0, out.stderr
+    cube = read_cube((tmp_path / "series.cube").read_bytes())
+    assert "one LUT for a series of 3 photos" in cube.comments and "aimed at a reference photo" in cube.comments
+    for i in range(3):  # each graded photo: Pillow's Color3DLUT of the written .cube
+        expected = apply_table(Image.open(shoot / f"p{i}.png").convert("RGB"), cube.table)
+        assert Image.open(tmp_path / "graded" / f"p{i}.png").convert("RGB").tobytes() == expected.tobytes()
+    refined = cli("retouch", shoot / "p0.png", "--prompt", "更暖一点", "--start-from", tmp_path / "series.cube",
+                  "--steps", "1", "--lut-size", "17", "-o", tmp_path / "warmer.cube")
+    assert refined.returncode == 0, refined.stderr
+    warmer = read_cube((tmp_path / "warmer.cube").read_bytes())
+    assert "refined from series.cube" in warmer.comments and np.abs(warmer.table - cube.table).max() < 0.02
+    bw = cli("retouch", shoot / "p1.png", "--prompt", "黑白照片", "--mode", "bw", "--strength", "0.5", "--steps", "6",
+             "--lut-size", "17", "-o", tmp_path / "bw.cube")
+    assert bw.returncode == 0, bw.stderr
+    rows = [line.split() for line in (tmp_path / "bw.cube").read_text().splitlines() if line[:1].isdigit()]
+    assert len(rows) == 17**3 and all(r == g == b for r, g, b in rows)
+
+
 @pytest.mark.parametrize("args,message", [
+    (["retouch", "{tmp}/photo.png", "-o", "{tmp}/x.cube"], "--prompt, --reference, or both"),
+    (["retouch", "{tmp}/photo.png", "{tmp}/photo.png", "--prompt", "x", "-o", "{tmp}/x.cube", "--image",
+      "{tmp}/x.png"], "written into a folder"),
     (["apply", "{tmp}/photo.png", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "a Hald image is square"),
     (["apply", "{tmp}/missing.cube", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "No such file"),
     (["apply", "{tmp}/bad.cube", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "line 2: table row"),

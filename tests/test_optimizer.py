@@ -295,10 +295,11 @@ def test_refining_starts_at_the_given_lut(guide):
 
 
 def test_black_and_white_is_neutral_to_the_last_bit(guide):
-    from clipdlut.mono import is_neutral
+    from clipdlut.lut import to_table
     from clipdlut.safety import measure
+    from clipdlut.table import is_neutral
     r = run(guide, {0: [JobSpec("bw", gradient_image(), "高对比度的黑白照片", steps=8, lut_size=9, lr=3e-2,
                                 mode="bw", keep_blacks=True)]})["bw"]
     assert r.status == JobStatus.FINISHED
-    assert is_neutral(r.lut) and measure(r.lut).safe
+    assert is_neutral(to_table(r.lut)) and measure(r.lut).safe
     assert float(r.lut[0, :, 0, 0, 0].abs().max()) == 0.0  # (the pin holds in bw too)

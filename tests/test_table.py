@@ -36,3 +36,14 @@ def test_blend_table_is_the_tensor_blend():
     lut = random_smooth_lut(5, 1)
     for strength in (0.0, 0.5, 1.0, 2.0):
         assert np.abs(blend_table(L.to_table(lut), strength) - L.to_table(L.blend(lut, strength))).max() < 1e-15
+
+
+def test_a_neutral_table_stays_neutral_at_any_strength():
+    from clipdlut.table import LUMA, blend_table, identity_table, is_neutral
+
+    grey = identity_table(5) @ np.array(LUMA)
+    bw = np.repeat((grey ** 0.8)[..., None], 3, axis=-1)  # a black-and-white look with a tone curve
+    for strength in (0.0, 0.5, 1.7):
+        assert is_neutral(blend_table(bw, strength))
+    assert np.allclose(blend_table(bw, 0.0)[..., 0], grey)  # strength 0: the plain conversion
+    assert not is_neutral(blend_table(identity_table(5), 0.5))

@@ -12,6 +12,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 from clipdlut.cube import read_cube, write_cube
+from clipdlut.export import describe_look
 from clipdlut.hald import hald_level_for, write_hald, write_strip
 from clipdlut.imaging import DecodedImage, encode_image, working_copy
 from clipdlut.lut import from_table as table_to_lut
@@ -57,17 +58,8 @@ class JobOptions:
 
     def describe(self) -> list[str]:
         """What the job was asked, for the comments of its ``.cube``."""
-        lines = [f"prompt: {self.target_prompt}" if self.target_prompt else "prompt: none",
-                 f"source prompt: {self.source_prompt}"]
-        if self.reference:
-            lines.append("aimed at a reference photo")
-        if self.start_from:
-            lines.append(f"refined from {self.start_from}")
-        if self.photos > 1:
-            lines.append(f"one LUT for a series of {self.photos} photos")
-        if self.mode != "color":
-            lines.append(f"mode: {self.mode}")
-        return lines
+        return describe_look(self.target_prompt, self.source_prompt, reference=self.reference,
+                             start_from=self.start_from, photos=self.photos, mode=self.mode)
 
 
 @dataclass
