@@ -243,3 +243,10 @@ def test_a_keyed_service_opens_the_page_and_asks_for_the_key_once(browser, tmp_p
         browser.find_element(By.CSS_SELECTOR, "#recent button").click()
         wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
         assert not browser.find_element(By.ID, "key-box").is_displayed() and not text(browser, "error")
+        assert browser.find_element(By.ID, "key-kept").is_displayed()
+        browser.find_element(By.ID, "forget-key").click()  # (a shared computer: the next user is asked again)
+        assert browser.execute_script("return localStorage.getItem('clipdlut.api-key')") is None
+        assert not browser.find_element(By.ID, "key-kept").is_displayed()
+        browser.refresh()
+        browser.find_element(By.CSS_SELECTOR, "#recent button").click()
+        assert "needs an API key" in wait.until(lambda d: text(d, "error"))

@@ -344,17 +344,26 @@ for (const b of document.querySelectorAll(".examples button")) {
   b.addEventListener("click", () => { $("prompt").value = b.textContent; $("prompt").focus(); });
 }
 $("form").addEventListener("submit", submit);
+function showKept() {
+  $("key-kept").hidden = !localStorage.getItem(API_KEY);
+}
 $("key-box").addEventListener("submit", (ev) => {
   ev.preventDefault();
   localStorage.setItem(API_KEY, $("api-key").value.trim());
   $("api-key").value = "";
   $("key-box").hidden = true;
+  showKept();
   showError("");
   if (taskId && !result) watch(taskId);  // a job whose progress was refused: follow it again
+});
+$("forget-key").addEventListener("click", () => {  // (a shared computer: the next user is asked again)
+  localStorage.removeItem(API_KEY);
+  showKept();
 });
 $("stop").addEventListener("click", stop);
 $("strength").addEventListener("change", restrength);
 $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
 $("split").addEventListener("input", split);
 renderRecent();
+showKept();
 split();
