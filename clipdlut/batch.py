@@ -8,17 +8,20 @@ others are still written.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.pool
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clipdlut.imaging import decode_image, encode_image
 from clipdlut.render import apply_table
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.pool import Pool
 
 READ_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")  # what a folder's photos are
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # any other photo: PNG
@@ -97,8 +100,11 @@ def _run(task: Task) -> Outcome:
     return Outcome(task)
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    """Fork where there is one: a worker starts in a millisecond with the LUT already in memory."""
+def _context() -> BaseContext:
+    """Fork where there is one: a worker starts in a millisecond with the LUT already in memory. (Imported
+    here: one photo needs no pool, and ``multiprocessing.pool`` costs a photo's start-up 20 ms.)"""
+    import multiprocessing
+
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
@@ -113,6 +119,6 @@ def grade_all(tasks: Sequence[Task], table: np.ndarray, jobs: int | None = None)
     return _outcomes(_context().Pool(jobs, initializer=_start_worker, initargs=(table,)), tasks)
 
 
-def _outcomes(pool: multiprocessing.pool.Pool, tasks: Sequence[Task]) -> Iterator[Outcome]:
+def _outcomes(pool: Pool, tasks: Sequence[Task]) -> Iterator[Outcome]:
     with pool:
         yield from pool.imap_unordered(_run, tasks)

@@ -79,7 +79,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     try:
         img.seek(0)  # animated GIF/WebP/APNG: the first frame
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # (in place: a 12 MP photo is not copied)
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,}") from None
     except Exception as e:
@@ -99,7 +99,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     elif img.mode.startswith("I") or img.mode == "F":
         rgb = _high_bit_to_rgb(img)
     else:
-        rgb = img.convert("RGB")
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
     if icc and not _profile_is_rgb(icc):
         icc = None  # a CMYK or grey profile does not describe the RGB output
     return DecodedImage(rgb=rgb, alpha=alpha, icc_profile=icc)
