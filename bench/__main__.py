@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench import render, serving, steps
+from bench import apply, render, serving, steps
 from clipdlut.guidance import Guide
 from clipdlut.models import load_model, load_random
 
@@ -87,6 +87,8 @@ def run(device: torch.device, quick: bool) -> dict:
     lap("continuous_batching")
     results["render"] = render.render_12mp(os.cpu_count() or 1)
     lap("render")
+    results["apply"] = apply.at_scale("python -m bench" + (" --quick" if quick else ""), quick)
+    lap("apply")
 
     default_name, original_name = ("tiny", "tiny") if quick else ("ViT-B-16", "ViT-L-14-336")
     default = tiny if quick else Guide(load_random(default_name, device))
@@ -163,6 +165,7 @@ def table(r: dict) -> str:
               f"{rd['pillow_single_call_s']:.3f} s; "
               + ", ".join(f"ours on {k.split('_')[1]} thread(s) {v:.2f}x of it"
                           for k, v in rd.items() if k.endswith("_vs_pillow")) + "."]
+    lines += apply.lines(r["apply"])
     cb = r["continuous_batching"]
     full = cb[f"step_s_{cb['max_batch']}_jobs"]
     lines += ["", f"Continuous batching against lock-step: the same {cb['jobs']} Poisson arrivals through each "

@@ -31,6 +31,9 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert [run["mode"] for run in load["runs"]] == ["lock-step", "continuous"]
     assert all(run["jobs"] == results["continuous_batching"]["jobs"] for run in load["runs"])
     assert results["render"]["megapixels"] == 12
+    apply = results["apply"]  # (tiny photos in the quick run)
+    assert apply["photos"] == 4 and apply["one"]["same_bytes"] and apply["folder"]["same_bytes"]
+    assert apply["command"] == "python -m bench --quick" and apply["one"]["ours_s"] > apply["startup_s"] > 0
     assert [(x["topology"], x["store"]) for x in results["service_overhead"]] == [("one host", "sqlite"),
                                                                                   ("split", "redis")]
     assert all(x["failures"] == 0 and x["jobs_per_min"] > 0 for x in results["service_overhead"])
@@ -38,6 +41,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert cold["model"] == "tiny" and cold["to_ready_s"] > 0 and cold["to_first_job_s"] > 0
     table = out.with_suffix(".md").read_text()
     assert "Machine:" in table and "Continuous batching" in table and "Rendering 12 MP" in table
+    assert "Applying a LUT at scale" in table and "| a folder of 4 " in table
     assert "| split | redis |" in table and "Cold start" in table and "Soak" in table
     soak = results["soak"]
     assert soak["accepted"] > 0 and soak["lost"] == 0 and soak["ready_probes"] > 0
@@ -51,6 +55,20 @@ def test_the_readme_shows_the_committed_results_as_recorded():
     recorded = (ROOT / "bench" / "results.md").read_text(encoding="utf-8")
     assert table(json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))) == recorded
     assert recorded in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.e2e
+def test_the_apply_bench_writes_its_section_alone(tmp_path):
+    """`python -m bench.apply --quick` (smoke run): its section into a copy of the recorded results, the rest kept."""
+    out = tmp_path / "results.json"
+    recorded = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    out.write_text(json.dumps(recorded))
+    r = subprocess.run([sys.executable, "-m", "bench.apply", "--quick", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["apply"]["command"] == "python -m bench.apply --quick" and results["cost"] == recorded["cost"]
+    assert "`python -m bench.apply --quick`" in out.with_suffix(".md").read_text()
 
 
 @pytest.mark.e2e
