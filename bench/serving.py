@@ -190,7 +190,7 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
 
     buf = io.BytesIO()
     working_copy(photo(640, 480)).save(buf, format="PNG")
-    job = OptimizeRequest(job_id="cold-start", image=base64.b64encode(buf.getvalue()).decode(),
+    job = OptimizeRequest(job_id="cold-start", images=[base64.b64encode(buf.getvalue()).decode()],
                           target_prompt=PROMPTS[0], steps=steps, progress_every=steps)
 
     async def ready(client: httpx.AsyncClient) -> float:
