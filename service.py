@@ -327,7 +327,8 @@ class Retouch:
     @answers_client_errors
     async def embed_image(self, image: str) -> list[float]:
         """The Chinese-CLIP embedding (unit norm) of one image (base64 or data URL)."""
-        (vec,) = await remote.call(self.optimizer, "embed_image", [concepts.small_png(image, S)])
+        small = await asyncio.to_thread(concepts.small_png, image, S)  # (decode and encode: not on the event loop)
+        (vec,) = await remote.call(self.optimizer, "embed_image", [small])
         return list(vec)
 
     @bentoml.api(route="/v1/classify")
@@ -335,7 +336,7 @@ class Retouch:
     async def classify(self, request: Concepts, /) -> ConceptScores:
         """Zero-shot: how well each concept prompt describes the image."""
         prompts = [self._prompt(c) for c in request.concepts]
-        small = concepts.small_png(request.image, S)
+        small = await asyncio.to_thread(concepts.small_png, request.image, S)
         img, txt = await asyncio.gather(remote.call(self.optimizer, "embed_image", [small]),
                                         remote.call(self.optimizer, "embed_text", prompts))
         return concepts.zero_shot(request.concepts, txt, img[0])
@@ -351,8 +352,7 @@ class Retouch:
         """Original API: start a task; poll it with /query_task."""
         job_id = str(uuid.uuid4())
         opts = validation.validate_options(request.options(), S)
-        data = validation.b64decode_image(request.image)
-        upload = jobs.Upload([(data, await asyncio.to_thread(validation.decode_upload, data, S))])
+        upload = jobs.Upload([await asyncio.to_thread(validation.decode_photo, request.image, S)])
         decoded, opts = await self._accept(job_id, upload, opts)
 
         async def run() -> None:

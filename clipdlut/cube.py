@@ -73,8 +73,31 @@ def write_cube(table: np.ndarray, title: str = "CLIP-DLUT", comments: list[str] 
     rows = (np.clip(table, 0.0, 1.0) if clip else table).reshape(-1, 3)
     head = [f"# {' '.join(c.split())}" for c in comments]
     head += [f'TITLE "{_escape_title(title)}"', f"LUT_3D_SIZE {n}"]
-    body = "\n".join(f"{r:.{DECIMALS}f} {g:.{DECIMALS}f} {b:.{DECIMALS}f}" for r, g, b in rows.tolist())
-    return "\n".join(head) + "\n" + body + "\n"
+    if rows.min() >= 0.0 and rows.max() <= 1.0:
+        body = _unit_rows(rows)
+    else:
+        body = "".join(f"{r:.{DECIMALS}f} {g:.{DECIMALS}f} {b:.{DECIMALS}f}\n" for r, g, b in rows.tolist())
+    return "\n".join(head) + "\n" + body
+
+
+def _unit_rows(rows: np.ndarray) -> str:
+    """Rows of values in [0, 1] as lines ``d.dddddd d.dddddd d.dddddd``, character for character what Python's
+    ``f"{v:.6f}"`` writes (but for -0.0, written 0.000000), built with numpy: a 33-node table in a few ms instead of
+    60 ms of Python formatting that held the API's GIL."""
+    scaled = rows * 10**DECIMALS
+    digits = np.rint(scaled).astype(np.int64)
+    # (a value within rounding error of a tie is written as Python writes it: it rounds the exact binary value)
+    for i, j in zip(*np.nonzero(np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6)):
+        digits[i, j] = int(f"{rows[i, j]:.{DECIMALS}f}".replace(".", ""))
+    width = DECIMALS + 3  # digit, point, decimals, separator
+    chars = np.empty((len(rows), 3, width), dtype=np.uint8)
+    chars[..., 0] = ord("0") + digits // 10**DECIMALS
+    chars[..., 1] = ord(".")
+    for k in range(DECIMALS):
+        chars[..., 2 + k] = ord("0") + digits // 10 ** (DECIMALS - 1 - k) % 10
+    chars[:, :2, -1] = ord(" ")
+    chars[:, 2, -1] = ord("\n")
+    return chars.tobytes().decode("ascii")
 
 
 def _floats(parts: list[str], count: int, lineno: int, what: str) -> list[float]:

@@ -171,3 +171,16 @@ def test_property_reader_fails_only_with_cube_error(data):
         assert str(e)  # a message to show the user
     else:
         assert cube.table.shape == (cube.size,) * 3 + (3,) and np.isfinite(cube.table).all()
+
+
+def test_rows_are_written_as_python_formats_them_ties_included():
+    from clipdlut.table import identity_table
+
+    rng = np.random.default_rng(0)
+    tables = [identity_table(33), np.clip(identity_table(17) + rng.normal(0, 0.05, (17, 17, 17, 3)), 0, 1),
+              rng.integers(0, 2 * 10**6, (9, 9, 9, 3)) / 2e6,  # every value a tie at the seventh decimal
+              np.full((2, 2, 2, 3), 0.9999995)]
+    for table in tables:
+        rows = write_cube(table).split("\n", 2)[2]
+        assert rows == "".join(f"{r:.6f} {g:.6f} {b:.6f}\n" for r, g, b in table.reshape(-1, 3).tolist())
+    assert write_cube(np.full((2, 2, 2, 3), -0.0)).splitlines()[2] == "0.000000 0.000000 0.000000"

@@ -139,6 +139,12 @@ async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: s
         raise InputError(f"format must be cube or hald, got {fmt!r}")
     if size is not None and size not in OFFERED_SIZES:
         raise InputError(f"size must be one of {_OFFERED}, got {size}")
+    if fmt == "cube" and size is None:
+        return cube, "text/plain"
+    return await asyncio.to_thread(_convert, cube, size, fmt)  # (tens of ms of CPU: not on the event loop)
+
+
+def _convert(cube: bytes, size: int | None, fmt: str) -> tuple[bytes, str]:
     parsed = read_cube(cube)
     if fmt == "strip":
         return write_strip(parsed.table), "image/png"

@@ -106,6 +106,12 @@ def decode_upload(data: bytes, settings: Settings) -> DecodedImage:
         raise InputError(str(e)) from None
 
 
+def decode_photo(text: str, settings: Settings) -> tuple[bytes, DecodedImage]:
+    """A base64 photo's bytes and decoded image (megabytes of work: call it on a worker thread)."""
+    data = b64decode_image(text)
+    return data, decode_upload(data, settings)
+
+
 async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
     """The ``.cube`` text a refining job starts from and how to name it: a finished task's LUT (by its id), or the
     text of a ``.cube`` file; :class:`InputError`, :class:`UnknownTask` or :class:`TaskNotFinished` otherwise."""
@@ -128,15 +134,14 @@ async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
 async def upload(request: RetouchRequest, store: JobStore, settings: Settings) -> tuple[Upload, JobOptions]:
     """A native request's photos, reference and starting LUT decoded and checked, with its options."""
     opts = validate_options(request.options(), settings)
-    raw = [b64decode_image(text) for text in request.photos]
-    decoded = await asyncio.gather(*(asyncio.to_thread(decode_upload, data, settings) for data in raw))
+    photos = await asyncio.gather(*(asyncio.to_thread(decode_photo, text, settings) for text in request.photos))
     reference = None
     if request.reference_image is not None:
-        reference = await asyncio.to_thread(decode_upload, b64decode_image(request.reference_image), settings)
+        reference = (await asyncio.to_thread(decode_photo, request.reference_image, settings))[1]
     start = None
     if request.start_from is not None:
         start, opts.start_from = await start_cube(request.start_from, store)
-    return Upload(list(zip(raw, decoded)), reference, start), opts
+    return Upload(list(photos), reference, start), opts
 
 
 async def submission(body: bytes, store: JobStore, settings: Settings) -> tuple[Upload, JobOptions]:
