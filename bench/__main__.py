@@ -205,7 +205,8 @@ def table(r: dict) -> str:
               f"job streams broke and were sent again; {sk['calls_dropped']} one-shot calls between the services "
               f"dropped. Readiness: p50 {sk['ready_p50_ms']:.0f} ms, p99 {sk['ready_p99_ms']:.0f} ms, max "
               f"{sk['ready_max_ms']:.0f} ms over {sk['ready_probes']} probes ({sk['not_ready_probes']} answered "
-              "not ready, while the optimizer restarted)."]
+              f"not ready, while the optimizer restarted); before the kill, p99 {sk['ready_p99_before_kill_ms']:.0f} "
+              f"ms over {sk['probes_before_kill']} probes."]
     return "\n".join(lines) + "\n"
 
 

@@ -242,7 +242,7 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         server = _Server("service:Retouch", Path(folder) / "api")
-        probes: list[tuple[float, int]] = []
+        probes: list[tuple[float, float, int]] = []  # (when, seconds, status)
         done = threading.Event()
 
         def probe() -> None:
@@ -253,7 +253,7 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
                         status = client.get(server.url + "/readyz").status_code
                     except httpx.HTTPError:
                         status = 0
-                    probes.append((time.perf_counter() - t0, status))
+                    probes.append((t0, time.perf_counter() - t0, status))
 
         try:
             _wait_ready(f"{server.url}/readyz")
@@ -264,6 +264,7 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
                                      "--host", server.url, "--only-summary"], cwd=ROOT, env=server.env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(seconds / 2)
+            killed = time.perf_counter()
             server.kill_optimizer()
             load.wait(timeout=seconds + 120)
             db = Path(server.env["CLIPDLUT_STORE"])
@@ -278,7 +279,8 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
         finally:
             done.set()
             server.stop()
-    latency = np.array([t for t, _ in probes]) * 1000
+    latency = np.array([t for _, t, _ in probes]) * 1000
+    calm = np.array([t for when, t, _ in probes if when < killed]) * 1000  # (before the kill: no fault at all)
     failed = {}
     for status, error in rows:
         if status == "failed":
@@ -288,7 +290,8 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
             "failed": failed, "lost": sum(s in ("queued", "running") for s, _ in rows),
             "ready_probes": len(probes), "ready_p50_ms": float(np.percentile(latency, 50)),
             "ready_p99_ms": float(np.percentile(latency, 99)), "ready_max_ms": float(latency.max()),
-            "not_ready_probes": sum(s != 200 for _, s in probes),
+            "ready_p99_before_kill_ms": float(np.percentile(calm, 99)), "probes_before_kill": len(calm),
+            "not_ready_probes": sum(s != 200 for *_, s in probes),
             "streams_resent": len(re.findall(r"stream broke", log)),
             "calls_dropped": len(re.findall(r"call to the optimizer's \w+ dropped", log))}
 
