@@ -425,3 +425,13 @@ def test_a_reference_photo_alone_gives_the_look(client):
 def test_a_bad_shoot_request_gets_a_clear_400(client, body, message):
     r = client.post("/v1/retouch/submit", json=body)
     assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
+def test_the_openapi_page_documents_a_shoot_s_fields(client):
+    schemas = client.get("/docs.json").json()["components"]["schemas"].values()
+    (request,) = [x["properties"] for x in schemas if "start_from" in x.get("properties", {})]
+    for field in ("images", "reference_image", "start_from", "mode"):
+        assert request[field]["description"], field
+    assert "16" in request["images"]["description"] and "bw" in request["mode"]["description"]
+    results = [x["properties"] for x in schemas if "cube" in x.get("properties", {}) and "images" in x["properties"]]
+    assert results and all(r["images"]["description"] for r in results)
