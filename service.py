@@ -232,9 +232,11 @@ class Retouch:
 
     # -- shared job machinery -------------------------------------------------------------------
 
-    async def _accept(self, job_id: str, upload: jobs.Upload, opts: JobOptions):
+    async def _accept(self, job_id: str, upload: jobs.Upload, opts: JobOptions) -> tuple[list[bytes], JobOptions]:
+        """Record a checked upload as a job; what driving it needs (the photos' bytes: the decoded photos are let
+        go, and decoded again to render the result)."""
         await jobs.accept(self.store, job_id, upload, opts, S, owner=_instance())
-        return upload.decoded, opts
+        return [data for data, _ in upload.photos], opts
 
     async def _record(self, task_id: str):
         record = await self.store.get(validation.check_task_id(task_id))
@@ -353,11 +355,11 @@ class Retouch:
         job_id = str(uuid.uuid4())
         opts = validation.validate_options(request.options(), S)
         upload = jobs.Upload([await asyncio.to_thread(validation.decode_photo, request.image, S)])
-        decoded, opts = await self._accept(job_id, upload, opts)
+        photos, opts = await self._accept(job_id, upload, opts)
 
         async def run() -> None:
             with contextlib.suppress(JobEnded):  # (its end is in the store, where /query_task reads it)
-                await self.drivers.run(job_id, decoded, opts)
+                await self.drivers.run(job_id, photos, opts)
 
         self._spawn(run())
         return LegacyTask(task_id=job_id, status=JobStatus.QUEUED.original, current_iteration=0,

@@ -51,6 +51,7 @@ def _retouch(args: argparse.Namespace) -> None:
     if args.image is not None and series and args.image.suffix.lower() in batch.WRITE_FORMATS:
         raise ValueError(f"the graded photos of a series are written into a folder; {args.image} is a file name")
     image_format = _format_for(args.image) if args.image and not series else None
+    tasks = batch.plan(sources, args.image) if args.image is not None and series else []  # (name clashes: now)
     decoded = [decode_image(p.read_bytes()) for p in sources]
     reference = working_copy(decode_image(args.reference.read_bytes()).rgb) if args.reference else None
     start = from_table(_read_lut_file(args.start_from)) if args.start_from else None
@@ -87,7 +88,7 @@ def _retouch(args: argparse.Namespace) -> None:
     elif args.image is not None:
         args.image.mkdir(parents=True, exist_ok=True)
         table = read_cube(text).normalized()
-        for task in batch.plan(sources, args.image):
+        for task in tasks:
             batch.grade_file(task, table, threads=None)
         print(f"wrote {len(sources)} graded photos to {args.image}")
     s = result.scores
@@ -275,7 +276,8 @@ def _retouch_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     r.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
     r.add_argument("--strength", type=_strength, default=1.0,
-                   help=f"blend with the identity, 0..{MAX_STRENGTH:g} (default 1)")
+                   help="blend with the identity (a black-and-white LUT: with the plain conversion), "
+                        f"0..{MAX_STRENGTH:g} (default 1)")
     r.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same LUT")
     r.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 0.005)")
     for name, help_text in PINS.items():
@@ -299,7 +301,8 @@ def _apply_arguments(a: argparse.ArgumentParser) -> None:
                    help="for one photo, the output image (.png/.jpg/.webp); for several photos or a folder, the "
                         "output folder (created; each photo keeps its name); for a video, the output video")
     a.add_argument("--strength", type=_strength, default=1.0,
-                   help=f"blend with the identity, 0..{MAX_STRENGTH:g} (default 1)")
+                   help="blend with the identity (a black-and-white LUT: with the plain conversion), "
+                        f"0..{MAX_STRENGTH:g} (default 1)")
     a.add_argument("--format", choices=("png", "jpeg", "webp"),
                    help="photos' output format (default: one photo's from OUT's name; in a folder, each photo's "
                         "own when PNG, JPEG or WebP, else PNG)")

@@ -160,7 +160,6 @@ TERMS: dict[str, Term] = {
 }
 
 
-
 class LossWeights(Mapping[str, float]):
     """The weight of every term of :data:`TERMS`: its default unless overridden (per job)."""
 

@@ -35,4 +35,3 @@ def grey_identity(n: int, *, dtype: torch.dtype = torch.float32, device: torch.d
                   ) -> torch.Tensor:
     """The plain black-and-white conversion as a LUT ``(1, 3, N, N, N)``: a neutral look's strength-0 end."""
     return neutral(identity(n, dtype=torch.float64, device=device)).to(dtype)
-

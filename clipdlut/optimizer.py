@@ -85,6 +85,8 @@ class JobSpec:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.progress_every < 1:
             raise ValueError(f"progress_every must be at least 1, got {self.progress_every}")
+        if not self.source_prompt.strip():
+            raise ValueError("source_prompt is empty")
         if not self.target_prompt.strip() and self.reference is None:
             raise ValueError("target_prompt is empty (and there is no reference photo to aim for instead)")
         if not 1 <= len(self.photos) <= MAX_PHOTOS:
@@ -92,10 +94,10 @@ class JobSpec:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.start is not None:
-            check_size(int(self.start.shape[-1]))
-            if self.start.ndim != 5 or tuple(self.start.shape[:2]) != (1, 3) or len(set(self.start.shape[2:])) != 1:
-                got = tuple(self.start.shape)
+            got = tuple(self.start.shape)
+            if self.start.ndim != 5 or got[:2] != (1, 3) or len(set(got[2:])) != 1:
                 raise ValueError(f"the LUT to start from must have shape (1, 3, M, M, M), got {got}")
+            check_size(int(got[-1]))
         if self.resume is not None:
             shape = (1, 3, self.lut_size, self.lut_size, self.lut_size)
             if tuple(self.resume.delta.shape) != shape or not 0 <= self.resume.iteration < self.steps:
@@ -109,10 +111,12 @@ class Scores:
     """Cosine similarities in Chinese-CLIP space on the whole working image: how far the grade moved toward the
     target. (The API's result reports it as is: the descriptions are its documentation.)"""
 
-    source_target: Annotated[float, Field(description="similarity of the original image to the target prompt")]
-    result_target: Annotated[float, Field(description="similarity of the graded image to the target prompt")]
-    directional: Annotated[float, Field(description="cosine between the image edit and the source->target text "
-                                                    "direction")]
+    source_target: Annotated[float, Field(description="similarity of the photo as the job started (the original; "
+                                                      "refining: graded by the LUT refined) to the target (the "
+                                                      "prompt, or the reference photo without one)")]
+    result_target: Annotated[float, Field(description="similarity of the graded photo to the target")]
+    directional: Annotated[float, Field(description="cosine between the photo's edit and the source->target "
+                                                    "direction (a series: means over its photos)")]
 
 
 @dataclass
@@ -164,6 +168,9 @@ class _Job:
         if spec.start is not None:  # (no noise: the first step starts at that LUT exactly)
             noise = resample(spec.start.detach().float().cpu(), n) - self.identity.cpu()
         self.delta = noise.to(device).requires_grad_(True)
+        # the look the job starts from, when it is not the photo itself: the LUT it refines, or the plain
+        # black-and-white conversion; its direction and its colour terms are measured from the photo graded by it
+        self.base = self.lut().detach().clone() if spec.start is not None or spec.mode == "bw" else None
         # Adam state, stepped for many jobs at once by :func:`_adam_step`
         self.exp_avg = torch.zeros_like(self.delta)
         self.exp_avg_sq = torch.zeros_like(self.delta)
@@ -197,6 +204,12 @@ class _Job:
     def views(self, size: int) -> torch.Tensor:
         """This step's views, drawn across the job's photos."""
         return series_views(self.images, self.spec.views, size, self.generator)
+
+    def from_base(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` as the job's starting look shows them (themselves, without one)."""
+        if self.base is None:
+            return images
+        return apply(self.base.expand(len(images), -1, -1, -1, -1), images)
 
     def state(self) -> JobState:
         return JobState(self.iteration, self.delta.detach().cpu().clone(), self.exp_avg.cpu().clone(),
@@ -335,14 +348,9 @@ class BatchedOptimizer:
 
     def _source_pixels(self, job: _Job) -> torch.Tensor:
         """A job's model inputs at admission: each whole photo, its first views, then its reference photo. The
-        photos are graded by the LUT the job starts from (refining: the direction is from that look)."""
-        start = job.lut().detach() if job.spec.start is not None else None
-
-        def graded(images: torch.Tensor) -> torch.Tensor:
-            return images if start is None else apply(start.expand(len(images), -1, -1, -1, -1), images)
-
-        parts = [self.guide.preprocess(graded(img.unsqueeze(0))) for img in job.images]
-        parts.append(self.guide.normalize(graded(job.views(self.guide.resolution))))
+        photos as the job's starting look shows them (refining, black and white: the direction is from that look)."""
+        parts = [self.guide.preprocess(job.from_base(img.unsqueeze(0))) for img in job.images]
+        parts.append(self.guide.normalize(job.from_base(job.views(self.guide.resolution))))
         if job.reference is not None:
             parts.append(self.guide.preprocess(job.reference.unsqueeze(0)))
         return torch.cat(parts)
@@ -364,7 +372,10 @@ class BatchedOptimizer:
     def _group_loss(self, jobs: list[_Job], luts: torch.Tensor, src: torch.Tensor, out: torch.Tensor,
                     feats: torch.Tensor) -> torch.Tensor:
         """The sum of a group's per-job losses (each job weighs the terms its own way); keeps each job's
-        loss and terms for its reports. Terms no job in the group weighs are not computed."""
+        loss and terms for its reports. Terms no job in the group weighs are not computed. The image terms compare
+        the graded views with the views as each job's starting look shows them."""
+        if any(j.base is not None for j in jobs):
+            src = torch.stack([j.from_base(views) for j, views in zip(jobs, src)])
         inputs = Inputs(luts, src, out, feats, torch.stack([j.src_feat for j in jobs]),
                         torch.stack([j.text_dir for j in jobs]), torch.stack([j.target for j in jobs]),
                         torch.stack([j.ref_feat for j in jobs]), torch.stack([j.ref_stats for j in jobs]))

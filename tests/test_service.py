@@ -418,9 +418,10 @@ def test_a_reference_photo_alone_gives_the_look(client):
     ({"image": PHOTO_B64, "images": [PHOTO_B64], "target_prompt": "x"}, "one of the two"),
     ({"image": PHOTO_B64}, "target_prompt`, `reference_image`, or both"),
     ({"images": [PHOTO_B64] * 17, "target_prompt": "x"}, "images"),
-    ({"images": [PHOTO_B64, "***"], "target_prompt": "x"}, "not valid base64"),
+    ({"images": [PHOTO_B64, "***"], "target_prompt": "x"}, "images[1]: the image is not valid base64"),
     ({"image": PHOTO_B64, "target_prompt": "x", "mode": "sepia"}, "mode"),
-    ({"image": PHOTO_B64, "reference_image": "aGVsbG8=", "target_prompt": "x"}, "not an image"),
+    ({"image": PHOTO_B64, "reference_image": "aGVsbG8=", "target_prompt": "x"}, "reference_image: "),
+    ({"image": PHOTO_B64, "target_prompt": "x", "start_from": "a Hald PNG"}, "neither a task id nor"),
 ])
 def test_a_bad_shoot_request_gets_a_clear_400(client, body, message):
     r = client.post("/v1/retouch/submit", json=body)

@@ -16,7 +16,10 @@ def pack(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def unpack(blob: bytes) -> dict[str, bytes]:
-    """The named files of :func:`pack`, in order."""
+def unpack(blob: bytes, alone: str = "photo-0") -> dict[str, bytes]:
+    """The named files of :func:`pack`, in order; a blob that is not a bundle (a job stored by a version that kept
+    one photo as it was) is the one file ``alone``."""
+    if not blob.startswith(b"PK"):  # (a zip archive's first bytes; no image format starts with them)
+        return {alone: blob}
     with zipfile.ZipFile(io.BytesIO(blob)) as z:
         return {name: z.read(name) for name in z.namelist()}

@@ -35,9 +35,9 @@ from typing import Any
 from clipdlut.cube import read_cube
 from clipdlut.engine import EngineFull
 from clipdlut.export import lut_to_cube
-from clipdlut.imaging import MEDIA_TYPES, DecodedImage, encode_image, output_format
+from clipdlut.imaging import MEDIA_TYPES, encode_image, output_format
 from clipdlut.lut import from_table as table_to_lut
-from clipdlut.quality import Quality, measure_grade
+from clipdlut.quality import measure_grade
 from clipdlut.render import apply_table
 from clipdlut.serving.bundle import unpack
 from clipdlut.serving.errors import JobEnded, StoreUnavailable
@@ -184,10 +184,12 @@ async def _wait(seconds: float, stop: asyncio.Event) -> None:
         raise _Stopped
 
 
-async def drive(store: JobStore, job_id: str, decoded: list[DecodedImage], opts: JobOptions, open_stream: OpenStream,
+async def drive(store: JobStore, job_id: str, photos: list[bytes], opts: JobOptions, open_stream: OpenStream,
                 settings: Settings, stop: asyncio.Event, resilience: Resilience | None = None,
                 owner: str | None = None) -> dict:
-    """Run a stored job on the optimizer to its end and store its result; returns the result summary.
+    """Run a stored job on the optimizer to its end and store its result; returns the result summary. ``photos``
+    are the original uploads (decoded only when the result is rendered: a series of large photos is not held
+    decoded while it is optimized).
 
     Starts from the job's last checkpoint in the store, if it has one (a job taken over from another replica).
     Raises :class:`JobEnded` when the job was cancelled (``stop`` set) or failed, the store says which and
@@ -202,7 +204,7 @@ async def drive(store: JobStore, job_id: str, decoded: list[DecodedImage], opts:
         raise await _end(store, job_id, owner, JobStatus.FAILED, f"job {job_id} has no input in the job store")
     if stored is None:  # it has ended (another replica finished it)
         return await _outcome(store, job_id)
-    request = optimize_request(job_id, stored[1], opts, settings, policy.checkpoint_s)
+    request = await asyncio.to_thread(optimize_request, job_id, stored[1], opts, settings, policy.checkpoint_s)
     saved = await store.checkpoint(job_id)
     checkpoint = Checkpoint.model_validate_json(saved) if saved else None
     lost, backoff, waiting_since, started = 0, policy.backoff_s, time.monotonic(), None
@@ -272,7 +274,7 @@ async def drive(store: JobStore, job_id: str, decoded: list[DecodedImage], opts:
             finally:
                 await _close(events, raw)
             if final is not None:  # (rendering is the API's own work: nothing to send again if it fails)
-                return await _finish(store, job_id, decoded, opts, final, submitted, started, owner)
+                return await _finish(store, job_id, photos, opts, final, submitted, started, owner, settings)
             await _wait(backoff * random.uniform(0.5, 1.0), stop)
             backoff = min(backoff * 2, policy.max_backoff_s)
     except _Stopped:
@@ -321,8 +323,8 @@ async def _ended(store: JobStore, job_id: str) -> JobEnded:
     return JobEnded(record.status, record.error or f"job {job_id} ended {record.status}")
 
 
-async def _finish(store: JobStore, job_id: str, decoded: list[DecodedImage], opts: JobOptions, event: Finished,
-                  submitted: float, started: float | None, owner: str | None) -> dict:
+async def _finish(store: JobStore, job_id: str, photos: list[bytes], opts: JobOptions, event: Finished,
+                  submitted: float, started: float | None, owner: str | None, settings: Settings) -> dict:
     """Write the ``.cube`` text, render each full-resolution photo from it, and store them with the scores."""
     t0 = time.time()
     n = event.lut_size
@@ -330,28 +332,30 @@ async def _finish(store: JobStore, job_id: str, decoded: list[DecodedImage], opt
                 f"model: {event.model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
     fmt = output_format(opts.image_format)
 
-    def write_render_measure() -> tuple[str, list[tuple[bytes, Quality]]]:  # (off the event loop: 10 ms to seconds)
+    def write_render_measure() -> tuple[str, list[tuple[bytes, dict]]]:  # (off the event loop: 10 ms to seconds)
         cube = lut_to_cube(decode_tensor(event.lut, (1, 3, n, n, n)), strength=opts.strength, size=opts.lut_size,
                            keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites, neutral=opts.mode == "bw",
                            title=(opts.target_prompt or "CLIP-DLUT")[:64], comments=comments)
         table = read_cube(cube).normalized()  # (rendered from the returned text: a client's Pillow gets these pixels)
-        photos = []
-        for d in decoded:
-            graded = apply_table(d.rgb, table)
-            photos.append((encode_image(graded, fmt, d.alpha, d.icc_profile), measure_grade(d.rgb, graded, table)))
-        return cube, photos
+        graded = []
+        for data in photos:  # (one decoded photo in memory at a time)
+            d = decode_upload(data, settings)
+            out = apply_table(d.rgb, table)
+            graded.append((encode_image(out, fmt, d.alpha, d.icc_profile),
+                           {"media_type": MEDIA_TYPES[fmt], "width": d.size[0], "height": d.size[1],
+                            "quality": measure_grade(d.rgb, out, table).as_dict()}))
+        return cube, graded
 
-    cube, photos = await asyncio.to_thread(write_render_measure)
+    cube, graded = await asyncio.to_thread(write_render_measure)
     done = time.time()
     started = started or t0 - event.seconds
-    each = [{"media_type": MEDIA_TYPES[fmt], "width": d.size[0], "height": d.size[1], "quality": q.as_dict()}
-            for d, (_, q) in zip(decoded, photos)]
+    each = [summary for _, summary in graded]
     result: dict[str, Any] = {
         "cube_size": opts.lut_size, **each[0], "photos": each, "model": event.model, "scores": asdict(event.scores),
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }
-    files = {"cube": cube.encode("utf-8"), **{image_file(i): image for i, (image, _) in enumerate(photos)}}
+    files = {"cube": cube.encode("utf-8"), **{image_file(i): image for i, (image, _) in enumerate(graded)}}
     try:
         finished = await store.finish(job_id, result, files, owner=owner)
     except Exception as e:
@@ -360,8 +364,8 @@ async def _finish(store: JobStore, job_id: str, decoded: list[DecodedImage], opt
         return await _outcome(store, job_id)
     t = result["timings"]
     log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%d photo(s), first "
-             "%dx%d, %d steps)", job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], len(decoded),
-             decoded[0].size[0], decoded[0].size[1], opts.steps)
+             "%dx%d, %d steps)", job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], len(each),
+             each[0]["width"], each[0]["height"], opts.steps)
     return result
 
 
@@ -397,7 +401,7 @@ class Drivers:
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
 
-    async def run(self, job_id: str, decoded: list[DecodedImage], opts: JobOptions) -> dict:
+    async def run(self, job_id: str, photos: list[bytes], opts: JobOptions) -> dict:
         """Drive one job to its end (see :func:`drive`); if another replica takes it over meanwhile, wait for
         its end there. Raises :class:`JobEnded` for a job that ends cancelled or failed, :class:`HandedOver` once
         this replica is shutting down (a job it has not started yet is left for the next replica too)."""
@@ -408,7 +412,7 @@ class Drivers:
             return await self._outcome(job_id)
         stop = self._stops[job_id] = Stop()
         try:
-            return await drive(self.store, job_id, decoded, opts, self.open_stream, self.settings, stop,
+            return await drive(self.store, job_id, photos, opts, self.open_stream, self.settings, stop,
                                owner=self.instance)
         except HandedOver as e:
             if self._closing:
@@ -451,15 +455,14 @@ class Drivers:
             if record is None or stored is None:
                 return await _outcome(self.store, job_id)
             try:
-                photos = unpack(stored[0])
-                decoded = [await asyncio.to_thread(decode_upload, photos[photo_file(i)], self.settings)
-                           for i in range(len(photos))]
+                uploads = unpack(stored[0])
+                photos = [uploads[photo_file(i)] for i in range(len(uploads))]
             except Exception as e:
                 raise await _end(self.store, job_id, self.instance, JobStatus.FAILED,
                                  f"internal error: the stored upload cannot be read: {e}") from None
         finally:
             self._starting.discard(job_id)
-        return await self.run(job_id, decoded, JobOptions(**record.options))
+        return await self.run(job_id, photos, JobOptions(**record.options))
 
     async def adopt(self, job_id: str, takeovers: int) -> None:
         """Drive on a job taken over from a replica that stopped (or end it, once it has been taken over too often:

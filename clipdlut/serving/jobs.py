@@ -119,8 +119,8 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
     images = [await store.file(job_id, image_file(i)) for i in range(len(photos))]
     if cube is None or any(image is None for image in images):
         return None
-    graded = [{**photo, "image": base64.b64encode(image).decode()} for photo, image in zip(photos, images)
-              if image is not None]
+    encoded = await asyncio.to_thread(lambda: [base64.b64encode(image or b"").decode() for image in images])
+    graded = [{**photo, "image": image} for photo, image in zip(photos, encoded)]
     return {"task_id": job_id, "cube": cube.decode("utf-8"), **graded[0],
             "images": graded if o.get("photos", 1) > 1 else None, "mode": o.get("mode", "color"),
             "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],

@@ -8,6 +8,7 @@ id, and answers ``cancel``/``status``/``get`` from the job store, so any replica
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from clipdlut.serving.errors import InputError
 from clipdlut.serving.readiness import Readiness
@@ -86,7 +87,8 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.max_bytes
-        too_large = f"the request body is larger than {limit / 2**20:g} MB; send a smaller image"
+        too_large = (f"the request body is larger than {limit / 2**20:g} MB; send a smaller photo (a series: fewer or "
+                     "smaller photos, their total counts)")
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return await _error(413, too_large)(scope, receive, send)
@@ -164,6 +166,7 @@ class TaskGate:
         if record is None:
             return await _error(404, f"no task with id {task_id!r}; task ids come from the submit response"
                                 )(scope, receive, send)
+        response: Response
         if action == "cancel":  # (a task that has already ended answers the state it ended in)
             if not record.done:
                 await store.request_cancel(task_id)
@@ -174,7 +177,8 @@ class TaskGate:
                                      "created_at": _iso(record.created),
                                      "executed_at": _iso(record.updated) if record.done else None})
         elif record.status == JobStatus.FINISHED and (result := await self.result(task_id)) is not None:
-            response = JSONResponse(result)
+            body = await asyncio.to_thread(json.dumps, result)  # (megabytes for a series: not on the event loop)
+            response = Response(body, media_type="application/json")
         elif record.done:
             response = _error(409, f"task {task_id} ended {record.status}: {record.error or 'no result'}")
         else:
@@ -332,7 +336,6 @@ class ApiKey:
                               **{"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)
-
 
     def _declare_scheme(self, document: bytes) -> bytes:
         """The OpenAPI document with the bearer scheme required on every operation but the open ones."""

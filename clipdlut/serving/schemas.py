@@ -63,7 +63,7 @@ class RetouchResult(BaseModel):
     width: int
     height: int
     images: list[GradedPhoto] | None = Field(None, description="a series' graded photos, in the order sent, each "
-                                             "rendered from `cube` (only for a request with `images`)")
+                                             "rendered from `cube` (for a request of two photos or more)")
     mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
     lut_size: int
     strength: float

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -125,10 +126,10 @@ class JobStore(Protocol):
 
 
 class _Guarded:
-    """A store whose failures to reach its server or file (the implementation's ``UNAVAILABLE`` errors) raise
-    :class:`~clipdlut.serving.errors.StoreUnavailable`, which every route answers with a 503."""
+    """A store whose failures to reach its server or file (those its module's ``unavailable`` tells apart from
+    bugs) raise :class:`~clipdlut.serving.errors.StoreUnavailable`, which every route answers with a 503."""
 
-    def __init__(self, store: Any, unavailable: tuple[type[BaseException], ...]):
+    def __init__(self, store: Any, unavailable: Callable[[BaseException], bool]):
         self._store, self._unavailable = store, unavailable
 
     def __getattr__(self, name: str) -> Any:
@@ -140,8 +141,10 @@ class _Guarded:
         async def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await attr(*args, **kwargs)
-            except self._unavailable as e:
-                raise StoreUnavailable(e) from e
+            except Exception as e:
+                if self._unavailable(e):
+                    raise StoreUnavailable(e) from e
+                raise
 
         return call
 
@@ -154,8 +157,8 @@ def open_store(location: str, retention_s: float = 86_400.0) -> JobStore:
         from clipdlut.serving import store_redis
 
         store = store_redis.RedisJobStore(location, retention_s)
-        return cast(JobStore, _Guarded(store, store_redis.UNAVAILABLE))
+        return cast(JobStore, _Guarded(store, store_redis.unavailable))
     from clipdlut.serving import store_sqlite
 
     store = store_sqlite.SqliteJobStore(location, retention_s)
-    return cast(JobStore, _Guarded(store, store_sqlite.UNAVAILABLE))
+    return cast(JobStore, _Guarded(store, store_sqlite.unavailable))

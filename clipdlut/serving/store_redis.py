@@ -31,7 +31,6 @@ from clipdlut.serving.store import JobRecord
 from clipdlut.status import JobStatus
 
 GROUP = b"drivers"
-UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # (BusyLoadingError included)
 _RELEASED_IDLE_MS = 10**10  # the idle time a released lease is given: older than any watchdog bound
 _STATUS_OPEN = "local open = {queued = true, running = true}\n"
 
@@ -291,3 +290,8 @@ class RedisJobStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def unavailable(e: BaseException) -> bool:
+    """Whether ``e`` says the server cannot be reached now (down, restarting, loading its data, a network cut)."""
+    return isinstance(e, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)  # (BusyLoadingError too)

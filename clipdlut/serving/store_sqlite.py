@@ -18,7 +18,14 @@ from typing import Any
 from clipdlut.serving.store import JobRecord
 from clipdlut.status import JobStatus
 
-UNAVAILABLE = (sqlite3.OperationalError,)  # a file locked past the busy timeout, a full or failing disk
+_UNAVAILABLE = ("locked", "disk", "unable to open", "i/o", "readonly")  # (how SQLite words each)
+
+
+def unavailable(e: BaseException) -> bool:
+    """Whether ``e`` says the file cannot be used now (locked past the busy timeout, a full, failing or read-only
+    disk), not that a statement is wrong."""
+    return isinstance(e, sqlite3.OperationalError) and any(word in str(e).lower() for word in _UNAVAILABLE)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,

@@ -117,7 +117,12 @@ async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
     text of a ``.cube`` file; :class:`InputError`, :class:`UnknownTask` or :class:`TaskNotFinished` otherwise."""
     text = start_from.strip()
     if "LUT_3D_SIZE" not in text.upper():
-        record = await store.get(check_task_id(text))
+        try:
+            check_task_id(text)
+        except InputError:
+            raise InputError("start_from is neither a task id nor the text of a 3D .cube file (no LUT_3D_SIZE line)"
+                             ) from None
+        record = await store.get(text)
         if record is None:
             raise UnknownTask(f"start_from: no task with id {text!r}; use a task_id the submit call returned")
         cube = await store.file(text, "cube") if record.status == JobStatus.FINISHED else None
@@ -134,13 +139,21 @@ async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
 async def upload(request: RetouchRequest, store: JobStore, settings: Settings) -> tuple[Upload, JobOptions]:
     """A native request's photos, reference and starting LUT decoded and checked, with its options."""
     opts = validate_options(request.options(), settings)
-    photos = await asyncio.gather(*(asyncio.to_thread(decode_photo, text, settings) for text in request.photos))
+    start = None
+    if request.start_from is not None:  # (before the photos: the cheaper check)
+        start, opts.start_from = await start_cube(request.start_from, store)
+
+    async def decode(text: str, field: str) -> tuple[bytes, DecodedImage]:
+        try:
+            return await asyncio.to_thread(decode_photo, text, settings)
+        except InputError as e:  # (which of the photos to fix)
+            raise type(e)(f"{field}: {e}") from None
+
+    named = ["image"] if request.images is None else [f"images[{i}]" for i in range(len(request.images))]
+    photos = await asyncio.gather(*(decode(text, field) for text, field in zip(request.photos, named)))
     reference = None
     if request.reference_image is not None:
-        reference = (await asyncio.to_thread(decode_photo, request.reference_image, settings))[1]
-    start = None
-    if request.start_from is not None:
-        start, opts.start_from = await start_cube(request.start_from, store)
+        reference = (await decode(request.reference_image, "reference_image"))[1]
     return Upload(list(photos), reference, start), opts
 
 

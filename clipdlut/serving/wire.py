@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from clipdlut.losses import LossWeights
 from clipdlut.mono import MODES, Mode
@@ -85,6 +85,15 @@ class OptimizeRequest(BaseModel):
     start: str | None = Field(None, description="the LUT to start from, (1, 3, M, M, M) float32 base64")
     start_size: int | None = Field(None, ge=2, le=65, description="M, the size of `start`")
     mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_image(cls, data: Any) -> Any:
+        """An API of the version before series sends one working copy as ``image``: it is a series of one."""
+        if isinstance(data, dict) and "image" in data and "images" not in data:
+            data = {**data, "images": [data["image"]]}
+            del data["image"]
+        return data
 
     def loss_weights(self) -> LossWeights:
         return LossWeights().with_overrides(**self.weights)

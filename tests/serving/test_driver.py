@@ -51,7 +51,7 @@ async def new_job(store, steps=12, prompt="暖色", owner="api-a") -> tuple[str,
     decoded = decode_upload(PHOTO, SETTINGS)
     opts = JobOptions(prompt, steps=steps, lut_size=17, seed=5)
     await accept(store, job_id, Upload([(PHOTO, decoded)]), opts, SETTINGS, owner=owner)
-    return job_id, [decoded], opts
+    return job_id, [PHOTO], opts
 
 
 class Optimizer:
@@ -85,8 +85,8 @@ class Optimizer:
 
 
 async def run(store, job, optimizer, stop=None, policy=FAST):
-    job_id, decoded, opts = job
-    return await drive(store, job_id, decoded, opts, optimizer.optimize, SETTINGS, stop or asyncio.Event(), policy)
+    job_id, photos, opts = job
+    return await drive(store, job_id, photos, opts, optimizer.optimize, SETTINGS, stop or asyncio.Event(), policy)
 
 
 async def cube_table(store, job_id):
@@ -176,12 +176,12 @@ def test_busy_means_not_now_rather_than_never(error, busy):
 
 
 async def test_a_job_the_optimizer_cannot_run_fails_at_once(engine, store):
-    job_id, decoded, opts = await new_job(store)
+    job_id, photos, opts = await new_job(store)
     await store.create("junk", opts.as_dict(), pack({photo_file(0): PHOTO}), pack({photo_file(0): b"not a PNG"}),
                        owner="api-a")
     optimizer = Optimizer(engine)
     with pytest.raises(JobEnded):
-        await run(store, ("junk", decoded, opts), optimizer)
+        await run(store, ("junk", photos, opts), optimizer)
     record = await store.get("junk")
     assert record.status == JobStatus.FAILED and "cannot be run" in record.error
     assert optimizer.tries == 1  # not sent again: it would fail the same way
@@ -211,9 +211,9 @@ async def test_a_job_whose_replica_died_is_taken_over_and_resumes_from_its_check
     clean = await new_job(store, steps=40)
     engine = Engine(guide, capacity=2)
     await run(store, clean, Optimizer(engine))
-    job_id, decoded, opts = await new_job(store, steps=40, owner="api-a")
+    job_id, photos, opts = await new_job(store, steps=40, owner="api-a")
     dying = replica(store, engine, instance="api-a")
-    driving = asyncio.create_task(dying.run(job_id, decoded, opts))
+    driving = asyncio.create_task(dying.run(job_id, photos, opts))
     await until(lambda: store.checkpoint(job_id))
     driving.cancel()  # the process is gone: no more writes, no more lease renewals, its stream closed
     with pytest.raises(asyncio.CancelledError):

@@ -52,3 +52,10 @@ def test_events_are_ascii_lines_that_survive_any_cut():
 
     for size in (1, 3, 7, 64, len(text)):
         assert asyncio.run(collect(size)) == events
+
+
+def test_a_request_from_the_api_before_series_is_a_series_of_one():
+    from clipdlut.serving.wire import OptimizeRequest
+
+    old = OptimizeRequest.model_validate({"job_id": "j", "image": "aW1n", "target_prompt": "暖色", "steps": 3})
+    assert old.images == ["aW1n"] and "image" not in old.model_dump()
