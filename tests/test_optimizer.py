@@ -303,3 +303,23 @@ def test_black_and_white_is_neutral_to_the_last_bit(guide):
     assert r.status == JobStatus.FINISHED
     assert is_neutral(to_table(r.lut)) and measure(r.lut).safe
     assert float(r.lut[0, :, 0, 0, 0].abs().max()) == 0.0  # (the pin holds in bw too)
+
+
+def test_refining_measures_its_colour_terms_from_the_look_it_starts_from(guide):
+    from clipdlut.lut import identity
+    start = identity(9).clone()
+    start[:, 0] = (start[:, 0] * 0.7 + 0.3)  # a strongly warm look
+    seen = {}
+    opt = BatchedOptimizer(guide, on_progress=lambda p: seen.setdefault(p.job_id, p.terms))
+    opt.add([JobSpec("refine", gradient_image(), "更暖一点", steps=2, lut_size=9, progress_every=1, start=start,
+                     lr=1e-4),
+             JobSpec("fresh", gradient_image(), "更暖一点", steps=2, lut_size=9, progress_every=1, lr=1e-4)])
+    opt.run()
+    assert seen["refine"]["color"] < 1e-5 and seen["fresh"]["color"] < 1e-5  # (neither has moved from its start)
+
+
+def test_a_blank_source_prompt_fails_its_job_alone(guide):
+    opt = BatchedOptimizer(guide)
+    failed = opt.add([JobSpec("blank", gradient_image(), "暖色", source_prompt=" "), spec("ok", 1, steps=2)])
+    assert [(r.job_id, "source_prompt is empty" in r.error) for r in failed] == [("blank", True)]
+    assert opt.run()["ok"].status == JobStatus.FINISHED

@@ -95,3 +95,15 @@ def test_fifty_concurrent_clients_across_processes(tmp_path):
     rows = dict(store._exec("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
     assert rows[JobStatus.FINISHED] == 50 * 8 and sum(rows.values()) == 50 * 12  # k = 1, 2, 4, 5, 7, 8, 10, 11 of 0..11
     assert store._exec("SELECT COUNT(*) FROM jobs WHERE cancel = 1").fetchone()[0] == 50 * 4
+
+
+def test_only_errors_of_the_file_mean_the_store_is_unavailable():
+    import sqlite3
+
+    from clipdlut.serving.store_sqlite import unavailable
+
+    for message in ("database is locked", "disk I/O error", "unable to open database file",
+                    "attempt to write a readonly database", "database or disk is full"):
+        assert unavailable(sqlite3.OperationalError(message)), message
+    assert not unavailable(sqlite3.OperationalError("no such column: nope"))  # (a bug: a 500 with its traceback)
+    assert not unavailable(ValueError("database is locked"))
