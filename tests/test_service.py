@@ -118,6 +118,7 @@ def test_native_task_flow(client):
     assert progress["preview"].startswith("data:image/png;base64,")
     result = client.get("/v1/retouch/get", params={"task_id": task_id}).json()
     assert result["lut_size"] == 17 and result["media_type"] == "image/jpeg" and result["model"] == "tiny"
+    assert result["images"] == []  # (one photo: it is `image`; never null, which BentoML's client cannot read)
     assert read_cube(result["cube"]).size == 17
     assert set(result["scores"]) == {"source_target", "result_target", "directional"}
     assert result["timings"]["total_s"] >= result["timings"]["optimize_s"] > 0

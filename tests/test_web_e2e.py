@@ -188,7 +188,7 @@ def test_a_reference_photo_alone_gives_a_black_and_white_look(browser, server, t
     assert not browser.find_element(By.ID, "strip").is_displayed()  # one photo: no strip
     assert "black and white" in text(browser, "scores")
     result = httpx.get(server.url + "/v1/retouch/get", params={"task_id": recent_id(browser)}).json()
-    assert result["mode"] == "bw" and result["images"] is None
+    assert result["mode"] == "bw" and result["images"] == []
     assert "aimed at a reference photo" in result["cube"] and "prompt: none" in result["cube"]
     table = read_cube(result["cube"]).table
     assert (table == table[..., :1]).all()  # neutral: R = G = B at every node

@@ -122,7 +122,7 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
     encoded = await asyncio.to_thread(lambda: [base64.b64encode(image or b"").decode() for image in images])
     graded = [{**photo, "image": image} for photo, image in zip(photos, encoded)]
     return {"task_id": job_id, "cube": cube.decode("utf-8"), **graded[0],
-            "images": graded if o.get("photos", 1) > 1 else None, "mode": o.get("mode", "color"),
+            "images": graded if o.get("photos", 1) > 1 else [], "mode": o.get("mode", "color"),
             "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],
             "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
 

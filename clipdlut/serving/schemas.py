@@ -62,8 +62,8 @@ class RetouchResult(BaseModel):
     media_type: str = Field(description="media type of `image`", examples=["image/png"])
     width: int
     height: int
-    images: list[GradedPhoto] | None = Field(None, description="a series' graded photos, in the order sent, each "
-                                             "rendered from `cube` (for a request of two photos or more)")
+    images: list[GradedPhoto] = Field(default_factory=list, description="a series' graded photos, in the order sent, "
+                                      "each rendered from `cube` (empty for a request of one photo: it is `image`)")
     mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
     lut_size: int
     strength: float

@@ -213,7 +213,7 @@ async function stop() {
 async function showResult(id) {
   const r = await api(`/v1/retouch/get?task_id=${encodeURIComponent(id)}`);
   result = await r.json();
-  const photos = result.images || [result];
+  const photos = result.images && result.images.length ? result.images : [result];
   const blobs = await Promise.all(photos.map(
     async (g) => (await fetch(`data:${g.media_type};base64,${g.image}`)).blob()));
   graded = photos.map((g, i) => ({ ...g, url: URL.createObjectURL(blobs[i]) }));
@@ -236,7 +236,7 @@ async function showResult(id) {
 
 function size(res) {
   const first = `${res.width}×${res.height}`;
-  return res.images ? `${res.images.length} photos graded with one look (the first ${first})` : first;
+  return res.images && res.images.length ? `${res.images.length} photos graded with one look (the first ${first})` : first;
 }
 
 function qualityText(q) {
