@@ -48,32 +48,33 @@ class GradedPhoto(BaseModel):
 
     image: str = Field(description="the graded full-resolution image, base64")
     media_type: str = Field(description="media type of `image`", examples=["image/png"])
-    width: int
-    height: int
-    quality: Quality | None = None
+    width: int = Field(description="width of the photo in pixels (as sent, after its EXIF orientation)")
+    height: int = Field(description="height of the photo in pixels")
+    quality: Quality | None = Field(None, description="colour-safety and content figures of this photo's grade")
 
 
 class RetouchResult(BaseModel):
     """The result of a native retouch task."""
 
-    task_id: str
+    task_id: str = Field(description="the task's id")
     cube: str = Field(description="the .cube file text (apply it anywhere: Photoshop, Resolve, ffmpeg lut3d)")
     image: str = Field(description="the graded full-resolution image, base64 (of a series: its first photo)")
-    media_type: str = Field(description="media type of `image`", examples=["image/png"])
-    width: int
-    height: int
+    media_type: str = Field(description="media type of `image` (`image_format` of the request)",
+                            examples=["image/png"])
+    width: int = Field(description="width of `image` in pixels")
+    height: int = Field(description="height of `image` in pixels")
     images: list[GradedPhoto] = Field(default_factory=list, description="a series' graded photos, in the order sent, "
                                       "each rendered from `cube` (empty for a request of one photo: it is `image`)")
     mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
-    lut_size: int
-    strength: float
-    steps: int
-    seed: int
+    lut_size: int = Field(description="nodes per side of `cube`")
+    strength: float = Field(description="the blend `cube` was written at")
+    steps: int = Field(description="optimizer steps run")
+    seed: int = Field(description="the job's random seed")
     model: str = Field(description="the CLIP model that guided the grade")
-    scores: Scores
+    scores: Scores = Field(description="CLIP similarities before and after, on the whole photo(s)")
     quality: Quality | None = Field(None, description="colour-safety and content figures of `image` (none for "
                                     "results from before they were measured)")
-    timings: Timings
+    timings: Timings = Field(description="where the task's time went")
 
 
 class ProgressResponse(BaseModel):
