@@ -196,32 +196,45 @@ class TaskGate:
         await self.app(scope, _replay(body, receive), _Recording(send, accept, scope, receive))
 
 
-class _Recording:
-    """The ``send`` of a task submission: holds BentoML's answer until the job is in the job store under the
-    task id it carries (BentoML starts the task only after the answer is sent), or answers the store's refusal."""
+class _Held:
+    """A ``send`` that holds a response with ``status`` until its whole body is in, then hands both to
+    :meth:`release` (the other responses pass as they are)."""
 
-    def __init__(self, send: Callable, accept: Accept, scope: Scope, receive: Callable):
-        self._send, self._accept, self._scope, self._receive = send, accept, scope, receive
+    def __init__(self, send: Callable, status: int = 200):
+        self._send, self._status = send, status
         self._start: dict | None = None
-        self._body: list[bytes] = []
+        self._chunks: list[bytes] = []
 
     async def __call__(self, message: dict) -> None:
-        if message["type"] == "http.response.start" and message["status"] == 200:
+        if message["type"] == "http.response.start" and message["status"] == self._status:
             self._start = message
             return
         if self._start is None:
             return await self._send(message)
-        self._body.append(message.get("body", b""))
-        if message.get("more_body"):
-            return
-        body = b"".join(self._body)
+        self._chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            await self.release(self._start, b"".join(self._chunks))
+
+    async def release(self, start: dict, body: bytes) -> None:
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": body})
+
+
+class _Recording(_Held):
+    """The ``send`` of a task submission: holds BentoML's answer until the job is in the job store under the
+    task id it carries (BentoML starts the task only after the answer is sent), or answers the store's refusal."""
+
+    def __init__(self, send: Callable, accept: Accept, scope: Scope, receive: Callable):
+        super().__init__(send)
+        self._accept, self._scope, self._receive = accept, scope, receive
+
+    async def release(self, start: dict, body: bytes) -> None:
         try:
             await self._accept(json.loads(body)["task_id"])
         except InputError as e:
             return await _error(e.status_code, str(e), **getattr(e, "headers", {}))(
                 self._scope, self._receive, self._send)
-        await self._send(self._start)
-        await self._send({"type": "http.response.body", "body": body})
+        await super().release(start, body)
 
 
 async def _read_body(receive: Callable) -> bytes:
@@ -354,28 +367,18 @@ class ApiKey:
         return json.dumps(doc).encode()
 
 
-class _Rewritten:
+class _Rewritten(_Held):
     """A ``send`` that hands the whole body of a response with ``status`` to ``rewrite`` before sending it (with
     its new length)."""
 
     def __init__(self, send: Callable, rewrite: Callable[[bytes], bytes], status: int = 200):
-        self._send, self._rewrite, self._status = send, rewrite, status
-        self._start: dict | None = None
-        self._chunks: list[bytes] = []
+        super().__init__(send, status)
+        self._rewrite = rewrite
 
-    async def __call__(self, message: dict) -> None:
-        if message["type"] == "http.response.start" and message["status"] == self._status:
-            self._start = message
-            return
-        if self._start is None:
-            return await self._send(message)
-        self._chunks.append(message.get("body", b""))
-        if message.get("more_body"):
-            return
-        body = self._rewrite(b"".join(self._chunks))
-        headers = [(k, v) for k, v in self._start["headers"] if k.lower() != b"content-length"]
-        await self._send({**self._start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+    async def release(self, start: dict, body: bytes) -> None:
+        body = self._rewrite(body)
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        await super().release({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]}, body)
 
 
 class ClearErrors:
