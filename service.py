@@ -25,10 +25,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
+from clipdlut import limits
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
 from clipdlut.models import load_model
-from clipdlut.serving import concepts, jobs, logs, modelstore, remote, validation
+from clipdlut.serving import bentoml_internals, concepts, jobs, logs, memory, modelstore, remote, validation
 from clipdlut.serving.apply import apply_upload
 from clipdlut.serving.driver import Drivers, HandedOver, new_instance
 from clipdlut.serving.errors import (
@@ -63,6 +64,7 @@ from clipdlut.serving.schemas import (
     LegacyStopRequest,
     LegacyStopResponse,
     LegacyTask,
+    Limits,
     LutSize,
     ProgressResponse,
     RetouchRequest,
@@ -72,11 +74,14 @@ from clipdlut.serving.settings import Settings
 from clipdlut.serving.store import JobStore, open_store
 from clipdlut.serving.wire import OptimizeRequest, OptimizerHealth
 from clipdlut.status import JobStatus
+from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.tensors import to_tensor
 
 log = logging.getLogger("clipdlut")
 log.setLevel(logging.INFO)  # job outcomes and lost streams reach the server log (BentoML sets the root to WARNING)
 logs.install()  # a client's mistake is one INFO line, without traceback or payload
+bentoml_internals.install()  # request timers that end with their request (BentoML's outlive it by an hour)
+memory.limit_arenas()  # two malloc arenas for the worker threads: memory bounded by the jobs in flight
 S = Settings.from_env()
 TASK_ROUTE = "/v1/retouch"
 APPLY_ROUTE = "/v1/apply"
@@ -95,7 +100,7 @@ IMAGE = (
     .pyproject_toml("pyproject.toml")
     .run("uv pip install --no-deps cn_clip==1.6.0")
 )
-READINESS = Readiness()  # this API process's view of its optimizer, kept current by Retouch.start_background
+READINESS = Readiness()  # this API process's view of its store and optimizer, kept current by start_background
 
 
 @bentoml.service(
@@ -203,18 +208,20 @@ class Retouch:
     def __init__(self) -> None:
         self.store = _store()
         self.drivers = Drivers(self.store, lambda request: remote.stream(self.optimizer, "optimize", job=request), S,
-                               instance=_instance(), on_store=READINESS.store_answered)
+                               instance=_instance())
         self._background: set[asyncio.Task] = set()
 
     @bentoml.on_startup
     async def start_background(self) -> None:
         """Keep readiness current; let cancels reach the jobs this process drives; keep its leases and take over
         the jobs of replicas that stopped."""
+        self._spawn(READINESS.follow_store(self.store.ping))
         if S.ready_needs_optimizer:
             self._spawn(READINESS.follow(lambda: self.optimizer.health()))  # (endpoints exist after startup)
         else:  # jobs wait for an optimizer (BentoCloud's external queue wakes one); probing would keep it awake
             READINESS.update(OptimizerHealth(ready=True))
         self._spawn(self.drivers.watch())
+        self._spawn(memory.trim_every())
         self.drivers.shutdown_on(signal.SIGTERM)
 
     @bentoml.on_shutdown
@@ -314,6 +321,13 @@ class Retouch:
         out.write_bytes(data)
         return out
 
+    @bentoml.api(route="/v1/limits")
+    async def limits(self) -> Limits:
+        """What a job may ask of this service (the page reads its limits here)."""
+        return Limits(max_prompt_chars=S.max_prompt_chars, max_photos=limits.MAX_PHOTOS, max_steps=S.max_steps,
+                      lut_sizes=list(OFFERED_SIZES), max_strength=MAX_STRENGTH, min_side=limits.MIN_SIDE,
+                      max_aspect=limits.MAX_ASPECT, max_pixels=S.max_pixels, max_body_mb=S.max_body_mb)
+
     # -- CLIP utilities --------------------------------------------------------------------------
 
     @bentoml.api(route="/v1/embed_text")
@@ -402,7 +416,7 @@ async def _validate_submission(request: Request) -> Callable[[str], Awaitable[No
 @functools.cache
 def _store() -> JobStore:
     """This process's job store client (the service and its middleware share it)."""
-    return open_store(S.store, S.retention_s)
+    return open_store(S.store, S.retention_s, on_unavailable=READINESS.store_failed)
 
 
 @functools.cache

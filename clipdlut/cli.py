@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from clipdlut import batch, video
+from clipdlut import batch, limits, video
 from clipdlut.cube import read_cube, write_cube
 from clipdlut.hald import read_hald
 from clipdlut.imaging import output_format
@@ -52,8 +52,11 @@ def _retouch(args: argparse.Namespace) -> None:
         raise ValueError(f"the graded photos of a series are written into a folder; {args.image} is a file name")
     image_format = _format_for(args.image) if args.image and not series else None
     tasks = batch.plan(sources, args.image) if args.image is not None and series else []  # (name clashes: now)
-    decoded = [decode_image(p.read_bytes()) for p in sources]
-    reference = working_copy(decode_image(args.reference.read_bytes()).rgb) if args.reference else None
+    prompt = limits.clean_prompt(args.prompt, "--prompt") if args.prompt is not None else ""
+    source_prompt = limits.clean_prompt(args.source_prompt, "--source-prompt")
+    decoded = [_gradable(decode_image(p.read_bytes()), p) for p in sources]
+    reference = working_copy(_gradable(decode_image(args.reference.read_bytes()), args.reference).rgb) \
+        if args.reference else None
     start = from_table(_read_lut_file(args.start_from)) if args.start_from else None
     guide = Guide(load_model(args.model, device=args.device))
     bar = tqdm(total=args.steps, unit="step", file=sys.stderr, disable=args.quiet)
@@ -65,7 +68,7 @@ def _retouch(args: argparse.Namespace) -> None:
     opt = BatchedOptimizer(guide, on_progress=on_progress)
     pins = {name: getattr(args, name) for name in PINS}
     photos = [working_copy(d.rgb) for d in decoded]
-    spec = JobSpec("cli", photos if series else photos[0], args.prompt or "", args.source_prompt, steps=args.steps,
+    spec = JobSpec("cli", photos if series else photos[0], prompt, source_prompt, steps=args.steps,
                    lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1, reference=reference,
                    start=start, mode=args.mode, **pins)
     failed = opt.add([spec])
@@ -73,11 +76,11 @@ def _retouch(args: argparse.Namespace) -> None:
     bar.close()
     if result.status != JobStatus.FINISHED or result.lut is None or result.scores is None:
         raise RuntimeError(result.error or result.status)
-    comments = [*describe_look(args.prompt or "", args.source_prompt, reference=reference is not None,
+    comments = [*describe_look(prompt, source_prompt, reference=reference is not None,
                                start_from=args.start_from and args.start_from.name, photos=len(sources),
                                mode=args.mode),
                 f"model: {guide.name}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
-    text = lut_to_cube(result.lut, strength=args.strength, title=(args.prompt or "CLIP-DLUT")[:64], comments=comments,
+    text = lut_to_cube(result.lut, strength=args.strength, title=(prompt or "CLIP-DLUT")[:64], comments=comments,
                        neutral=args.mode == "bw", **pins)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
@@ -94,6 +97,12 @@ def _retouch(args: argparse.Namespace) -> None:
     s = result.scores
     print(f"CLIP similarity to the target look: {s.source_target:.4f} -> {s.result_target:.4f} "
           f"(direction {s.directional:+.4f}{', mean of the series' if series else ''}), {result.seconds:.1f} s")
+
+
+def _gradable(decoded, path: Path):
+    """``decoded`` if the photo at ``path`` is within the limits of a photo to grade (the service's own rule)."""
+    limits.check_gradable(decoded.size, str(path))
+    return decoded
 
 
 def _read_lut_file(path: Path) -> np.ndarray:
@@ -264,15 +273,16 @@ def _retouch_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO",
                    help=f"the photo to grade; or a series (up to {MAX_PHOTOS} photos, or folders of them) to fit one "
                         "LUT to")
-    r.add_argument("--prompt", help="the look to aim for, e.g. 赛博朋克风格的夜晚城市 (may be left out with "
-                   "--reference)")
+    r.add_argument("--prompt", help="the look to aim for, e.g. 赛博朋克风格的夜晚城市, at most "
+                   f"{limits.MAX_PROMPT_CHARS} characters (may be left out with --reference)")
     r.add_argument("--reference", type=Path, metavar="PHOTO", help="a photo whose look to aim for (with or without "
                    "--prompt): its CLIP features and its L*a*b* colour statistics")
     r.add_argument("--start-from", type=Path, metavar="LUT", help="refine a look: start from this .cube (or Hald "
                    "PNG) instead of the identity, e.g. with --prompt 更暖一点")
     r.add_argument("--mode", choices=list(MODES), default="color",
                    help="; ".join(f"{k}: {v}" for k, v in MODES.items()) + " (default color)")
-    r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now")
+    r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now (at most "
+                   f"{limits.MAX_PROMPT_CHARS} characters)")
     r.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     r.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
     r.add_argument("--strength", type=_strength, default=1.0,

@@ -120,8 +120,10 @@ def run(guide: Guide, *, images: Sequence[str] = tuple(IMAGES), prompts: Sequenc
     return rows
 
 
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values)
+def _mean(values: Sequence[float | None]) -> float:
+    """The mean of the figures that are defined (nan if none is)."""
+    defined = [v for v in values if v is not None]
+    return statistics.fmean(defined) if defined else float("nan")
 
 
 def table(rows: Sequence[Row], title: str) -> str:

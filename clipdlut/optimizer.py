@@ -20,6 +20,7 @@ from torch.optim.adam import adam
 
 from clipdlut.guidance import Guide, series_views
 from clipdlut.imaging import thumbnail
+from clipdlut.limits import MAX_PHOTOS
 from clipdlut.losses import TERMS, Inputs, LossWeights, lab_stats
 from clipdlut.lut import apply, check_size, identity, resample
 from clipdlut.mono import MODES, Mode, neutral
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE_PROMPT = "一张自然色调的图片"
 DEFAULT_STEPS = 200  # a job's steps when its request names none (the original API's own default stays 1000)
-MAX_PHOTOS = 16  # photos one job fits its LUT to (a series)
 
 
 @dataclass

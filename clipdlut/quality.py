@@ -13,40 +13,52 @@ from clipdlut.safety import measure
 
 SIDE = 256  # the figures are computed on copies this long at most (the same for every photo: comparable; 30 ms a
 #             photo on the API, where 512 px took 140 ms of its CPU)
+MIN_SHORT = 32  # ... and at least this wide, where the photo is (a panorama's copy is longer than SIDE)
+SSIM_WINDOW = 7  # SSIM compares 7 x 7 windows: a photo narrower than that has no SSIM
 
 
 @dataclass(frozen=True)
 class Quality:
     """The figures of one graded photo and its LUT."""
 
-    ssim: float  # structural similarity of the luminance of source and result (1 = the content is untouched)
+    ssim: float | None  # structural similarity of the luminance of source and result (1 = the content is untouched);
+    #                     None where it is not defined (``note`` says why)
     color_shift: float  # mean CIE76 distance between source and result in L*a*b* (about 2.3 is just noticeable)
     min_own_step: float  # the LUT's invariants (clipdlut.safety.Invariants)
     max_slope: float
     min_value: float
     max_value: float
     safe: bool
+    note: str | None = None  # why a figure is missing
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def _small(img: Image.Image) -> np.ndarray:
+    """A copy at most :data:`SIDE` long, as wide as :data:`MIN_SHORT` where the photo is (floats in [0, 1])."""
     img = img.convert("RGB")
-    if max(img.size) > SIDE:
-        img = img.copy()
-        img.thumbnail((SIDE, SIDE), Image.Resampling.BOX)
+    w, h = img.size
+    scale = min(1.0, max(SIDE / max(w, h), MIN_SHORT / min(w, h)))
+    if scale < 1.0:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.float64) / 255
 
 
 def measure_grade(source: Image.Image, graded: Image.Image, table: np.ndarray) -> Quality:
-    """The figures of ``graded`` (``source`` with the LUT ``table`` ``[b, g, r, c]`` applied)."""
+    """The figures of ``graded`` (``source`` with the LUT ``table`` ``[b, g, r, c]`` applied), each where it is
+    defined: a photo under :data:`SSIM_WINDOW` pixels on a side has no SSIM (``note`` says so)."""
     from skimage.color import deltaE_cie76, rgb2gray, rgb2lab
     from skimage.metrics import structural_similarity
 
     src, out = _small(source), _small(graded)
-    ssim = structural_similarity(rgb2gray(src), rgb2gray(out), data_range=1.0)
+    ssim, note = None, None
+    if min(src.shape[:2]) >= SSIM_WINDOW:
+        ssim = float(structural_similarity(rgb2gray(src), rgb2gray(out), data_range=1.0, win_size=SSIM_WINDOW))
+    else:
+        note = f"no SSIM: the photo is under {SSIM_WINDOW} pixels on a side (SSIM compares {SSIM_WINDOW} x " \
+               f"{SSIM_WINDOW} windows)"
     shift = float(np.mean(deltaE_cie76(rgb2lab(src), rgb2lab(out))))
     inv = measure(torch.from_numpy(np.ascontiguousarray(table, dtype=np.float64)).permute(3, 0, 1, 2).unsqueeze(0))
-    return Quality(ssim=float(ssim), color_shift=shift, min_own_step=inv.min_own_step, max_slope=inv.max_slope,
-                   min_value=inv.min_value, max_value=inv.max_value, safe=inv.safe)
+    return Quality(ssim=ssim, color_shift=shift, min_own_step=inv.min_own_step, max_slope=inv.max_slope,
+                   min_value=inv.min_value, max_value=inv.max_value, safe=inv.safe, note=note)

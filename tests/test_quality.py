@@ -36,3 +36,16 @@ def test_an_unsafe_lut_is_reported_unsafe():
     table[..., 0] = 1 - table[..., 0]  # red inverted
     q = measure_grade(Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8)), table)
     assert not q.safe and q.min_own_step < -30
+
+
+def test_every_figure_is_measured_where_it_is_defined_whatever_the_shape():
+    """A long photo's figures use a copy wide enough for SSIM's 7 x 7 windows; a photo narrower than a window has no
+    SSIM, and says why, instead of failing the job (the chaos probe's 400x7 and 4000x100 did)."""
+    table = to_table(identity(17))
+    for size in ((4000, 100), (400, 7), (3000, 16)):
+        photo = gradient_image(*size)
+        q = measure_grade(photo, photo, table)
+        assert q.ssim == pytest.approx(1.0) and q.note is None and q.color_shift < 1e-9
+    thin = gradient_image(400, 6)
+    q = measure_grade(thin, thin, table)
+    assert q.ssim is None and q.note.startswith("no SSIM: the photo is under 7 pixels on a side") and q.safe

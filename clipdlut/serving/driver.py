@@ -381,15 +381,13 @@ class Drivers:
     :meth:`watch` runs for the life of the process: every ``poll_s`` it stops the jobs whose cancel was
     requested; every ``lease_s`` it renews its leases (stopping, without a write, any job whose lease went
     elsewhere) and takes over jobs whose lease was not renewed for ``settings.watchdog_s``; now and then it
-    purges expired jobs; after each round it tells ``on_store`` whether the store answered. :meth:`shutdown`
+    purges expired jobs (a store that cannot be reached is readiness's news, told by the store itself). :meth:`shutdown`
     hands every job on at once.
     """
 
     def __init__(self, store: JobStore, open_stream: OpenStream, settings: Settings, instance: str | None = None,
-                 poll_s: float = 0.1, lease_s: float = 1.0, purge_every_s: float = 60.0,
-                 on_store: Callable[[str | None], None] | None = None):
+                 poll_s: float = 0.1, lease_s: float = 1.0, purge_every_s: float = 60.0):
         self.store = store
-        self.on_store = on_store or (lambda error: None)  # told after each round whether the store answered
         self.open_stream = open_stream
         self.settings = settings
         self.poll_s = poll_s
@@ -417,8 +415,10 @@ class Drivers:
         except HandedOver as e:
             if self._closing:
                 raise
-            log.warning("job %s: %s", job_id, e if isinstance(e, StoreLost) else
-                        "another API replica drives it now (this one lost its lease)")
+            if isinstance(e, StoreLost):  # (an outage: readiness warns once; each job is a line of its own)
+                log.info("job %s: %s", job_id, e)
+            else:
+                log.warning("job %s: another API replica drives it now (this one lost its lease)", job_id)
         except JobEnded:
             raise
         except Exception as e:  # a bug: the job must still end, with a reason
@@ -496,14 +496,14 @@ class Drivers:
                     last_purge = now
                     if n := await self.store.purge():
                         log.info("deleted %d jobs older than the retention time", n)
-                self.on_store(None)
                 failing = None
-            except Exception as e:  # a busy or briefly unreachable store must not end the watch
-                error = e.cause if isinstance(e, StoreUnavailable) else f"{type(e).__name__}: {e}".strip().rstrip(":")
+            except StoreUnavailable:  # (readiness says so, once per outage)
+                pass
+            except Exception as e:  # a bug must not end the watch either
+                error = f"{type(e).__name__}: {e}"
                 if error != failing:  # (once per kind of failure, not ten times a second)
-                    log.warning("a round of the job watch failed: %s", error, exc_info=failing is None)
+                    log.exception("a round of the job watch failed: %s", error)
                 failing = error
-                self.on_store(error)
 
     async def _cancels(self) -> None:
         if self._stops:

@@ -14,8 +14,7 @@ import logging
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
-BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"  # where BentoML logs "Exception on PATH [METHOD]"
-REQUEST_PARSING = "from_http_request"  # BentoML's function that reads a request into an API's input model
+from clipdlut.serving.bentoml_internals import REQUEST_LOGGER, REQUEST_PARSING
 
 
 def _raised_reading_the_request(error: BaseException) -> bool:
@@ -47,6 +46,6 @@ class ClientErrorsInOneLine(logging.Filter):
 
 def install() -> None:
     """Attach the filter to BentoML's request logger (idempotent)."""
-    logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    logger = logging.getLogger(REQUEST_LOGGER)
     if not any(isinstance(f, ClientErrorsInOneLine) for f in logger.filters):
         logger.addFilter(ClientErrorsInOneLine())

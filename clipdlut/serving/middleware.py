@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from clipdlut.serving.errors import InputError
+from clipdlut.serving.errors import InputError, StoreUnavailable
 from clipdlut.serving.readiness import Readiness
 from clipdlut.serving.store import JobStore
 from clipdlut.serving.validation import check_task_id
@@ -64,7 +64,8 @@ class Answered:
         except InputError as e:
             if watched.started:
                 raise
-            log.warning("%s %s: %d %s", scope.get("method"), scope.get("path"), e.status_code, e)
+            level = logging.DEBUG if isinstance(e, StoreUnavailable) else logging.WARNING  # (readiness warns once)
+            log.log(level, "%s %s: %d %s", scope.get("method"), scope.get("path"), e.status_code, e)
             await _error(e.status_code, str(e), **getattr(e, "headers", {}))(scope, receive, send)
         except Exception as e:
             if watched.started:  # (the server logs it)
@@ -322,11 +323,12 @@ class ReadyReason:
 
 class ApiKey:
     """Require ``Authorization: Bearer <key>`` on every data route. Open: the health checks, ``GET /`` (the
-    original clients' reachability check), and what a browser loads by navigating, which sends no header: the
-    web page's files and the OpenAPI page. The key is compared in constant time and never logged. The OpenAPI
-    document declares the bearer scheme, so its page's "Authorize" button sends the key with "Try it out"."""
+    original clients' reachability check), what a browser loads by navigating, which sends no header (the web
+    page's files, the OpenAPI page), and the service's limits. The key is compared in constant time and never
+    logged. The OpenAPI document declares the bearer scheme, so its page's "Authorize" button sends the key with
+    "Try it out"."""
 
-    OPEN = frozenset({"/healthz", "/livez", "/readyz", "/docs", "/docs.json"})
+    OPEN = frozenset({"/healthz", "/livez", "/readyz", "/docs", "/docs.json", "/v1/limits"})
     OPEN_PREFIXES = ("/ui/", "/static_content/")
 
     def __init__(self, app: ASGIApp, key: str):

@@ -21,6 +21,8 @@ import aiohttp
 import httpx
 from multidict import CIMultiDict
 
+from clipdlut.serving.bentoml_internals import map_exception
+
 log = logging.getLogger(__name__)
 
 
@@ -46,8 +48,6 @@ async def stream(dependency: Any, endpoint: str, **kwargs: Any) -> AsyncIterator
             async for item in items:
                 yield item
         return
-    from _bentoml_impl.client.proxy2 import map_exception
-
     spec = client.endpoints[endpoint]
     session = await client._session_manager.get_session()
     headers = CIMultiDict({"Content-Type": client.media_type})

@@ -14,7 +14,11 @@ from clipdlut.serving.settings import Settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 
-MAX_STEPS = Settings.from_env().max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
+_S = Settings.from_env()
+MAX_STEPS = _S.max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
+# (CLIPDLUT_MAX_PROMPT_CHARS, by default clipdlut.limits.MAX_PROMPT_CHARS): documented here, checked after cleaning by
+# clipdlut.limits.clean_prompt on every interface, with one message
+PROMPT_LIMIT = {"maxLength": _S.max_prompt_chars}
 LutSize = Literal[OFFERED_SIZES]  # type: ignore[valid-type]  # (of a tuple, read at run time: Literal[17, 33, 65])
 ImageFormat = Literal["png", "jpeg", "webp"]
 EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"
@@ -23,8 +27,9 @@ EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"
 class Quality(BaseModel):
     """How safe the returned LUT is on any footage, and what the grade did to this photo."""
 
-    ssim: float = Field(description="structural similarity of the luminance of the original and the result "
-                        "(1: the content is untouched)", examples=[0.93])
+    ssim: float | None = Field(description="structural similarity of the luminance of the original and the result "
+                               "(1: the content is untouched); null where it is not defined (`note` says why)",
+                               examples=[0.93])
     color_shift: float = Field(description="mean CIE76 colour difference between the original and the result in "
                                "L*a*b* (about 2.3 is just noticeable)", examples=[6.1])
     min_own_step: float = Field(description="the LUT's smallest step of a channel along its own input axis, in "
@@ -34,6 +39,24 @@ class Quality(BaseModel):
     min_value: float = Field(description="the LUT's smallest output (at least 0)")
     max_value: float = Field(description="the LUT's largest output (at most 1)")
     safe: bool = Field(description="all of the guarantees hold")
+    note: str | None = Field(None, description="why a figure is missing, when one is")
+
+
+class Limits(BaseModel):
+    """What a job may ask of this service: every interface checks these, and the page reads them from here."""
+
+    max_prompt_chars: int = Field(description="longest prompt, in characters (after control characters are removed "
+                                  "and whitespace collapsed)", examples=[200])
+    max_photos: int = Field(description="most photos in a series (`images`)", examples=[16])
+    max_steps: int = Field(description="most optimizer steps of a job", examples=[5000])
+    lut_sizes: list[int] = Field(description="the LUT sizes offered (nodes per side)", examples=[[17, 33, 65]])
+    max_strength: float = Field(description="the strongest blend (1: the look as optimized)", examples=[2.0])
+    min_side: int = Field(description="a photo to grade needs at least this many pixels on its short side",
+                          examples=[16])
+    max_aspect: float = Field(description="a photo to grade may be at most this many times as long as it is wide",
+                              examples=[16.0])
+    max_pixels: int = Field(description="most pixels of any photo", examples=[40_000_000])
+    max_body_mb: float = Field(description="largest photo, in MB (a series: all its photos together)", examples=[32])
 
 
 class Timings(BaseModel):
@@ -113,8 +136,10 @@ class ConceptScores(BaseModel):
 
 class LegacyRetouchRequest(BaseModel):
     image: str = Field(description="base64 image, optionally a data URL (data:image/png;base64,...)")
-    target_prompt: str = Field(min_length=1, description="the look to aim for", examples=[EXAMPLE_PROMPT])
-    original_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, description="what the photo looks like now")
+    target_prompt: str = Field(min_length=1, json_schema_extra=PROMPT_LIMIT, description="the look to aim for",
+                               examples=[EXAMPLE_PROMPT])
+    original_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, json_schema_extra=PROMPT_LIMIT,
+                                 description="what the photo looks like now")
     iteration: int = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps")
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"] + " (not in the original system)")
     keep_whites: bool = Field(False, description=PINS["keep_whites"] + " (not in the original system)")
@@ -159,9 +184,10 @@ class RetouchRequest(BaseModel):
     images: list[str] | None = Field(None, min_length=1, max_length=MAX_PHOTOS,
                                      description=f"a series of 1 to {MAX_PHOTOS} photos instead of `image`: one LUT "
                                      "is fitted to them all and the result grades each")
-    target_prompt: str | None = Field(None, min_length=1, max_length=2000, description="the look to aim for (may "
+    target_prompt: str | None = Field(None, min_length=1, json_schema_extra=PROMPT_LIMIT,
+                                      description="the look to aim for (may "
                                       "be left out when `reference_image` gives the look)", examples=[EXAMPLE_PROMPT])
-    source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, max_length=2000,
+    source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1, json_schema_extra=PROMPT_LIMIT,
                                description="what the photo looks like now")
     reference_image: str | None = Field(None, description="a photo whose look to aim for, base64 or a data URL: "
                                         "its CLIP features and its L*a*b* colour statistics become targets")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from clipdlut.limits import MAX_PROMPT_CHARS
+
 
 def _default_store() -> str:
     home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
@@ -36,7 +38,7 @@ class Settings:
     job_timeout_s: int = 3600
     max_body_mb: float = 32.0
     max_pixels: int = 40_000_000
-    max_prompt_chars: int = 200
+    max_prompt_chars: int = MAX_PROMPT_CHARS
     max_steps: int = 5000
     working_size: int = 288
     views: int = 4

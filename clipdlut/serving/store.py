@@ -121,16 +121,22 @@ class JobStore(Protocol):
     async def purge(self) -> int:
         """Delete jobs that ended more than the retention time ago, with their files; returns how many."""
 
+    async def ping(self) -> None:
+        """Reach the store with the cheapest call that proves it can take writes now (raises if it cannot)."""
+
     async def close(self) -> None:
         """Release connections."""
 
 
 class _Guarded:
     """A store whose failures to reach its server or file (those its module's ``unavailable`` tells apart from
-    bugs) raise :class:`~clipdlut.serving.errors.StoreUnavailable`, which every route answers with a 503."""
+    bugs) raise :class:`~clipdlut.serving.errors.StoreUnavailable`, which every route answers with a 503, and are
+    told to ``on_unavailable`` (readiness)."""
 
-    def __init__(self, store: Any, unavailable: Callable[[BaseException], bool]):
+    def __init__(self, store: Any, unavailable: Callable[[BaseException], bool],
+                 on_unavailable: Callable[[BaseException], None] | None = None):
         self._store, self._unavailable = store, unavailable
+        self._on_unavailable = on_unavailable or (lambda error: None)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._store, name)
@@ -143,22 +149,24 @@ class _Guarded:
                 return await attr(*args, **kwargs)
             except Exception as e:
                 if self._unavailable(e):
+                    self._on_unavailable(e)
                     raise StoreUnavailable(e) from e
                 raise
 
         return call
 
 
-def open_store(location: str, retention_s: float = 86_400.0) -> JobStore:
+def open_store(location: str, retention_s: float = 86_400.0,
+               on_unavailable: Callable[[BaseException], None] | None = None) -> JobStore:
     """The job store at ``location``: ``redis://host:port/db`` (or ``rediss://``, ``unix://``) is Redis,
-    anything else a SQLite file path."""
+    anything else a SQLite file path. ``on_unavailable`` hears of every call that could not reach it."""
     store: Any
     if location.startswith(("redis://", "rediss://", "unix://")):
         from clipdlut.serving import store_redis
 
         store = store_redis.RedisJobStore(location, retention_s)
-        return cast(JobStore, _Guarded(store, store_redis.unavailable))
+        return cast(JobStore, _Guarded(store, store_redis.unavailable, on_unavailable))
     from clipdlut.serving import store_sqlite
 
     store = store_sqlite.SqliteJobStore(location, retention_s)
-    return cast(JobStore, _Guarded(store, store_sqlite.unavailable))
+    return cast(JobStore, _Guarded(store, store_sqlite.unavailable, on_unavailable))

@@ -161,7 +161,9 @@ class RedisJobStore:
         self.url = url
         self.retention_s = retention_s
         self.prefix = prefix
-        self.redis = aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+        # (a server that stops answering without closing the connection fails calls after 10 s instead of never)
+        self.redis = aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True,
+                                             socket_connect_timeout=5, socket_timeout=10)
         self._open, self._stream = f"{prefix}open", f"{prefix}drive"
         scripts = {"create": _CREATE, "set_status": _SET_STATUS, "progress": _PROGRESS, "cancel": _CANCEL,
                    "renew": _RENEW, "take_over": _TAKE_OVER}
@@ -287,6 +289,9 @@ class RedisJobStore:
     async def purge(self) -> int:
         """Nothing to do: an ended job's keys expire after the retention time."""
         return 0
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -243,5 +243,19 @@ class SqliteJobStore:
 
         return await self._run(purge)
 
+    async def ping(self, busy_timeout_s: float = 1.0) -> None:
+        """Take the file's write lock and let it go at once, on a connection of its own with a short busy timeout: a
+        file another process holds locked fails in a second (a read would pass: WAL readers never wait)."""
+        def run() -> None:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True, timeout=busy_timeout_s,
+                                   isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+
+        await self._run(run)
+
     async def close(self) -> None:
         """(Connections are per thread and close with their thread.)"""

@@ -7,11 +7,11 @@ import asyncio
 import base64
 import binascii
 import re
-import unicodedata
 import uuid
 
 from pydantic import ValidationError
 
+from clipdlut import limits
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.imaging import DecodedImage, ImageError, ImageTooLarge, decode_image, output_format
 from clipdlut.serving.errors import InputError, PayloadTooLarge, TaskNotFinished, UnknownTask
@@ -48,16 +48,12 @@ def b64decode_image(text: str) -> bytes:
 
 
 def clean_prompt(text: str, name: str, max_chars: int) -> str:
-    """A prompt with control characters removed and whitespace collapsed; raises if empty or too long."""
-    cleaned = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
-    cleaned = " ".join(cleaned.split())
-    if not cleaned:
-        raise InputError(f"{name} is empty; describe the look in words, e.g. 温暖的金色黄昏")
-    if len(cleaned) > max_chars:
-        raise InputError(f"{name} has {len(cleaned)} characters; the limit is {max_chars}")
-    if not any(ch.isalnum() for ch in cleaned):
-        raise InputError(f"{name} has no words (only symbols or emoji); describe the look in words")
-    return cleaned
+    """A prompt cleaned and checked by the one rule every interface applies (:func:`clipdlut.limits.clean_prompt`);
+    :class:`InputError` otherwise."""
+    try:
+        return limits.clean_prompt(text, name, max_chars)
+    except limits.LimitError as e:
+        raise InputError(str(e)) from None
 
 
 def check_task_id(task_id: str) -> str:
@@ -106,10 +102,16 @@ def decode_upload(data: bytes, settings: Settings) -> DecodedImage:
         raise InputError(str(e)) from None
 
 
-def decode_photo(text: str, settings: Settings) -> tuple[bytes, DecodedImage]:
-    """A base64 photo's bytes and decoded image (megabytes of work: call it on a worker thread)."""
+def decode_photo(text: str, settings: Settings, name: str = "the photo") -> tuple[bytes, DecodedImage]:
+    """A base64 photo to grade: its bytes and decoded image, within the limits of a photo to grade
+    (:func:`clipdlut.limits.check_gradable`). Megabytes of work: call it on a worker thread."""
     data = b64decode_image(text)
-    return data, decode_upload(data, settings)
+    decoded = decode_upload(data, settings)
+    try:
+        limits.check_gradable(decoded.size, name)
+    except limits.LimitError as e:
+        raise InputError(str(e)) from None
+    return data, decoded
 
 
 async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:

@@ -4,7 +4,8 @@ import pytest
 from bentoml.exceptions import BadInput, InternalServerError
 from pydantic import BaseModel, ValidationError
 
-from clipdlut.serving.logs import BENTOML_REQUEST_LOGGER, ClientErrorsInOneLine
+from clipdlut.serving.bentoml_internals import REQUEST_LOGGER as BENTOML_REQUEST_LOGGER
+from clipdlut.serving.logs import ClientErrorsInOneLine
 
 pytestmark = pytest.mark.unit
 UPLOAD = "iVBORw0KGgoAAAANSUhEUgAA" * 40  # the start of a base64 PNG, as a client would send it

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
 
+from clipdlut.serving.errors import StoreUnavailable
 from clipdlut.serving.store import JobStore, open_store
 from clipdlut.status import JobStatus
 from tests.live import RedisServer, redis_missing
@@ -176,3 +179,58 @@ async def test_ended_jobs_and_their_files_go_after_the_retention_time(location):
     assert await store.get("cancelled") is None and await store.preview("old") is None
     assert (await store.get("open")).status == JobStatus.QUEUED and await store.input("open") == (b"s", b"w")
     await store.close()
+
+
+
+class _Reach:
+    """A store of one kind that can be put out of reach and back: SQLite locked by another process (as a stuck writer
+    or a backup would hold it), Redis killed and started again on its port (empty: it kept nothing on disk yet)."""
+
+    def __init__(self, kind: str, folder):
+        self.server = RedisServer(folder).start() if kind == "redis" else None
+        self.url = self.server.url if self.server else str(folder / "jobs.db")
+        self.locker: subprocess.Popen | None = None
+
+    def cut(self) -> None:
+        if self.server:
+            return self.server.stop()
+        self.locker = subprocess.Popen([sys.executable, "-c", "import sqlite3, time\n"
+                                        f"c = sqlite3.connect({self.url!r}, isolation_level=None)\n"
+                                        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(60)"],
+                                       stdout=subprocess.PIPE, text=True)
+        assert self.locker.stdout.readline().strip() == "locked"
+
+    def mend(self) -> None:
+        if self.server:
+            self.server.start()
+        elif self.locker:
+            self.locker.kill()
+            self.locker.wait()
+
+
+async def test_ping_fails_fast_on_a_store_out_of_reach_and_every_failure_is_heard(location, tmp_path):
+    """What readiness rests on: a ping passes while the store can take writes, fails within seconds when it cannot,
+    and each call that cannot reach the store is told to the store's ``on_unavailable``."""
+    reach = _Reach("redis" if location.startswith("redis://") else "sqlite", tmp_path)
+    heard: list[BaseException] = []
+    s = open_store(reach.url, on_unavailable=heard.append)
+    try:
+        await s.ping()
+        reach.cut()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await s.ping()
+        assert time.monotonic() - started < 3
+        assert len(heard) == 1
+        reach.mend()
+        deadline = time.monotonic() + 10
+        while True:  # (a client reconnects to a restarted Redis on its next call)
+            try:
+                await s.ping()
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store never answered again"
+                await asyncio.sleep(0.1)
+    finally:
+        reach.mend()
+        await s.close()

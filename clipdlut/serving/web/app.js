@@ -3,7 +3,7 @@
 const $ = (id) => document.getElementById(id);
 const RECENT_KEY = "clipdlut.recent";
 const API_KEY = "clipdlut.api-key";  // asked for once when the service answers 401, kept in this browser
-const MAX_PHOTOS = 16;  // a series: one LUT fitted to all its photos
+let MAX_PHOTOS = 16;  // a series: one LUT fitted to all its photos (the service's own figure: loadLimits)
 const DROP_TEXT = $("drop-text").textContent;
 let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
 let taskId = null, result = null, polling = null, applySeq = 0;
@@ -240,7 +240,8 @@ function size(res) {
 }
 
 function qualityText(q) {
-  return q ? `Content kept (SSIM of luminance) ${q.ssim.toFixed(3)}; mean colour shift `
+  const kept = q && q.ssim !== null ? `Content kept (SSIM of luminance) ${q.ssim.toFixed(3)}` : `(${q && q.note})`;
+  return q ? `${kept}; mean colour shift `
     + `${q.color_shift.toFixed(1)} ΔE; LUT safe on any footage: ${q.safe ? "yes" : "no"} (steepest slope `
     + `${q.max_slope.toFixed(2)}, smallest own-axis step ${q.min_own_step.toFixed(2)} levels).` : "";
 }
@@ -364,6 +365,15 @@ $("stop").addEventListener("click", stop);
 $("strength").addEventListener("change", restrength);
 $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
 $("split").addEventListener("input", split);
+async function loadLimits() {  // the service's limits, from the service (never copied here)
+  try {
+    const limits = await (await api("/v1/limits", { method: "POST" })).json();
+    MAX_PHOTOS = limits.max_photos;
+    $("prompt").maxLength = $("source").maxLength = limits.max_prompt_chars;
+    $("steps").max = limits.max_steps;
+  } catch (e) { /* the service answers with the same limits when a job is sent */ }
+}
 renderRecent();
 showKept();
 split();
+loadLimits();
