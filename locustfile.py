@@ -1,7 +1,9 @@
 """Load test users for every public API: ``make load`` (or the locust command in the README).
 
 Each job user submits, polls to the end like a real client, and reports the whole job as one
-``JOB`` request, so locust's table shows end-to-end task latency next to the HTTP calls.
+``JOB`` request, so locust's table shows end-to-end task latency next to the HTTP calls. Every job's end is a ``JOB``
+row: one that a call failed (an error status, a router's HTML page, a timeout, a refused submission) is a failed
+row named by that call and its cause, in locust's failure table.
 Settings: ``LOAD_STEPS`` optimizer steps per job (default 20), ``LOAD_IMAGE_SIDE`` (default 512).
 """
 
@@ -13,6 +15,7 @@ import os
 import time
 
 import numpy as np
+import requests
 from locust import HttpUser, between, task
 from PIL import Image
 
@@ -21,6 +24,7 @@ SIDE = int(os.environ.get("LOAD_IMAGE_SIDE", "512"))
 PROMPTS = ["赛博朋克风格的夜晚城市", "warm golden hour film look", "冷色调的清晨", "复古胶片", "高对比黑白"]
 POLL_S = 0.5
 JOB_TIMEOUT_S = 600
+TIMEOUT_S = 60  # one call's limit
 
 
 def _photo(side: int) -> str:
@@ -34,8 +38,39 @@ def _photo(side: int) -> str:
 PHOTO = _photo(SIDE)
 
 
+class CallFailed(Exception):
+    """A call of a job that did not answer as the API promises: the job ends there, failed, and its ``JOB`` row
+    names the call and the cause (never a task id: locust groups failures by their message)."""
+
+
+def answer(response, call: str) -> dict:
+    """The JSON object a call answered with; :class:`CallFailed` for anything else (no answer, a timeout, an error
+    status, a router's HTML page, JSON without what the API promises)."""
+    if response.status_code == 0:  # (locust's client: no HTTP answer at all)
+        cause = "timed out" if isinstance(response.error, requests.Timeout) else "no answer (connection failed)"
+        raise CallFailed(f"{call}: {cause}")
+    html = "html" in response.headers.get("content-type", "")
+    if not response.ok:
+        raise CallFailed(f"{call}: HTTP {response.status_code}" + (" (an HTML page: a router's error)" if html else ""))
+    try:
+        body = response.json()
+    except ValueError:
+        raise CallFailed(f"{call}: HTTP {response.status_code} but not JSON" + (" (an HTML page)" if html else "")
+                         ) from None
+    if not isinstance(body, dict):
+        raise CallFailed(f"{call}: HTTP {response.status_code} but not a JSON object")
+    return body
+
+
+def field(body: dict, name: str, call: str) -> str:
+    if name not in body:
+        raise CallFailed(f"{call}: the answer has no {name!r}")
+    return body[name]
+
+
 class _JobUser(HttpUser):
-    """Submits a job, polls it to its end like a real client, fetches the result, reports one ``JOB``."""
+    """Submits a job, polls it to its end like a real client, fetches the result, and reports one ``JOB`` per job,
+    however it ended: every job's end is counted (a failed call of any step ends the job as a failure)."""
 
     abstract = True
     wait_time = between(0.5, 2.0)
@@ -43,7 +78,8 @@ class _JobUser(HttpUser):
     running = ("",)  # statuses that mean "poll again"
     succeeded = ""
 
-    def submit(self, prompt: str):
+    def submit(self, prompt: str) -> str:
+        """A new job's task id."""
         raise NotImplementedError
 
     def status(self, task_id: str) -> str:
@@ -52,25 +88,24 @@ class _JobUser(HttpUser):
     def fetch(self, task_id: str) -> None:
         raise NotImplementedError
 
+    def follow(self, started: float) -> None:
+        """Submit one job and follow it to its end; :class:`CallFailed` at the first thing that goes wrong."""
+        task_id = self.submit(PROMPTS[int(started * 1000) % len(PROMPTS)])
+        while (status := self.status(task_id)) in self.running:
+            if time.time() - started > JOB_TIMEOUT_S:
+                raise CallFailed(f"timed out: still {status} after {JOB_TIMEOUT_S} s")
+            time.sleep(POLL_S)
+        if status != self.succeeded:
+            raise CallFailed(f"the job ended {status}")
+        self.fetch(task_id)
+
     @task
     def retouch(self) -> None:
-        started = time.time()
-        r = self.submit(PROMPTS[int(started * 1000) % len(PROMPTS)])
-        if r.status_code != 200:
-            return
-        task_id, error = r.json()["task_id"], None
-        while True:
-            time.sleep(POLL_S)
-            status = self.status(task_id)
-            if status not in self.running:
-                break
-            if time.time() - started > JOB_TIMEOUT_S:
-                error = TimeoutError(f"task {task_id} still {status} after {JOB_TIMEOUT_S} s")
-                break
-        if error is None and status != self.succeeded:
-            error = RuntimeError(f"task {task_id} ended {status}")
-        if error is None:
-            self.fetch(task_id)
+        started, error = time.time(), None
+        try:
+            self.follow(started)
+        except CallFailed as e:
+            error = e
         self.environment.events.request.fire(request_type="JOB", name=self.job_name,
                                              response_time=(time.time() - started) * 1000, response_length=0,
                                              exception=error, context={})
@@ -84,18 +119,22 @@ class NativeTaskUser(_JobUser):
     running = ("in_progress",)
     succeeded = "completed"
 
-    def submit(self, prompt: str):
-        return self.client.post("/v1/retouch/submit", json={"image": PHOTO, "target_prompt": prompt, "steps": STEPS,
-                                                            "lut_size": 17})
+    def submit(self, prompt: str) -> str:
+        r = self.client.post("/v1/retouch/submit", json={"image": PHOTO, "target_prompt": prompt, "steps": STEPS,
+                                                          "lut_size": 17}, timeout=TIMEOUT_S)
+        return field(answer(r, "submit"), "task_id", "submit")
 
     def status(self, task_id: str) -> str:
-        status = self.client.get("/v1/retouch/status", params={"task_id": task_id},
-                                 name="/v1/retouch/status").json()["status"]
-        self.client.post("/v1/progress", json={"task_id": task_id})
+        r = self.client.get("/v1/retouch/status", params={"task_id": task_id}, name="/v1/retouch/status",
+                            timeout=TIMEOUT_S)
+        status = field(answer(r, "status poll"), "status", "status poll")
+        answer(self.client.post("/v1/progress", json={"task_id": task_id}, timeout=TIMEOUT_S), "progress poll")
         return status
 
     def fetch(self, task_id: str) -> None:
-        self.client.get("/v1/retouch/get", params={"task_id": task_id}, name="/v1/retouch/get")
+        r = self.client.get("/v1/retouch/get", params={"task_id": task_id}, name="/v1/retouch/get",
+                            timeout=TIMEOUT_S)
+        field(answer(r, "result"), "cube", "result")
 
 
 class OriginalApiUser(_JobUser):
@@ -106,15 +145,20 @@ class OriginalApiUser(_JobUser):
     running = ("pending", "processing")
     succeeded = "finished"
 
-    def submit(self, prompt: str):
-        return self.client.post("/retouch", json={"image": PHOTO, "target_prompt": prompt, "iteration": STEPS})
+    def submit(self, prompt: str) -> str:
+        r = self.client.post("/retouch", json={"image": PHOTO, "target_prompt": prompt, "iteration": STEPS},
+                             timeout=TIMEOUT_S)
+        return field(answer(r, "submit"), "task_id", "submit")
 
     def status(self, task_id: str) -> str:
-        return self.client.post("/query_task", json={"task_id": task_id}).json()["status"]
+        r = self.client.post("/query_task", json={"task_id": task_id}, timeout=TIMEOUT_S)
+        return field(answer(r, "status poll"), "status", "status poll")
 
     def fetch(self, task_id: str) -> None:
-        self.client.post("/query_task", json={"task_id": task_id, "include_image": True, "lut_format": "cube"},
-                         name="/query_task (result)")
+        r = self.client.post("/query_task", json={"task_id": task_id, "include_image": True, "lut_format": "cube"},
+                             name="/query_task (result)", timeout=TIMEOUT_S)
+        if not field(answer(r, "result"), "lut", "result"):
+            raise CallFailed("result: no LUT in a finished task's answer")
 
 
 class ClipUser(HttpUser):

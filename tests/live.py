@@ -55,6 +55,7 @@ class Server:
 
     def start(self) -> Server:
         bentoml = Path(sys.executable).parent / "bentoml"
+        self.home.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([str(bentoml), "serve", self.target, "--port", str(self.port)],
                                      cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -174,7 +175,8 @@ class _Daemon:
 class Proxy(_Daemon):
     """HAProxy (Debian's package) in front of several servers, on a free port: the platform's router."""
 
-    def __init__(self, folder: Path, backends: list[str]):
+    def __init__(self, folder: Path, backends: list[str], rules: str = ""):
+        """``rules``: HAProxy ``http-request`` lines of the frontend (e.g. answers the router gives itself)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = folder / "haproxy.cfg"
@@ -191,6 +193,7 @@ defaults
   option redispatch
 frontend router
   bind 127.0.0.1:{self.port}
+{rules}
   default_backend replicas
 backend replicas
   balance leastconn

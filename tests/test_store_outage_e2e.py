@@ -140,7 +140,6 @@ def test_redis_killed_under_load_makes_every_replica_not_ready_until_it_answers_
 
 
 def test_a_sqlite_store_locked_by_another_process_makes_the_api_not_ready_until_it_is_free(tmp_path):
-    (tmp_path / "home").mkdir()
     api = Server(tmp_path / "home", SETTINGS).start()
     locker: list[subprocess.Popen] = []
 
