@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench import apply, render, serving, steps
+from bench import apply, render, serving, soak, steps
 from clipdlut.guidance import Guide
 from clipdlut.models import load_model, load_random
 
@@ -207,7 +207,8 @@ def table(r: dict) -> str:
               f"{sk['ready_max_ms']:.0f} ms over {sk['ready_probes']} probes ({sk['not_ready_probes']} answered "
               f"not ready, while the optimizer restarted); before the kill, p99 {sk['ready_p99_before_kill_ms']:.0f} "
               f"ms over {sk['probes_before_kill']} probes."]
-    return "\n".join(lines) + "\n"
+    lines += ["", *soak.section()]  # (the last `python -m bench.soak`: an hour, run apart)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main() -> None:
