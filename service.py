@@ -29,7 +29,7 @@ from clipdlut import limits
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.guidance import Guide
 from clipdlut.models import load_model
-from clipdlut.serving import bentoml_internals, concepts, jobs, logs, memory, modelstore, remote, validation
+from clipdlut.serving import bentoml_internals, concepts, container, jobs, logs, memory, modelstore, remote, validation
 from clipdlut.serving.apply import apply_upload
 from clipdlut.serving.driver import Drivers, HandedOver, new_instance
 from clipdlut.serving.errors import (
@@ -89,17 +89,8 @@ MULTIPART_ROUTES = (APPLY_ROUTE,)  # every other route with a body takes JSON
 BATCH_JOBS = prometheus_client.Histogram(
     "clipdlut_optimizer_batch_jobs", "jobs advanced together by one optimizer step",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
-# The container: torch 2.13.0 from PyPI is a CUDA 13 build, so the base image carries CUDA 13 and cuDNN.
-# nvidia/cuda has no pip, which BentoML's Dockerfile would use to get uv: install uv first.
-# cn_clip goes in without its declared dependencies (see clipdlut/compat.py).
-IMAGE = (
-    bentoml.images.Image(base_image="nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04", python_version="3.11")
-    .run("apt-get install -q -y --no-install-recommends curl && "
-         "curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/usr/local/bin sh")
-    .python_packages("torch==2.13.0")
-    .pyproject_toml("pyproject.toml")
-    .run("uv pip install --no-deps cn_clip==1.6.0")
-)
+# The container image (README, Deployment): CLIPDLUT_IMAGE_VARIANT (gpu, cpu) and CLIPDLUT_BASE_IMAGE at build time
+IMAGE = container.image(S.image_variant, S.base_image)
 READINESS = Readiness()  # this API process's view of its store and optimizer, kept current by start_background
 
 
@@ -198,7 +189,8 @@ class Optimizer:
 
 
 @bentoml.service(name="clipdlut", image=IMAGE, traffic={"timeout": S.job_timeout_s + 120},
-                 envs=[{"name": "CLIPDLUT_CLIP_MODEL", "value": S.clip_model}])
+                 envs=[{"name": "CLIPDLUT_CLIP_MODEL", "value": S.clip_model}, *container.TLS_ENVS,
+                       *container.MEMORY_ENVS])
 class Retouch:
     """The public API: native tasks, the original system's API, LUT application and CLIP utilities."""
 

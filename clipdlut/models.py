@@ -14,7 +14,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import torch
@@ -26,15 +26,33 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "ViT-B-16"
 TINY = "tiny"
 HUB_ORG = "OFA-Sys"
-# name -> (hub repository, checkpoint file, cn_clip architecture, input resolution)
-MODELS: dict[str, tuple[str, str, str, int]] = {
-    "ViT-B-16": ("chinese-clip-vit-base-patch16", "clip_cn_vit-b-16.pt", "ViT-B-16@RoBERTa-wwm-ext-base-chinese", 224),
-    "ViT-L-14": ("chinese-clip-vit-large-patch14", "clip_cn_vit-l-14.pt", "ViT-L-14@RoBERTa-wwm-ext-base-chinese", 224),
-    "ViT-L-14-336": ("chinese-clip-vit-large-patch14-336px", "clip_cn_vit-l-14-336.pt",
-                     "ViT-L-14-336@RoBERTa-wwm-ext-base-chinese", 336),
-    "ViT-H-14": ("chinese-clip-vit-huge-patch14", "clip_cn_vit-h-14.pt", "ViT-H-14@RoBERTa-wwm-ext-large-chinese", 224),
-    "RN50": ("chinese-clip-rn50", "clip_cn_rn50.pt", "RN50@RBT3-chinese", 224),
+
+
+class ModelSpec(NamedTuple):
+    """One Chinese-CLIP model: where its weights are released, its checkpoint's file name, its architecture in
+    cn_clip, and its input resolution (fixed by the model)."""
+
+    repo: str | None  # OFA-Sys/<repo> on the Hugging Face Hub (None: not released, never downloaded)
+    file: str
+    arch: str | None  # cn_clip's architecture name (None: cn_clip's CLIP built from TINY_CONFIG)
+    resolution: int
+
+
+MODELS: dict[str, ModelSpec] = {
+    "ViT-B-16": ModelSpec("chinese-clip-vit-base-patch16", "clip_cn_vit-b-16.pt",
+                          "ViT-B-16@RoBERTa-wwm-ext-base-chinese", 224),
+    "ViT-L-14": ModelSpec("chinese-clip-vit-large-patch14", "clip_cn_vit-l-14.pt",
+                          "ViT-L-14@RoBERTa-wwm-ext-base-chinese", 224),
+    "ViT-L-14-336": ModelSpec("chinese-clip-vit-large-patch14-336px", "clip_cn_vit-l-14-336.pt",
+                              "ViT-L-14-336@RoBERTa-wwm-ext-base-chinese", 336),
+    "ViT-H-14": ModelSpec("chinese-clip-vit-huge-patch14", "clip_cn_vit-h-14.pt",
+                          "ViT-H-14@RoBERTa-wwm-ext-large-chinese", 224),
+    "RN50": ModelSpec("chinese-clip-rn50", "clip_cn_rn50.pt", "RN50@RBT3-chinese", 224),
+    # the tiny random model as a checkpoint file (`import-model tiny` writes it): it stands in for released
+    # weights where a file must travel (the model store, a container image)
+    TINY: ModelSpec(None, "clip_cn_tiny.pt", None, 32),
 }
+RELEASED = [name for name, spec in MODELS.items() if spec.repo is not None]
 # A model of the real architecture with random weights, under 1 M parameters: colours it produces
 # are meaningless, but every line of the guidance code runs.
 TINY_CONFIG: dict[str, Any] = {
@@ -99,7 +117,7 @@ def load_random(name: str, device: str | torch.device | None = None, seed: int =
     device = torch.device(device) if device else default_device()
     with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
         torch.manual_seed(seed)
-        model = clip.utils.create_model(MODELS[name][2], None)
+        model = clip.utils.create_model(MODELS[name].arch, None)
     model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     return LoadedModel(model=model, name=name, resolution=MODELS[name][3], device=device, dtype=compute_dtype(device))
 
@@ -126,6 +144,8 @@ def checkpoint_path(name: str, directory: Path | None = None, download: bool = T
     path = directory / filename
     if path.is_file():
         return path
+    if repo is None:  # (the tiny model: written, never downloaded)
+        return save_tiny(path)
     reason = "downloads are disabled"
     if download:
         ok, reason = _hub_reachable()
@@ -158,6 +178,13 @@ def architecture_of(path: Path) -> str:
                      f"{', '.join(MODELS)}")
 
 
+def save_tiny(path: Path) -> Path:
+    """Write the tiny model's checkpoint (its seeded weights, in fp32: loading it gives exactly :func:`build_tiny`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": build_tiny().state_dict()}, path)
+    return path
+
+
 def _from_checkpoint(path: Path, name: str) -> torch.nn.Module:
     clip = import_cn_clip()
     try:
@@ -166,8 +193,12 @@ def _from_checkpoint(path: Path, name: str) -> torch.nn.Module:
         raise ValueError(f"{path} is not a readable Chinese-CLIP checkpoint: {e}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Chinese-CLIP checkpoint (no 'state_dict' inside)")
+    if MODELS[name].arch is None:  # (the tiny model: cn_clip's CLIP of TINY_CONFIG, these weights)
+        model = build_tiny()
+        model.load_state_dict(checkpoint["state_dict"])
+        return model
     with contextlib.redirect_stdout(io.StringIO()):  # cn_clip prints its config
-        return clip.utils.create_model(MODELS[name][2], checkpoint)
+        return clip.utils.create_model(MODELS[name].arch, checkpoint)
 
 
 def load_model(spec: str | None = None, device: str | torch.device | None = None,
@@ -180,19 +211,20 @@ def load_model(spec: str | None = None, device: str | torch.device | None = None
     spec = spec or os.environ.get("CLIPDLUT_CLIP_MODEL") or DEFAULT_MODEL
     device = torch.device(device) if device else default_device()
     if spec == TINY:
-        model, name, resolution = build_tiny(), TINY, int(TINY_CONFIG["image_resolution"])
+        model, name, source = build_tiny(), TINY, "its seeded random weights"
     elif spec in MODELS:
         name = spec
-        model = _from_checkpoint(checkpoint_path(spec, directory, download), spec)
-        resolution = MODELS[spec][3]
+        path = checkpoint_path(spec, directory, download)
+        model, source = _from_checkpoint(path, spec), str(path)
     elif Path(spec).expanduser().is_file():
         path = Path(spec).expanduser()
         name = architecture_of(path)
-        model, resolution = _from_checkpoint(path, name), MODELS[name][3]
+        model, source = _from_checkpoint(path, name), str(path)
     else:
-        raise ValueError(f"CLIP model {spec!r} is not a model name ({', '.join(MODELS)}), "
-                         f"'{TINY}', or an existing checkpoint file")
+        raise ValueError(f"CLIP model {spec!r} is not a model name ({', '.join(MODELS)}) or an existing checkpoint "
+                         "file")
+    resolution = MODELS[name].resolution
     dtype = compute_dtype(device)
     model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
-    log.info("loaded CLIP %s on %s, computing in %s", name, device, dtype)
+    log.info("loaded CLIP %s from %s on %s, computing in %s", name, source, device, dtype)
     return LoadedModel(model=model, name=name, resolution=resolution, device=device, dtype=dtype)

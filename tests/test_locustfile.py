@@ -15,11 +15,12 @@ from tests.live import Proxy, haproxy_missing, serving
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(haproxy_missing() is not None, reason=str(haproxy_missing()))]
 # One status poll in six answered by the router: a 503 with a JSON error (our own shape), or a 502 HTML page.
-FLAKY_ROUTER = """
-  acl status_poll path /v1/retouch/status /query_task
-  http-request return status 503 content-type application/json string '{"error": "busy"}' if status_poll { rand(12) eq 0 }
-  http-request return status 502 content-type text/html string '<html><body><h1>502 Bad Gateway</h1></body></html>' if status_poll { rand(12) eq 1 }
-"""
+FLAKY_ROUTER = "\n".join([
+    "  acl status_poll path /v1/retouch/status /query_task",
+    "  http-request return status 503 content-type application/json string '{\"error\": \"busy\"}' "
+    "if status_poll { rand(12) eq 0 }",
+    "  http-request return status 502 content-type text/html "
+    "string '<html><body><h1>502 Bad Gateway</h1></body></html>' if status_poll { rand(12) eq 1 }"])
 
 
 def test_jobs_hurt_by_the_router_are_failed_rows_and_no_user_crashes(tmp_path):

@@ -31,6 +31,17 @@ def test_tiny_model_is_small_frozen_eval_fp32():
     assert m.resolution == TINY_CONFIG["image_resolution"] and m.name == "tiny"
 
 
+def test_the_tiny_model_as_a_checkpoint_file_loads_as_the_tiny_model(tmp_path, monkeypatch):
+    """``import-model tiny`` writes this file; a container loads it as real weights are loaded (by file name)."""
+    monkeypatch.setenv("CLIPDLUT_WEIGHTS_DIR", str(tmp_path))
+    path = checkpoint_path("tiny")  # (written, never downloaded)
+    assert path == tmp_path / MODELS["tiny"].file
+    loaded = load_model(str(path), device="cpu")
+    assert loaded.name == "tiny" and loaded.resolution == TINY_CONFIG["image_resolution"]
+    tiny = build_tiny().state_dict().values()
+    assert all(torch.equal(x, y) for x, y in zip(loaded.model.state_dict().values(), tiny))
+
+
 def test_tiny_weights_are_seeded_and_leave_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, JsonValue, model_validator
 
 from clipdlut.mono import MODES, Mode
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MAX_PHOTOS, Scores
@@ -18,7 +18,7 @@ _S = Settings.from_env()
 MAX_STEPS = _S.max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
 # (CLIPDLUT_MAX_PROMPT_CHARS, by default clipdlut.limits.MAX_PROMPT_CHARS): documented here, checked after cleaning by
 # clipdlut.limits.clean_prompt on every interface, with one message
-PROMPT_LIMIT = {"maxLength": _S.max_prompt_chars}
+PROMPT_LIMIT: dict[str, JsonValue] = {"maxLength": _S.max_prompt_chars}
 LutSize = Literal[OFFERED_SIZES]  # type: ignore[valid-type]  # (of a tuple, read at run time: Literal[17, 33, 65])
 ImageFormat = Literal["png", "jpeg", "webp"]
 EXAMPLE_PROMPT = "赛博朋克风格的夜晚城市"

@@ -56,6 +56,9 @@ class Settings:
     checkpoint_s: float = 10.0  # the optimizer sends a job's state at most this often (s); resumes start there
     stream_beat_s: float = 5.0  # a quiet job stream sends a heartbeat this often
     stream_stall_s: float = 60.0  # a stream silent this long counts as lost (the job is sent again)
+    # build settings (read when `bentoml build` imports service.py): the image's variant and base (README, Deployment)
+    image_variant: str = "gpu"
+    base_image: str = "clipdlut-base:bookworm"
     ready_needs_optimizer: int = 1  # 0: the API is ready without asking the optimizer (one scaled to zero wakes
     # for a job, not for a probe)
 
