@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PORT ?= 3000
 
-.PHONY: install serve serve-optimizer serve-api test test-servers bench eval load build import-model lint clean
+.PHONY: install serve serve-optimizer serve-api test test-servers bench eval load build base-image container import-model lint clean
 
 install: $(STAMP)
 
@@ -42,16 +42,18 @@ test: install test-servers
 	$(PY) -m pytest -q
 
 # Real servers some tests drive, from Debian's packages: chromium (the browser test), haproxy (the router in
-# front of replicas) and redis-server (the shared job store). Installed where apt can be used (root or
-# password-less sudo); elsewhere those tests skip and say why.
+# front of replicas), redis-server (the shared job store), and the container engine (podman with runc and catatonit,
+# mmdebstrap for the base image). Installed where apt can be used (root or password-less sudo); elsewhere those
+# tests skip and say why.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
 APT_GET := $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-wqy-microhei haproxy \
-	redis-server >/dev/null 2>&1
+	redis-server podman runc catatonit mmdebstrap >/dev/null 2>&1
 test-servers:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v haproxy >/dev/null && \
-	command -v redis-server >/dev/null || \
+	command -v redis-server >/dev/null && command -v podman >/dev/null && command -v runc >/dev/null && \
+	command -v mmdebstrap >/dev/null || \
 	$(APT_GET) || { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(APT_GET); } || \
-	echo "chromium, haproxy or redis-server could not be installed with apt: the tests that need them will skip"
+	echo "chromium, haproxy, redis-server or podman could not be installed with apt: the tests that need them will skip"
 
 # The quality report (README, Evaluation): EVAL_ARGS="--model ViT-B-16 --steps 200" with downloaded weights.
 eval: install
@@ -66,13 +68,39 @@ load: install
 import-model: install   # MODEL=ViT-B-16 [FROM=clip_cn_vit-b-16.pt]: weights into BentoML's model store
 	$(PY) -m clipdlut import-model $(or $(MODEL),ViT-B-16) $(if $(FROM),--from $(FROM))
 
-build: install
-	$(VENV)/bin/bentoml build
+# The Bento as an OCI image (README, Deployment), as `bentoml containerize` builds it: VARIANT=gpu (torch's CUDA
+# build) or cpu (torch's CPU build, downloaded here into wheels/ by this machine's pip: TORCH_INDEX as for install).
+# The engine is Docker where one answers, else podman (Debian's package); podman's settings for hosts like the CI's
+# are in deploy/container/containers.conf. The base image is made from Debian's packages when it is missing (no
+# image registry needed); BASE_IMAGE names another (any image with the same packages).
+VARIANT ?= gpu
+IMAGE ?= clipdlut:$(VARIANT)
+BASE_IMAGE ?= clipdlut-base:bookworm
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+ifeq ($(origin ENGINE), undefined)
+ENGINE := $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+endif
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/container/containers.conf
+# (podman builds reach the package index through this machine's CA bundle, as a company proxy requires)
+BUILD_OPTS := --network host $(if $(filter podman,$(ENGINE)),--opt volume=$(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro)
+
+build: install   # VARIANT=gpu|cpu: the image the Bento declares (see container)
+	rm -rf wheels
+	$(if $(filter cpu,$(VARIANT)),$(PIP) download --quiet --no-deps -d wheels "torch==$(TORCH_VERSION)" \
+		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)))
+	CLIPDLUT_IMAGE_VARIANT=$(VARIANT) CLIPDLUT_BASE_IMAGE=$(BASE_IMAGE) $(VENV)/bin/bentoml build
 	@echo "Dockerfile: $$($(VENV)/bin/bentoml get clipdlut:latest -o path)/env/docker/Dockerfile"
+
+base-image:
+	ENGINE=$(ENGINE) deploy/container/base-image.sh $(BASE_IMAGE)
+
+container: build
+	@$(ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || ENGINE=$(ENGINE) deploy/container/base-image.sh $(BASE_IMAGE)
+	$(VENV)/bin/bentoml containerize clipdlut:latest --backend $(ENGINE) -t $(IMAGE) $(BUILD_OPTS)
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache wheels

@@ -119,3 +119,29 @@ def client(service):
         while c.get("/readyz").status_code != 200 and _time.monotonic() < deadline:
             _time.sleep(0.1)
         yield c
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory):
+    """podman with an image store of its own for the session: every image is built here, from nothing."""
+    from tests.containers import Podman
+
+    engine = Podman(tmp_path_factory.mktemp("podman"))
+    yield engine
+    engine.clean()
+
+
+@pytest.fixture(scope="session")
+def built(podman, tmp_path_factory) -> dict[str, str]:
+    """The CPU image, built by the README's commands (tiny weights from a file); the environment they ran in."""
+    from tests.containers import build_as_the_readme_says
+
+    return build_as_the_readme_says(podman, tmp_path_factory.mktemp("bentoml-home"))
+
+
+@pytest.fixture(scope="session")
+def redis_image(podman, tmp_path_factory) -> str:
+    """Debian's redis-server as an image (the Redis of the scale-out and of the Kubernetes manifests)."""
+    from tests.containers import redis_image
+
+    return redis_image(podman, tmp_path_factory.mktemp("redis-image"))

@@ -15,16 +15,26 @@ system's path: a build behind a TLS-intercepting proxy mounts the host's bundle 
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import bentoml
 
-TORCH = "2.13.0"  # the torch the Makefile installs (TORCH_VERSION) and the image carries
-UV = "0.13.9"  # the uv that installs the image's packages (the one `make install` brings for `bentoml build`)
+
+def _installed(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # (inside the image, where nothing is built: uv is not a package there)
+        return None
+
+
+TORCH = (_installed("torch") or "").split("+")[0]  # the torch of this environment (the Makefile's TORCH_VERSION)
+UV = _installed("uv")  # the uv that installs the image's packages: the one that locked them (`bentoml build`)
 CN_CLIP = "cn_clip==1.6.0"
 VARIANTS = ("gpu", "cpu")
 # the system's CA bundle, for pip, uv and Python alike (a build behind a proxy mounts the host's bundle over it)
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+JOBS_DIR = "/home/bentoml/clipdlut"  # the job store's folder by default (BENTOML_HOME/clipdlut): mount a volume here
 WHEELS = "wheels"  # the Bento's wheelhouse (the CPU variant's torch), next to pyproject.toml
 TLS_ENVS = [{"name": "SSL_CERT_FILE", "value": CA_BUNDLE}, {"name": "PIP_CERT", "value": CA_BUNDLE},
             {"name": "UV_NATIVE_TLS", "value": "1"}]
@@ -49,7 +59,10 @@ def image(variant: str, base: str) -> bentoml.images.Image:
     torch = [f"./{cpu_torch_wheel()}"] if variant == "cpu" else [f"torch=={TORCH}"]
     # (distro: none of BentoML's, whose default first step would apt-get a compiler into the image)
     return (bentoml.images.Image(base_image=base, distro="debian-bookworm", python_version="3.11")
-            .run(f"python3 -m pip install --break-system-packages --no-cache-dir --root-user-action=ignore uv=={UV}")
+            .run("python3 -m pip install --break-system-packages --no-cache-dir --root-user-action=ignore "
+                 + (f"uv=={UV}" if UV else "uv"))
+            # (owned by the image's user: a volume mounted there starts with that owner)
+            .run(f"mkdir -p {JOBS_DIR} && chown bentoml:bentoml {JOBS_DIR}")
             .python_packages(*torch)
             .pyproject_toml("pyproject.toml")
             .run(f"uv pip install --no-deps {CN_CLIP}"))  # (its declared torchvision is training-only: compat.py)

@@ -32,7 +32,8 @@ def import_weights(name: str, source: Path | None = None) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not a file")
     with bentoml.models.create(tag, labels={"family": "chinese-clip"},
-                               metadata={"model": name, "architecture": arch, "resolution": resolution,
+                               metadata={"model": name, "architecture": arch or "clipdlut.models.TINY_CONFIG",
+                                         "resolution": resolution,
                                          "file": filename,
                                          "source": f"OFA-Sys/{repo}" if repo else "the tiny random model"}) as model:
         shutil.copyfile(path, model.path_of(filename))
