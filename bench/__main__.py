@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench import apply, render, serving, soak, steps
+from bench import apply, container, render, serving, soak, steps
 from clipdlut.guidance import Guide
 from clipdlut.models import load_model, load_random
 
@@ -128,6 +128,9 @@ def run(device: torch.device, quick: bool) -> dict:
             checkpoint = serving.write_random_checkpoint(default_name, Path(folder))
             results["cold_start"].append(serving.cold_start(str(checkpoint), f"{default_name} (checkpoint file)"))
     lap("cold_start")
+    # (the container tests build and run the same image; a quick run leaves its minutes out)
+    results["container"] = {"skipped": "a --quick run builds no image"} if quick else container.run(quick)
+    lap("container")
     results["soak"] = serving.soak(seconds=20 if quick else 180)
     lap("soak")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -197,6 +200,8 @@ def table(r: dict) -> str:
               "| --- | --- | --- |"]
     lines += [f"| {x['model']}, {x['steps']} steps | {x['to_ready_s']:.1f} s | {x['to_first_job_s']:.1f} s |"
               for x in r["cold_start"]]
+    if "container" in r:
+        lines += container.lines(r["container"], r["cold_start"])
     sk = r["soak"]
     failed = "; ".join(f"{n} \"{reason}\"" for reason, n in sk["failed"].items()) or "none"
     lines += ["", f"Soak (tiny model, one host, locust {sk['users']} users for {sk['seconds']} s, the optimizer "

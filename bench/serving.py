@@ -178,6 +178,19 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
     """A scale-from-zero: the optimizer service started alone with ``model`` (``tiny`` or a checkpoint file), and a
     job sent at the moment of the start and sent again until a replica takes it, as a queue in front of a replica
     scaling up from zero would. Seconds from the process start to ready, and to that job's last event."""
+    with tempfile.TemporaryDirectory() as folder:
+        server = _Server("service:Optimizer", Path(folder), CLIPDLUT_CLIP_MODEL=model)
+        try:
+            ready_at, finished_at = first_job(server.url, steps)
+        finally:
+            server.stop()
+    return {"model": label, "steps": steps, "to_ready_s": ready_at - server.started,
+            "to_first_job_s": finished_at - server.started}
+
+
+def first_job(url: str, steps: int = 3) -> tuple[float, float]:
+    """When (``time.perf_counter``) the optimizer at ``url`` answered ready, and when a job sent to it from now on,
+    again until taken, ended."""
     import asyncio
     import base64
     import io
@@ -202,7 +215,7 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
                 pass
             await asyncio.sleep(0.1)
 
-    async def first_job(client: httpx.AsyncClient) -> float:
+    async def finished(client: httpx.AsyncClient) -> float:
         while True:
             try:
                 async with client.stream("POST", "/optimize", json={"job": job.model_dump(mode="json")}) as r:
@@ -216,18 +229,11 @@ def cold_start(model: str, label: str, steps: int = 3) -> dict:
                 pass
             await asyncio.sleep(0.1)
 
-    async def both(url: str) -> tuple[float, float]:
+    async def both() -> tuple[float, float]:
         async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600, connect=2)) as client:
-            return await asyncio.wait_for(asyncio.gather(ready(client), first_job(client)), 900)
+            return await asyncio.wait_for(asyncio.gather(ready(client), finished(client)), 900)
 
-    with tempfile.TemporaryDirectory() as folder:
-        server = _Server("service:Optimizer", Path(folder), CLIPDLUT_CLIP_MODEL=model)
-        try:
-            ready_at, finished_at = asyncio.run(both(server.url))
-        finally:
-            server.stop()
-    return {"model": label, "steps": steps, "to_ready_s": ready_at - server.started,
-            "to_first_job_s": finished_at - server.started}
+    return asyncio.run(both())
 
 
 def soak(seconds: int = 180, users: int = 12) -> dict:

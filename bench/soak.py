@@ -176,11 +176,14 @@ def summary(results: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for r in results:
         for name, p in r["processes"].items():
-            if p["kind"] == "arbiter":
+            if p["kind"] == "arbiter":  # (BentoML's process supervisor: a few MB that never move)
                 continue
             lines.append(f"| {r['topology']} | {r['minutes']:.1f} | {r['jobs']} ({r['failed_jobs']}) | "
                          f"{name.rsplit(' ', 1)[0]} | {p['rss_after_warm_up_mb']:.0f} MB | {p['rss_end_mb']:.0f} MB | "
                          f"{p['mb_per_1000_jobs']:+.1f} |")
+    if any(p["kind"] == "redis" for r in results for p in r["processes"].values()):
+        lines += ["", "Redis grows by what it is meant to keep: each finished job's result files until "
+                      "`CLIPDLUT_RETENTION_S` (README, Scaling out, sizes it)."]
     return lines
 
 
