@@ -7,6 +7,7 @@ without them the section says why."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +17,21 @@ from tests.containers import Podman, build_as_the_readme_says, podman_missing
 from tests.live import free_port
 
 IMAGE = "clipdlut:cpu"  # (what the README's `make container VARIANT=cpu` tags)
+GPU_RECORD = Path(__file__).resolve().parent / "gpu_image.json"  # `python -m bench.container gpu-image`, by hand
+# What torch's CUDA build brings inside the GPU image, measured in the image itself
+_PROBE = """
+import glob, json, os, subprocess, torch
+def mb(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) / 1e6
+site = os.path.dirname(os.path.dirname(torch.__file__))
+lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cuda.so")
+links = subprocess.run(["ldd", lib], capture_output=True, text=True).stdout
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                  "torch_mb": mb(os.path.dirname(torch.__file__)), "nvidia_wheels_mb": mb(os.path.join(site, "nvidia")),
+                  "unresolved_libraries": [l.split()[0] for l in links.splitlines() if "not found" in l],
+                  "cudart_from": next((l.split("=>")[1].split()[0] for l in links.splitlines() if "libcudart" in l),
+                                      None)}))
+"""
 OPTIMIZER = ("start-http-server", "--service-name", "clipdlut-optimizer")
 
 
@@ -58,19 +74,50 @@ def run(quick: bool) -> dict:
 
 def lines(r: dict, process: list[dict]) -> list[str]:
     """The section of bench/results.md: the container's figures next to the process's (``process``: the cold start
-    rows of the same run)."""
+    rows of the same run), and the GPU image as recorded by hand."""
+    out = [""]
     if "skipped" in r:
-        return ["", f"The container: not measured ({r['skipped']})."]
-    by_model = {row["model"].split(" ")[0]: row for row in process}
-    out = ["", f"The container (`{r['image']}`, the CPU variant, built from nothing by the README's commands in "
-           f"{r['build_s']:.0f} s: {r['image_mb']:.0f} MB, of which the Debian base {r['base_mb']:.0f} MB). The "
-           "optimizer's cold start in a container next to the process's:", "",
-           "| model | container: run to ready | to the first job | process: start to ready | to the first job |",
-           "| --- | --- | --- | --- | --- |"]
-    for row in r["cold_start"]:
-        p = by_model.get(row["model"].split(" ")[0], {})
+        out.append(f"The container: not measured in this run ({r['skipped']}).")
+    else:
+        by_model = {row["model"].split(" ")[0]: row for row in process}
         nan = float("nan")
-        out.append(f"| {row['model']}, {row['steps']} steps | {row['to_ready_s']:.1f} s | "
-                   f"{row['to_first_job_s']:.1f} s | {p.get('to_ready_s', nan):.1f} s | "
-                   f"{p.get('to_first_job_s', nan):.1f} s |")
+        out += [f"The container (`{r['image']}`, the CPU variant, built from nothing by the README's commands in "
+                f"{r['build_s']:.0f} s: {r['image_mb']:.0f} MB, of which the Debian base {r['base_mb']:.0f} MB). "
+                "The optimizer's cold start in a container next to the process's:", "",
+                "| model | container: run to ready | to the first job | process: start to ready | to the first job |",
+                "| --- | --- | --- | --- | --- |"]
+        for row in r["cold_start"]:
+            p = by_model.get(row["model"].split(" ")[0], {})
+            out.append(f"| {row['model']}, {row['steps']} steps | {row['to_ready_s']:.1f} s | "
+                       f"{row['to_first_job_s']:.1f} s | {p.get('to_ready_s', nan):.1f} s | "
+                       f"{p.get('to_first_job_s', nan):.1f} s |")
+    if GPU_RECORD.exists():
+        g = json.loads(GPU_RECORD.read_text())
+        out += ["", f"The GPU variant (`{g['image']}`, built by hand with `make container`, recorded with "
+                f"`{g['command']}` on {g['recorded']}): {g['image_mb']:.0f} MB, of which torch {g['torch_mb']:.0f} MB "
+                f"and the CUDA libraries its wheels bring (CUDA {g['cuda']}, cuDNN {g['cudnn']}) "
+                f"{g['nvidia_wheels_mb']:.0f} MB. torch loads the CUDA runtime from those wheels "
+                f"(`{g['cudart_from'].split('site-packages/')[-1]}`) and nothing it links is missing from the image "
+                f"({len(g['unresolved_libraries'])} unresolved libraries): only the driver comes from the host, so "
+                "no CUDA base image is needed (one would add a second, unused copy of these libraries)."]
     return out
+
+
+def record_gpu_image(tag: str = "clipdlut:gpu") -> dict:
+    """The GPU image's size and what its CUDA libraries are (built by hand: `make container`, several GB from the
+    package index), written to ``bench/gpu_image.json`` for the results."""
+    podman = Podman.default()
+    size = int(podman("image", "inspect", "--format={{.Size}}", tag).stdout) / 1e6
+    probe = podman("run", "--rm", "--entrypoint=/app/.venv/bin/python", tag, "-c", _PROBE, timeout=300).stdout
+    record = {"image": tag, "image_mb": size, **json.loads(probe.strip().splitlines()[-1]),
+              "recorded": time.strftime("%Y-%m-%d"), "command": f"python -m bench.container gpu-image {tag}"}
+    GPU_RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["gpu-image"]:
+        raise SystemExit("usage: python -m bench.container gpu-image [TAG]   (after `make container`)")
+    print(json.dumps(record_gpu_image(*sys.argv[2:3]), indent=1))

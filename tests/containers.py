@@ -37,6 +37,13 @@ class Podman:
                            f'runroot = "{folder / "run"}"\n')
         self.env = {**os.environ, "CONTAINERS_CONF": str(CONF), "CONTAINERS_STORAGE_CONF": str(storage)}
 
+    @classmethod
+    def default(cls) -> Podman:
+        """podman with this project's settings and the image store the environment names (the machine's own)."""
+        engine = cls.__new__(cls)
+        engine.env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONF))}
+        return engine
+
     def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         r = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
