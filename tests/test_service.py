@@ -296,7 +296,7 @@ HARDENING = [  # (what, path, request kwargs, status, words in the message)
      400, "application/pdf"),
     ("control-only prompt", "/retouch", {"json": {"image": PHOTO_B64, "target_prompt": "\x00\x07\x1b"}}, 400, "empty"),
     ("10,000 characters", "/v1/retouch/submit", {"json": {"image": PHOTO_B64, "target_prompt": "色" * 10_000}},
-     400, "target_prompt: String should have at most"),
+     400, "target_prompt has 10000 characters; the limit is 200"),
     ("1,000 characters", "/retouch", {"json": {"image": PHOTO_B64, "target_prompt": "色" * 1000}}, 400,
      "the limit is 200"),
     ("only emoji", "/retouch", {"json": {"image": PHOTO_B64, "target_prompt": "🌆🌃✨"}}, 400, "no words"),
