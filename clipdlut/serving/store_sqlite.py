@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ class SqliteJobStore:
         self.retention_s = retention_s
         self._busy_timeout = busy_timeout_s
         self._local = threading.local()
+        # the ping's own thread: while the file is locked every shared worker thread may be waiting out the busy
+        # timeout, and a ping queued behind them would notice the outage late
+        self._pinger = ThreadPoolExecutor(1, thread_name_prefix="sqlite-ping")
         with self._conn() as c:
             c.executescript(_SCHEMA)
             have = {row[1] for row in c.execute("PRAGMA table_info(jobs)")}
@@ -255,7 +259,8 @@ class SqliteJobStore:
             finally:
                 conn.close()
 
-        await self._run(run)
+        await asyncio.get_running_loop().run_in_executor(self._pinger, run)
 
     async def close(self) -> None:
         """(Connections are per thread and close with their thread.)"""
+        self._pinger.shutdown(wait=False)
