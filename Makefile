@@ -66,7 +66,7 @@ load: install
 	$(VENV)/bin/locust -f locustfile.py --headless -u 8 -r 2 -t 60s --host http://127.0.0.1:$(PORT)
 
 import-model: install   # MODEL=ViT-B-16 [FROM=clip_cn_vit-b-16.pt]: weights into BentoML's model store
-	$(PY) -m clipdlut import-model $(or $(MODEL),ViT-B-16) $(if $(FROM),--from $(FROM))
+	$(PY) -m clipdlut.serving.modelstore $(or $(MODEL),ViT-B-16) $(if $(FROM),--from $(FROM))
 
 # The Bento as an OCI image (README, Deployment), as `bentoml containerize` builds it: VARIANT=gpu (torch's CUDA
 # build) or cpu (torch's CPU build, downloaded here into wheels/ by this machine's pip: TORCH_INDEX as for install).

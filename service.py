@@ -38,11 +38,9 @@ from clipdlut.serving.errors import (
     ShuttingDown,
     TaskNotFinished,
     UnknownTask,
-    answers_client_errors,
+    answers_errors,
 )
-from clipdlut.serving.jobs import JobOptions
-from clipdlut.serving.jobstream import InvalidJob, stream_job
-from clipdlut.serving.middleware import (
+from clipdlut.serving.http import (
     Answered,
     ApiKey,
     BodyLimit,
@@ -53,6 +51,8 @@ from clipdlut.serving.middleware import (
     ReadyReason,
     TaskGate,
 )
+from clipdlut.serving.jobs import JobOptions
+from clipdlut.serving.jobstream import InvalidJob, stream_job
 from clipdlut.serving.readiness import Readiness
 from clipdlut.serving.schemas import (
     CancelResponse,
@@ -71,7 +71,7 @@ from clipdlut.serving.schemas import (
     RetouchResult,
 )
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.store import JobStore, open_store
+from clipdlut.serving.stores import JobStore, open_store
 from clipdlut.serving.wire import OptimizeRequest, OptimizerHealth
 from clipdlut.status import JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
@@ -246,7 +246,7 @@ class Retouch:
     # -- native task API ---------------------------------------------------------------------------
 
     @bentoml.task(route=TASK_ROUTE)
-    @answers_client_errors
+    @answers_errors
     async def retouch(self, request: RetouchRequest, /, ctx: bentoml.Context) -> RetouchResult:
         """Grade a photo, or a series with one LUT, toward a prompt and/or a reference photo (from scratch or refining
         a LUT; colour or black and white); returns the .cube, the full-resolution images and scores."""
@@ -269,7 +269,7 @@ class Retouch:
         return RetouchResult(**result)
 
     @bentoml.api(route="/v1/progress")
-    @answers_client_errors
+    @answers_errors
     async def progress(self, task_id: str, include_preview: bool = False) -> ProgressResponse:
         """Iteration, loss and (optionally) a small preview of a task's current grade."""
         r = await self._record(task_id)
@@ -280,7 +280,7 @@ class Retouch:
                                 loss=r.loss, terms=r.terms, error=r.error, preview=preview)
 
     @bentoml.api(route="/v1/cancel")
-    @answers_client_errors
+    @answers_errors
     async def cancel(self, task_id: str) -> CancelResponse:
         """Stop a task: it ends `cancelled` at the optimizer's next step and uses no more GPU time."""
         r = await self._record(task_id)
@@ -289,7 +289,7 @@ class Retouch:
         return CancelResponse(task_id=task_id, status=r.status)
 
     @bentoml.api(route=APPLY_ROUTE)
-    @answers_client_errors
+    @answers_errors
     async def apply(self, ctx: bentoml.Context, image: Path, lut: Path, strength: float = 1.0,
                     image_format: ImageFormat = "png") -> Path:
         """Apply a .cube file or HaldCLUT PNG to an uploaded image (multipart), with a strength."""
@@ -299,7 +299,7 @@ class Retouch:
         return out
 
     @bentoml.api(route="/v1/lut")
-    @answers_client_errors
+    @answers_errors
     async def lut(self, ctx: bentoml.Context, task_id: str, size: LutSize | None = None,
                   format: Literal["cube", "hald"] = "cube") -> Path:
         """A finished task's LUT as a .cube of any offered size (resampled exactly) or as a HaldCLUT PNG."""
@@ -323,7 +323,7 @@ class Retouch:
     # -- CLIP utilities --------------------------------------------------------------------------
 
     @bentoml.api(route="/v1/embed_text")
-    @answers_client_errors
+    @answers_errors
     async def embed_text(self, prompts: list[str]) -> list[list[float]]:
         """Chinese-CLIP text embeddings (unit norm) of up to 64 prompts."""
         if not 1 <= len(prompts) <= 64:
@@ -332,7 +332,7 @@ class Retouch:
         return list(await remote.call(self.optimizer, "embed_text", cleaned))
 
     @bentoml.api(route="/v1/embed_image")
-    @answers_client_errors
+    @answers_errors
     async def embed_image(self, image: str) -> list[float]:
         """The Chinese-CLIP embedding (unit norm) of one image (base64 or data URL)."""
         small = await asyncio.to_thread(concepts.small_png, image, S)  # (decode and encode: not on the event loop)
@@ -340,7 +340,7 @@ class Retouch:
         return list(vec)
 
     @bentoml.api(route="/v1/classify")
-    @answers_client_errors
+    @answers_errors
     async def classify(self, request: Concepts, /) -> ConceptScores:
         """Zero-shot: how well each concept prompt describes the image."""
         prompts = [self._prompt(c) for c in request.concepts]
@@ -355,7 +355,7 @@ class Retouch:
     # -- the original system's API (README, "The original system's API") --------------------------
 
     @bentoml.api(route="/retouch")
-    @answers_client_errors
+    @answers_errors
     async def legacy_retouch(self, request: LegacyRetouchRequest, /) -> LegacyTask:
         """Original API: start a task; poll it with /query_task."""
         job_id = str(uuid.uuid4())
@@ -372,7 +372,7 @@ class Retouch:
                           overall_iteration=opts.steps)
 
     @bentoml.api(route="/query_task")
-    @answers_client_errors
+    @answers_errors
     async def legacy_query(self, request: LegacyQueryRequest, /) -> LegacyTask:
         """Original API: status, and when finished the LUT (cube or PNG strip) and the result image."""
         r = await self._record(request.task_id)
@@ -390,7 +390,7 @@ class Retouch:
                           overall_iteration=r.options.get("steps", r.total), lut=lut, image=image)
 
     @bentoml.api(route="/stop_task")
-    @answers_client_errors
+    @answers_errors
     async def legacy_stop(self, request: LegacyStopRequest, /) -> LegacyStopResponse:
         """Original API: stop a task; it ends `stopped`."""
         await self._record(request.task_id)

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from clipdlut.cube import read_cube, write_cube
 from clipdlut.hald import read_hald
 from clipdlut.imaging import output_format
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES, blend_table
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 EXIT_FAILED = 1
 
@@ -29,27 +32,13 @@ def _format_for(path: Path) -> str:
 
 
 def _retouch(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from clipdlut.export import describe_look, lut_to_cube
-    from clipdlut.guidance import Guide
-    from clipdlut.imaging import decode_image, encode_image, working_copy
+    from clipdlut.imaging import decode_image, working_copy
     from clipdlut.lut import from_table
-    from clipdlut.models import load_model
-    from clipdlut.optimizer import MAX_PHOTOS, BatchedOptimizer, JobSpec
-    from clipdlut.render import render
     from clipdlut.safety import PINS
-    from clipdlut.status import JobStatus
 
-    sources = batch.photos_in(args.inputs)
-    if not 1 <= len(sources) <= MAX_PHOTOS:
-        raise ValueError(f"a look is fitted to 1 to {MAX_PHOTOS} photos; {len(sources)} found in "
-                         f"{', '.join(map(str, args.inputs))}")
-    if args.prompt is None and args.reference is None:
-        raise ValueError("say what look to aim for: --prompt, --reference, or both")
+    sources = _retouch_sources(args)
     series = len(sources) > 1
-    if args.image is not None and series and args.image.suffix.lower() in batch.WRITE_FORMATS:
-        raise ValueError(f"the graded photos of a series are written into a folder; {args.image} is a file name")
     image_format = _format_for(args.image) if args.image and not series else None
     tasks = batch.plan(sources, args.image) if args.image is not None and series else []  # (name clashes: now)
     prompt = limits.clean_prompt(args.prompt, "--prompt") if args.prompt is not None else ""
@@ -58,6 +47,46 @@ def _retouch(args: argparse.Namespace) -> None:
     reference = working_copy(_gradable(decode_image(args.reference.read_bytes()), args.reference).rgb) \
         if args.reference else None
     start = from_table(_read_lut_file(args.start_from)) if args.start_from else None
+    pins = {name: getattr(args, name) for name in PINS}
+    result, model = _optimize(args, [working_copy(d.rgb) for d in decoded], series, prompt, source_prompt,
+                              reference=reference, start=start, **pins)
+    comments = [*describe_look(prompt, source_prompt, reference=reference is not None,
+                               start_from=args.start_from and args.start_from.name, photos=len(sources),
+                               mode=args.mode),
+                f"model: {model}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
+    text = lut_to_cube(result.lut, strength=args.strength, title=(prompt or "CLIP-DLUT")[:64], comments=comments,
+                       neutral=args.mode == "bw", **pins)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}")
+    _write_graded(args, decoded, text, image_format, tasks)
+    s = result.scores
+    print(f"CLIP similarity to the target look: {s.source_target:.4f} -> {s.result_target:.4f} "
+          f"(direction {s.directional:+.4f}{', mean of the series' if series else ''}), {result.seconds:.1f} s")
+
+
+def _retouch_sources(args: argparse.Namespace) -> list[Path]:
+    """The photos to fit a look to, once the command line asks for something that can be done."""
+    sources = batch.photos_in(args.inputs)
+    if not 1 <= len(sources) <= limits.MAX_PHOTOS:
+        raise ValueError(f"a look is fitted to 1 to {limits.MAX_PHOTOS} photos; {len(sources)} found in "
+                         f"{', '.join(map(str, args.inputs))}")
+    if args.prompt is None and args.reference is None:
+        raise ValueError("say what look to aim for: --prompt, --reference, or both")
+    if args.image is not None and len(sources) > 1 and args.image.suffix.lower() in batch.WRITE_FORMATS:
+        raise ValueError(f"the graded photos of a series are written into a folder; {args.image} is a file name")
+    return sources
+
+
+def _optimize(args: argparse.Namespace, photos: list[Image.Image], series: bool, prompt: str, source_prompt: str,
+              **extra: Any) -> tuple[Any, str]:
+    """One job on the optimizer with a progress bar: its finished result and the model's name."""
+    from tqdm import tqdm
+
+    from clipdlut.guidance import Guide
+    from clipdlut.models import load_model
+    from clipdlut.optimizer import BatchedOptimizer, JobSpec
+    from clipdlut.status import JobStatus
+
     guide = Guide(load_model(args.model, device=args.device))
     bar = tqdm(total=args.steps, unit="step", file=sys.stderr, disable=args.quiet)
 
@@ -66,24 +95,22 @@ def _retouch(args: argparse.Namespace) -> None:
         bar.set_postfix(loss=f"{p.loss:.4f}")
 
     opt = BatchedOptimizer(guide, on_progress=on_progress)
-    pins = {name: getattr(args, name) for name in PINS}
-    photos = [working_copy(d.rgb) for d in decoded]
     spec = JobSpec("cli", photos if series else photos[0], prompt, source_prompt, steps=args.steps,
-                   lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1, reference=reference,
-                   start=start, mode=args.mode, **pins)
+                   lut_size=args.lut_size, seed=args.seed, lr=args.lr, progress_every=1, mode=args.mode, **extra)
     failed = opt.add([spec])
     result = failed[0] if failed else opt.run()["cli"]
     bar.close()
     if result.status != JobStatus.FINISHED or result.lut is None or result.scores is None:
         raise RuntimeError(result.error or result.status)
-    comments = [*describe_look(prompt, source_prompt, reference=reference is not None,
-                               start_from=args.start_from and args.start_from.name, photos=len(sources),
-                               mode=args.mode),
-                f"model: {guide.name}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
-    text = lut_to_cube(result.lut, strength=args.strength, title=(prompt or "CLIP-DLUT")[:64], comments=comments,
-                       neutral=args.mode == "bw", **pins)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
+    return result, guide.name
+
+
+def _write_graded(args: argparse.Namespace, decoded: list, text: str, image_format: str | None,
+                  tasks: list[batch.Task]) -> None:
+    """The graded photo (``--image``), or a series' graded photos into the ``--image`` folder."""
+    from clipdlut.imaging import encode_image
+    from clipdlut.render import render
+
     if image_format is not None:
         data = encode_image(render(decoded[0], text), image_format, decoded[0].alpha, decoded[0].icc_profile)
         args.image.write_bytes(data)
@@ -93,10 +120,7 @@ def _retouch(args: argparse.Namespace) -> None:
         table = read_cube(text).normalized()
         for task in tasks:
             batch.grade_file(task, table, threads=None)
-        print(f"wrote {len(sources)} graded photos to {args.image}")
-    s = result.scores
-    print(f"CLIP similarity to the target look: {s.source_target:.4f} -> {s.result_target:.4f} "
-          f"(direction {s.directional:+.4f}{', mean of the series' if series else ''}), {result.seconds:.1f} s")
+        print(f"wrote {len(decoded)} graded photos to {args.image}")
 
 
 def _gradable(decoded, path: Path):
@@ -206,13 +230,6 @@ def _eval(args: argparse.Namespace) -> None:
              f"{total} jobs in {wall:.0f} s ({args.batch} at a time, {guide.device})")
     md, png = evaluation.write(rows, args.out, title)
     print(f"wrote {md} and {png}")
-
-
-def _import_model(args: argparse.Namespace) -> None:
-    from clipdlut.serving.modelstore import import_weights
-
-    tag = import_weights(args.name, args.source)
-    print(f"stored {args.name} as {tag}; `bentoml build` now packages it with the service")
 
 
 def _lut_size(text: str) -> int:
@@ -348,14 +365,6 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("-q", "--quiet", action="store_true", help="no line per job")
 
 
-def _import_model_arguments(m: argparse.ArgumentParser) -> None:
-    from clipdlut.models import MODELS
-
-    m.add_argument("name", choices=list(MODELS), help="the model the service will use ($CLIPDLUT_CLIP_MODEL)")
-    m.add_argument("--from", dest="source", type=Path, metavar="FILE",
-                   help="a checkpoint file you have (default: the weights folder, else download from the Hub)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clipdlut", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
@@ -366,8 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
          _apply_arguments, _apply),
         ("eval", "grade a fixed set of photos with a fixed set of prompts and measure every result", _eval_arguments,
          _eval),
-        ("import-model", "put Chinese-CLIP weights into BentoML's model store for `bentoml build`",
-         _import_model_arguments, _import_model),
     )
     for name, help_text, define, func in commands:
         sub.add_parser(name, help=help_text, define=define).set_defaults(func=func)

@@ -126,83 +126,93 @@ def _rows_at_once(lines: list[str]) -> np.ndarray | None:
     return values if values.shape[1] == 3 and np.isfinite(values).all() else None
 
 
+@dataclass
+class _Header:
+    """What the keyword lines of a ``.cube`` said, as they are read."""
+
+    size: int | None = None
+    size_1d: bool = False
+    title: str = ""
+    lo: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    hi: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+    def read(self, line: str, parts: list[str], lineno: int) -> None:
+        """Take one keyword line; any keyword not named here (``LUT_1D_INPUT_RANGE``, vendor extensions) does not
+        affect a 3D table."""
+        key = parts[0].upper()
+        if key == "TITLE":
+            self.title = line[len("TITLE"):].strip().strip('"')
+        elif key == "LUT_3D_SIZE":
+            if self.size is not None:
+                raise CubeError("LUT_3D_SIZE given twice", lineno)
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise CubeError(f"LUT_3D_SIZE needs one whole number, got {' '.join(parts[1:])!r}", lineno)
+            self.size = int(parts[1])
+            if not MIN_SIZE <= self.size <= MAX_SIZE:
+                raise CubeError(f"LUT_3D_SIZE {self.size} is out of range {MIN_SIZE}..{MAX_SIZE}", lineno)
+        elif key == "LUT_1D_SIZE":
+            self.size_1d = True
+        elif key == "DOMAIN_MIN":
+            self.lo = _floats(parts[1:], 3, lineno, "DOMAIN_MIN")
+        elif key == "DOMAIN_MAX":
+            self.hi = _floats(parts[1:], 3, lineno, "DOMAIN_MAX")
+        elif key == "LUT_3D_INPUT_RANGE":
+            a, b = _floats(parts[1:], 2, lineno, "LUT_3D_INPUT_RANGE")
+            self.lo, self.hi = [a] * 3, [b] * 3
+
+    def table_size(self, lineno: int | None = None) -> int:
+        """The 3D table's size, once the header allows a table (at ``lineno``, or at the end of the file)."""
+        if self.size is None:
+            if self.size_1d:
+                raise CubeError("this is a 1D LUT (LUT_1D_SIZE); a 3D LUT needs LUT_3D_SIZE", lineno)
+            raise CubeError("table data before LUT_3D_SIZE" if lineno else "no LUT_3D_SIZE line: not a 3D .cube file",
+                            lineno)
+        return self.size
+
+
+def _text(data: str | bytes) -> str:
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise CubeError(f"not UTF-8 text (byte {e.start}); is this really a .cube file?") from None
+    return data.lstrip("\ufeff")
+
+
 def read_cube(data: str | bytes) -> Cube:
     """Parse ``.cube`` text or bytes; tolerant of variants, strict about the table itself.
 
     Accepts comments and blank lines, CRLF, a UTF-8 BOM, ``DOMAIN_MIN``/``DOMAIN_MAX``, Resolve's
     ``LUT_3D_INPUT_RANGE`` and unknown keywords. Raises :class:`CubeError` naming the line otherwise.
     """
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise CubeError(f"not UTF-8 text (byte {e.start}); is this really a .cube file?") from None
-    data = data.lstrip("\ufeff")
-    size: int | None = None
-    size_1d = False
-    title = ""
+    header = _Header()
     comments: list[str] = []
-    lo, hi = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     rows: list[list[float]] = []
     at_once: np.ndarray | None = None
     first_row_line = 0
-    lines = data.splitlines()
+    lines = _text(data).splitlines()
     for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
-        if not line:
-            continue
         if line.startswith("#"):
             comments.append(line[1:].strip())
-            continue
-        parts = line.split()
-        key = parts[0]
-        if key[0].isdigit() or key[0] in "+-.":
-            if size is None:
-                if size_1d:
-                    raise CubeError("this is a 1D LUT (LUT_1D_SIZE); a 3D LUT needs LUT_3D_SIZE", lineno)
-                raise CubeError("table data before LUT_3D_SIZE", lineno)
+        elif line and (line[0].isdigit() or line[0] in "+-."):
+            header.table_size(lineno)
             if not rows:
                 first_row_line = lineno
-                at_once = _rows_at_once(lines[lineno - 1:])
-                if at_once is not None:
+                if (at_once := _rows_at_once(lines[lineno - 1:])) is not None:
                     break
-            rows.append(_floats(parts, 3, lineno, "table row"))
-            continue
-        key = key.upper()
-        if key == "TITLE":
-            title = line[len("TITLE"):].strip().strip('"')
-        elif key == "LUT_3D_SIZE":
-            if size is not None:
-                raise CubeError("LUT_3D_SIZE given twice", lineno)
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise CubeError(f"LUT_3D_SIZE needs one whole number, got {' '.join(parts[1:])!r}", lineno)
-            size = int(parts[1])
-            if not MIN_SIZE <= size <= MAX_SIZE:
-                raise CubeError(f"LUT_3D_SIZE {size} is out of range {MIN_SIZE}..{MAX_SIZE}", lineno)
-        elif key == "LUT_1D_SIZE":
-            size_1d = True
-        elif key == "DOMAIN_MIN":
-            lo = _floats(parts[1:], 3, lineno, "DOMAIN_MIN")
-        elif key == "DOMAIN_MAX":
-            hi = _floats(parts[1:], 3, lineno, "DOMAIN_MAX")
-        elif key == "LUT_3D_INPUT_RANGE":
-            a, b = _floats(parts[1:], 2, lineno, "LUT_3D_INPUT_RANGE")
-            lo, hi = [a] * 3, [b] * 3
-        # Any other keyword (LUT_1D_INPUT_RANGE, vendor extensions) does not affect a 3D table.
-    if size is None:
-        if size_1d:
-            raise CubeError("this is a 1D LUT (LUT_1D_SIZE); a 3D LUT needs LUT_3D_SIZE")
-        raise CubeError("no LUT_3D_SIZE line: not a 3D .cube file")
-    if size_1d:
+            rows.append(_floats(line.split(), 3, lineno, "table row"))
+        elif line:
+            header.read(line, line.split(), lineno)
+    size = header.table_size()
+    if header.size_1d:
         raise CubeError("files with both a 1D and a 3D table are not supported; export the 3D LUT alone")
     values = at_once if at_once is not None else np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-    expected = size ** 3
-    if len(values) != expected:
-        raise CubeError(f"LUT_3D_SIZE {size} needs {expected} table rows, found {len(values)}",
-                        first_row_line or None)
+    if len(values) != size ** 3:
+        raise CubeError(f"LUT_3D_SIZE {size} needs {size ** 3} table rows, found {len(values)}", first_row_line or None)
+    lo, hi = header.lo, header.hi
     if any(h <= low for low, h in zip(lo, hi)):
         raise CubeError(f"DOMAIN_MAX {hi} must be greater than DOMAIN_MIN {lo}")
-    table = values.reshape(size, size, size, 3)
-    return Cube(table=table, title=title, domain_min=(lo[0], lo[1], lo[2]), domain_max=(hi[0], hi[1], hi[2]),
-                comments=comments)
+    return Cube(table=values.reshape(size, size, size, 3), title=header.title, domain_min=(lo[0], lo[1], lo[2]),
+                domain_max=(hi[0], hi[1], hi[2]), comments=comments)
 

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import torch
 from PIL import Image
@@ -266,6 +266,15 @@ def _make_safe(jobs: Sequence[_Job]) -> None:
             job.delta.copy_(delta.unsqueeze(0))
 
 
+class _Group(NamedTuple):
+    """Jobs stepped together (one LUT size, one view count): their LUTs, views and graded views, stacked."""
+
+    jobs: list[_Job]
+    luts: torch.Tensor
+    src: torch.Tensor
+    out: torch.Tensor
+
+
 class BatchedOptimizer:
     """A set of active jobs stepped together; jobs join between steps and leave when they end."""
 
@@ -288,11 +297,15 @@ class BatchedOptimizer:
     def active_ids(self) -> list[str]:
         return list(self._jobs)
 
-    def _fail(self, job: _Job, error: str) -> JobResult:
+    def _end(self, job: _Job, status: JobStatus, error: str | None = None) -> JobResult:
+        """The one way a job ends without a LUT (cancelled, timed out, failed): it leaves the batch now."""
         self._jobs.pop(job.spec.job_id, None)
-        log.warning("job %s failed at iteration %d: %s", job.spec.job_id, job.iteration, error)
-        return JobResult(job.spec.job_id, JobStatus.FAILED, job.iteration, time.perf_counter() - job.started,
-                         error=error)
+        if status == JobStatus.FAILED:
+            log.warning("job %s failed at iteration %d: %s", job.spec.job_id, job.iteration, error)
+        return JobResult(job.spec.job_id, status, job.iteration, time.perf_counter() - job.started, error=error)
+
+    def _fail(self, job: _Job, error: str) -> JobResult:
+        return self._end(job, JobStatus.FAILED, error)
 
     @torch.no_grad()
     def add(self, specs: Sequence[JobSpec]) -> list[JobResult]:
@@ -395,10 +408,20 @@ class BatchedOptimizer:
 
         Jobs with the same LUT size and view count form a group whose LUTs, views and loss terms are
         stacked tensors: a step's cost grows with the pixels and features it handles, not with a Python
-        loop over jobs.
+        loop over jobs. Plan the groups, run them (one CLIP forward, one backward, one Adam update), then update
+        each job (its report, its end).
         """
         self.last_batch_size = 0
         ended = [self._end_cancelled(j) for j in list(self._jobs.values()) if j.cancelled]
+        groups = self._plan(ended)
+        if not groups:
+            return ended
+        self.last_batch_size = sum(len(g.jobs) for g in groups)
+        stepped = self._run(groups, ended)
+        return ended + self._update(stepped)
+
+    def _plan(self, ended: list[JobResult]) -> list[_Group]:
+        """This step's groups, their views graded by each job's current LUT (a job that cannot join ends)."""
         members: dict[tuple[int, int], list[tuple[_Job, torch.Tensor]]] = {}
         for job in list(self._jobs.values()):
             try:
@@ -413,29 +436,31 @@ class BatchedOptimizer:
             try:
                 luts = torch.cat([job.lut() for job in jobs])
                 src = torch.stack([views for _, views in group])
-                groups.append((jobs, luts, src, _apply_to_views(luts, src)))
+                groups.append(_Group(jobs, luts, src, _apply_to_views(luts, src)))
             except Exception as e:
                 ended.extend(self._fail(job, f"error preparing the step: {e}") for job in jobs)
-        if not groups:
-            return ended
-        self.last_batch_size = sum(len(g[0]) for g in groups)
+        return groups
+
+    def _run(self, groups: list[_Group], ended: list[JobResult]) -> list[_Job]:
+        """One forward of every group's views, each group's loss, one backward and update: the jobs stepped."""
         try:
-            pixels = torch.cat([out.flatten(0, 1) for *_, out in groups])
+            pixels = torch.cat([g.out.flatten(0, 1) for g in groups])
             feats = self.guide.encode_pixels(self.guide.normalize(pixels))
         except Exception as e:  # shared work: every job in it is affected
             log.exception("CLIP forward failed for a batch of %d jobs", self.last_batch_size)
-            return ended + [self._fail(job, f"CLIP forward failed: {e}") for g in groups for job in g[0]]
+            ended.extend(self._fail(job, f"CLIP forward failed: {e}") for g in groups for job in g.jobs)
+            return []
         total = None
         stepped: list[_Job] = []
-        for (jobs, luts, src, out), f in zip(groups, feats.split([out.shape[0] * out.shape[1] for *_, out in groups])):
+        for g, f in zip(groups, feats.split([g.out.shape[0] * g.out.shape[1] for g in groups])):
             try:
-                loss = self._group_loss(jobs, luts, src, out, f.view(*out.shape[:2], -1))
+                loss = self._group_loss(g.jobs, g.luts, g.src, g.out, f.view(*g.out.shape[:2], -1))
             except Exception as e:
-                log.exception("loss of a group of %d jobs failed", len(jobs))
-                ended.extend(self._fail(job, f"error computing the loss: {e}") for job in jobs)
+                log.exception("loss of a group of %d jobs failed", len(g.jobs))
+                ended.extend(self._fail(job, f"error computing the loss: {e}") for job in g.jobs)
                 continue
             total = loss if total is None else total + loss
-            stepped.extend(jobs)
+            stepped.extend(g.jobs)
         if total is not None:
             total.backward()
         _adam_step(stepped)
@@ -443,7 +468,11 @@ class BatchedOptimizer:
             _make_safe(stepped)
         for job in stepped:
             job.iteration += 1
-        done = []
+        return stepped
+
+    def _update(self, stepped: list[_Job]) -> list[JobResult]:
+        """Report the stepped jobs due a report and end those at their last step (or whose loss broke)."""
+        ended, done = [], []
         for job in stepped:
             last = job.iteration >= job.spec.steps
             if job.iteration % job.spec.progress_every and not last:
@@ -454,9 +483,7 @@ class BatchedOptimizer:
                 done.append(job)
             elif self.on_progress:
                 self._report(job)
-        if done:
-            ended.extend(self._finish(done))
-        return ended
+        return ended + (self._finish(done) if done else [])
 
     def _report(self, job: _Job, safe_lut: torch.Tensor | None = None) -> None:
         """Tell ``on_progress`` where ``job`` stands (``safe_lut``: its LUT, already repaired)."""
@@ -476,9 +503,8 @@ class BatchedOptimizer:
             log.exception("progress callback failed for job %s", job.spec.job_id)
 
     def _end_cancelled(self, job: _Job) -> JobResult:
-        self._jobs.pop(job.spec.job_id, None)
-        return JobResult(job.spec.job_id, JobStatus.FAILED if job.failure else JobStatus.CANCELLED, job.iteration,
-                         time.perf_counter() - job.started, error=job.failure)
+        """A job :meth:`cancel` stopped: cancelled, or failed with the reason it was given."""
+        return self._end(job, JobStatus.FAILED if job.failure else JobStatus.CANCELLED, job.failure)
 
     @torch.no_grad()
     def _finish(self, jobs: list[_Job]) -> list[JobResult]:

@@ -1,13 +1,66 @@
 """The layout: the library core (clipdlut/) works without BentoML; serving code lives in clipdlut/serving/."""
 
+import ast
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.unit
+MAX_FUNCTION_LINES = 60
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name)."""
+    found = {}
+    for path in (ROOT / "clipdlut").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """What a module imports, anywhere in it (a function's import too): the project's modules and top-level
+    names of others."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module if node.level == 0 else ".".join(name.split(".")[:-node.level] + [node.module])
+            subs = {f"{base}.{alias.name}" for alias in node.names} & known
+            found |= subs or {base}
+    return found
+
+
+def test_the_package_has_no_import_loop_and_its_core_never_imports_serving_code():
+    """Read from the source, so an import inside a function counts as much as one at the top."""
+    found = modules()
+    graph = {name: {i for i in imports(name, path, set(found)) if i in found} for name, path in found.items()}
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as e:
+        pytest.fail(f"an import loop: {' -> '.join(e.args[1])}")
+    for name, path in found.items():
+        if not name.startswith("clipdlut.serving"):
+            bad = {i for i in imports(name, path, set(found)) if i.split(".")[0] == "bentoml"
+                   or i.startswith("clipdlut.serving")}
+            assert not bad, (name, bad)
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Functions short enough to read at once (the library, the serving code, service.py)."""
+    long = []
+    for path in [*(ROOT / "clipdlut").rglob("*.py"), ROOT / "service.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
 
 
 def test_the_library_core_imports_neither_bentoml_nor_the_serving_package():

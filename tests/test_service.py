@@ -190,7 +190,7 @@ def test_a_plain_post_whose_job_is_cancelled_gets_409_with_the_reason(client, se
     """POST /v1/retouch (not submitted as a task) waits for its job; cancelled, it answers 409, not 500."""
     import threading
 
-    from clipdlut.serving.store_sqlite import SqliteJobStore
+    from clipdlut.serving.stores.sqlite import SqliteJobStore
     from clipdlut.status import JobStatus
 
     store = SqliteJobStore(service.S.store)

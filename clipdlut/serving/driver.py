@@ -44,7 +44,7 @@ from clipdlut.serving.errors import JobEnded, StoreUnavailable
 from clipdlut.serving.jobs import REFERENCE_FILE, START_FILE, JobOptions, image_file, photo_file
 from clipdlut.serving.jobstream import InvalidJob
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.store import JobStore
+from clipdlut.serving.stores import JobStore
 from clipdlut.serving.validation import decode_upload
 from clipdlut.serving.wire import (
     Accepted,

@@ -21,7 +21,7 @@ from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.serving.bundle import pack
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.store import JobStore
+from clipdlut.serving.stores import JobStore
 from clipdlut.status import JobStatus
 from clipdlut.table import OFFERED_SIZES
 

@@ -1,13 +1,15 @@
 """CLIP weights in BentoML's model store, so a Bento carries them and a container never downloads.
 
-``python -m clipdlut import-model ViT-B-16`` copies the checkpoint (from a file, the weights folder or
-the Hub) into the store as ``clipdlut-clip-vit-b-16``; ``bentoml build`` then packages it with the
-service, which loads it from there first.
+``python -m clipdlut.serving.modelstore ViT-B-16`` (``make import-model``) copies the checkpoint (from a
+file, the weights folder or the Hub) into the store as ``clipdlut-clip-vit-b-16``; ``bentoml build`` then
+packages it with the service, which loads it from there first.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import bentoml
@@ -58,3 +60,24 @@ def stored_checkpoint(ref: bentoml.models.BentoModel | None) -> Path | None:
         return None
     stored = ref.stored
     return Path(stored.path_of(stored.info.metadata["file"])) if stored is not None else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clipdlut.serving.modelstore NAME [--from FILE]``: put weights into the model store."""
+    p = argparse.ArgumentParser(prog="python -m clipdlut.serving.modelstore",
+                                description="Put Chinese-CLIP weights into BentoML's model store for `bentoml build`.")
+    p.add_argument("name", choices=list(MODELS), help="the model the service will use ($CLIPDLUT_CLIP_MODEL)")
+    p.add_argument("--from", dest="source", type=Path, metavar="FILE",
+                   help="a checkpoint file you have (default: the weights folder, else download from the Hub)")
+    args = p.parse_args(argv)
+    try:
+        tag = import_weights(args.name, args.source)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"stored {args.name} as {tag}; `bentoml build` now packages it with the service")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

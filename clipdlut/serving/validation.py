@@ -18,7 +18,7 @@ from clipdlut.serving.errors import InputError, PayloadTooLarge, TaskNotFinished
 from clipdlut.serving.jobs import JobOptions, Upload, check_capacity
 from clipdlut.serving.schemas import RetouchRequest
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.store import JobStore
+from clipdlut.serving.stores import JobStore
 from clipdlut.status import JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 

@@ -22,7 +22,7 @@ from clipdlut.serving.errors import JobEnded
 from clipdlut.serving.jobs import JobOptions, Upload, accept, photo_file
 from clipdlut.serving.jobstream import stream_job
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.store_sqlite import SqliteJobStore
+from clipdlut.serving.stores.sqlite import SqliteJobStore
 from clipdlut.serving.validation import decode_upload
 from clipdlut.serving.wire import Failed, encode_event
 from clipdlut.status import JobStatus
@@ -277,7 +277,7 @@ async def test_the_watch_rides_out_a_store_that_cannot_be_reached_and_readiness_
     readiness of each failure, and the log has one warning for the whole outage (the chaos probe found 17 tracebacks
     in 5 s, and readiness flipping back to ready between rounds)."""
     from clipdlut.serving.readiness import Readiness
-    from clipdlut.serving.store import open_store
+    from clipdlut.serving.stores import open_store
     from tests.live import free_port
 
     readiness = Readiness()

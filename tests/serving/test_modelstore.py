@@ -33,7 +33,7 @@ def test_model_tags():
 def test_import_command_stores_the_checkpoint_and_the_service_prefers_it(tmp_path):
     checkpoint = tmp_path / "mine.pt"
     checkpoint.write_bytes(os.urandom(4096))
-    r = run([sys.executable, "-m", "clipdlut", "import-model", "RN50", "--from", str(checkpoint)], tmp_path)
+    r = run([sys.executable, "-m", "clipdlut.serving.modelstore", "RN50", "--from", str(checkpoint)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "clipdlut-clip-rn50:" in r.stdout
     probe = ("from clipdlut.serving import modelstore as m; p = m.stored_checkpoint(m.reference('RN50')); "
@@ -43,7 +43,7 @@ def test_import_command_stores_the_checkpoint_and_the_service_prefers_it(tmp_pat
     assert Path(stored).name == "clip_cn_rn50.pt"  # the released name: the architecture is known from it
     assert Path(stored).read_bytes() == checkpoint.read_bytes()
     assert other == "None"
-    r = run([sys.executable, "-m", "clipdlut", "import-model", "RN50", "--from", str(tmp_path / "missing.pt")],
+    r = run([sys.executable, "-m", "clipdlut.serving.modelstore", "RN50", "--from", str(tmp_path / "missing.pt")],
             tmp_path)
     assert r.returncode == 1 and "missing.pt is not a file" in r.stderr
 
@@ -54,7 +54,7 @@ def test_bentoml_build_declares_the_gpu_a_debian_image_and_packages_stored_weigh
     script from a web site, no Python downloaded by uv."""
     checkpoint = tmp_path / "clip_cn_rn50.pt"
     checkpoint.write_bytes(b"weights")
-    assert run([sys.executable, "-m", "clipdlut", "import-model", "RN50", "--from", str(checkpoint)],
+    assert run([sys.executable, "-m", "clipdlut.serving.modelstore", "RN50", "--from", str(checkpoint)],
                tmp_path).returncode == 0
     bentoml = str(Path(sys.executable).parent / "bentoml")
     r = run([bentoml, "build"], tmp_path, CLIPDLUT_CLIP_MODEL="RN50", CLIPDLUT_GPU_TYPE="nvidia-a100-80gb")

@@ -1,4 +1,4 @@
-"""The job store contract (clipdlut/serving/store.py), one suite run on every implementation: SQLite and Redis."""
+"""The job store contract (clipdlut/serving/stores/), one suite run on every implementation: SQLite and Redis."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from clipdlut.serving.errors import StoreUnavailable
-from clipdlut.serving.store import JobStore, open_store
+from clipdlut.serving.stores import JobStore, open_store
 from clipdlut.status import JobStatus
 from tests.live import RedisServer, redis_missing
 

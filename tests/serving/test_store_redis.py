@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from clipdlut.serving.store_redis import RedisJobStore
+from clipdlut.serving.stores.redis import RedisJobStore
 from tests.live import RedisServer, redis_missing
 
 pytestmark = [pytest.mark.unit, pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))]

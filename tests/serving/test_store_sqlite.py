@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from clipdlut.serving.store_sqlite import SqliteJobStore
+from clipdlut.serving.stores.sqlite import SqliteJobStore
 from clipdlut.status import JobStatus
 
 pytestmark = pytest.mark.unit
@@ -100,7 +100,7 @@ def test_fifty_concurrent_clients_across_processes(tmp_path):
 def test_only_errors_of_the_file_mean_the_store_is_unavailable():
     import sqlite3
 
-    from clipdlut.serving.store_sqlite import unavailable
+    from clipdlut.serving.stores.sqlite import unavailable
 
     for message in ("database is locked", "disk I/O error", "unable to open database file",
                     "attempt to write a readonly database", "database or disk is full"):

@@ -11,8 +11,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from clipdlut.serving.errors import InputError, QueueFull
-from clipdlut.serving.middleware import Answered, ApiKey, BodyLimit, JsonBodies, ReadyReason, TaskGate
-from clipdlut.serving.store_sqlite import SqliteJobStore
+from clipdlut.serving.http import Answered, ApiKey, BodyLimit, JsonBodies, ReadyReason, TaskGate
+from clipdlut.serving.stores.sqlite import SqliteJobStore
 from clipdlut.status import JobStatus
 
 pytestmark = pytest.mark.unit
@@ -197,7 +197,7 @@ def test_a_body_without_a_length_over_the_limit_is_413_where_the_app_reads_it_it
 
 def test_a_job_store_that_cannot_be_reached_is_a_503_saying_to_retry():
     from clipdlut.serving.errors import StoreUnavailable
-    from clipdlut.serving.store import open_store
+    from clipdlut.serving.stores import open_store
 
     class Down:
         def __init__(self, app):

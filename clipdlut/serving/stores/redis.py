@@ -1,4 +1,4 @@
-""":class:`~clipdlut.serving.store.JobStore` on a Redis server, shared by API replicas on several hosts.
+""":class:`~clipdlut.serving.stores.contract.JobStore` on a Redis server, shared by API replicas on several hosts.
 
 Keys (``clipdlut:`` by default), in structures a Redis operator recognises:
 
@@ -27,7 +27,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from clipdlut.serving.store import JobRecord
+from clipdlut.serving.stores.contract import JobRecord
 from clipdlut.status import JobStatus
 
 GROUP = b"drivers"
@@ -155,7 +155,7 @@ def _raw(reply: Any) -> bytes | None:
 
 
 class RedisJobStore:
-    """The job store on Redis (see :class:`~clipdlut.serving.store.JobStore` for what each method promises)."""
+    """The job store on Redis (see the contract, :class:`~.contract.JobStore`, for what each method promises)."""
 
     def __init__(self, url: str, retention_s: float = 86_400.0, prefix: str = "clipdlut:"):
         self.url = url

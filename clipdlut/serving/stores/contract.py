@@ -2,9 +2,8 @@
 
 Owned by the API service (the optimizer keeps no state). Every API replica reads and writes it, on one
 host or many, so each method is atomic on its own: two replicas calling at once never see half of a write,
-and never both succeed where only one may. :class:`JobStore` is the contract; :func:`open_store` picks the
-implementation from ``CLIPDLUT_STORE``: a path is a SQLite file (one host, no server), a ``redis://`` URL
-is a Redis server that API replicas on several hosts share.
+and never both succeed where only one may. :class:`JobStore` is the contract, which
+:mod:`~clipdlut.serving.stores.sqlite` and :mod:`~clipdlut.serving.stores.redis` implement.
 
 Leases: each open job has one driving replica at a time, its ``owner``. The owner renews the lease of the
 jobs it drives every second or so; a replica that stops renewing (killed, restarted, scaled down, cut off)
@@ -15,13 +14,9 @@ that stops cleanly releases its leases: the next replica takes the jobs at once,
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from clipdlut.serving.errors import StoreUnavailable
 from clipdlut.status import JobStatus
 
 
@@ -126,47 +121,3 @@ class JobStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
-
-
-class _Guarded:
-    """A store whose failures to reach its server or file (those its module's ``unavailable`` tells apart from
-    bugs) raise :class:`~clipdlut.serving.errors.StoreUnavailable`, which every route answers with a 503, and are
-    told to ``on_unavailable`` (readiness)."""
-
-    def __init__(self, store: Any, unavailable: Callable[[BaseException], bool],
-                 on_unavailable: Callable[[BaseException], None] | None = None):
-        self._store, self._unavailable = store, unavailable
-        self._on_unavailable = on_unavailable or (lambda error: None)
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not inspect.iscoroutinefunction(attr):
-            return attr
-
-        @functools.wraps(attr)
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await attr(*args, **kwargs)
-            except Exception as e:
-                if self._unavailable(e):
-                    self._on_unavailable(e)
-                    raise StoreUnavailable(e) from e
-                raise
-
-        return call
-
-
-def open_store(location: str, retention_s: float = 86_400.0,
-               on_unavailable: Callable[[BaseException], None] | None = None) -> JobStore:
-    """The job store at ``location``: ``redis://host:port/db`` (or ``rediss://``, ``unix://``) is Redis,
-    anything else a SQLite file path. ``on_unavailable`` hears of every call that could not reach it."""
-    store: Any
-    if location.startswith(("redis://", "rediss://", "unix://")):
-        from clipdlut.serving import store_redis
-
-        store = store_redis.RedisJobStore(location, retention_s)
-        return cast(JobStore, _Guarded(store, store_redis.unavailable, on_unavailable))
-    from clipdlut.serving import store_sqlite
-
-    store = store_sqlite.SqliteJobStore(location, retention_s)
-    return cast(JobStore, _Guarded(store, store_sqlite.unavailable, on_unavailable))

@@ -1,4 +1,4 @@
-""":class:`~clipdlut.serving.store.JobStore` on one SQLite file: the embedded default for a single host.
+""":class:`~clipdlut.serving.stores.contract.JobStore` on one SQLite file: the embedded default for a single host.
 
 WAL mode, one connection per thread, a generous busy timeout; each method is one statement or one
 ``BEGIN IMMEDIATE`` transaction, so several processes on the host may share the file. Calls run on a
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from clipdlut.serving.store import JobRecord
+from clipdlut.serving.stores.contract import JobRecord
 from clipdlut.status import JobStatus
 
 _UNAVAILABLE = ("locked", "disk", "unable to open", "i/o", "readonly")  # (how SQLite words each)
@@ -65,7 +65,7 @@ _LET_GO = "owner = NULL, lease = NULL, source = NULL, working = NULL, checkpoint
 
 
 class SqliteJobStore:
-    """The job store in a SQLite file (see :class:`~clipdlut.serving.store.JobStore` for what each method promises)."""
+    """The job store in a SQLite file (see :class:`~.contract.JobStore` for what each method promises)."""
 
     def __init__(self, path: str | Path, retention_s: float = 86_400.0, busy_timeout_s: float = 30.0):
         self.path = Path(path)

@@ -1,0 +1,107 @@
+"""The task gate: validation and recording at submit, and the task routes BentoML leaves open, from the job store.
+
+BentoML's local task machinery accepts any body at ``/submit`` and fails later, cannot cancel, and keeps
+its records in the process that took the task. The gate validates a submission before BentoML takes it (a
+clear 4xx instead of a task that fails later), records the job in the job store before the client learns its
+id, and answers ``cancel``/``status``/``get`` from the job store, so any replica answers for any task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from clipdlut.serving.errors import InputError, ServiceError, error_response
+from clipdlut.serving.http.asgi import ASGIApp, Held, Scope, replay
+from clipdlut.serving.stores import JobStore
+from clipdlut.serving.validation import check_task_id
+from clipdlut.status import JobStatus
+
+
+def _iso(t: float | None) -> str | None:
+    return datetime.fromtimestamp(t, UTC).isoformat() if t else None
+
+
+Accept = Callable[[str], Awaitable[None]]  # records a validated submission in the job store under a task id
+
+
+class TaskGate:
+    """Validation and recording at submit, and ``status``/``get``/``cancel`` from the job store, for one
+    ``@bentoml.task`` route: BentoML's own task records live in one process, forget everything at a restart
+    and cannot cancel."""
+
+    def __init__(self, app: ASGIApp, route: str, store: Callable[[], JobStore],
+                 validate: Callable[[Request], Awaitable[Accept]], result: Callable[[str], Awaitable[dict | None]]):
+        self.app = app
+        self.route = route.rstrip("/")
+        self.store = store
+        self.validate = validate
+        self.result = result
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.route + "/"):
+            return await self.app(scope, receive, send)
+        action, method = scope["path"][len(self.route) + 1:], scope["method"]
+        if action == "submit" and method == "POST":
+            return await self._submit(scope, receive, send)
+        if (action, method) not in (("cancel", "PUT"), ("status", "GET"), ("get", "GET")):
+            return await self.app(scope, receive, send)
+        task_id = Request(scope).query_params.get("task_id", "")
+        try:
+            check_task_id(task_id)
+        except InputError as e:
+            return await e.response()(scope, receive, send)
+        store = self.store()
+        record = await store.get(task_id)
+        if record is None:
+            return await error_response(404, f"no task with id {task_id!r}; task ids come from the submit response"
+                                )(scope, receive, send)
+        response: Response
+        if action == "cancel":  # (a task that has already ended answers the state it ended in)
+            if not record.done:
+                await store.request_cancel(task_id)
+            status = (record.status if record.done else JobStatus.CANCELLED).task
+            response = JSONResponse({"task_id": task_id, "status": status})
+        elif action == "status":
+            response = JSONResponse({"task_id": task_id, "status": record.status.task,
+                                     "created_at": _iso(record.created),
+                                     "executed_at": _iso(record.updated) if record.done else None})
+        elif record.status == JobStatus.FINISHED and (result := await self.result(task_id)) is not None:
+            body = await asyncio.to_thread(json.dumps, result)  # (megabytes for a series: not on the event loop)
+            response = Response(body, media_type="application/json")
+        elif record.done:
+            response = error_response(409, f"task {task_id} ended {record.status}: {record.error or 'no result'}")
+        else:
+            response = error_response(400, f"task {task_id} is not completed yet")
+        await response(scope, receive, send)
+
+    async def _submit(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        body = await Request(scope, receive).body()
+        try:
+            accept = await self.validate(Request(scope, replay(body, receive)))
+        except ServiceError as e:
+            return await e.response()(scope, receive, send)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return await error_response(400, "the body is not valid JSON")(scope, receive, send)
+        await self.app(scope, replay(body, receive), _Recording(send, accept, scope, receive))
+
+
+class _Recording(Held):
+    """The ``send`` of a task submission: holds BentoML's answer until the job is in the job store under the
+    task id it carries (BentoML starts the task only after the answer is sent), or answers the store's refusal."""
+
+    def __init__(self, send: Callable, accept: Accept, scope: Scope, receive: Callable):
+        super().__init__(send)
+        self._accept, self._scope, self._receive = accept, scope, receive
+
+    async def release(self, start: dict, body: bytes) -> None:
+        try:
+            await self._accept(json.loads(body)["task_id"])
+        except ServiceError as e:
+            return await e.response()(self._scope, self._receive, self._send)
+        await super().release(start, body)
