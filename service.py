@@ -31,7 +31,7 @@ from clipdlut.guidance import Guide
 from clipdlut.models import load_model
 from clipdlut.serving import bentoml_internals, concepts, container, jobs, logs, memory, modelstore, remote, validation
 from clipdlut.serving.apply import apply_upload
-from clipdlut.serving.driver import Drivers, HandedOver, new_instance
+from clipdlut.serving.drivers import Drivers, HandedOver, new_instance
 from clipdlut.serving.errors import (
     InputError,
     JobEnded,
@@ -364,7 +364,7 @@ class Retouch:
         photos, opts = await self._accept(job_id, upload, opts)
 
         async def run() -> None:
-            with contextlib.suppress(JobEnded):  # (its end is in the store, where /query_task reads it)
+            with contextlib.suppress(JobEnded, HandedOver):  # (its end is in the store, where /query_task reads it)
                 await self.drivers.run(job_id, photos, opts)
 
         self._spawn(run())

@@ -156,6 +156,8 @@ class _Daemon:
     proc: subprocess.Popen | None = None
 
     def _spawn(self, args: list[str]):
+        if self.proc is not None and self.proc.poll() is None:  # (started already: one process, never a lost one)
+            return self
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.monotonic() + 10

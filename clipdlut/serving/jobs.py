@@ -1,7 +1,8 @@
 """A retouch job from the API's side: its options, admission, and its result as the API answers it.
 
 The API service keeps the original bytes and a small working copy in its job store;
-:mod:`clipdlut.serving.driver` sends the working copy to the optimizer and renders the result.
+:mod:`clipdlut.serving.driver` sends the working copy to the optimizer; :mod:`clipdlut.serving.delivery` renders
+the result.
 """
 
 from __future__ import annotations

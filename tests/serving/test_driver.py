@@ -17,7 +17,9 @@ from bentoml.exceptions import BadInput, BentoMLException, InternalServerError, 
 from clipdlut.cube import read_cube
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.serving.bundle import pack
-from clipdlut.serving.driver import Drivers, HandedOver, Resilience, StoreLost, _busy, drive
+from clipdlut.serving.driven import Ending
+from clipdlut.serving.driver import Resilience, _busy, drive
+from clipdlut.serving.drivers import Drivers, HandedOver
 from clipdlut.serving.errors import JobEnded
 from clipdlut.serving.jobs import JobOptions, Upload, accept, photo_file
 from clipdlut.serving.jobstream import stream_job
@@ -96,9 +98,10 @@ async def cube_table(store, job_id):
 
 async def test_a_job_runs_to_a_stored_result(engine, store):
     job = await new_job(store)
-    result = await run(store, job, Optimizer(engine))
+    outcome = await run(store, job, Optimizer(engine))
     record = await store.get(job[0])
-    assert record.status == JobStatus.FINISHED and record.iteration == 12 and result["model"] == "tiny"
+    assert record.status == JobStatus.FINISHED and record.iteration == 12 and outcome.result["model"] == "tiny"
+    assert (outcome.ending, outcome.status, outcome.result) == (Ending.ENDED, JobStatus.FINISHED, record.result)
     assert (await store.preview(job[0]))[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_cube(await store.file(job[0], "cube")).size == 17
 
@@ -141,9 +144,9 @@ async def test_without_states_a_lost_job_starts_over_with_its_seed(engine, store
 
 async def test_attempts_are_bounded_and_the_reason_says_so(engine, store):
     job = await new_job(store)
-    with pytest.raises(JobEnded):
-        await run(store, job, Optimizer(engine, breaks=10, after=2))
+    outcome = await run(store, job, Optimizer(engine, breaks=10, after=2))
     record = await store.get(job[0])
+    assert (outcome.ending, outcome.status, outcome.reason) == (Ending.ENDED, JobStatus.FAILED, record.error)
     assert record.status == JobStatus.FAILED and "lost 3 times" in record.error
     assert "ConnectionResetError" in record.error
     await until(lambda: engine.running == 0, timeout=5)  # nothing left running on the replica
@@ -181,9 +184,9 @@ async def test_a_job_the_optimizer_cannot_run_fails_at_once(engine, store):
     await store.create("junk", opts.as_dict(), pack({photo_file(0): PHOTO}), pack({photo_file(0): b"not a PNG"}),
                        owner="api-a")
     optimizer = Optimizer(engine)
-    with pytest.raises(JobEnded):
-        await run(store, ("junk", photos, opts), optimizer)
+    outcome = await run(store, ("junk", photos, opts), optimizer)
     record = await store.get("junk")
+    assert (outcome.ending, outcome.status) == (Ending.ENDED, JobStatus.FAILED)
     assert record.status == JobStatus.FAILED and "cannot be run" in record.error
     assert optimizer.tries == 1  # not sent again: it would fail the same way
 
@@ -319,8 +322,8 @@ class FlakyStore(SqliteJobStore):
 async def test_a_store_that_fails_under_a_write_leaves_the_job_to_the_next_lease_holder(engine, tmp_path):
     store = FlakyStore(tmp_path / "jobs.db", fail_from=3)
     job = await new_job(store, steps=30, owner="api-a")
-    with pytest.raises(StoreLost):
-        await drive(store, *job, Optimizer(engine).optimize, SETTINGS, asyncio.Event(), FAST, owner="api-a")
+    outcome = await drive(store, *job, Optimizer(engine).optimize, SETTINGS, asyncio.Event(), FAST, owner="api-a")
+    assert outcome.ending == Ending.STORE_LOST and "ConnectionError" in outcome.reason
     record = await store.get(job[0])
     assert record.status == JobStatus.RUNNING and record.error is None  # not failed: another replica takes it over
     await until(lambda: engine.running == 0, timeout=5)  # and nothing left running on the optimizer

@@ -207,6 +207,12 @@ class _Reach:
             self.locker.kill()
             self.locker.wait()
 
+    def close(self) -> None:
+        if self.server:
+            self.server.stop()
+        elif self.locker:
+            self.mend()
+
 
 async def test_ping_fails_fast_on_a_store_out_of_reach_and_every_failure_is_heard(location, tmp_path):
     """What readiness rests on: a ping passes while the store can take writes, fails within seconds when it cannot,
@@ -232,5 +238,5 @@ async def test_ping_fails_fast_on_a_store_out_of_reach_and_every_failure_is_hear
                 assert time.monotonic() < deadline, "the store never answered again"
                 await asyncio.sleep(0.1)
     finally:
-        reach.mend()
         await s.close()
+        reach.close()
