@@ -70,7 +70,7 @@ from clipdlut.serving.schemas import (
     RetouchRequest,
     RetouchResult,
 )
-from clipdlut.serving.settings import Settings
+from clipdlut.serving.settings import load_settings
 from clipdlut.serving.stores import JobStore, open_store
 from clipdlut.serving.wire import OptimizeRequest, OptimizerHealth
 from clipdlut.status import JobStatus
@@ -82,7 +82,7 @@ log.setLevel(logging.INFO)  # job outcomes and lost streams reach the server log
 logs.install()  # a client's mistake is one INFO line, without traceback or payload
 bentoml_internals.install()  # request timers that end with their request (BentoML's outlive it by an hour)
 memory.limit_arenas()  # two malloc arenas for the worker threads: memory bounded by the jobs in flight
-S = Settings.from_env()
+S = load_settings()
 TASK_ROUTE = "/v1/retouch"
 APPLY_ROUTE = "/v1/apply"
 MULTIPART_ROUTES = (APPLY_ROUTE,)  # every other route with a body takes JSON

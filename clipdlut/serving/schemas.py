@@ -10,11 +10,11 @@ from clipdlut.mono import MODES, Mode
 from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MAX_PHOTOS, Scores
 from clipdlut.safety import MAX_SLOPE, PINS
 from clipdlut.serving.jobs import JobOptions
-from clipdlut.serving.settings import Settings
+from clipdlut.serving.settings import load_settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 
-_S = Settings.from_env()
+_S = load_settings()
 MAX_STEPS = _S.max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
 # (CLIPDLUT_MAX_PROMPT_CHARS, by default clipdlut.limits.MAX_PROMPT_CHARS): documented here, checked after cleaning by
 # clipdlut.limits.clean_prompt on every interface, with one message

@@ -1,13 +1,22 @@
-"""Every setting of the service, read once from ``CLIPDLUT_*`` environment variables."""
+"""Every setting of the service, each a ``CLIPDLUT_<NAME>`` environment variable, its range on its field.
+
+:func:`load_settings` reads them (the service calls it once at import; a test passes its own variables); a value
+that does not fit fails at start with a message that names the variable and what it must be.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipdlut.limits import MAX_PROMPT_CHARS
+
+PREFIX = "CLIPDLUT_"
 
 
 def _default_store() -> str:
@@ -15,71 +24,78 @@ def _default_store() -> str:
     return str(Path(home) / "clipdlut" / "jobs.db")
 
 
-# The range of each numeric setting (inclusive; None: no upper bound): a value outside fails at start, naming it.
-_RANGES: dict[str, tuple[float, float | None]] = {
-    "max_batch_size": (1, None), "job_timeout_s": (1, None), "max_body_mb": (0.001, None), "max_pixels": (1, None),
-    "max_prompt_chars": (1, None), "max_steps": (1, None), "working_size": (32, 4096),
-    "views": (1, 64), "progress_every": (1, None), "max_open_jobs": (1, None), "retry_after_s": (0, None),
-    "watchdog_s": (0.1, None), "takeovers": (0, None), "retention_s": (0, None), "optimizer_attempts": (1, None),
-    "optimizer_wait_s": (0, None), "stream_beat_s": (0.01, None), "stream_stall_s": (0.01, None),
-    "ready_needs_optimizer": (0, 1),
-}
-
-
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Defaults are documented in the README's settings table; each maps to ``CLIPDLUT_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
 
     clip_model: str = "ViT-B-16"
     device: str = ""  # empty: cuda when available, else cpu
-    store: str = field(default_factory=_default_store)
+    store: str = Field(default_factory=_default_store)
     gpu_type: str = "nvidia-l4"
-    max_batch_size: int = 16  # jobs one optimizer replica's batch holds (= its traffic.concurrency)
-    job_timeout_s: int = 3600
-    max_body_mb: float = 32.0
-    max_pixels: int = 40_000_000
-    max_prompt_chars: int = MAX_PROMPT_CHARS
-    max_steps: int = 5000
-    working_size: int = 288
-    views: int = 4
-    progress_every: int = 5
-    max_open_jobs: int = 64  # queued + running; more submissions get 429
-    retry_after_s: int = 10
-    watchdog_s: float = 15.0  # a job whose API replica has not renewed its lease this long is taken over
-    takeovers: int = 3  # times a job may be taken over from a stopped API replica; once more and it fails
-    retention_s: int = 86_400
+    max_batch_size: int = Field(16, ge=1)  # jobs one optimizer replica's batch holds (= its traffic.concurrency)
+    job_timeout_s: int = Field(3600, ge=1)
+    max_body_mb: float = Field(32.0, ge=0.001)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1)
+    max_steps: int = Field(5000, ge=1)
+    working_size: int = Field(288, ge=32, le=4096)
+    views: int = Field(4, ge=1, le=64)
+    progress_every: int = Field(5, ge=1)
+    max_open_jobs: int = Field(64, ge=1)  # queued + running; more submissions get 429
+    retry_after_s: int = Field(10, ge=0)
+    watchdog_s: float = Field(15.0, ge=0.1)  # a job whose API replica has not renewed its lease this long is taken over
+    takeovers: int = Field(3, ge=0)  # times a job may be taken over from a stopped API replica; once more and it fails
+    retention_s: int = Field(86_400, ge=0)
     api_key: str = ""  # when set, every route but the health checks needs "Authorization: Bearer <key>"
     cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
     optimizer_url: str = ""  # an optimizer served elsewhere (http://host:port); empty: start one with the API
-    optimizer_attempts: int = 3  # streams a job may lose (replica killed, connection dropped) before it fails
-    optimizer_wait_s: float = 3600.0  # how long a job may wait for an optimizer with room before it fails
-    checkpoint_s: float = 10.0  # the optimizer sends a job's state at most this often (s); resumes start there
-    stream_beat_s: float = 5.0  # a quiet job stream sends a heartbeat this often
-    stream_stall_s: float = 60.0  # a stream silent this long counts as lost (the job is sent again)
+    optimizer_attempts: int = Field(3, ge=1)  # streams a job may lose (replica killed, connection dropped)
+    optimizer_wait_s: float = Field(3600.0, ge=0)  # how long a job may wait for an optimizer with room
+    checkpoint_s: float = 10.0  # the optimizer sends a job's state at most this often (s; negative: never)
+    stream_beat_s: float = Field(5.0, ge=0.01)  # a quiet job stream sends a heartbeat this often
+    stream_stall_s: float = Field(60.0, ge=0.01)  # a stream silent this long counts as lost (the job is sent again)
     # build settings (read when `bentoml build` imports service.py): the image's variant and base (README, Deployment)
-    image_variant: str = "gpu"
+    image_variant: Literal["gpu", "cpu"] = "gpu"
     base_image: str = "clipdlut-base:bookworm"
-    ready_needs_optimizer: int = 1  # 0: the API is ready without asking the optimizer (one scaled to zero wakes
-    # for a job, not for a probe)
+    # false: the API is ready without asking the optimizer (one scaled to zero wakes for a job, not for a probe)
+    ready_needs_optimizer: bool = True
 
-    def __post_init__(self) -> None:
-        for name, (low, high) in _RANGES.items():
-            value = getattr(self, name)
-            if value < low or (high is not None and value > high):
-                bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
-                raise ValueError(f"CLIPDLUT_{name.upper()}={value!r} is out of range: it must be {bound}")
+    def but(self, **changes: object) -> Settings:
+        """These settings with ``changes``, checked as at start."""
+        return Settings.model_validate({**self.model_dump(), **changes})
 
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Settings with each field overridden by ``CLIPDLUT_<FIELD>`` when that variable is set."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"CLIPDLUT_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            try:
-                values[f.name] = float(raw) if f.type == "float" else int(raw) if f.type == "int" else raw
-            except ValueError:
-                raise ValueError(f"CLIPDLUT_{f.name.upper()}={raw!r} is not a valid {f.type}") from None
-        return cls(**values)
+
+def _range(field: str) -> str:
+    """What a field's range asks, in words: "from 1 to 64", "at least 0.1"."""
+    low = high = None
+    for m in Settings.model_fields[field].metadata:
+        low, high = getattr(m, "ge", low), getattr(m, "le", high)
+    if low is not None and high is not None:
+        return f"from {low:g} to {high:g}"
+    return f"at least {low:g}" if low is not None else f"at most {high:g}"
+
+
+def _explain(error: ValidationError) -> str:
+    """One line per bad variable: its name, its value as given, and what it must be."""
+    lines = []
+    for e in error.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        name = f"{PREFIX}{field.upper()}={e['input']}"
+        if e["type"] in ("greater_than_equal", "less_than_equal"):
+            lines.append(f"{name} is out of range: it must be {_range(field)}")
+        else:
+            lines.append(f"{name} is not valid: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings from ``environ`` (default: this process's environment); ``ValueError`` naming each variable
+    that does not fit."""
+    try:
+        if environ is None:
+            return Settings()
+        values = {k[len(PREFIX):].lower(): v for k, v in environ.items() if k.startswith(PREFIX) and v != ""}
+        return Settings.model_validate(values)
+    except ValidationError as e:
+        raise ValueError(_explain(e)) from None

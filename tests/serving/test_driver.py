@@ -4,7 +4,6 @@ streams that break mid-job, a full batch, a user's cancel, an API replica that s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import uuid
 from http import HTTPStatus
@@ -224,7 +223,7 @@ async def test_a_job_whose_replica_died_is_taken_over_and_resumes_from_its_check
         await driving
     stopped_at = (await store.get(job_id)).iteration
     survivor = Drivers(store, (optimizer := Optimizer(engine)).optimize,
-                       dataclasses.replace(SETTINGS, watchdog_s=0.3), instance="api-b", poll_s=0.02, lease_s=0.05)
+                       SETTINGS.but(watchdog_s=0.3), instance="api-b", poll_s=0.02, lease_s=0.05)
     watcher = asyncio.create_task(survivor.watch())
     record = await until(lambda: store.get(job_id), lambda r: r.done, timeout=60)
     watcher.cancel()
@@ -243,7 +242,7 @@ async def test_a_replica_shutting_down_hands_its_jobs_on_at_once(engine, store):
     with pytest.raises(HandedOver):
         await driving
     assert (await store.get(job[0])).status == JobStatus.RUNNING  # nothing written by the leaving replica
-    staying = replica(store, engine, settings=dataclasses.replace(SETTINGS, watchdog_s=3600), instance="api-b")
+    staying = replica(store, engine, settings=SETTINGS.but(watchdog_s=3600), instance="api-b")
     watcher = asyncio.create_task(staying.watch())
     record = await until(lambda: store.get(job[0]), lambda r: r.done, timeout=60)
     watcher.cancel()
@@ -268,7 +267,7 @@ async def test_a_replica_that_lost_its_lease_stops_writing_and_reports_the_end_f
 async def test_a_job_that_outlived_too_many_replicas_fails_as_interrupted(engine, store):
     job_id, _, _ = await new_job(store, owner="api-gone")
     await asyncio.sleep(0.2)
-    drivers = replica(store, engine, settings=dataclasses.replace(SETTINGS, watchdog_s=0.1, takeovers=0),
+    drivers = replica(store, engine, settings=SETTINGS.but(watchdog_s=0.1, takeovers=0),
                       instance="api-b")
     await drivers._leases()
     record = await until(lambda: store.get(job_id), lambda r: r.done, timeout=10)
