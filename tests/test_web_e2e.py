@@ -128,6 +128,11 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     api = httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["cube"]
     assert cube.read_text(encoding="utf-8") == api
     assert read_cube(api).table[0, 0, 0].tolist() == [0, 0, 0]  # the page's "Keep blacks" reached the job
+    assert browser.find_element(By.ID, "dl-cube-17").get_attribute("href") is None  # (fetched when asked for)
+    browser.find_element(By.ID, "dl-cube-17").click()
+    small = wait.until(lambda d: (f := browser.downloads / "clipdlut-17.cube").exists() and f.stat().st_size > 0
+                       and not list(browser.downloads.glob("*.crdownload")) and f)
+    assert read_cube(small.read_text(encoding="utf-8")).size == 17
     assert errors_in_console(browser) == []
 
     browser.refresh()  # the recent list survives a reload

@@ -1,13 +1,26 @@
 // CLIP-DLUT page: a native task (submit, progress, cancel, get) and the apply endpoint. No dependencies.
-"use strict";
+// Loaded as a module: nothing here becomes a global (no window.open or window.stop shadowed), strict mode.
 const $ = (id) => document.getElementById(id);
 const RECENT_KEY = "clipdlut.recent";
 const API_KEY = "clipdlut.api-key";  // asked for once when the service answers 401, kept in this browser
 let MAX_PHOTOS = 16;  // a series: one LUT fitted to all its photos (the service's own figure: loadLimits)
 const DROP_TEXT = $("drop-text").textContent;
 let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
-let taskId = null, result = null, polling = null, applySeq = 0;
+let taskId = null, result = null, polling = null, watching = 0, applySeq = 0;
 let originals = [], graded = [], shown = 0;  // the shown job's photos before and after, and the one compared
+const held = new Map();  // object URLs by what shows them ("result", "before", "after", "reference", ...)
+
+function hold(owner, ...blobs) {  // object URLs for blobs, the ones ``owner`` held before released
+  release(owner);
+  const urls = blobs.map((b) => URL.createObjectURL(b));
+  held.set(owner, urls);
+  return urls;
+}
+
+function release(owner) {
+  for (const url of held.get(owner) || []) URL.revokeObjectURL(url);
+  held.delete(owner);
+}
 
 function showError(message) {
   $("error").textContent = message;
@@ -65,7 +78,8 @@ function forgetPhotos() {
 function chooseReference(f) {
   reference = f;
   if (!f) $("reference").value = "";
-  if (f) $("reference-thumb").src = URL.createObjectURL(f);
+  if (f) [$("reference-thumb").src] = hold("reference", f);
+  else release("reference");
   $("reference-thumb").hidden = $("reference-clear").hidden = $("prompt-optional").hidden = !f;
   $("prompt").required = !f;
 }
@@ -102,7 +116,7 @@ function renderRecent() {
     b.type = "button";
     b.className = "example";
     b.textContent = `${new Date(e.at).toLocaleString()} · ${e.prompt}`;
-    b.addEventListener("click", () => open(e.id));
+    b.addEventListener("click", () => openTask(e.id));
     li.append(b);
     ul.append(li);
   }
@@ -165,19 +179,18 @@ function watch(id) {
   $("result").hidden = true;
   $("stop").disabled = false;
   $("preview").hidden = true;
-  clearInterval(polling);
-  polling = setInterval(poll, 400);
-  poll();
+  clearTimeout(polling);
+  poll(id, ++watching);
 }
 
-async function poll() {
-  const id = taskId;
+async function poll(id, round) {  // one call at a time: the next is scheduled when this one has answered
+  let again = true;
   try {
     const r = await api("/v1/progress", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ task_id: id, include_preview: true }) });
     const p = await r.json();
-    if (id !== taskId) return;
+    if (round !== watching) return;  // another job (or the same one again) is watched now
     $("state").textContent = p.status === "cancelled" ? "stopped" : p.status;
     $("iteration").textContent = p.iteration;
     $("total").textContent = p.total;
@@ -189,20 +202,21 @@ async function poll() {
       $("preview").hidden = false;
     }
     if (["finished", "cancelled", "failed"].includes(p.status)) {
-      clearInterval(polling);
+      again = false;
       $("stop").disabled = true;
       $("submit").disabled = false;
       if (p.status === "failed") showError(`The job failed: ${p.error || "no reason given"}`);
       if (p.status === "finished") await showResult(id);
     }
   } catch (e) {
-    clearInterval(polling);
+    again = false;
     showError(e.message);
     $("submit").disabled = false;
   }
+  if (again && round === watching) polling = setTimeout(() => poll(id, round), 400);
 }
 
-async function stop() {
+async function cancelTask() {
   if (!taskId) return;
   $("stop").disabled = true;
   try {
@@ -216,17 +230,18 @@ async function showResult(id) {
   const photos = result.images && result.images.length ? result.images : [result];
   const blobs = await Promise.all(photos.map(
     async (g) => (await fetch(`data:${g.media_type};base64,${g.image}`)).blob()));
-  graded = photos.map((g, i) => ({ ...g, url: URL.createObjectURL(blobs[i]) }));
+  const cube = new Blob([result.cube], { type: "text/plain" });
+  const [cubeURL, ...urls] = hold("result", cube, ...blobs);
+  graded = photos.map((g, i) => ({ ...g, url: urls[i] }));
   if (!originals.length) originals = blobs;  // opened from the recent list: no local originals, show the graded
   const s = result.scores;
   $("scores").textContent = `CLIP similarity to the target look: ${s.source_target.toFixed(3)} before → `
     + `${s.result_target.toFixed(3)} after (direction ${s.directional >= 0 ? "+" : ""}${s.directional.toFixed(3)}); `
     + `${size(result)}, ${result.mode === "bw" ? "black and white, " : ""}${result.steps} steps, `
     + `model ${result.model}, ${result.timings.total_s.toFixed(1)} s.`;
-  const cube = new Blob([result.cube], { type: "text/plain" });
-  setLink("dl-cube", URL.createObjectURL(cube), `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
-  for (const n of [17, 33, 65]) setLink(`dl-cube-${n}`, await lutURL(id, { size: n }), `clipdlut-${n}.cube`);
-  setLink("dl-hald", await lutURL(id, { format: "hald" }), "clipdlut-hald.png");
+  setLink("dl-cube", cubeURL, `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
+  for (const n of [17, 33, 65]) onDemand(`dl-cube-${n}`, { size: n }, `clipdlut-${n}.cube`);
+  onDemand("dl-hald", { format: "hald" }, "clipdlut-hald.png");
   $("strength").value = 1;
   $("strength-value").textContent = "1.00";
   renderStrip();
@@ -275,7 +290,8 @@ function stripItem(g, i) {
 
 function select(i) {  // photo i of the result in the comparison, at the chosen strength
   shown = i;
-  $("before").src = URL.createObjectURL(originals[i]);
+  [$("before").src] = hold("before", originals[i]);
+  release("after");
   $("after").src = graded[i].url;
   $("quality").textContent = qualityText(graded[i].quality);
   setLink("dl-image", graded[i].url, imageName(i),
@@ -284,10 +300,23 @@ function select(i) {  // photo i of the result in the comparison, at the chosen 
   if (Number($("strength").value) !== 1) restrength();
 }
 
-async function lutURL(id, options) {
-  const r = await api("/v1/lut", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ task_id: id, ...options }) });
-  return URL.createObjectURL(await r.blob());
+function onDemand(id, options, name) {  // a LUT of another size or format, fetched when its link is clicked
+  const a = $(id), task = result.task_id;
+  release(id);
+  a.removeAttribute("href");
+  a.download = name;
+  a.onclick = async (ev) => {
+    if (a.href) return;  // fetched already: the browser downloads it
+    ev.preventDefault();
+    try {
+      const r = await api("/v1/lut", { method: "POST", headers: { "Content-Type": "application/json" },
+                                       body: JSON.stringify({ task_id: task, ...options }) });
+      const blob = await r.blob();
+      if (!result || result.task_id !== task) return;  // another result is shown now
+      [a.href] = hold(id, blob);
+      a.click();
+    } catch (e) { showError(e.message); }
+  };
 }
 
 function setLink(id, href, name, text) {
@@ -310,15 +339,16 @@ async function restrength() {
   form.append("image_format", "png");
   try {
     const r = await api("/v1/apply", { method: "POST", body: form });
-    const url = URL.createObjectURL(await r.blob());
+    const blob = await r.blob();
     if (seq === applySeq) {
+      const [url] = hold("after", blob);
       $("after").src = url;
       setLink("dl-image", url, imageName(shown, "png"));
     }
   } catch (e) { showError(e.message); }
 }
 
-async function open(id) {
+async function openTask(id) {
   showError("");
   forgetPhotos();
   originals = [];
@@ -361,7 +391,7 @@ $("forget-key").addEventListener("click", () => {  // (a shared computer: the ne
   localStorage.removeItem(API_KEY);
   showKept();
 });
-$("stop").addEventListener("click", stop);
+$("stop").addEventListener("click", cancelTask);
 $("strength").addEventListener("change", restrength);
 $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
 $("split").addEventListener("input", split);
