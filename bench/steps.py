@@ -19,7 +19,8 @@ from bench.baseline import STEPS as ORIGINAL_STEPS
 from bench.baseline import OriginalJob
 from clipdlut.guidance import Guide
 from clipdlut.imaging import working_copy
-from clipdlut.optimizer import DEFAULT_STEPS, BatchedOptimizer, JobSpec
+from clipdlut.optimizer import BatchedOptimizer, JobSpec
+from clipdlut.options import DEFAULT_STEPS
 from clipdlut.serving.settings import Settings
 from clipdlut.tensors import to_tensor
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from clipdlut import batch, limits, video
 from clipdlut.cube import read_cube, write_cube
 from clipdlut.hald import read_hald
 from clipdlut.imaging import output_format
+from clipdlut.options import DEFAULT_LR, DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MODES, PINS
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES, blend_table
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ def _retouch(args: argparse.Namespace) -> None:
     from clipdlut.export import describe_look, lut_to_cube
     from clipdlut.imaging import decode_image, working_copy
     from clipdlut.lut import from_table
-    from clipdlut.safety import PINS
 
     sources = _retouch_sources(args)
     series = len(sources) > 1
@@ -209,6 +208,7 @@ def _eval(args: argparse.Namespace) -> None:
     from clipdlut.guidance import Guide
     from clipdlut.models import load_model
 
+    args.images = args.images or list(IMAGES)
     unknown = set(args.images) - set(IMAGES)
     if unknown:
         raise ValueError(f"unknown photo(s) {sorted(unknown)}; choose from {', '.join(IMAGES)}")
@@ -260,36 +260,31 @@ def _crf(text: str) -> int:
     return v
 
 
-class _Subcommand(argparse.ArgumentParser):
-    """A subcommand's parser that adds its arguments when it is used (parsed or asked for help): those of
-    ``retouch`` and ``eval`` name defaults from modules that import torch, which ``apply`` must not wait for."""
-
-    def __init__(self, *args: Any, define: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._define = define
-
-    def _defined(self) -> None:
-        if self._define is not None:
-            define, self._define = self._define, None
-            define(self)
-
-    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
-        self._defined()
-        return super().parse_known_args(*args, **kwargs)
-
-    def format_help(self) -> str:
-        self._defined()
-        return super().format_help()
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """The options several commands share, each defined once: the model, the job's shape, the strength, quiet."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", default=None,
+                       help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
+    model.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--steps", type=_positive, default=DEFAULT_STEPS,
+                     help=f"optimizer steps (default {DEFAULT_STEPS})")
+    job.add_argument("--lut-size", type=_lut_size, default=DEFAULT_LUT_SIZE,
+                     help=f"LUT nodes per side: 17, 33 or 65 (default {DEFAULT_LUT_SIZE})")
+    job.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same LUT")
+    strength = argparse.ArgumentParser(add_help=False)
+    strength.add_argument("--strength", type=_strength, default=1.0,
+                          help="blend with the identity (a black-and-white LUT: with the plain conversion), "
+                               f"0..{MAX_STRENGTH:g} (default 1)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bar or line per job")
+    return {"model": model, "job": job, "strength": strength, "quiet": quiet}
 
 
 def _retouch_arguments(r: argparse.ArgumentParser) -> None:
-    from clipdlut.mono import MODES
-    from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MAX_PHOTOS
-    from clipdlut.safety import PINS
-
     r.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO",
-                   help=f"the photo to grade; or a series (up to {MAX_PHOTOS} photos, or folders of them) to fit one "
-                        "LUT to")
+                   help=f"the photo to grade; or a series (up to {limits.MAX_PHOTOS} photos, or folders of them) to "
+                        "fit one LUT to")
     r.add_argument("--prompt", help="the look to aim for, e.g. 赛博朋克风格的夜晚城市, at most "
                    f"{limits.MAX_PROMPT_CHARS} characters (may be left out with --reference)")
     r.add_argument("--reference", type=Path, metavar="PHOTO", help="a photo whose look to aim for (with or without "
@@ -300,23 +295,13 @@ def _retouch_arguments(r: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in MODES.items()) + " (default color)")
     r.add_argument("--source-prompt", default=DEFAULT_SOURCE_PROMPT, help="what the photo looks like now (at most "
                    f"{limits.MAX_PROMPT_CHARS} characters)")
-    r.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
-    r.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
-    r.add_argument("--strength", type=_strength, default=1.0,
-                   help="blend with the identity (a black-and-white LUT: with the plain conversion), "
-                        f"0..{MAX_STRENGTH:g} (default 1)")
-    r.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same LUT")
-    r.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 0.005)")
+    r.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR:g})")
     for name, help_text in PINS.items():
         r.add_argument("--" + name.replace("_", "-"), action="store_true", help=help_text)
-    r.add_argument("--model", default=None,
-                   help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
-    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.cube", help="where to write the LUT")
     r.add_argument("--image", type=Path, metavar="OUT.jpg|DIR",
                    help="also write the graded full-resolution photo (a series: into this folder, each under its "
                         "own name)")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _apply_arguments(a: argparse.ArgumentParser) -> None:
@@ -327,9 +312,6 @@ def _apply_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                    help="for one photo, the output image (.png/.jpg/.webp); for several photos or a folder, the "
                         "output folder (created; each photo keeps its name); for a video, the output video")
-    a.add_argument("--strength", type=_strength, default=1.0,
-                   help="blend with the identity (a black-and-white LUT: with the plain conversion), "
-                        f"0..{MAX_STRENGTH:g} (default 1)")
     a.add_argument("--format", choices=("png", "jpeg", "webp"),
                    help="photos' output format (default: one photo's from OUT's name; in a folder, each photo's "
                         "own when PNG, JPEG or WebP, else PNG)")
@@ -342,42 +324,34 @@ def _apply_arguments(a: argparse.ArgumentParser) -> None:
                    help="video: keep the graded frames in 8-bit RGB, losslessly coded (large files; for masters and "
                         "for comparing with Pillow)")
     a.add_argument("--cube", type=Path, help="also write the LUT (at this strength) as a .cube file")
-    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _eval_arguments(e: argparse.ArgumentParser) -> None:
-    from clipdlut.evaluation import IMAGES
-    from clipdlut.optimizer import DEFAULT_STEPS
-
-    e.add_argument("--model", default=None,
-                   help="CLIP model name, 'tiny' or a checkpoint path (default: $CLIPDLUT_CLIP_MODEL or ViT-B-16)")
-    e.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    e.add_argument("--steps", type=_positive, default=DEFAULT_STEPS,
-                   help=f"optimizer steps per job (default {DEFAULT_STEPS})")
-    e.add_argument("--lut-size", type=_lut_size, default=33, help="LUT nodes per side: 17, 33 or 65 (default 33)")
-    e.add_argument("--seed", type=int, default=0, help="random seed of every job")
     e.add_argument("--batch", type=_positive, default=8, help="jobs optimized together (default 8)")
-    e.add_argument("--images", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
-                   default=list(IMAGES), help=f"comma-separated photos (default: all of {', '.join(IMAGES)})")
+    e.add_argument("--images", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
+                   help="comma-separated names of scikit-image's photos (default: all of the evaluation's photos; "
+                        "a wrong name is answered with the list)")
     e.add_argument("--prompts", type=_positive, default=None, help="use only the first N of the prompts (default all)")
     e.add_argument("-o", "--out", type=Path, default=Path("eval-results"), metavar="DIR",
                    help="where to write eval.md and contact-sheet.png (default eval-results)")
-    e.add_argument("-q", "--quiet", action="store_true", help="no line per job")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clipdlut", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
+    sub = p.add_subparsers(dest="command", required=True)
+    shared = _parents()
     commands = (
-        ("retouch", "optimize a LUT for a photo or a series from a prompt and/or a reference photo", _retouch_arguments,
-         _retouch),
+        ("retouch", "optimize a LUT for a photo or a series from a prompt and/or a reference photo",
+         ("model", "job", "strength", "quiet"), _retouch_arguments, _retouch),
         ("apply", "apply a .cube or Hald PNG LUT to a photo, many photos or folders (in parallel), or a video",
-         _apply_arguments, _apply),
-        ("eval", "grade a fixed set of photos with a fixed set of prompts and measure every result", _eval_arguments,
-         _eval),
+         ("strength", "quiet"), _apply_arguments, _apply),
+        ("eval", "grade a fixed set of photos with a fixed set of prompts and measure every result",
+         ("model", "job", "quiet"), _eval_arguments, _eval),
     )
-    for name, help_text, define, func in commands:
-        sub.add_parser(name, help=help_text, define=define).set_defaults(func=func)
+    for name, help_text, parents, define, func in commands:
+        command = sub.add_parser(name, help=help_text, parents=[shared[n] for n in parents])
+        define(command)
+        command.set_defaults(func=func)
     return p
 
 

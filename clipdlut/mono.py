@@ -10,18 +10,10 @@ LUTs neutral (:func:`clipdlut.safety.make_safe` with ``neutral``), and a blend u
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from clipdlut.lut import identity
 from clipdlut.table import LUMA
-
-Mode = Literal["color", "bw"]
-MODES: dict[str, str] = {  # every interface offers these names, with these descriptions
-    "color": "a colour grade",
-    "bw": "black and white: a neutral LUT (R = G = B out) whose channel mix and tone curve are optimized",
-}
 
 
 def neutral(lut: torch.Tensor) -> torch.Tensor:

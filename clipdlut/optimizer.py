@@ -23,15 +23,14 @@ from clipdlut.imaging import thumbnail
 from clipdlut.limits import MAX_PHOTOS
 from clipdlut.losses import TERMS, Inputs, LossWeights, lab_stats
 from clipdlut.lut import apply, check_size, identity, resample
-from clipdlut.mono import MODES, Mode, neutral
+from clipdlut.mono import neutral
+from clipdlut.options import DEFAULT_LR, DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MODES, Mode
 from clipdlut.safety import make_safe
 from clipdlut.status import JobStatus
 from clipdlut.tensors import to_image, to_tensor
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOURCE_PROMPT = "一张自然色调的图片"
-DEFAULT_STEPS = 200  # a job's steps when its request names none (the original API's own default stays 1000)
 
 
 @dataclass
@@ -55,8 +54,8 @@ class JobSpec:
     target_prompt: str  # may be empty when there is a reference photo
     source_prompt: str = DEFAULT_SOURCE_PROMPT
     steps: int = DEFAULT_STEPS
-    lut_size: int = 33
-    lr: float = 5e-3
+    lut_size: int = DEFAULT_LUT_SIZE
+    lr: float = DEFAULT_LR
     seed: int = 0
     views: int = 4
     weights: LossWeights = field(default_factory=LossWeights)

@@ -27,11 +27,6 @@ MAX_SLOPE = 4.0  # at most this many output levels per input level, along every 
 MONOTONE_TOLERANCE = 1 / 255  # the largest fall of a channel along its own axis that counts as monotone
 _MARGIN = 1e-4  # the repair aims this far (relative) inside the slope bound: float32 and 6 .cube decimals keep it
 _AXIS_OF_CHANNEL = (4, 3, 2)  # red varies along dim 4, green along dim 3, blue along dim 2
-# The optional pins, by option name (every interface offers them under these names, off by default)
-PINS = {
-    "keep_blacks": "keep blacks: pure black stays exactly black (the ends of the neutral axis do not move)",
-    "keep_whites": "keep whites: pure white stays exactly white (the ends of the neutral axis do not move)",
-}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from clipdlut.hald import hald_level_for, write_hald, write_strip
 from clipdlut.imaging import DecodedImage, encode_image, working_copy
 from clipdlut.lut import from_table as table_to_lut
 from clipdlut.lut import resample, to_table
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
+from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.serving.bundle import pack
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull
 from clipdlut.serving.settings import Settings
@@ -36,14 +36,14 @@ async def check_capacity(store: JobStore, settings: Settings) -> None:
         raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class JobOptions:
     """What a user chooses for a job; stored with it and read back by the optimizer."""
 
     target_prompt: str
     source_prompt: str = DEFAULT_SOURCE_PROMPT
     steps: int = DEFAULT_STEPS
-    lut_size: int = 33
+    lut_size: int = DEFAULT_LUT_SIZE
     strength: float = 1.0
     seed: int = 0
     image_format: str = "png"

@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, JsonValue, model_validator
 
-from clipdlut.mono import MODES, Mode
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MAX_PHOTOS, Scores
-from clipdlut.safety import MAX_SLOPE, PINS
+from clipdlut.limits import MAX_PHOTOS
+from clipdlut.optimizer import Scores
+from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MODES, PINS, Mode
+from clipdlut.safety import MAX_SLOPE
 from clipdlut.serving.jobs import JobOptions
 from clipdlut.serving.settings import load_settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
@@ -146,7 +147,7 @@ class LegacyRetouchRequest(BaseModel):
 
     def options(self) -> JobOptions:
         """The job's options as the API stores them."""
-        return JobOptions(self.target_prompt, self.original_prompt, steps=self.iteration,
+        return JobOptions(target_prompt=self.target_prompt, source_prompt=self.original_prompt, steps=self.iteration,
                           keep_blacks=self.keep_blacks, keep_whites=self.keep_whites)
 
 
@@ -196,7 +197,7 @@ class RetouchRequest(BaseModel):
                                    examples=["3f2a9c1e6b7d4e0f8a5b2c1d9e8f7a6b"])
     mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
     steps: int = Field(DEFAULT_STEPS, ge=1, le=MAX_STEPS, description="optimizer steps; more is slower and stronger")
-    lut_size: LutSize = Field(33, description="LUT nodes per side")
+    lut_size: LutSize = Field(DEFAULT_LUT_SIZE, description="LUT nodes per side")
     strength: float = Field(1.0, ge=0.0, le=MAX_STRENGTH, description="blend with the identity (a `bw` look: with "
                             f"the plain black-and-white conversion): 0 none, 1 full, {MAX_STRENGTH:g} doubled")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")
@@ -218,6 +219,7 @@ class RetouchRequest(BaseModel):
 
     def options(self) -> JobOptions:
         """The job's options as the API stores them."""
-        return JobOptions(self.target_prompt or "", self.source_prompt, self.steps, self.lut_size, self.strength,
-                          self.seed, self.image_format, self.keep_blacks, self.keep_whites, mode=self.mode,
-                          photos=len(self.photos), reference=self.reference_image is not None)
+        return JobOptions(target_prompt=self.target_prompt or "", source_prompt=self.source_prompt, steps=self.steps,
+                          lut_size=self.lut_size, strength=self.strength, seed=self.seed,
+                          image_format=self.image_format, keep_blacks=self.keep_blacks, keep_whites=self.keep_whites,
+                          mode=self.mode, photos=len(self.photos), reference=self.reference_image is not None)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
+from clipdlut.limits import MAX_PHOTOS
 from clipdlut.losses import LossWeights
-from clipdlut.mono import MODES, Mode
-from clipdlut.optimizer import DEFAULT_SOURCE_PROMPT, MAX_PHOTOS, JobState, Scores
-from clipdlut.safety import PINS
+from clipdlut.optimizer import JobState, Scores
+from clipdlut.options import DEFAULT_LR, DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, MODES, PINS, Mode
 
 
 def encode_tensor(t: torch.Tensor) -> str:
@@ -68,10 +68,10 @@ class OptimizeRequest(BaseModel):
     target_prompt: str = Field("", description="the look's prompt (empty: the reference photo gives the look)")
     source_prompt: str = Field(DEFAULT_SOURCE_PROMPT, min_length=1)
     steps: int = Field(ge=1)
-    lut_size: int = Field(33, ge=2, le=65, description="LUT nodes per side while optimizing")
+    lut_size: int = Field(DEFAULT_LUT_SIZE, ge=2, le=65, description="LUT nodes per side while optimizing")
     seed: int = Field(0, ge=0)
     views: int = Field(4, ge=1, le=64, description="random crops per step")
-    lr: float = Field(5e-3, gt=0)
+    lr: float = Field(DEFAULT_LR, gt=0)
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
     keep_whites: bool = Field(False, description=PINS["keep_whites"])
     weights: dict[str, float] = Field(default_factory=dict, description="loss term weights that differ from the "

@@ -51,7 +51,7 @@ def store(tmp_path):
 async def new_job(store, steps=12, prompt="暖色", owner="api-a") -> tuple[str, object, JobOptions]:
     job_id = uuid.uuid4().hex
     decoded = decode_upload(PHOTO, SETTINGS)
-    opts = JobOptions(prompt, steps=steps, lut_size=17, seed=5)
+    opts = JobOptions(target_prompt=prompt, steps=steps, lut_size=17, seed=5)
     await accept(store, job_id, Upload([(PHOTO, decoded)]), opts, SETTINGS, owner=owner)
     return job_id, [PHOTO], opts
 

@@ -50,9 +50,10 @@ def test_prompts_are_cleaned_and_limited():
 
 def test_option_limits():
     s = Settings()
-    assert validate_options(JobOptions("x"), s).steps == 200
-    for bad, message in [(JobOptions("x", steps=0), "steps"), (JobOptions("x", lut_size=20), "lut_size"),
-                         (JobOptions("x", strength=3), "strength"), (JobOptions("x", image_format="gif"), "gif")]:
+    assert validate_options(JobOptions(target_prompt="x"), s).steps == 200
+    for change, message in [({"steps": 0}, "steps"), ({"lut_size": 20}, "lut_size"), ({"strength": 3}, "strength"),
+                            ({"image_format": "gif"}, "gif")]:
+        bad = JobOptions(target_prompt="x", **change)
         with pytest.raises(InputError, match=message):
             validate_options(bad, s)
 
