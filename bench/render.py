@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,9 +32,9 @@ def render_12mp(cores: int, rounds: int = 9) -> dict:
     g = torch.Generator().manual_seed(0)
     table = lutmath.to_table((lutmath.identity(33, dtype=torch.float64)
                               + 0.05 * torch.randn(1, 3, 33, 33, 33, generator=g, dtype=torch.float64)).clamp(0, 1))
-    candidates = {"pillow_single_call_s": lambda: img.filter(pillow_lut(table))}
+    candidates: dict[str, Callable[[], object]] = {"pillow_single_call_s": lambda: img.filter(pillow_lut(table))}
     for workers in sorted({1, cores}):
-        candidates[f"ours_{workers}_threads_s"] = lambda w=workers: apply_table(img, table, workers=w)
+        candidates[f"ours_{workers}_threads_s"] = functools.partial(apply_table, img, table, workers=workers)
     times: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     for i in range(rounds + 1):  # the first round warms up

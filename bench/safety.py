@@ -69,13 +69,14 @@ def variant(guide: Guide, mechanism: str, smoothness: float, steps: int, prompts
     luts, ripples = [], []
     for job_id, r in results.items():
         lut = unrepaired[job_id] if mechanism == "none" else r.lut
+        assert lut is not None and r.scores is not None, r.error  # (every job of the benchmark finishes)
         luts.append(lut)
         if job_id.startswith("sky:"):
             table = read_cube(lut_to_cube(lut)).normalized() if mechanism != "none" else \
                 lut[0].permute(1, 2, 3, 0).double().clamp(0, 1).numpy()
             ripples.append(ripple(apply_table(photos["sky"], table)))
     inv = measure(torch.cat(luts))
-    directional = [r.scores.directional for r in results.values()]
+    directional = [r.scores.directional for r in results.values() if r.scores is not None]
     if mechanism == "none":  # its scores are of the repaired LUT: score the unrepaired one instead
         directional = [_directional(guide, specs, results, unrepaired)]
     return {"mechanism": mechanism, "smoothness": smoothness, "jobs": len(specs),

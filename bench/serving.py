@@ -42,7 +42,8 @@ def simulate(guide: Guide, working: Image.Image, continuous: bool, jobs: int, ra
     """
     times, steps = _arrivals(jobs, rate_per_s, seed)
     opt = BatchedOptimizer(guide)
-    waiting, done = list(range(jobs)), {}
+    waiting: list[int] = list(range(jobs))
+    done: dict[int, float] = {}
     start = time.perf_counter()
     while len(done) < jobs:
         now = time.perf_counter() - start
@@ -287,7 +288,7 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
             server.stop()
     latency = np.array([t for _, t, _ in probes]) * 1000
     calm = np.array([t for when, t, _ in probes if when < killed]) * 1000  # (before the kill: no fault at all)
-    failed = {}
+    failed: dict[str, int] = {}
     for status, error in rows:
         if status == "failed":
             failed[error[:80]] = failed.get(error[:80], 0) + 1

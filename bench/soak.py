@@ -115,6 +115,11 @@ class Locust:
                 "failed_jobs": sum(int(r["Failure Count"]) for r in rows)}
 
 
+def _pid(server: Server | RedisServer | Proxy) -> int:
+    assert server.proc is not None, "started"
+    return server.proc.pid
+
+
 def growth(samples: list[dict]) -> dict[str, dict]:
     """Per process: its RSS after the warm-up and at the end, and the slope in MB per 1,000 jobs after the warm-up."""
     total = samples[-1]["jobs"]
@@ -139,7 +144,7 @@ def run(topology: str, jobs: int, minutes: float, users: int, every: float, fold
             api = Server(folder / "api", {}).start()
             stack.callback(api.stop)
             api.wait_ready()
-            url, roots["api-host"] = api.url, api.proc.pid
+            url, roots["api-host"] = api.url, _pid(api)
         else:
             store = RedisServer(folder / "redis").start()
             stack.callback(store.stop)
@@ -154,8 +159,8 @@ def run(topology: str, jobs: int, minutes: float, users: int, every: float, fold
             router = Proxy(folder, [a.url for a in apis]).start()
             stack.callback(router.stop)
             url = router.url
-            roots.update({"redis-host": store.proc.pid, "optimizer-host": optimizer.proc.pid,
-                          "api-host-0": apis[0].proc.pid, "api-host-1": apis[1].proc.pid, "router": router.proc.pid})
+            roots.update({"redis-host": _pid(store), "optimizer-host": _pid(optimizer), "api-host-0": _pid(apis[0]),
+                          "api-host-1": _pid(apis[1]), "router": _pid(router)})
         load = Locust(url, folder, users, minutes, {})
         started = time.monotonic()
         with Sampler(roots, load.jobs_ended, every) as sampler:
