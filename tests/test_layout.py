@@ -95,7 +95,8 @@ def test_applying_a_lut_never_imports_torch(tmp_path):
 
 
 def test_make_lint_passes():
-    """What `make lint` runs: ruff on the tree, mypy on clipdlut/, service.py and bench/ (settings in pyproject.toml)."""
+    """What `make lint` runs: ruff on the tree, mypy on clipdlut/, service.py and bench/ (settings in
+    pyproject.toml)."""
     bin_dir = Path(sys.executable).parent
     for command in ([str(bin_dir / "ruff"), "check", "."], [str(bin_dir / "mypy")]):
         r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)

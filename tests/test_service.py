@@ -55,7 +55,7 @@ def test_the_bentocloud_recipe_fits_the_services(service, recipe_file):
     recipe = yaml.safe_load((Path(__file__).parent.parent / "deploy" / recipe_file).read_text())
     services = {svc.name: svc for svc in (service.Optimizer, service.Retouch)}
     assert set(recipe["services"]) == set(services)
-    settings = {f"CLIPDLUT_{name.upper()}" for name in Settings.__dataclass_fields__}
+    settings = {f"CLIPDLUT_{name.upper()}" for name in Settings.model_fields}
     for name, conf in recipe["services"].items():
         bentoml_cattr.structure(conf, DeploymentServiceConfig)
         overrides = conf.get("config_overrides", {})

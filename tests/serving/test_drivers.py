@@ -1,0 +1,128 @@
+"""A replica's drivers (clipdlut/serving/drivers.py): a user's cancel from any replica, leases renewed and lost,
+jobs taken over from a replica that died or handed on by one that stops, a store out of reach under the watch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+
+from clipdlut.engine import Engine
+from clipdlut.serving.drivers import Drivers, HandedOver
+from clipdlut.serving.errors import JobEnded
+from clipdlut.status import JobStatus
+from tests.conftest import until
+from tests.serving.driving import SETTINGS, Optimizer, cube_table, new_job, replica, run
+from tests.test_optimizer import BATCH_TOLERANCE
+
+pytestmark = pytest.mark.unit
+
+
+async def test_a_cancel_from_the_store_stops_the_job_on_the_optimizer(engine, store):
+    job = await new_job(store, steps=100_000)
+    drivers = replica(store, engine)
+    watcher = asyncio.create_task(drivers.watch())
+    running = asyncio.create_task(drivers.run(*job))
+    await until(lambda: store.get(job[0]), lambda r: r.iteration > 0)
+    await store.request_cancel(job[0])  # as any API replica would
+    with pytest.raises(JobEnded):
+        await running
+    watcher.cancel()
+    assert (await store.get(job[0])).status == JobStatus.CANCELLED
+    await until(lambda: engine.running == 0, timeout=5)
+
+
+async def test_a_job_whose_replica_died_is_taken_over_and_resumes_from_its_checkpoint(guide, store):
+    clean = await new_job(store, steps=40)
+    engine = Engine(guide, capacity=2)
+    await run(store, clean, Optimizer(engine))
+    job_id, photos, opts = await new_job(store, steps=40, owner="api-a")
+    dying = replica(store, engine, instance="api-a")
+    driving = asyncio.create_task(dying.run(job_id, photos, opts))
+    await until(lambda: store.checkpoint(job_id))
+    driving.cancel()  # the process is gone: no more writes, no more lease renewals, its stream closed
+    with pytest.raises(asyncio.CancelledError):
+        await driving
+    stopped_at = (await store.get(job_id)).iteration
+    survivor = Drivers(store, (optimizer := Optimizer(engine)).optimize,
+                       SETTINGS.but(watchdog_s=0.3), instance="api-b", poll_s=0.02, lease_s=0.05)
+    watcher = asyncio.create_task(survivor.watch())
+    record = await until(lambda: store.get(job_id), lambda r: r.done, timeout=60)
+    watcher.cancel()
+    engine.stop()
+    assert record.status == JobStatus.FINISHED and (record.owner, record.takeovers) == (None, 1)
+    assert optimizer.calls and 0 < optimizer.calls[0] <= stopped_at  # resumed, not started over
+    assert np.abs(await cube_table(store, job_id) - await cube_table(store, clean[0])).max() < BATCH_TOLERANCE
+
+
+async def test_a_replica_shutting_down_hands_its_jobs_on_at_once(engine, store):
+    job = await new_job(store, steps=30, owner="api-a")
+    leaving = replica(store, engine, instance="api-a")
+    driving = asyncio.create_task(leaving.run(*job))
+    await until(lambda: store.get(job[0]), lambda r: r.iteration > 0)
+    await leaving.shutdown()
+    with pytest.raises(HandedOver):
+        await driving
+    assert (await store.get(job[0])).status == JobStatus.RUNNING  # nothing written by the leaving replica
+    staying = replica(store, engine, settings=SETTINGS.but(watchdog_s=3600), instance="api-b")
+    watcher = asyncio.create_task(staying.watch())
+    record = await until(lambda: store.get(job[0]), lambda r: r.done, timeout=60)
+    watcher.cancel()
+    assert record.status == JobStatus.FINISHED and record.takeovers == 0  # a clean handover does not count
+
+
+async def test_a_replica_that_lost_its_lease_stops_writing_and_reports_the_end_from_the_store(engine, store):
+    job = await new_job(store, steps=400, owner="api-a")
+    slow = Drivers(store, Optimizer(engine).optimize, SETTINGS, instance="api-a", lease_s=3600)
+    driving = asyncio.create_task(slow.run(*job))
+    await until(lambda: store.get(job[0]), lambda r: r.iteration > 0)
+    await asyncio.sleep(0.3)
+    assert await store.take_over("api-b", idle_s=0.2, limit=1) == [(job[0], 1)]  # it seemed dead to the others
+    await slow._leases()  # its next renewal finds the lease gone: it stops without a write
+    await until(lambda: engine.running == 0, timeout=5)
+    other = replica(store, engine, instance="api-b")
+    await other.run_stored(job[0])
+    result = await driving  # the first caller still gets the job's result, from the store
+    assert result["model"] == "tiny" and (await store.get(job[0])).status == JobStatus.FINISHED
+
+
+async def test_a_job_that_outlived_too_many_replicas_fails_as_interrupted(engine, store):
+    job_id, _, _ = await new_job(store, owner="api-gone")
+    await asyncio.sleep(0.2)
+    drivers = replica(store, engine, settings=SETTINGS.but(watchdog_s=0.1, takeovers=0),
+                      instance="api-b")
+    await drivers._leases()
+    record = await until(lambda: store.get(job_id), lambda r: r.done, timeout=10)
+    assert record.status == JobStatus.FAILED and "interrupted: 1 API process" in record.error
+
+
+async def test_the_watch_rides_out_a_store_that_cannot_be_reached_and_readiness_hears_it_once(engine, caplog):
+    """Every round of the watch fails against a Redis that is not there; the watch goes on, the store itself tells
+    readiness of each failure, and the log has one warning for the whole outage (the chaos probe found 17 tracebacks
+    in 5 s, and readiness flipping back to ready between rounds)."""
+    from clipdlut.serving.readiness import Readiness
+    from clipdlut.serving.stores import open_store
+    from tests.live import free_port
+
+    readiness = Readiness()
+    gone = open_store(f"redis://127.0.0.1:{free_port()}/0", on_unavailable=readiness.store_failed)
+    drivers = Drivers(gone, Optimizer(engine).optimize, SETTINGS, poll_s=0.01, lease_s=0.01)
+    with caplog.at_level(logging.INFO):
+        watcher = asyncio.create_task(drivers.watch())
+        await until(lambda: readiness.store_failures >= 5)
+        assert not watcher.done()
+        watcher.cancel()
+    assert readiness.reason == "the job store cannot be reached (ConnectionError); retry in a few seconds"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("not ready: the job store cannot be reached (ConnectionError")
+
+
+async def test_a_replica_shutting_down_starts_no_job_and_stops_waiting_for_others(engine, store):
+    job = await new_job(store, steps=30, owner="api-a")
+    leaving = replica(store, engine, instance="api-a")
+    await leaving.shutdown()
+    with pytest.raises(HandedOver):  # a task that begins after the signal leaves its job to the next replica
+        await leaving.run(*job)
+    assert await leaving.store.take_over("api-b", idle_s=3600, limit=5) == [(job[0], 0)]  # released: at once
