@@ -208,7 +208,7 @@ def _eval(args: argparse.Namespace) -> None:
     from clipdlut.guidance import Guide
     from clipdlut.models import load_model
 
-    args.images = args.images or list(IMAGES)
+    args.images = list(IMAGES) if args.images is None else args.images
     unknown = set(args.images) - set(IMAGES)
     if unknown:
         raise ValueError(f"unknown photo(s) {sorted(unknown)}; choose from {', '.join(IMAGES)}")

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from clipdlut.serving.errors import StoreUnavailable
 from clipdlut.serving.readiness import describe
 from clipdlut.serving.stores import JobRecord, JobStore
 from clipdlut.status import JobStatus
@@ -51,7 +52,8 @@ class StoreLost(Exception):
 
 class Driven:
     """A job this replica drives under ``owner``'s lease: its reads, its writes (each fenced by the lease) and its
-    end, in one place. A call the store fails raises :class:`StoreLost`."""
+    end, in one place. A write the store fails, or a read that cannot reach it, raises :class:`StoreLost`; any other
+    error of a read is a bug, and raises as it is (the job then fails with it)."""
 
     def __init__(self, store: JobStore, job_id: str, owner: str | None = None):
         self.store, self.job_id, self.owner = store, job_id, owner
@@ -60,7 +62,7 @@ class Driven:
         """``store.<method>(job_id)``: the job's record, input or checkpoint."""
         try:
             return await getattr(self.store, method)(self.job_id)
-        except Exception as e:
+        except StoreUnavailable as e:
             raise StoreLost(f"the job store failed while driving job {self.job_id}: {describe(e)}") from e
 
     async def write(self, method: str, *args: Any) -> bool:

@@ -17,6 +17,7 @@ from clipdlut.serving.driven import Driven, Ending, Outcome, StoreLost
 from clipdlut.serving.driver import OpenStream, Stop, drive
 from clipdlut.serving.errors import JobEnded, StoreUnavailable
 from clipdlut.serving.jobs import JobOptions, photo_file
+from clipdlut.serving.readiness import describe
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
 from clipdlut.status import JobStatus
@@ -103,8 +104,8 @@ class Drivers:
         while not self._closing:
             try:
                 outcome = await Driven(self.store, job_id).outcome()
-            except StoreLost as e:
-                log.debug("job %s: %s", job_id, e)
+            except Exception as e:  # (a store that does not answer for a while: ask again)
+                log.debug("job %s: the job store did not answer: %s", job_id, describe(e))
             else:
                 if outcome.ending == Ending.ENDED:
                     return outcome

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from clipdlut.limits import MAX_PROMPT_CHARS
 
@@ -65,6 +65,20 @@ class Settings(BaseSettings):
         """These settings with ``changes``, checked as at start."""
         return Settings.model_validate({**self.model_dump(), **changes})
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Settings built in code are what the code says, whatever this process's environment holds (tests, the
+        bench); :func:`load_settings` reads the environment."""
+        return (init_settings,) if cls is Settings else (init_settings, env_settings)
+
+
+class _FromEnvironment(Settings):
+    """The settings pydantic-settings reads from ``CLIPDLUT_*`` variables."""
+
 
 def _range(field: str) -> str:
     """What a field's range asks, in words: "from 1 to 64", "at least 0.1"."""
@@ -94,7 +108,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     that does not fit."""
     try:
         if environ is None:
-            return Settings()
+            return _FromEnvironment()
         values = {k[len(PREFIX):].lower(): v for k, v in environ.items() if k.startswith(PREFIX) and v != ""}
         return Settings.model_validate(values)
     except ValidationError as e:

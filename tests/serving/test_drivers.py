@@ -12,6 +12,7 @@ import pytest
 from clipdlut.engine import Engine
 from clipdlut.serving.drivers import Drivers, HandedOver
 from clipdlut.serving.errors import JobEnded
+from clipdlut.serving.stores.sqlite import SqliteJobStore
 from clipdlut.status import JobStatus
 from tests.conftest import until
 from tests.serving.driving import SETTINGS, Optimizer, cube_table, new_job, replica, run
@@ -126,3 +127,20 @@ async def test_a_replica_shutting_down_starts_no_job_and_stops_waiting_for_other
     with pytest.raises(HandedOver):  # a task that begins after the signal leaves its job to the next replica
         await leaving.run(*job)
     assert await leaving.store.take_over("api-b", idle_s=3600, limit=5) == [(job[0], 0)]  # released: at once
+
+
+class BrokenRow(SqliteJobStore):
+    """A job store whose stored input cannot be read: a bug, not an outage."""
+
+    async def input(self, job_id):
+        raise KeyError("source")
+
+
+async def test_a_store_bug_under_a_read_fails_the_job_at_once_and_says_so(engine, tmp_path):
+    """Not taken for an outage (which would leave the job to lapse from replica to replica until it ran out of
+    takeovers, failing as "interrupted"): the job fails now, naming the error."""
+    store = BrokenRow(tmp_path / "jobs.db")
+    job_id, photos, opts = await new_job(store, owner="api-a")
+    with pytest.raises(JobEnded, match="internal error: KeyError"):
+        await asyncio.wait_for(replica(store, engine).run(job_id, photos, opts), 10)
+    assert (await store.get(job_id)).status == JobStatus.FAILED

@@ -43,6 +43,41 @@ def test_api_key_guards_everything_but_health_checks():
     assert c.get("/metrics", headers={"Authorization": "bearer s3cret"}).status_code == 200
 
 
+@pytest.mark.parametrize("key", ["secretà", "ключР", "s3cret "])
+def test_a_key_is_compared_as_the_bytes_sent(key):
+    """A key that ends in a UTF-8 character whose last byte is 0x85 or 0xA0 (à, Р) is still the key: only ASCII
+    spaces around it are ignored."""
+    c = TestClient(app((ApiKey, {"key": key.strip()})))
+    assert c.post("/retouch", headers={"Authorization": f"Bearer {key}".encode()}).status_code == 200
+    assert c.post("/retouch", headers={"Authorization": f"Bearer {key.strip()[:-1]}".encode()}).status_code == 401
+
+
+@pytest.mark.parametrize("middleware", ["form", "gate"])
+def test_a_client_that_goes_away_while_sending_gets_no_answer_and_no_error(middleware, tmp_path):
+    from clipdlut.serving.http import FormCheck
+
+    async def never(request):
+        raise AssertionError("the app is not reached")
+
+    inner = Starlette(routes=[Route("/{path:path}", never, methods=["POST"])])
+    wrapped = FormCheck(inner, routes=("/v1/apply",)) if middleware == "form" else \
+        TaskGate(inner, route="/v1/retouch", store=lambda: SqliteJobStore(tmp_path / "jobs.db"), validate=never,
+                 result=never)
+    path = "/v1/apply" if middleware == "form" else "/v1/retouch/submit"
+    sent = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"multipart/form-data")],
+             "query_string": b""}
+    asyncio.run(wrapped(scope, receive, send))
+    assert sent == []
+
+
 def test_json_sent_as_curl_sends_it_by_default_is_read_as_json():
     async def kind(request):
         return PlainTextResponse(request.headers.get("content-type", "none"))

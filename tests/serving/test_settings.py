@@ -29,6 +29,7 @@ def test_the_process_environment_is_read_and_changes_are_checked(monkeypatch):
     monkeypatch.setenv("CLIPDLUT_CORS_ORIGINS", "")
     s = load_settings()
     assert (s.views, s.cors_origins) == (2, "")
+    assert Settings().views == 4  # (settings built in code are what the code says: the environment is not read)
     assert s.but(views=8).views == 8 and s.views == 2
     with pytest.raises(ValueError, match="views"):
         s.but(views=0)

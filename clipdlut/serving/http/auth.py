@@ -36,7 +36,8 @@ class ApiKey:
                                                            or scope["path"].startswith(self.OPEN_PREFIXES)))):
             return await self.app(scope, receive, send)
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self.key):
+        # (compared as the bytes sent, stripped of ASCII spaces only: a key may end in any UTF-8 character)
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode("latin-1").strip(), self.key):
             response = error_response(401, "this service needs an API key: send the header "
                                       "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)

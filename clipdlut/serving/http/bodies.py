@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from clipdlut.serving.errors import error_response
 from clipdlut.serving.http.asgi import ASGIApp, Scope, Watched, replay
@@ -76,7 +76,10 @@ class FormCheck:
         if scope["type"] != "http" or scope["path"] not in self.routes or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         request = Request(scope, receive)
-        body = await request.body()  # (kept: the form is parsed from it, and the app reads it again)
+        try:
+            body = await request.body()  # (kept: the form is parsed from it, and the app reads it again)
+        except ClientDisconnect:  # (nobody to answer)
+            return
         if request.headers.get("content-type", "").startswith("multipart/"):
             try:
                 async with request.form():

@@ -13,7 +13,7 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from clipdlut.serving.errors import InputError, ServiceError, error_response
@@ -81,7 +81,10 @@ class TaskGate:
         await response(scope, receive, send)
 
     async def _submit(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        body = await Request(scope, receive).body()
+        try:
+            body = await Request(scope, receive).body()
+        except ClientDisconnect:  # (nobody to answer)
+            return
         try:
             accept = await self.validate(Request(scope, replay(body, receive)))
         except ServiceError as e:
