@@ -8,8 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from clipdlut.serving.errors import StoreUnavailable
-from clipdlut.serving.readiness import describe
+from clipdlut.serving.errors import StoreUnavailable, describe
 from clipdlut.serving.stores import JobRecord, JobStore
 from clipdlut.status import JobStatus
 

@@ -33,9 +33,9 @@ from clipdlut.lut import from_table as table_to_lut
 from clipdlut.serving.bundle import unpack
 from clipdlut.serving.delivery import deliver
 from clipdlut.serving.driven import Driven, Ending, Outcome, StoreLost
+from clipdlut.serving.errors import describe
 from clipdlut.serving.jobs import REFERENCE_FILE, START_FILE, JobOptions, photo_file
 from clipdlut.serving.jobstream import InvalidJob
-from clipdlut.serving.readiness import describe
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
 from clipdlut.serving.wire import (

@@ -15,9 +15,8 @@ from types import FrameType
 from clipdlut.serving.bundle import unpack
 from clipdlut.serving.driven import Driven, Ending, Outcome, StoreLost
 from clipdlut.serving.driver import OpenStream, Stop, drive
-from clipdlut.serving.errors import JobEnded, StoreUnavailable
+from clipdlut.serving.errors import JobEnded, StoreUnavailable, describe
 from clipdlut.serving.jobs import JobOptions, photo_file
-from clipdlut.serving.readiness import describe
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
 from clipdlut.status import JobStatus
@@ -78,7 +77,7 @@ class Drivers:
                                   owner=self.instance)
         except Exception as e:  # a bug: the job must still end, with a reason
             log.exception("job %s failed", job_id)
-            outcome = await self._fail(job_id, f"internal error: {type(e).__name__}: {e}")
+            outcome = await self._fail(job_id, f"internal error: {describe(e)}")
         finally:
             self._stops.pop(job_id, None)
         if outcome.ending == Ending.STORE_LOST and not self._closing:  # (readiness warns once; a line a job)
@@ -173,7 +172,7 @@ class Drivers:
             except StoreUnavailable:  # (readiness says so, once per outage)
                 pass
             except Exception as e:  # a bug must not end the watch either
-                error = f"{type(e).__name__}: {e}"
+                error = describe(e)
                 if error != failing:  # (once per kind of failure, not ten times a second)
                     log.exception("a round of the job watch failed: %s", error)
                 failing = error

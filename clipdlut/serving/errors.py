@@ -18,6 +18,11 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 
+def describe(e: BaseException) -> str:
+    """``Type: message`` of an error, for a reason or a log line (never a traceback)."""
+    return f"{type(e).__name__}: {e}".strip().rstrip(":") or type(e).__name__
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The body every error is answered with: ``{"error": message}``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
@@ -81,7 +86,7 @@ class StoreUnavailable(ServiceFault):
     ``Retry-After``; the message names the kind of failure, never the store's address."""
 
     def __init__(self, cause: BaseException):
-        self.cause = f"{type(cause).__name__}: {cause}".strip().rstrip(":")  # (for the log and readiness)
+        self.cause = describe(cause)  # (for the log and readiness)
         super().__init__(f"the job store cannot be reached now ({type(cause).__name__}); retry in a few seconds",
                          {"Retry-After": "5"})
 

@@ -17,14 +17,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from clipdlut.serving.errors import describe
 from clipdlut.serving.wire import OptimizerHealth
 
 log = logging.getLogger(__name__)
-
-
-def describe(e: BaseException) -> str:
-    """``Type: message`` of an error, for a reason (never a traceback)."""
-    return f"{type(e).__name__}: {e}".strip().rstrip(":") or type(e).__name__
 
 
 class Readiness:
