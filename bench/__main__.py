@@ -41,7 +41,7 @@ def continuous_batching(tiny: Guide, photo: Image.Image, loads: tuple[float, ...
     step_1, step_full = (steps.ours(tiny, small, b, views=serving.VIEWS, repeat=15, lut_size=serving.LUT_SIZE)["step_s"]
                          for b in (1, max_batch))
     capacity = max_batch / (serving.MEAN_STEPS * step_full)  # jobs per second
-    n, seeds = (24, (0,)) if quick else (80, (0, 1))
+    n, seeds = (12, (0,)) if quick else (80, (0, 1))
     rows = []
     for load in loads:
         raw = [serving.simulate(tiny, small, continuous, n, load * capacity, max_batch, seed)
@@ -119,7 +119,7 @@ def run(device: torch.device, quick: bool) -> dict:
     lap("original_model")
     rows = (("one host", "sqlite"), ("split", "redis")) if quick else (
         ("one host", "sqlite"), ("one host", "redis"), ("split", "sqlite"), ("split", "redis"))
-    results["service_overhead"] = [serving.locust_overhead(topology, store, seconds=10 if quick else 30)
+    results["service_overhead"] = [serving.locust_overhead(topology, store, seconds=8 if quick else 30)
                                    for topology, store in rows]
     lap("service_overhead")
     results["cold_start"] = [serving.cold_start("tiny", "tiny")]
@@ -131,7 +131,7 @@ def run(device: torch.device, quick: bool) -> dict:
     # (the container tests build and run the same image; a quick run leaves its minutes out)
     results["container"] = {"skipped": "a --quick run builds no image"} if quick else container.run(quick)
     lap("container")
-    results["soak"] = serving.soak(seconds=20 if quick else 180)
+    results["soak"] = serving.soak(seconds=10 if quick else 180)
     lap("soak")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results

@@ -60,6 +60,34 @@ def wait(predicate, timeout: float = 120.0, every: float = 0.05):
     raise AssertionError("timed out")
 
 
+def wait_ready(get, status: int = 200, timeout: float = 120.0, alive=lambda: None, every: float = 0.1):
+    """The tests' one readiness wait: poll ``get("/readyz")`` (a test client's ``get``, or one on a server's URL)
+    until it answers ``status``; the last response. ``alive`` fails the wait at once (by raising) when what is
+    being waited for has died; a connection refused is a server still starting."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            last = get("/readyz")
+            if last.status_code == status:
+                return last
+        except httpx.HTTPError:
+            pass
+        time.sleep(every)
+    raise AssertionError(f"/readyz never answered {status}; last: "
+                         f"{last.status_code if last is not None else 'no answer'} {last.text[:300] if last else ''}")
+
+
+def on(url: str, timeout: float = 2.0):
+    """A ``get(path)`` on the server at ``url`` (for :func:`wait_ready`)."""
+    import httpx
+
+    return lambda path: httpx.get(url + path, timeout=timeout)
+
+
 async def until(fetch, check=bool, timeout: float = 120.0, every: float = 0.02):
     """Poll ``fetch`` (a value or an awaitable of one) until ``check`` accepts it (returned), or fail."""
     import asyncio
@@ -110,14 +138,11 @@ def service(tmp_path_factory):
 @pytest.fixture(scope="session")
 def client(service):
     """Both services in-process behind Starlette's test client, once the model is loaded."""
-    import time as _time
 
     from starlette.testclient import TestClient
 
     with TestClient(service.Retouch.to_asgi()) as c:
-        deadline = _time.monotonic() + 60
-        while c.get("/readyz").status_code != 200 and _time.monotonic() < deadline:
-            _time.sleep(0.1)
+        wait_ready(c.get, timeout=60)
         yield c
 
 

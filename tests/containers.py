@@ -10,8 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
-
+from tests.conftest import on, wait_ready
 from tests.live import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,17 +73,14 @@ class Container:
         self.url = f"http://127.0.0.1:{port}"
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def alive() -> None:
             state = self.podman("inspect", "--format={{.State.Running}}", self.name).stdout.strip()
             assert state == "true", f"{self.name} exited:\n{self.logs()[-3000:]}"
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"{self.name} never became ready:\n{self.logs()[-3000:]}")
+
+        try:
+            wait_ready(on(self.url), timeout=timeout, alive=alive, every=0.5)
+        except AssertionError as e:
+            raise AssertionError(f"{self.name}: {e}\n{self.logs()[-3000:]}") from None
 
     def logs(self) -> str:
         r = self.podman("logs", self.name, check=False)

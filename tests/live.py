@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from tests.conftest import on, wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,18 +65,14 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = 120.0, status: int = 200) -> httpx.Response:
-        """Poll ``/readyz`` until it answers ``status``; the last response."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until ``/readyz`` answers ``status`` (see :func:`tests.conftest.wait_ready`); the last response."""
+        def alive() -> None:
             assert self.proc.poll() is None, f"the server exited:\n{self.log()}"
-            try:
-                r = httpx.get(self.url + "/readyz", timeout=2)
-                if r.status_code == status:
-                    return r
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"/readyz never answered {status}:\n{self.log()[-3000:]}")
+
+        try:
+            return wait_ready(on(self.url), status, timeout, alive, every=0.25)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.log()[-3000:]}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import gradient_image, png_bytes, wait
+from tests.conftest import gradient_image, on, png_bytes, wait, wait_ready
 from tests.containers import Container, podman_missing
 from tests.live import free_port
 
@@ -98,7 +98,7 @@ def test_a_job_finishes_through_the_manifests_played_by_podman(podman, built, re
     podman("kube", "play", str(played), timeout=300)
     try:
         api = Container(podman, "", ports["clipdlut-api"])
-        wait(lambda: _ready(api.url), timeout=180, every=0.5)
+        wait_ready(on(api.url), timeout=180, every=0.5)
         image = base64.b64encode(png_bytes(gradient_image(96, 64))).decode()
         task = httpx.post(api.url + "/v1/retouch/submit", json={"image": image, "target_prompt": "复古胶片",
                                                                  "steps": 8, "lut_size": 17}, timeout=30).json()
@@ -109,10 +109,3 @@ def test_a_job_finishes_through_the_manifests_played_by_podman(podman, built, re
     finally:
         podman("kube", "down", str(played), check=False, timeout=120)
         podman("volume", "rm", "--force", "clipdlut-redis-data", check=False)  # (the claim's volume outlives it)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -29,7 +29,7 @@ def test_jobs_hurt_by_the_router_are_failed_rows_and_no_user_crashes(tmp_path):
         try:
             prefix = tmp_path / "load"
             run = subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
-                                  "--headless", "-u", "6", "-r", "6", "-t", "40s", "--host", router.url, "--csv",
+                                  "--headless", "-u", "6", "-r", "6", "-t", "20s", "--host", router.url, "--csv",
                                   str(prefix), "--only-summary"], cwd=ROOT, capture_output=True, text=True,
                                  env={**server.env, "LOAD_STEPS": "4", "LOAD_IMAGE_SIDE": "128"}, timeout=180)
         finally:

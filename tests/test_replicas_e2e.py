@@ -19,7 +19,7 @@ from tests.conftest import gradient_image, png_bytes, wait
 from tests.live import Proxy, haproxy_missing, host, optimizer_in_flight
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(haproxy_missing() is not None, reason=str(haproxy_missing()))]
-JOBS, STEPS = 16, 40
+JOBS, STEPS = 8, 40
 SETTINGS = {"CLIPDLUT_MAX_BATCH_SIZE": "1", "CLIPDLUT_PROGRESS_EVERY": "2", "CLIPDLUT_VIEWS": "2",
             "CLIPDLUT_WORKING_SIZE": "96", "CLIPDLUT_CHECKPOINT_S": "0"}
 PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(120, 90))).decode()
@@ -64,7 +64,7 @@ def test_killing_a_replica_loses_no_job_and_changes_no_result(tmp_path):
         api = host(tmp_path / "api", "service:Retouch", CLIPDLUT_OPTIMIZER_URL=proxy.url, **SETTINGS).start()
         api.wait_ready()
 
-        calm = cubes(api.url, submit_all(api.url))  # the same 16 jobs, nothing killed
+        calm = cubes(api.url, submit_all(api.url))  # the same jobs, nothing killed
 
         ids = submit_all(api.url)
         wait(lambda: both_mid_run(api.url, ids), timeout=120, every=0.05)

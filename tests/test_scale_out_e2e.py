@@ -18,7 +18,7 @@ from tests.live import Proxy, RedisServer, haproxy_missing, host, redis_missing
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(haproxy_missing() is not None, reason=str(haproxy_missing())),
               pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))]
-JOBS, STEPS = 24, 60
+JOBS, STEPS = 12, 48
 SETTINGS = {"CLIPDLUT_PROGRESS_EVERY": "2", "CLIPDLUT_VIEWS": "2", "CLIPDLUT_WORKING_SIZE": "96",
             "CLIPDLUT_CHECKPOINT_S": "0.5", "CLIPDLUT_WATCHDOG_S": "3"}
 PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(120, 90))).decode()

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from tests.conftest import gradient_image, png_bytes, wait
+from tests.conftest import gradient_image, on, png_bytes, wait, wait_ready
 from tests.live import RedisServer, Server, host, redis_missing
 
 pytestmark = pytest.mark.e2e
@@ -89,7 +89,7 @@ def check_outage(probes: Probes, cut: float, mended: float) -> None:
         after_cut = probes.during(server.url, cut, mended)
         first_503 = after_cut.index(503)
         assert 200 not in after_cut[first_503:], after_cut  # (not ready until the store answers again)
-        wait(lambda s=server: httpx.get(s.url + "/readyz", timeout=5).status_code == 200, timeout=20)
+        wait_ready(on(server.url, timeout=5), timeout=20)
 
 
 def check_logs(servers: list[Server]) -> None:

@@ -35,7 +35,7 @@ async def test_a_cancel_from_the_store_stops_the_job_on_the_optimizer(engine, st
     await until(lambda: engine.running == 0, timeout=5)
 
 
-async def test_a_job_whose_replica_died_is_taken_over_and_resumes_from_its_checkpoint(guide, store):
+async def test_a_job_whose_replica_died_is_taken_over_and_resumes_from_its_checkpoint(guide, store, clock):
     clean = await new_job(store, steps=40)
     engine = Engine(guide, capacity=2)
     await run(store, clean, Optimizer(engine))
@@ -47,6 +47,7 @@ async def test_a_job_whose_replica_died_is_taken_over_and_resumes_from_its_check
     with pytest.raises(asyncio.CancelledError):
         await driving
     stopped_at = (await store.get(job_id)).iteration
+    clock.advance(1)  # its lease lapses
     survivor = Drivers(store, (optimizer := Optimizer(engine)).optimize,
                        SETTINGS.but(watchdog_s=0.3), instance="api-b", poll_s=0.02, lease_s=0.05)
     watcher = asyncio.create_task(survivor.watch())
@@ -74,12 +75,13 @@ async def test_a_replica_shutting_down_hands_its_jobs_on_at_once(engine, store):
     assert record.status == JobStatus.FINISHED and record.takeovers == 0  # a clean handover does not count
 
 
-async def test_a_replica_that_lost_its_lease_stops_writing_and_reports_the_end_from_the_store(engine, store):
+async def test_a_replica_that_lost_its_lease_stops_writing_and_reports_the_end_from_the_store(engine, store,
+                                                                                               clock):
     job = await new_job(store, steps=400, owner="api-a")
     slow = Drivers(store, Optimizer(engine).optimize, SETTINGS, instance="api-a", lease_s=3600)
     driving = asyncio.create_task(slow.run(*job))
     await until(lambda: store.get(job[0]), lambda r: r.iteration > 0)
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)
     assert await store.take_over("api-b", idle_s=0.2, limit=1) == [(job[0], 1)]  # it seemed dead to the others
     await slow._leases()  # its next renewal finds the lease gone: it stops without a write
     await until(lambda: engine.running == 0, timeout=5)
@@ -89,9 +91,9 @@ async def test_a_replica_that_lost_its_lease_stops_writing_and_reports_the_end_f
     assert result["model"] == "tiny" and (await store.get(job[0])).status == JobStatus.FINISHED
 
 
-async def test_a_job_that_outlived_too_many_replicas_fails_as_interrupted(engine, store):
+async def test_a_job_that_outlived_too_many_replicas_fails_as_interrupted(engine, store, clock):
     job_id, _, _ = await new_job(store, owner="api-gone")
-    await asyncio.sleep(0.2)
+    clock.advance(0.2)
     drivers = replica(store, engine, settings=SETTINGS.but(watchdog_s=0.1, takeovers=0),
                       instance="api-b")
     await drivers._leases()

@@ -17,6 +17,7 @@ SCRIPT = textwrap.dedent("""
     import base64, io, json, os, time
     from PIL import Image
     from _bentoml_impl.tasks.result import Sqlite3Store
+    from tests.conftest import wait_ready
     from bentoml._internal.configuration.containers import BentoMLContainer
     Sqlite3Store.init_db(BentoMLContainer.result_store_file.get())
     import service
@@ -27,9 +28,7 @@ SCRIPT = textwrap.dedent("""
     image = base64.b64encode(buf.getvalue()).decode()
     out = {}
     with TestClient(service.Retouch.to_asgi()) as c:
-        deadline = time.monotonic() + 60
-        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_ready(c.get, timeout=60)
         for steps in (8000, 8001):
             # (a test client runs a submitted task before it answers, so the native body at 8000 has another
             # mistake: the answer names the field it refuses, and that is not steps)

@@ -40,15 +40,28 @@ def location(request, tmp_path):
 
 
 @pytest.fixture
-async def store(location):
-    s = open_store(location)
+async def store(location, clock):
+    s = open_store(location, clock=clock)
     yield s
     await s.close()
 
 
-def stores(location: str, n: int, retention_s: float = 86_400.0) -> list[JobStore]:
+@pytest.fixture
+def later(location, clock):
+    """Let time pass: the store's clock moves at once; Redis measures a lease's idle time and a key's expiry on
+    the server's own clock, so on Redis the test waits it out."""
+
+    async def later(seconds: float) -> None:
+        clock.advance(seconds)
+        if not location.endswith(".db"):
+            await asyncio.sleep(seconds)
+
+    return later
+
+
+def stores(location: str, n: int, clock, retention_s: float = 86_400.0) -> list[JobStore]:
     """``n`` clients of one store, each with connections of its own (as separate replicas have)."""
-    return [open_store(location, retention_s) for _ in range(n)]
+    return [open_store(location, retention_s, clock=clock) for _ in range(n)]
 
 
 pytestmark = [pytestmark, pytest.mark.parametrize("location", KINDS, indirect=True)]
@@ -95,13 +108,13 @@ async def test_cancel_flags_and_ended_jobs_never_change(store):
     assert await store.open_jobs() == 1
 
 
-async def test_writes_of_a_replica_that_lost_the_lease_are_refused(store):
+async def test_writes_of_a_replica_that_lost_the_lease_are_refused(store, later):
     assert await store.create("j", {"steps": 3}, b"s", b"w", owner="api-a")
     assert await store.create("j", {"steps": 3}, b"s", b"w", owner="api-a")  # a retried call: the same job
     with pytest.raises(Exception, match="exists"):
         await store.create("j", {"steps": 3}, b"s", b"w", owner="api-b")
     assert await store.progress("j", 1, 3, 0.5, {}, None, b"state1", owner="api-a")
-    await asyncio.sleep(0.3)
+    await later(0.3)
     assert await store.take_over("api-b", idle_s=0.2, limit=1) == [("j", 1)]
     assert not await store.progress("j", 2, 3, 0.4, {}, None, b"late", owner="api-a")
     assert not await store.set_status("j", JobStatus.FAILED, "late", owner="api-a")
@@ -113,8 +126,8 @@ async def test_writes_of_a_replica_that_lost_the_lease_are_refused(store):
     assert (await store.get("j")).result == {"by": "b"} and await store.file("j", "cube") == b"LUT"
 
 
-async def test_admission_never_overshoots_with_fifty_concurrent_clients(location):
-    clients = stores(location, 50)
+async def test_admission_never_overshoots_with_fifty_concurrent_clients(location, clock):
+    clients = stores(location, 50, clock)
     created = await asyncio.gather(*(c.create(f"job{i}", {"steps": 1}, b"s" * 1000, b"w", owner=f"api-{i % 3}",
                                               max_open=20) for i, c in enumerate(clients)))
     assert sum(created) == 20 and await clients[0].open_jobs() == 20
@@ -127,12 +140,12 @@ async def test_admission_never_overshoots_with_fifty_concurrent_clients(location
     await asyncio.gather(*(c.close() for c in clients))
 
 
-async def test_a_lease_is_renewed_by_its_owner_and_taken_over_when_it_is_not(store):
+async def test_a_lease_is_renewed_by_its_owner_and_taken_over_when_it_is_not(store, later):
     await store.create("j", {"steps": 1}, b"s", b"w", owner="api-a")
     assert await store.renew("api-a", ["j", "missing"]) == {"j"}
     assert await store.renew("api-b", ["j"]) == set()  # not its lease
     assert await store.take_over("api-b", idle_s=60, limit=10) == []  # renewed just now
-    await asyncio.sleep(0.3)
+    await later(0.3)
     assert await store.take_over("api-b", idle_s=0.2, limit=10) == [("j", 1)]
     assert await store.renew("api-a", ["j"]) == set()  # the old driver learns it lost the job
     assert await store.renew("api-b", ["j"]) == {"j"} and (await store.get("j")).owner == "api-b"
@@ -141,21 +154,21 @@ async def test_a_lease_is_renewed_by_its_owner_and_taken_over_when_it_is_not(sto
     assert await store.take_over("api-c", idle_s=60, limit=10) == [("j", 1)]  # (and a handover is no takeover)
     r = await store.get("j")
     assert (r.owner, r.takeovers) == ("api-c", 1)
-    await asyncio.sleep(0.3)
+    await later(0.3)
     assert await store.take_over("api-d", idle_s=0.2, limit=10) == [("j", 2)]  # api-c stopped without a word
     assert await store.renew("api-d", ["j"]) == {"j"}
     await store.finish("j", {}, {})
     assert await store.renew("api-d", ["j"]) == set()  # an ended job has no lease
-    await asyncio.sleep(0.3)
+    await later(0.3)
     assert await store.take_over("api-d", idle_s=0.1, limit=10) == []
 
 
-async def test_each_stale_job_is_taken_over_by_exactly_one_replica(location):
-    clients = stores(location, 8)
+async def test_each_stale_job_is_taken_over_by_exactly_one_replica(location, clock, later):
+    clients = stores(location, 8, clock)
     for i in range(30):
         await clients[0].create(f"j{i}", {"steps": 1}, b"s", b"w", owner="api-dead")
     await clients[0].set_status("j0", JobStatus.FINISHED)
-    await asyncio.sleep(0.3)
+    await later(0.3)
     taken = await asyncio.gather(*(c.take_over(f"api-{k}", idle_s=0.2, limit=5) for k, c in enumerate(clients)))
     ids = [job for batch in taken for job, _ in batch]
     assert sorted(ids) == sorted(f"j{i}" for i in range(1, 30)) and all(n == 1 for b in taken for _, n in b)
@@ -165,15 +178,15 @@ async def test_each_stale_job_is_taken_over_by_exactly_one_replica(location):
     await asyncio.gather(*(c.close() for c in clients))
 
 
-async def test_ended_jobs_and_their_files_go_after_the_retention_time(location):
-    (store,) = stores(location, 1, retention_s=1)
+async def test_ended_jobs_and_their_files_go_after_the_retention_time(location, clock, later):
+    (store,) = stores(location, 1, clock, retention_s=1)
     for job in ("old", "cancelled", "open"):
         await store.create(job, {"steps": 1}, b"s", b"w", owner="api-a")
     await store.finish("old", {"k": 1}, {"cube": b"c", "image": b"i"})
     await store.set_status("cancelled", JobStatus.CANCELLED)
     await store.purge()
     assert (await store.get("old")).status == JobStatus.FINISHED  # not yet
-    time.sleep(2.1)
+    await later(2.1)
     await store.purge()
     assert await store.get("old") is None and await store.file("old", "cube") is None
     assert await store.get("cancelled") is None and await store.preview("old") is None

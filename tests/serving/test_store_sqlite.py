@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 import uuid
 
 import pytest
@@ -17,14 +16,14 @@ from clipdlut.status import JobStatus
 pytestmark = pytest.mark.unit
 
 
-async def test_purge_gives_the_space_back(tmp_path):
-    store = SqliteJobStore(tmp_path / "jobs.db", retention_s=0.5)
+async def test_purge_gives_the_space_back(tmp_path, clock):
+    store = SqliteJobStore(tmp_path / "jobs.db", retention_s=0.5, clock=clock)
     blob = bytes(range(256)) * 4096  # 1 MiB
     for i in range(20):
         await store.create(f"old{i}", {"steps": 1}, blob, blob, owner="api")
         await store.finish(f"old{i}", {}, {"image": blob})
     size = store.path.stat().st_size
-    time.sleep(0.6)
+    clock.advance(0.6)
     await store.create("open", {"steps": 1}, b"", b"", owner="api")
     assert await store.purge() == 20
     store._exec("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -45,12 +46,15 @@ class _Guarded:
 
 
 def open_store(location: str, retention_s: float = 86_400.0,
-               on_unavailable: Callable[[BaseException], None] | None = None) -> JobStore:
+               on_unavailable: Callable[[BaseException], None] | None = None,
+               clock: Callable[[], float] = time.time) -> JobStore:
     """The job store at ``location``: ``redis://host:port/db`` (or ``rediss://``, ``unix://``) is Redis,
-    anything else a SQLite file path. ``on_unavailable`` hears of every call that could not reach it."""
+    anything else a SQLite file path. ``on_unavailable`` hears of every call that could not reach it; ``clock``
+    (seconds since the epoch) stamps its times (a test passes one it moves; Redis measures lease idle time on
+    its own clock)."""
     store: Any
     if location.startswith(("redis://", "rediss://", "unix://")):
-        store = redis.RedisJobStore(location, retention_s)
+        store = redis.RedisJobStore(location, retention_s, clock=clock)
         return cast(JobStore, _Guarded(store, redis.unavailable, on_unavailable))
-    store = sqlite.SqliteJobStore(location, retention_s)
+    store = sqlite.SqliteJobStore(location, retention_s, clock=clock)
     return cast(JobStore, _Guarded(store, sqlite.unavailable, on_unavailable))

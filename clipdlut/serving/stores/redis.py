@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -157,8 +158,12 @@ def _raw(reply: Any) -> bytes | None:
 class RedisJobStore:
     """The job store on Redis (see the contract, :class:`~.contract.JobStore`, for what each method promises)."""
 
-    def __init__(self, url: str, retention_s: float = 86_400.0, prefix: str = "clipdlut:"):
+    def __init__(self, url: str, retention_s: float = 86_400.0, prefix: str = "clipdlut:",
+                 clock: Callable[[], float] = time.time):
         self.url = url
+        # the timestamps' clock (seconds). A lease's idle time is the server's own (XPENDING): replicas on several
+        # hosts then need no synchronized clocks, and the retention is the keys' TTL, also kept by the server
+        self.clock = clock
         self.retention_s = retention_s
         self.prefix = prefix
         # (a server that stops answering without closing the connection fails calls after 10 s instead of never)
@@ -178,7 +183,7 @@ class RedisJobStore:
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
                      max_open: int | None = None) -> bool:
         keys = [self._open, self._job(job_id), self._data(job_id), self._stream]
-        args: list[Any] = [job_id, -1 if max_open is None else max_open, time.time(), json.dumps(options),
+        args: list[Any] = [job_id, -1 if max_open is None else max_open, self.clock(), json.dumps(options),
                            int(options.get("steps", 0)), source, working, owner, GROUP]
         return await self._scripts["create"](keys, args) == 1
 
@@ -201,7 +206,7 @@ class RedisJobStore:
     async def _end(self, job_id: str, status: str, error: str | None, result: dict | None,
                    files: dict[str, bytes], owner: str | None) -> bool:
         keys = [self._job(job_id), self._data(job_id), self._open, self._stream]
-        args: list[Any] = [job_id, status, error or "", time.time(), max(1, int(self.retention_s)), GROUP,
+        args: list[Any] = [job_id, status, error or "", self.clock(), max(1, int(self.retention_s)), GROUP,
                            owner or "", json.dumps(result) if result is not None else ""]
         for name, data in files.items():
             args += [name, data]
@@ -215,7 +220,7 @@ class RedisJobStore:
                        preview: bytes | None = None, checkpoint: bytes | None = None, owner: str | None = None
                        ) -> bool:
         return await self._scripts["progress"]([self._job(job_id), self._data(job_id)],
-                                               [iteration, total, repr(float(loss)), json.dumps(terms), time.time(),
+                                               [iteration, total, repr(float(loss)), json.dumps(terms), self.clock(),
                                                 preview or b"", checkpoint or b"", owner or ""]) == 1
 
     async def preview(self, job_id: str) -> bytes | None:
@@ -225,7 +230,7 @@ class RedisJobStore:
         return _raw(await self.redis.hget(self._data(job_id), "checkpoint"))
 
     async def request_cancel(self, job_id: str) -> bool:
-        return await self._scripts["cancel"]([self._job(job_id)], [time.time()]) == 1
+        return await self._scripts["cancel"]([self._job(job_id)], [self.clock()]) == 1
 
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
         if not job_ids:

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,10 @@ _LET_GO = "owner = NULL, lease = NULL, source = NULL, working = NULL, checkpoint
 class SqliteJobStore:
     """The job store in a SQLite file (see :class:`~.contract.JobStore` for what each method promises)."""
 
-    def __init__(self, path: str | Path, retention_s: float = 86_400.0, busy_timeout_s: float = 30.0):
+    def __init__(self, path: str | Path, retention_s: float = 86_400.0, busy_timeout_s: float = 30.0,
+                 clock: Callable[[], float] = time.time):
         self.path = Path(path)
+        self.clock = clock  # seconds: every timestamp, lease and retention (tests pass one they can move)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_s
         self._busy_timeout = busy_timeout_s
@@ -114,7 +117,7 @@ class SqliteJobStore:
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
                      max_open: int | None = None) -> bool:
         def run() -> bool:
-            now = time.time()
+            now = self.clock()
             limit = -1 if max_open is None else max_open
             if (row := self._exec("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()) is not None:
                 if row[0] == owner:
@@ -149,7 +152,7 @@ class SqliteJobStore:
         let_go = "" if status in (JobStatus.QUEUED, JobStatus.RUNNING) else ", " + _LET_GO
         cur = await self._run(self._exec, f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated = ?"
                               f"{let_go} WHERE id = ? AND {_OPEN} AND {_HOLDS}",
-                              (status, error, time.time(), job_id, owner, owner))
+                              (status, error, self.clock(), job_id, owner, owner))
         return cur.rowcount > 0
 
     async def progress(self, job_id: str, iteration: int, total: int, loss: float, terms: dict[str, float],
@@ -159,7 +162,7 @@ class SqliteJobStore:
                               "UPDATE jobs SET iteration = ?, total = ?, loss = ?, terms = ?, "
                               "preview = COALESCE(?, preview), checkpoint = COALESCE(?, checkpoint), "
                               f"status = 'running', updated = ? WHERE id = ? AND {_OPEN} AND {_HOLDS}",
-                              (iteration, total, loss, json.dumps(terms), preview, checkpoint, time.time(), job_id,
+                              (iteration, total, loss, json.dumps(terms), preview, checkpoint, self.clock(), job_id,
                                owner, owner))
         return cur.rowcount > 0
 
@@ -174,7 +177,7 @@ class SqliteJobStore:
 
     async def request_cancel(self, job_id: str) -> bool:
         cur = await self._run(self._exec, f"UPDATE jobs SET cancel = 1, updated = ? WHERE id = ? AND {_OPEN}",
-                              (time.time(), job_id))
+                              (self.clock(), job_id))
         return cur.rowcount > 0
 
     async def cancel_requested(self, job_ids: list[str]) -> set[str]:
@@ -190,7 +193,7 @@ class SqliteJobStore:
         def run(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(f"UPDATE jobs SET status = ?, result = ?, updated = ?, {_LET_GO} "
                                f"WHERE id = ? AND {_OPEN} AND {_HOLDS}",
-                               (JobStatus.FINISHED, json.dumps(result), time.time(), job_id, owner, owner))
+                               (JobStatus.FINISHED, json.dumps(result), self.clock(), job_id, owner, owner))
             if cur.rowcount == 0:
                 return False
             conn.executemany("INSERT OR REPLACE INTO files (job_id, name, data) VALUES (?, ?, ?)",
@@ -213,7 +216,7 @@ class SqliteJobStore:
         marks = ",".join("?" * len(job_ids))
         rows = await self._run(lambda: self._exec(
             f"UPDATE jobs SET lease = ? WHERE owner = ? AND {_OPEN} AND id IN ({marks}) RETURNING id",
-            (time.time(), owner, *job_ids)).fetchall())
+            (self.clock(), owner, *job_ids)).fetchall())
         return {r[0] for r in rows}
 
     async def release(self, owner: str) -> int:
@@ -222,7 +225,7 @@ class SqliteJobStore:
         return cur.rowcount
 
     async def take_over(self, owner: str, idle_s: float, limit: int) -> list[tuple[str, int]]:
-        now = time.time()
+        now = self.clock()
         rows = await self._run(lambda: self._exec(
             "UPDATE jobs SET owner = ?, lease = ?, takeovers = takeovers + 1 - released, released = 0 WHERE id IN "
             f"(SELECT id FROM jobs WHERE {_OPEN} AND COALESCE(lease, 0) < ? ORDER BY created LIMIT ?) "
@@ -235,7 +238,7 @@ class SqliteJobStore:
         def run(conn: sqlite3.Connection) -> int:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM jobs WHERE status IN ('finished', 'cancelled', 'failed') AND updated < ?",
-                (time.time() - self.retention_s,))]
+                (self.clock() - self.retention_s,))]
             conn.executemany("DELETE FROM files WHERE job_id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
             return len(ids)
