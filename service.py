@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 import bentoml
 import prometheus_client
@@ -25,8 +25,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
-from clipdlut import limits
+from clipdlut import formats, limits
 from clipdlut.engine import Engine, EngineFull
+from clipdlut.formats import LutFormatName
 from clipdlut.guidance import Guide
 from clipdlut.models import load_model
 from clipdlut.serving import bentoml_internals, concepts, container, jobs, logs, memory, modelstore, remote, validation
@@ -65,6 +66,7 @@ from clipdlut.serving.schemas import (
     LegacyStopResponse,
     LegacyTask,
     Limits,
+    LutFormatInfo,
     LutSize,
     ProgressResponse,
     RetouchRequest,
@@ -301,15 +303,15 @@ class Retouch:
     @bentoml.api(route="/v1/lut")
     @answers_errors
     async def lut(self, ctx: bentoml.Context, task_id: str, size: LutSize | None = None,
-                  format: Literal["cube", "hald"] = "cube") -> Path:
-        """A finished task's LUT as a .cube of any offered size (resampled exactly) or as a HaldCLUT PNG."""
+                  format: LutFormatName = "cube") -> Path:
+        """A finished task's LUT as a file for any grading application: .cube (any offered size, resampled
+        exactly), Resolve .cube, .3dl (Flame or Lustre), .csp, .spi3d, CLF, or a HaldCLUT PNG (its own size)."""
         await self._record(task_id)
         try:
             data, _ = await jobs.lut_file(self.store, task_id, size, format)
         except JobEnded as e:
             raise TaskNotFinished(str(e)) from None
-        out = Path(ctx.temp_dir) / (f"clipdlut-{task_id[:8]}-hald.png" if format == "hald"
-                                    else f"clipdlut-{task_id[:8]}-{size or 'lut'}.cube")
+        out = Path(ctx.temp_dir) / formats.file_name(f"clipdlut-{task_id[:8]}", format, size)
         out.write_bytes(data)
         return out
 
@@ -318,7 +320,9 @@ class Retouch:
         """What a job may ask of this service (the page reads its limits here)."""
         return Limits(max_prompt_chars=S.max_prompt_chars, max_photos=limits.MAX_PHOTOS, max_steps=S.max_steps,
                       lut_sizes=list(OFFERED_SIZES), max_strength=MAX_STRENGTH, min_side=limits.MIN_SIDE,
-                      max_aspect=limits.MAX_ASPECT, max_pixels=S.max_pixels, max_body_mb=S.max_body_mb)
+                      max_aspect=limits.MAX_ASPECT, max_pixels=S.max_pixels, max_body_mb=S.max_body_mb,
+                      lut_formats=[LutFormatInfo(name=name, suffix=f.suffix, where=f.where, precision=f.precision)
+                                   for name, f in formats.FORMATS.items()])
 
     # -- CLIP utilities --------------------------------------------------------------------------
 

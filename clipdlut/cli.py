@@ -13,6 +13,7 @@ import numpy as np
 
 from clipdlut import batch, limits, video
 from clipdlut.cube import read_cube, write_cube
+from clipdlut.formats import BY_SUFFIX, FORMATS, LutFormatName, format_for_suffix
 from clipdlut.hald import read_hald
 from clipdlut.imaging import output_format
 from clipdlut.options import DEFAULT_LR, DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MODES, PINS
@@ -31,11 +32,22 @@ def _format_for(path: Path) -> str:
         raise ValueError(f"cannot write {path.name}: use a .png, .jpg or .webp file name") from None
 
 
+def _lut_format(args: argparse.Namespace) -> LutFormatName:
+    """The LUT file format the output's suffix (or ``--lut-format``, for the flavours that share one) asks for."""
+    fmt = args.lut_format or format_for_suffix(args.output.suffix)
+    if FORMATS[fmt].suffix != args.output.suffix.lower():
+        raise ValueError(f"--lut-format {fmt} writes {FORMATS[fmt].suffix} files: name the output "
+                         f"{args.output.with_suffix(FORMATS[fmt].suffix).name}")
+    return fmt
+
+
 def _retouch(args: argparse.Namespace) -> None:
     from clipdlut.export import describe_look, lut_to_cube
+    from clipdlut.formats import convert
     from clipdlut.imaging import decode_image, working_copy
     from clipdlut.lut import from_table
 
+    lut_format = _lut_format(args)  # (a wrong name fails now, not after the optimization)
     sources = _retouch_sources(args)
     series = len(sources) > 1
     image_format = _format_for(args.image) if args.image and not series else None
@@ -55,7 +67,7 @@ def _retouch(args: argparse.Namespace) -> None:
                 f"model: {model}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
     text = lut_to_cube(result.lut, strength=args.strength, title=(prompt or "CLIP-DLUT")[:64], comments=comments,
                        neutral=args.mode == "bw", **pins)
-    args.output.write_text(text, encoding="utf-8")
+    args.output.write_bytes(convert(text, lut_format))
     print(f"wrote {args.output}")
     _write_graded(args, decoded, text, image_format, tasks)
     s = result.scores
@@ -298,7 +310,11 @@ def _retouch_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR:g})")
     for name, help_text in PINS.items():
         r.add_argument("--" + name.replace("_", "-"), action="store_true", help=help_text)
-    r.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.cube", help="where to write the LUT")
+    r.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.cube",
+                   help="where to write the LUT; its suffix picks the format: " + ", ".join(
+                       f"{suffix} ({fmt})" for suffix, fmt in BY_SUFFIX.items()))
+    r.add_argument("--lut-format", choices=list(FORMATS), help="the LUT format, where two share a suffix: "
+                   "resolve-cube (.cube), 3dl-lustre (.3dl)")
     r.add_argument("--image", type=Path, metavar="OUT.jpg|DIR",
                    help="also write the graded full-resolution photo (a series: into this folder, each under its "
                         "own name)")

@@ -43,9 +43,10 @@ def _rgb_pixels(data: bytes | Image.Image, what: str, max_pixels: int) -> np.nda
 
 
 def hald_level_for(size: int) -> int:
-    """The smallest Hald level whose cube (L^2 per side) is at least ``size``."""
+    """The Hald level that holds a ``size``-node LUT best: the smallest whose grid contains every node of it (so
+    the picture is exact but for its 8 bits: 17 nodes in level 7's 49), else the finest (64 nodes)."""
     for level in HALD_LEVELS:
-        if level * level >= size:
+        if (level * level - 1) % (size - 1) == 0:
             return level
     return HALD_LEVELS[-1]
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from clipdlut import lut as L
 from clipdlut.cube import read_cube
+from clipdlut.formats import convert
 from clipdlut.hald import write_hald
 from clipdlut.render import apply_table
 from clipdlut.safety import measure
@@ -41,6 +42,21 @@ def test_retouch_writes_cube_and_image(tmp_path):
     table = read_cube((tmp_path / "pinned.cube").read_bytes()).table
     assert table[0, 0, 0].tolist() == [0, 0, 0] and table[-1, -1, -1].tolist() == [1, 1, 1]
     assert measure(L.from_table(table)).safe
+
+
+def test_retouch_writes_the_lut_format_its_output_names(tmp_path):
+    """The suffix picks the format (clipdlut/formats.py); --lut-format the flavour where two share one."""
+    src = tmp_path / "photo.png"
+    gradient_image(64, 48).save(src)
+    common = ["--prompt", "冷色调", "--steps", "2", "--lut-size", "17", "--seed", "1"]
+    assert cli("retouch", src, *common, "-o", tmp_path / "look.cube").returncode == 0
+    cube = (tmp_path / "look.cube").read_bytes()
+    for name, fmt in (("look.clf", "clf"), ("look.3dl", "3dl-flame"), ("look.png", "hald")):
+        out = cli("retouch", src, *common, "-o", tmp_path / name)
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / name).read_bytes() == convert(cube, fmt), name  # (the same look: a fixed seed)
+    out = cli("retouch", src, *common, "--lut-format", "3dl-lustre", "-o", tmp_path / "lustre.3dl")
+    assert out.returncode == 0 and (tmp_path / "lustre.3dl").read_text().startswith("3DMESH"), out.stderr
 
 
 def test_apply_reads_cube_and_hald(tmp_path):
@@ -96,6 +112,9 @@ def test_retouch_a_series_with_a_reference_refined_then_in_black_and_white(tmp_p
     (["apply", "{tmp}/bad.cube", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "line 2: table row"),
     (["apply", "{tmp}/bad.cube", "{tmp}/photo.png", "-o", "{tmp}/x.gif"], "use a .png, .jpg or .webp"),
     (["retouch", "{tmp}/bad.cube", "--prompt", "x", "-o", "{tmp}/x.cube"], "not an image"),
+    (["retouch", "{tmp}/photo.png", "--prompt", "x", "-o", "{tmp}/x.tif"], "cannot write a LUT as .tif: use one of"),
+    (["retouch", "{tmp}/photo.png", "--prompt", "x", "--lut-format", "3dl-lustre", "-o", "{tmp}/x.cube"],
+     "--lut-format 3dl-lustre writes .3dl files: name the output x.3dl"),
 ])
 def test_errors_are_one_clear_line(tmp_path, args, message):
     gradient_image().save(tmp_path / "photo.png")

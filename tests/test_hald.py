@@ -73,7 +73,8 @@ def test_bad_lut_images_are_refused():
 
 
 def test_hald_level_for():
-    assert hald_level_for(33) == 6 and hald_level_for(64) == 8 and hald_level_for(65) == 8 and hald_level_for(4) == 2
+    assert hald_level_for(33) == 8 and hald_level_for(64) == 8 and hald_level_for(65) == 8 and hald_level_for(4) == 2
+    assert hald_level_for(17) == 7 and hald_level_for(5) == 3 and hald_level_for(2) == 2  # (grids that hold every node)
 
 
 @pytest.mark.parametrize("reader", [read_hald, read_strip])

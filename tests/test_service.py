@@ -437,3 +437,18 @@ def test_the_openapi_page_documents_a_shoot_s_fields(client):
     assert "16" in request["images"]["description"] and "bw" in request["mode"]["description"]
     results = [x["properties"] for x in schemas if "cube" in x.get("properties", {}) and "images" in x["properties"]]
     assert results and all(r["images"]["description"] for r in results)
+
+
+def test_the_lut_comes_in_every_format_by_its_own_name(client):
+    """`/v1/lut` `format`: each file is the delivered .cube converted (clipdlut/formats.py), named for the job."""
+    from clipdlut.formats import FORMATS, convert
+
+    result = finished(client, {"image": PHOTO_B64, "target_prompt": "冷色调", "steps": 3, "lut_size": 33})
+    for fmt, spec in FORMATS.items():
+        r = client.post("/v1/lut", json={"task_id": result["task_id"], "format": fmt, "size": 17})
+        assert r.status_code == 200, (fmt, r.text)
+        assert r.content == convert(result["cube"], fmt, 17), fmt
+        assert r.headers["content-disposition"].endswith(f'{spec.suffix}"'), r.headers["content-disposition"]
+    assert client.post("/v1/lut", json={"task_id": result["task_id"]}).content == result["cube"].encode("utf-8")
+    r = client.post("/v1/lut", json={"task_id": result["task_id"], "format": "tiff"})
+    assert r.status_code == 400 and "3dl-flame" in r.json()["error"], r.text

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from clipdlut.cube import read_cube
+from clipdlut.formats import convert
 from tests.conftest import gradient_image
 from tests.live import serving
 
@@ -23,7 +24,7 @@ if not (CHROMIUM and DRIVER):
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,11 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     small = wait.until(lambda d: (f := browser.downloads / "clipdlut-17.cube").exists() and f.stat().st_size > 0
                        and not list(browser.downloads.glob("*.crdownload")) and f)
     assert read_cube(small.read_text(encoding="utf-8")).size == 17
+    Select(browser.find_element(By.ID, "lut-format")).select_by_value("clf")  # the formats the service lists
+    browser.find_element(By.ID, "dl-format").click()
+    clf = wait.until(lambda d: (f := next(iter(browser.downloads.glob("*.clf")), None)) and f.stat().st_size > 0
+                     and not list(browser.downloads.glob("*.crdownload")) and f)
+    assert clf.read_bytes() == convert(api, "clf", read_cube(api).size)
     assert errors_in_console(browser) == []
 
     browser.refresh()  # the recent list survives a reload

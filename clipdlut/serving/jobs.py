@@ -11,13 +11,13 @@ import asyncio
 import base64
 import logging
 from dataclasses import asdict, dataclass
+from typing import cast
 
-from clipdlut.cube import read_cube, write_cube
+from clipdlut.cube import read_cube
 from clipdlut.export import describe_look
-from clipdlut.hald import hald_level_for, write_hald, write_strip
+from clipdlut.formats import FORMATS, LutFormatName, convert
+from clipdlut.hald import write_strip
 from clipdlut.imaging import DecodedImage, encode_image, working_copy
-from clipdlut.lut import from_table as table_to_lut
-from clipdlut.lut import resample, to_table
 from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.serving.bundle import pack
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull
@@ -130,32 +130,21 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
 
 async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube"
                    ) -> tuple[bytes, str]:
-    """A finished job's LUT as a ``.cube`` of another size, a HaldCLUT PNG, or the original system's N x N^2 PNG
-    strip: (bytes, media type)."""
+    """A finished job's LUT in any of :data:`clipdlut.formats.FORMATS` (a ``.cube`` of any offered size, the
+    formats OpenColorIO writes, a HaldCLUT PNG), or the original system's N x N^2 PNG strip: (bytes, media
+    type)."""
     record = await store.get(job_id)
     cube = await store.file(job_id, "cube") if record and record.status == JobStatus.FINISHED else None
     if cube is None:
         raise JobEnded(record.status if record else JobStatus.FAILED, f"task {job_id} has no finished LUT")
-    if fmt not in ("cube", "hald", "strip"):
-        raise InputError(f"format must be cube or hald, got {fmt!r}")
+    if fmt not in FORMATS and fmt != "strip":
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if size is not None and size not in OFFERED_SIZES:
         raise InputError(f"size must be one of {_OFFERED}, got {size}")
     if fmt == "cube" and size is None:
-        return cube, "text/plain"
-    return await asyncio.to_thread(_convert, cube, size, fmt)  # (tens of ms of CPU: not on the event loop)
-
-
-def _convert(cube: bytes, size: int | None, fmt: str) -> tuple[bytes, str]:
-    parsed = read_cube(cube)
+        return cube, FORMATS["cube"].media_type
     if fmt == "strip":
-        return write_strip(parsed.table), "image/png"
-    lut = table_to_lut(parsed.normalized())
-    if fmt == "hald":
-        side = hald_level_for(parsed.size) ** 2
-        return write_hald(to_table(resample(lut, side))), "image/png"
-    if size is None or size == parsed.size:
-        return cube, "text/plain"
-    comments = [line[2:] for line in cube.decode("utf-8").splitlines() if line.startswith("# ")]
-    text = write_cube(to_table(resample(lut, size)), title=parsed.title or "CLIP-DLUT",
-                      comments=comments + [f"resampled from {parsed.size} to {size} nodes"])
-    return text.encode("utf-8"), "text/plain"
+        return await asyncio.to_thread(lambda: write_strip(read_cube(cube).table)), "image/png"
+    # (tens of ms of CPU, a second for 65 nodes in OCIO's text formats: not on the event loop)
+    name = cast(LutFormatName, fmt)
+    return await asyncio.to_thread(convert, cube, name, size), FORMATS[name].media_type

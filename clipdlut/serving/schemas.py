@@ -43,6 +43,16 @@ class Quality(BaseModel):
     note: str | None = Field(None, description="why a figure is missing, when one is")
 
 
+class LutFormatInfo(BaseModel):
+    """One file format `/v1/lut` writes (clipdlut/formats.py)."""
+
+    name: str = Field(description="the `format` to ask `/v1/lut` for", examples=["3dl-flame"])
+    suffix: str = Field(description="the file's suffix", examples=[".3dl"])
+    where: str = Field(description="the applications that load it", examples=["Autodesk Flame, Nuke, ffmpeg"])
+    precision: float = Field(description="largest difference from the .cube once the file is read back and "
+                             "applied, in 0..1 units", examples=[1.25e-4])
+
+
 class Limits(BaseModel):
     """What a job may ask of this service: every interface checks these, and the page reads them from here."""
 
@@ -58,6 +68,7 @@ class Limits(BaseModel):
                               examples=[16.0])
     max_pixels: int = Field(description="most pixels of any photo", examples=[40_000_000])
     max_body_mb: float = Field(description="largest photo, in MB (a series: all its photos together)", examples=[32])
+    lut_formats: list[LutFormatInfo] = Field(description="the LUT file formats offered, the delivered .cube first")
 
 
 class Timings(BaseModel):

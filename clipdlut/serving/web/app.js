@@ -242,6 +242,7 @@ async function showResult(id) {
   setLink("dl-cube", cubeURL, `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
   for (const n of [17, 33, 65]) onDemand(`dl-cube-${n}`, { size: n }, `clipdlut-${n}.cube`);
   onDemand("dl-hald", { format: "hald" }, "clipdlut-hald.png");
+  formatLink();
   $("strength").value = 1;
   $("strength-value").textContent = "1.00";
   renderStrip();
@@ -317,6 +318,13 @@ function onDemand(id, options, name) {  // a LUT of another size or format, fetc
       a.click();
     } catch (e) { showError(e.message); }
   };
+}
+
+function formatLink() {  // the LUT in the format chosen in the list (the service's own list: /v1/limits)
+  const option = $("lut-format").selectedOptions[0];
+  if (!result || !option) return;
+  const name = `clipdlut-${result.lut_size}-${option.value}${option.dataset.suffix}`;
+  onDemand("dl-format", { format: option.value, size: result.lut_size }, name);
 }
 
 function setLink(id, href, name, text) {
@@ -395,12 +403,20 @@ $("stop").addEventListener("click", cancelTask);
 $("strength").addEventListener("change", restrength);
 $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
 $("split").addEventListener("input", split);
+$("lut-format").addEventListener("change", formatLink);
 async function loadLimits() {  // the service's limits, from the service (never copied here)
   try {
     const limits = await (await api("/v1/limits", { method: "POST" })).json();
     MAX_PHOTOS = limits.max_photos;
     $("prompt").maxLength = $("source").maxLength = limits.max_prompt_chars;
     $("steps").max = limits.max_steps;
+    for (const f of limits.lut_formats) {
+      const option = new Option(`${f.name} (${f.suffix})`, f.name);
+      option.dataset.suffix = f.suffix;
+      option.title = f.where;
+      $("lut-format").add(option);
+    }
+    formatLink();
   } catch (e) { /* the service answers with the same limits when a job is sent */ }
 }
 renderRecent();
