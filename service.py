@@ -25,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
-from clipdlut import formats, limits
+from clipdlut import formats, limits, viewing
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.formats import LutFormatName
 from clipdlut.guidance import Guide
@@ -36,6 +36,7 @@ from clipdlut.serving.drivers import Drivers, HandedOver, new_instance
 from clipdlut.serving.errors import (
     InputError,
     JobEnded,
+    ServiceFault,
     ShuttingDown,
     TaskNotFinished,
     UnknownTask,
@@ -59,6 +60,7 @@ from clipdlut.serving.schemas import (
     CancelResponse,
     Concepts,
     ConceptScores,
+    Footage,
     ImageFormat,
     LegacyQueryRequest,
     LegacyRetouchRequest,
@@ -323,6 +325,16 @@ class Retouch:
                       max_aspect=limits.MAX_ASPECT, max_pixels=S.max_pixels, max_body_mb=S.max_body_mb,
                       lut_formats=[LutFormatInfo(name=name, suffix=f.suffix, where=f.where, precision=f.precision)
                                    for name, f in formats.FORMATS.items()])
+
+    @bentoml.api(route="/v1/footage")
+    @answers_errors
+    async def footage(self) -> Footage:
+        """The input spaces, displays and views a footage job may name (the page's lists come from here)."""
+        try:
+            found = await asyncio.to_thread(viewing.choices, S.ocio_config or None)
+        except viewing.ViewingError as e:
+            raise ServiceFault(str(e)) from None
+        return Footage(**found, lut_kinds=dict(viewing.LUT_KINDS))
 
     # -- CLIP utilities --------------------------------------------------------------------------
 

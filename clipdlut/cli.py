@@ -18,6 +18,7 @@ from clipdlut.hald import read_hald
 from clipdlut.imaging import output_format
 from clipdlut.options import DEFAULT_LR, DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MODES, PINS
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES, blend_table
+from clipdlut.viewing import LUT_KINDS, LutKind, Viewing, displayed, open_viewing
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,6 +42,15 @@ def _lut_format(args: argparse.Namespace) -> LutFormatName:
     return fmt
 
 
+def _viewing(args: argparse.Namespace) -> Viewing | None:
+    """The footage's viewing (``--input-space``), or None for photos (sRGB in and out)."""
+    if args.input_space is None:
+        if args.display or args.view or args.lut_kind != "display" or args.ocio_config:
+            raise ValueError("--display, --view, --lut-kind and --ocio-config are for footage: add --input-space")
+        return None
+    return open_viewing(args.input_space, args.display, args.view, args.ocio_config)
+
+
 def _retouch(args: argparse.Namespace) -> None:
     from clipdlut.export import describe_look, lut_to_cube
     from clipdlut.formats import convert
@@ -48,6 +58,7 @@ def _retouch(args: argparse.Namespace) -> None:
     from clipdlut.lut import from_table
 
     lut_format = _lut_format(args)  # (a wrong name fails now, not after the optimization)
+    viewing = _viewing(args)
     sources = _retouch_sources(args)
     series = len(sources) > 1
     image_format = _format_for(args.image) if args.image and not series else None
@@ -59,17 +70,21 @@ def _retouch(args: argparse.Namespace) -> None:
         if args.reference else None
     start = from_table(_read_lut_file(args.start_from)) if args.start_from else None
     pins = {name: getattr(args, name) for name in PINS}
-    result, model = _optimize(args, [working_copy(d.rgb) for d in decoded], series, prompt, source_prompt,
+    result, model = _optimize(args, [displayed(working_copy(d.rgb), viewing) for d in decoded], series, prompt,
+                              source_prompt,
                               reference=reference, start=start, **pins)
     comments = [*describe_look(prompt, source_prompt, reference=reference is not None,
                                start_from=args.start_from and args.start_from.name, photos=len(sources),
                                mode=args.mode),
                 f"model: {model}, steps: {args.steps}, seed: {args.seed}, strength: {args.strength}"]
-    text = lut_to_cube(result.lut, strength=args.strength, title=(prompt or "CLIP-DLUT")[:64], comments=comments,
-                       neutral=args.mode == "bw", **pins)
+    def cube(kind: LutKind) -> str:
+        return lut_to_cube(result.lut, strength=args.strength, title=(prompt or "CLIP-DLUT")[:64],
+                           comments=comments, neutral=args.mode == "bw", viewing=viewing, kind=kind, **pins)
+
+    text = cube(args.lut_kind)
     args.output.write_bytes(convert(text, lut_format))
     print(f"wrote {args.output}")
-    _write_graded(args, decoded, text, image_format, tasks)
+    _write_graded(args, decoded, text if args.lut_kind == "display" else cube("display"), image_format, tasks)
     s = result.scores
     print(f"CLIP similarity to the target look: {s.source_target:.4f} -> {s.result_target:.4f} "
           f"(direction {s.directional:+.4f}{', mean of the series' if series else ''}), {result.seconds:.1f} s")
@@ -318,6 +333,17 @@ def _retouch_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--image", type=Path, metavar="OUT.jpg|DIR",
                    help="also write the graded full-resolution photo (a series: into this folder, each under its "
                         "own name)")
+    f = r.add_argument_group("footage", "frames in a camera's encoding, viewed through OpenColorIO (default: photos, "
+                             "sRGB in and out)")
+    f.add_argument("--input-space", metavar="NAME", help="the frames' colour space in the OCIO config, e.g. "
+                   "'S-Log3 S-Gamut3.Cine', 'ARRI LogC4', 'V-Log V-Gamut', 'Apple Log'")
+    f.add_argument("--display", metavar="NAME", help="the display graded for (default: the config's, 'sRGB - Display' "
+                   "in the built-in ACES studio config)")
+    f.add_argument("--view", metavar="NAME", help="the view on that display (default: the display's default view)")
+    f.add_argument("--lut-kind", choices=list(LUT_KINDS), default="display",
+                   help="; ".join(f"{k}: {v}" for k, v in LUT_KINDS.items()) + " (default display)")
+    f.add_argument("--ocio-config", metavar="PATH", help="an OCIO config of your own (default: $OCIO, else the "
+                   "ACES studio config built into OpenColorIO)")
 
 
 def _apply_arguments(a: argparse.ArgumentParser) -> None:

@@ -2,9 +2,11 @@
 result, to compare models, step counts and settings on the same ground.
 
 The photos ship inside scikit-image (no download) plus one synthetic sky, a smooth ramp where any banding a
-LUT causes shows. The prompts cover warm and cool grades, film stocks, times of day, black and white and
-moods, in Chinese and English. Every job runs through the library's own path (the batched optimizer, the
-``.cube`` writer, Pillow's rendering) and is measured with :mod:`clipdlut.quality`.
+LUT causes shows, and two of them as camera log footage (S-Log3 S-Gamut3.Cine, ARRI LogC4: encoded by
+OpenColorIO's inverse transform, graded with the input space set, measured on the display rendering). The
+prompts cover warm and cool grades, film stocks, times of day, black and white and moods, in Chinese and
+English. Every job runs through the library's own path (the batched optimizer, the ``.cube`` writer, Pillow's
+rendering) and is measured with :mod:`clipdlut.quality`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from clipdlut.optimizer import BatchedOptimizer, JobSpec
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
 from clipdlut.status import JobStatus
+from clipdlut.viewing import Viewing, displayed, open_viewing
 
 
 def sky(width: int = 512, height: int = 384) -> Image.Image:
@@ -44,10 +47,34 @@ def _skimage(name: str) -> Callable[[], Image.Image]:
     return load
 
 
-# The photos, by name: scikit-image's colour photos (in its wheel: no download) and the synthetic sky.
-IMAGES: dict[str, Callable[[], Image.Image]] = {
-    "astronaut": _skimage("astronaut"), "coffee": _skimage("coffee"), "chelsea": _skimage("chelsea"),
-    "rocket": _skimage("rocket"), "hubble": _skimage("hubble_deep_field"), "sky": sky,
+@dataclass(frozen=True)
+class Source:
+    """One picture of the evaluation: a photo, or footage: that photo as a camera would have recorded it in
+    ``input_space`` (OCIO's inverse of the display rendering, 8-bit), graded with that input space set."""
+
+    load: Callable[[], Image.Image]
+    input_space: str | None = None
+
+    def __call__(self) -> Image.Image:
+        """What is graded: the photo, or its log frame."""
+        photo = self.load()
+        if (viewing := self.viewing()) is None:
+            return photo
+        log = viewing.from_display(np.asarray(photo, dtype=np.float64) / 255.0)
+        return Image.fromarray(np.round(np.clip(log, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+
+    def viewing(self) -> Viewing | None:
+        return open_viewing(self.input_space) if self.input_space else None
+
+
+# The pictures, by name: scikit-image's colour photos (in its wheel: no download), the synthetic sky, and two of
+# the photos as log footage of two cameras.
+IMAGES: dict[str, Source] = {
+    "astronaut": Source(_skimage("astronaut")), "coffee": Source(_skimage("coffee")),
+    "chelsea": Source(_skimage("chelsea")), "rocket": Source(_skimage("rocket")),
+    "hubble": Source(_skimage("hubble_deep_field")), "sky": Source(sky),
+    "coffee-slog3": Source(_skimage("coffee"), "S-Log3 S-Gamut3.Cine"),
+    "chelsea-logc4": Source(_skimage("chelsea"), "ARRI LogC4"),
 }
 
 
@@ -92,7 +119,8 @@ def run(guide: Guide, *, images: Sequence[str] = tuple(IMAGES), prompts: Sequenc
         on_done: Callable[[Row], None] | None = None) -> list[Row]:
     """Grade every photo with every prompt, ``batch`` jobs at a time in one optimizer, and measure each."""
     photos = {name: IMAGES[name]() for name in images}
-    work = {name: working_copy(img) for name, img in photos.items()}
+    viewings = {name: IMAGES[name].viewing() for name in images}  # (footage is graded as the display shows it)
+    work = {name: displayed(working_copy(img), viewings[name]) for name, img in photos.items()}
     pending = [(f"{i}:{name}", name, p) for i, (p, name) in enumerate((p, n) for p in prompts for n in images)]
     jobs: dict[str, tuple[str, Prompt]] = {}
     opt = BatchedOptimizer(guide, safe_each_step=safe_each_step)
@@ -109,11 +137,14 @@ def run(guide: Guide, *, images: Sequence[str] = tuple(IMAGES), prompts: Sequenc
             name, prompt = jobs.pop(result.job_id)
             if result.status != JobStatus.FINISHED or result.lut is None or result.scores is None:
                 raise RuntimeError(f"{name} / {prompt.text}: {result.error or result.status}")
-            table = read_cube(lut_to_cube(result.lut)).normalized()
+            look = read_cube(lut_to_cube(result.lut)).normalized()
+            table = look if viewings[name] is None else read_cube(
+                lut_to_cube(result.lut, viewing=viewings[name])).normalized()
             graded = apply_table(photos[name], table)
             s = result.scores
+            # (footage's safety figures are its look's, on the display's encoding, as the service reports them)
             row = Row(name, prompt, s.directional, s.source_target, s.result_target,
-                      measure_grade(photos[name], graded, table), result.seconds, graded)
+                      measure_grade(displayed(photos[name], viewings[name]), graded, look), result.seconds, graded)
             rows.append(row)
             if on_done:
                 on_done(row)
@@ -148,7 +179,7 @@ def table(rows: Sequence[Row], title: str) -> str:
     lines += ["", "directional: cosine between the image's change and the source→target text direction in CLIP "
               "space (higher: the grade went the prompt's way). target: CLIP similarity of the photo to the prompt "
               "before and after. SSIM: of the luminance, original against graded (1: content untouched). colour "
-              "shift: mean CIE76 ΔE in L*a*b* (2.3 is about just noticeable). min own step (8-bit levels, -1 or "
+              "shift: mean CIEDE2000 ΔE (about 1 is just noticeable). min own step (8-bit levels, -1 or "
               "more) and max slope (4 or less): the LUT's worst nodes, the colour-safety guarantees. s/job: wall "
               "time of a job from joining the batch to its result."]
     return "\n".join(lines) + "\n"

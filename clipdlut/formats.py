@@ -51,6 +51,7 @@ FORMATS: dict[LutFormatName, LutFormat] = {
                       "HaldCLUT picture: ffmpeg haldclut, ImageMagick -hald-clut, G'MIC, RawTherapee, darktable"),
 }
 assert set(FORMATS) == set(get_args(LutFormatName))
+PHOTO_ENCODING = "sRGB-encoded RGB (the photo's own encoding)"
 BY_SUFFIX: dict[str, LutFormatName] = {".cube": "cube", ".3dl": "3dl-flame", ".csp": "csp", ".spi3d": "spi3d",
                                        ".clf": "clf", ".png": "hald"}
 
@@ -70,11 +71,9 @@ def file_name(stem: str, fmt: LutFormatName, size: int | None = None) -> str:
     return f"{stem}-{tag.get(fmt, size or 'lut')}{FORMATS[fmt].suffix}"
 
 
-def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None,
-            encoding: str = "sRGB-encoded RGB (the photo's own encoding)") -> bytes:
+def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None) -> bytes:
     """The delivered ``.cube`` as format ``fmt`` (a key of :data:`FORMATS`), its nodes resampled to ``size``
-    when given (exact: trilinear evaluation, as every consumer applies it). ``encoding`` names what goes in and
-    what comes out (the CLF records it)."""
+    when given (exact: trilinear evaluation, as every consumer applies it)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     parsed = read_cube(cube)
@@ -89,7 +88,7 @@ def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None,
         return cube.encode("utf-8") if isinstance(cube, str) else cube  # (as delivered, to the last byte)
     if fmt == "cube":
         return write_cube(table, title=parsed.title or "CLIP-DLUT", comments=parsed.comments).encode("utf-8")
-    return _by_ocio(table, FORMATS[fmt].ocio_name or "", parsed, encoding).encode("utf-8")
+    return _by_ocio(table, FORMATS[fmt].ocio_name or "", parsed).encode("utf-8")
 
 
 def resampled(table: np.ndarray, size: int) -> np.ndarray:
@@ -104,7 +103,7 @@ def resampled(table: np.ndarray, size: int) -> np.ndarray:
     return trilinear(table, np.stack([r, g, b], axis=-1))
 
 
-def _by_ocio(table: np.ndarray, name: str, parsed: Cube, encoding: str) -> str:
+def _by_ocio(table: np.ndarray, name: str, parsed: Cube) -> str:
     import PyOpenColorIO as ocio  # (here: the CLI's apply path and its --help read this module's registry only)
 
     n = table.shape[0]
@@ -118,7 +117,7 @@ def _by_ocio(table: np.ndarray, name: str, parsed: Cube, encoding: str) -> str:
     config.addColorSpace(graded)
     config.setRole(ocio.ROLE_SCENE_LINEAR, "input")
     if name == FORMATS["clf"].ocio_name:
-        return _clf(lut, config, parsed, encoding)
+        return _clf(lut, config, parsed)
     baker = ocio.Baker()
     baker.setConfig(config)
     baker.setFormat(name)
@@ -128,8 +127,9 @@ def _by_ocio(table: np.ndarray, name: str, parsed: Cube, encoding: str) -> str:
     return baker.bake()
 
 
-def _clf(lut: Any, config: Any, parsed: Cube, encoding: str) -> str:
-    """OCIO's CLF writer, with what the look was asked (its ``.cube`` comments) and the encodings it maps."""
+def _clf(lut: Any, config: Any, parsed: Cube) -> str:
+    """OCIO's CLF writer, with what the look was asked (its ``.cube`` comments) and the encodings it maps (the
+    ``input:`` and ``output:`` comments of footage's LUTs; a photo's LUT maps sRGB to sRGB)."""
     import PyOpenColorIO as ocio
 
     group = ocio.GroupTransform()
@@ -137,8 +137,10 @@ def _clf(lut: Any, config: Any, parsed: Cube, encoding: str) -> str:
     meta = group.getFormatMetadata()
     meta.setName(parsed.title or "CLIP-DLUT")
     meta.setID("clipdlut")
+    said = dict(line.split(": ", 1) for line in parsed.comments if line.startswith(("input: ", "output: ")))
     for line in parsed.comments:
-        meta.addChildElement("Description", line)
-    meta.addChildElement("InputDescriptor", encoding)
-    meta.addChildElement("OutputDescriptor", encoding)
+        if not line.startswith(("input: ", "output: ")):
+            meta.addChildElement("Description", line)
+    meta.addChildElement("InputDescriptor", said.get("input", PHOTO_ENCODING))
+    meta.addChildElement("OutputDescriptor", said.get("output", PHOTO_ENCODING))
     return group.write(formatName=FORMATS["clf"].ocio_name, config=config)

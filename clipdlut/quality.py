@@ -3,6 +3,7 @@ how far it moved the colours. Reported with every result and by ``python -m clip
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ class Quality:
 
     ssim: float | None  # structural similarity of the luminance of source and result (1 = the content is untouched);
     #                     None where it is not defined (``note`` says why)
-    color_shift: float  # mean CIE76 distance between source and result in L*a*b* (about 2.3 is just noticeable)
+    color_shift: float  # mean CIEDE2000 difference between source and result (about 1 is just noticeable)
     min_own_step: float  # the LUT's invariants (clipdlut.safety.Invariants)
     max_slope: float
     min_value: float
@@ -45,10 +46,22 @@ def _small(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float64) / 255
 
 
+def delta_e_2000(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """CIEDE2000 differences between two sRGB images (``[..., 3]``, 0..1), computed with colour-science."""
+    with warnings.catch_warnings():  # (its import warns that plotting needs matplotlib: no plots are drawn here)
+        warnings.simplefilter("ignore")
+        import colour
+
+    def lab(rgb: np.ndarray) -> np.ndarray:
+        return colour.XYZ_to_Lab(colour.sRGB_to_XYZ(rgb))
+
+    return colour.delta_E(lab(a), lab(b), method="CIE 2000")
+
+
 def measure_grade(source: Image.Image, graded: Image.Image, table: np.ndarray) -> Quality:
     """The figures of ``graded`` (``source`` with the LUT ``table`` ``[b, g, r, c]`` applied), each where it is
     defined: a photo under :data:`SSIM_WINDOW` pixels on a side has no SSIM (``note`` says so)."""
-    from skimage.color import deltaE_cie76, rgb2gray, rgb2lab
+    from skimage.color import rgb2gray
     from skimage.metrics import structural_similarity
 
     src, out = _small(source), _small(graded)
@@ -58,7 +71,7 @@ def measure_grade(source: Image.Image, graded: Image.Image, table: np.ndarray) -
     else:
         note = f"no SSIM: the photo is under {SSIM_WINDOW} pixels on a side (SSIM compares {SSIM_WINDOW} x " \
                f"{SSIM_WINDOW} windows)"
-    shift = float(np.mean(deltaE_cie76(rgb2lab(src), rgb2lab(out))))
+    shift = float(np.mean(delta_e_2000(src, out)))
     inv = measure(torch.from_numpy(np.ascontiguousarray(table, dtype=np.float64)).permute(3, 0, 1, 2).unsqueeze(0))
     return Quality(ssim=ssim, color_shift=shift, min_own_step=inv.min_own_step, max_slope=inv.max_slope,
                    min_value=inv.min_value, max_value=inv.max_value, safe=inv.safe, note=note)

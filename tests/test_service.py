@@ -452,3 +452,33 @@ def test_the_lut_comes_in_every_format_by_its_own_name(client):
     assert client.post("/v1/lut", json={"task_id": result["task_id"]}).content == result["cube"].encode("utf-8")
     r = client.post("/v1/lut", json={"task_id": result["task_id"], "format": "tiff"})
     assert r.status_code == 400 and "3dl-flame" in r.json()["error"], r.text
+
+
+def test_footage_is_graded_as_the_display_shows_it_and_its_lut_is_on_the_log_encoding(client):
+    """`input_space` (clipdlut/viewing.py): the result image is the display rendering graded, rendered from the
+    returned `display` LUT on the log frame; a `look` LUT maps log to log and its image is rendered by its `display`
+    twin; names the OCIO config lacks get a 400 listing what it has."""
+    from clipdlut.viewing import open_viewing
+
+    viewing = open_viewing("S-Log3 S-Gamut3.Cine")
+    photo = np.asarray(PHOTO.convert("RGB")) / 255.0
+    log = Image.fromarray(np.round(viewing.from_display(photo) * 255).astype(np.uint8))
+    assert np.abs(np.asarray(log) / 255.0 - photo).mean() > 0.1  # (a log frame looks flat: far from the photo)
+    body = {"image": _b64(png_bytes(log)), "target_prompt": "冷色调", "steps": 3, "lut_size": 17,
+            "input_space": "S-Log3 S-Gamut3.Cine"}
+    for kind in ("display", "look"):
+        result = finished(client, {**body, "lut_kind": kind})
+        cube = read_cube(result["cube"])
+        assert "input: S-Log3 S-Gamut3.Cine (studio-config" in "\n".join(cube.comments)
+        output = next(c for c in cube.comments if c.startswith("output: "))
+        assert ("the look alone" in output) == (kind == "look") and ("sRGB - Display" in output) == (kind == "display")
+        graded = Image.open(io.BytesIO(base64.b64decode(result["image"]))).convert("RGB")
+        assert np.abs(np.asarray(graded) / 255.0 - photo).mean() < 0.05 and result["quality"]["safe"]
+        if kind == "display":  # (the image is the returned LUT on the frame, as a client's Pillow renders it)
+            assert graded.tobytes() == log.filter(pillow_lut(cube.table)).tobytes()
+    for bad, words in (({"input_space": "S-Log9"}, "input_space 'S-Log9' is not in the OCIO config"),
+                       ({"input_space": "ACEScg"}, "is scene-linear"),
+                       ({"input_space": "Apple Log", "view": "Filmic"}, "view 'Filmic' is not a view of"),
+                       ({"input_space": None, "display": "sRGB - Display"}, "display, view and lut_kind are for")):
+        r = client.post("/v1/retouch/submit", json={**body, **bad})
+        assert r.status_code == 400 and words in r.json()["error"], r.text

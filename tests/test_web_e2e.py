@@ -86,7 +86,8 @@ def photos(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[Path]:
 
 
 def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None, prompt: str = "温暖的金色黄昏胶片",
-          reference: Path | None = None, keep_blacks: bool = False, bw: bool = False) -> None:
+          reference: Path | None = None, keep_blacks: bool = False, bw: bool = False,
+          footage: dict[str, str] | None = None) -> None:
     driver.get(server.url + "/ui/")
     files = images or photos(tmp_path, [(320, 240)])
     driver.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))  # one path a line: several files
@@ -100,6 +101,12 @@ def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None
     for box, checked in (("keep-blacks", keep_blacks), ("bw", bw)):
         if checked:
             driver.find_element(By.ID, box).click()
+    for select, value in (footage or {}).items():  # (the lists come from /v1/footage: wait for them)
+        WebDriverWait(driver, 30).until(lambda d, s=select: not d.find_element(By.ID, s).get_attribute("disabled")
+                                        or s == "input-space")
+        WebDriverWait(driver, 30).until(lambda d, s=select, v=value: any(
+            o.get_attribute("value") == v for o in Select(d.find_element(By.ID, s)).options))
+        Select(driver.find_element(By.ID, select)).select_by_value(value)
     driver.find_element(By.ID, "submit").click()
 
 
@@ -203,6 +210,17 @@ def test_a_reference_photo_alone_gives_a_black_and_white_look(browser, server, t
     assert "aimed at a reference photo" in result["cube"] and "prompt: none" in result["cube"]
     table = read_cube(result["cube"]).table
     assert (table == table[..., :1]).all()  # neutral: R = G = B at every node
+    assert errors_in_console(browser) == []
+
+
+def test_a_log_frame_is_graded_as_the_display_shows_it_with_a_look_lut(browser, server, tmp_path):
+    """Footage from the page: the OCIO config's names listed, the choice sent, a log-to-log `look` LUT back."""
+    start(browser, server, tmp_path, steps=4, footage={"input-space": "ARRI LogC3 (EI800)", "lut-kind": "look"})
+    assert Select(browser.find_element(By.ID, "display")).first_selected_option.text == "sRGB - Display"
+    assert Select(browser.find_element(By.ID, "view")).first_selected_option.text.startswith("ACES 2.0 - SDR")
+    WebDriverWait(browser, 120, poll_frequency=0.05).until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    result = httpx.get(server.url + "/v1/retouch/get", params={"task_id": recent_id(browser)}).json()
+    assert "# input: ARRI LogC3 (EI800)" in result["cube"] and "(the look alone)" in result["cube"]
     assert errors_in_console(browser) == []
 
 

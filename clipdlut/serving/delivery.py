@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+import numpy as np
 
 from clipdlut.cube import read_cube
 from clipdlut.export import lut_to_cube
@@ -20,30 +22,65 @@ from clipdlut.serving.settings import Settings
 from clipdlut.serving.validation import decode_upload
 from clipdlut.serving.wire import Finished, decode_tensor
 from clipdlut.status import JobStatus
+from clipdlut.viewing import LutKind
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tables:
+    """What a job's result is rendered with: the returned ``.cube`` text, the table its photos are graded by (the
+    returned LUT; for a footage `look` LUT its `display` twin: photos are shown as the display shows them), the
+    table their "before" is (footage: the plain technical conversion, the `display` LUT at strength 0), and the
+    table whose safety figures are reported (a footage `display` LUT: its look's, on the display's encoding, where
+    that guarantee is kept; OCIO's transform after it is unaltered)."""
+
+    cube: str
+    graded_by: np.ndarray
+    before: np.ndarray | None
+    figures: np.ndarray
+
+
+def _tables(opts: JobOptions, event: Finished) -> _Tables:
+    n = event.lut_size
+    lut = decode_tensor(event.lut, (1, 3, n, n, n))
+    viewing = opts.viewing()
+    comments = [*opts.describe(),
+                f"model: {event.model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
+
+    def text(kind: LutKind | None, strength: float = opts.strength) -> str:  # (kind None: the look alone)
+        return lut_to_cube(lut, strength=strength, size=opts.lut_size, keep_blacks=opts.keep_blacks,
+                           keep_whites=opts.keep_whites, neutral=opts.mode == "bw",
+                           title=(opts.target_prompt or "CLIP-DLUT")[:64], comments=comments,
+                           viewing=viewing if kind else None, kind=kind or "display")
+
+    def table(cube: str) -> np.ndarray:
+        return read_cube(cube).normalized()
+
+    cube = text(cast(LutKind, opts.lut_kind))
+    returned = table(cube)
+    if viewing is None:
+        return _Tables(cube, returned, None, returned)
+    look = opts.lut_kind == "look"
+    return _Tables(cube, table(text("display")) if look else returned, table(text("display", 0.0)),
+                   returned if look else table(text(None)))
 
 
 def render(photos: list[bytes], opts: JobOptions, event: Finished, settings: Settings
            ) -> tuple[str, list[tuple[bytes, dict]]]:
     """The ``.cube`` text, and each photo graded by it with its summary (blocking: 10 ms to seconds). Photos are
     rendered from the returned text, so a client's Pillow gets these pixels; one decoded photo in memory at a time."""
-    n = event.lut_size
-    comments = [*opts.describe(),
-                f"model: {event.model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
-    cube = lut_to_cube(decode_tensor(event.lut, (1, 3, n, n, n)), strength=opts.strength, size=opts.lut_size,
-                       keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites, neutral=opts.mode == "bw",
-                       title=(opts.target_prompt or "CLIP-DLUT")[:64], comments=comments)
-    table = read_cube(cube).normalized()
+    tables = _tables(opts, event)
     fmt = output_format(opts.image_format)
     graded = []
     for data in photos:
         d = decode_upload(data, settings)
-        out = apply_table(d.rgb, table)
+        out = apply_table(d.rgb, tables.graded_by)
+        before = d.rgb if tables.before is None else apply_table(d.rgb, tables.before)
         graded.append((encode_image(out, fmt, d.alpha, d.icc_profile),
                        {"media_type": MEDIA_TYPES[fmt], "width": d.size[0], "height": d.size[1],
-                        "quality": measure_grade(d.rgb, out, table).as_dict()}))
-    return cube, graded
+                        "quality": measure_grade(before, out, tables.figures).as_dict()}))
+    return tables.cube, graded
 
 
 async def deliver(job: Driven, photos: list[bytes], opts: JobOptions, event: Finished, submitted: float,

@@ -25,6 +25,7 @@ from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
 from clipdlut.status import JobStatus
 from clipdlut.table import OFFERED_SIZES
+from clipdlut.viewing import BUILTIN_CONFIG, Viewing, displayed
 
 log = logging.getLogger(__name__)
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
@@ -53,6 +54,18 @@ class JobOptions:
     photos: int = 1  # a series: one LUT for several photos
     reference: bool = False  # a reference photo gives the look (with or without a prompt)
     start_from: str | None = None  # refining: the task whose LUT the job starts from ("a .cube file" if uploaded)
+    # footage (clipdlut/viewing.py): its colour space, display and view as resolved in the OCIO config; the LUT kind
+    input_space: str | None = None
+    display: str | None = None
+    view: str | None = None
+    ocio_config: str | None = None
+    lut_kind: str = "display"
+
+    def viewing(self) -> Viewing | None:
+        """How the job's photos are viewed (None: photos, sRGB in and out)."""
+        if self.input_space is None:
+            return None
+        return Viewing(self.input_space, self.display or "", self.view or "", self.ocio_config or BUILTIN_CONFIG)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,7 +108,8 @@ async def accept(store: JobStore, job_id: str, upload: Upload, opts: JobOptions,
     """Record a new job leased to API replica ``owner`` with its original bytes and its working inputs (small
     copies of the photos and the reference, the LUT to start from), or raise :class:`QueueFull`."""
     def working() -> bytes:
-        files = {photo_file(i): encode_image(working_copy(d.rgb, settings.working_size))
+        viewing = opts.viewing()  # (the optimizer grades what the display shows: the small copy, rendered)
+        files = {photo_file(i): encode_image(displayed(working_copy(d.rgb, settings.working_size), viewing))
                  for i, d in enumerate(upload.decoded)}
         if upload.reference is not None:
             files[REFERENCE_FILE] = encode_image(working_copy(upload.reference.rgb, settings.working_size))

@@ -14,6 +14,7 @@ from clipdlut.serving.jobs import JobOptions
 from clipdlut.serving.settings import load_settings
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
+from clipdlut.viewing import LUT_KINDS, LutKind
 
 _S = load_settings()
 MAX_STEPS = _S.max_steps  # (CLIPDLUT_MAX_STEPS: the bound every interface checks and documents)
@@ -31,8 +32,8 @@ class Quality(BaseModel):
     ssim: float | None = Field(description="structural similarity of the luminance of the original and the result "
                                "(1: the content is untouched); null where it is not defined (`note` says why)",
                                examples=[0.93])
-    color_shift: float = Field(description="mean CIE76 colour difference between the original and the result in "
-                               "L*a*b* (about 2.3 is just noticeable)", examples=[6.1])
+    color_shift: float = Field(description="mean CIEDE2000 colour difference between the original and the result "
+                               "(about 1 is just noticeable)", examples=[4.0])
     min_own_step: float = Field(description="the LUT's smallest step of a channel along its own input axis, in "
                                 "8-bit levels (never below -1: no inversions)", examples=[0.4])
     max_slope: float = Field(description=f"the LUT's steepest output change per input change, along any axis "
@@ -51,6 +52,19 @@ class LutFormatInfo(BaseModel):
     where: str = Field(description="the applications that load it", examples=["Autodesk Flame, Nuke, ffmpeg"])
     precision: float = Field(description="largest difference from the .cube once the file is read back and "
                              "applied, in 0..1 units", examples=[1.25e-4])
+
+
+class Footage(BaseModel):
+    """What a footage job may name (`input_space`, `display`, `view`) in the OCIO config the service uses."""
+
+    config: str = Field(description="the OCIO config's name", examples=["studio-config-v5.0.0_aces-v2.1_ocio-v2.6"])
+    input_spaces: list[str] = Field(description="colour spaces a LUT samples well (log and display encodings; "
+                                    "scene-linear ones are refused)", examples=[["ARRI LogC4", "Apple Log"]])
+    displays: dict[str, list[str]] = Field(description="each display and its views",
+                                           examples=[{"sRGB - Display": ["ACES 2.0 - SDR 100 nits (Rec.709)"]}])
+    default_display: str = Field(description="the display used when a job names none", examples=["sRGB - Display"])
+    default_views: dict[str, str] = Field(description="each display's view used when a job names none")
+    lut_kinds: dict[str, str] = Field(description="the LUT kinds (`lut_kind`) and what each maps")
 
 
 class Limits(BaseModel):
@@ -215,6 +229,16 @@ class RetouchRequest(BaseModel):
     image_format: ImageFormat = Field("png", description="format of the returned full-resolution image")
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
     keep_whites: bool = Field(False, description=PINS["keep_whites"])
+    input_space: str | None = Field(None, description="footage: the photos' colour space in the OCIO config (the "
+                                    "built-in ACES studio config unless the service names another); the look is "
+                                    "graded on the display's rendering and the LUT sampled on this encoding. Left "
+                                    "out: photos, sRGB in and out", examples=["S-Log3 S-Gamut3.Cine"])
+    display: str | None = Field(None, description="footage: the display graded for (default: the config's)",
+                                examples=["sRGB - Display"])
+    view: str | None = Field(None, description="footage: the view on that display (default: the display's own)",
+                             examples=["ACES 2.0 - SDR 100 nits (Rec.709)"])
+    lut_kind: LutKind = Field("display", description="footage: " + "; ".join(
+        f"`{k}`: {v}" for k, v in LUT_KINDS.items()))
 
     @model_validator(mode="after")
     def _what_to_grade(self) -> RetouchRequest:
@@ -233,4 +257,5 @@ class RetouchRequest(BaseModel):
         return JobOptions(target_prompt=self.target_prompt or "", source_prompt=self.source_prompt, steps=self.steps,
                           lut_size=self.lut_size, strength=self.strength, seed=self.seed,
                           image_format=self.image_format, keep_blacks=self.keep_blacks, keep_whites=self.keep_whites,
-                          mode=self.mode, photos=len(self.photos), reference=self.reference_image is not None)
+                          mode=self.mode, photos=len(self.photos), reference=self.reference_image is not None,
+                          input_space=self.input_space, display=self.display, view=self.view, lut_kind=self.lut_kind)

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     api_key: str = ""  # when set, every route but the health checks needs "Authorization: Bearer <key>"
     cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
     optimizer_url: str = ""  # an optimizer served elsewhere (http://host:port); empty: start one with the API
+    ocio_config: str = ""  # footage's OCIO config (a path or ocio:// URI); empty: $OCIO, else the built-in ACES one
     optimizer_attempts: int = Field(3, ge=1)  # streams a job may lose (replica killed, connection dropped)
     optimizer_wait_s: float = Field(3600.0, ge=0)  # how long a job may wait for an optimizer with room
     checkpoint_s: float = 10.0  # the optimizer sends a job's state at most this often (s; negative: never)

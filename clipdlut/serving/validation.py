@@ -21,6 +21,7 @@ from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
 from clipdlut.status import JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
+from clipdlut.viewing import ViewingError, open_viewing
 
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
@@ -84,10 +85,27 @@ def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
         output_format(opts.image_format)
     except ValueError as e:
         raise InputError(str(e)) from None
+    _check_viewing(opts, settings)
     if opts.target_prompt or not opts.reference:  # (a reference photo may give the look alone)
         opts.target_prompt = clean_prompt(opts.target_prompt, "target_prompt", settings.max_prompt_chars)
     opts.source_prompt = clean_prompt(opts.source_prompt, "source_prompt", settings.max_prompt_chars)
     return opts
+
+
+def _check_viewing(opts: JobOptions, settings: Settings) -> None:
+    """Resolve a footage job's names in the OCIO config (defaults filled in), or :class:`InputError` saying what the
+    config has."""
+    if opts.input_space is None:
+        if opts.display or opts.view or opts.lut_kind != "display":
+            raise InputError("display, view and lut_kind are for footage: send input_space too")
+        return
+    if opts.start_from is not None:
+        raise InputError("start_from refines a photo's look; footage (input_space) starts from the identity")
+    try:
+        v = open_viewing(opts.input_space, opts.display, opts.view, settings.ocio_config or None)
+    except ViewingError as e:
+        raise InputError(str(e)) from None
+    opts.input_space, opts.display, opts.view, opts.ocio_config = v.input_space, v.display, v.view, v.config
 
 
 def decode_upload(data: bytes, settings: Settings) -> DecodedImage:

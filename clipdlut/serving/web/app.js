@@ -160,6 +160,10 @@ async function request(prompt) {
   if ($("source").value.trim()) body.source_prompt = $("source").value.trim();
   if (reference) body.reference_image = await readAsDataURL(reference);
   if (refining) body.start_from = refining;
+  if ($("input-space").value) {
+    Object.assign(body, { input_space: $("input-space").value, display: $("display").value,
+                          view: $("view").value, lut_kind: $("lut-kind").value });
+  }
   return body;
 }
 
@@ -419,7 +423,32 @@ async function loadLimits() {  // the service's limits, from the service (never 
     formatLink();
   } catch (e) { /* the service answers with the same limits when a job is sent */ }
 }
+let footage = null;  // the OCIO config's names, from the service (/v1/footage)
+function fill(id, values, selected) {
+  const select = $(id);
+  select.replaceChildren(...values.map(([value, text]) => new Option(text, value, false, value === selected)));
+}
+function footageChanged() {
+  const on = Boolean($("input-space").value) && footage;
+  for (const id of ["display", "view", "lut-kind"]) $(id).disabled = !on;
+  if (!footage) return;
+  const display = $("display").value || footage.default_display;
+  fill("view", footage.displays[display].map((v) => [v, v]), footage.default_views[display]);
+}
+async function loadFootage() {
+  try {
+    footage = await (await api("/v1/footage", { method: "POST" })).json();
+  } catch (e) { return; /* the photo path needs none of it */ }
+  for (const space of footage.input_spaces) $("input-space").add(new Option(space, space));
+  fill("display", Object.keys(footage.displays).map((d) => [d, d]), footage.default_display);
+  fill("lut-kind", Object.entries(footage.lut_kinds).map(([k, words]) => [k, `${k}: ${words.split(":")[0]}`]),
+       "display");
+  footageChanged();
+}
+$("input-space").addEventListener("change", footageChanged);
+$("display").addEventListener("change", footageChanged);
 renderRecent();
 showKept();
 split();
 loadLimits();
+loadFootage();
