@@ -73,10 +73,9 @@ def open_viewing(input_space: str, display: str | None = None, view: str | None 
     (that display's default view when not given), with every name checked against the config."""
     location = config_in_use(config)
     cfg = _config(location)
-    spaces = [cs.getName() for cs in cfg.getColorSpaces()]
     if cfg.getColorSpace(input_space) is None:
         raise ViewingError(f"input_space {input_space!r} is not in the OCIO config {_config_name(location)}; "
-                           f"it has: {', '.join(spaces)}")
+                           f"its input spaces: {', '.join(choices(location)['input_spaces'])}")
     name = cfg.getColorSpace(input_space).getName()  # (an alias names its colour space)
     import PyOpenColorIO as ocio
 

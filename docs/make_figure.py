@@ -1,8 +1,13 @@
-"""Regenerate ``docs/before-after.png`` for the README: a real photo (scikit-image's ``rocket``: a dusk sky,
-where banding would show), the graded photo, and the LUT as a Hald image, with its safety figures.
+"""Regenerate the README's figures:
 
-``python docs/make_figure.py [--model tiny] [--steps 150]``. With the offline ``tiny`` model the look is
-arbitrary (random weights); with ``ViT-B-16`` it follows the prompt.
+- ``docs/before-after.png``: a real photo (scikit-image's ``rocket``: a dusk sky, where banding would show), the
+  graded photo, and the LUT as a Hald image, with its safety figures;
+- ``docs/footage.jpg``: a log frame (scikit-image's ``coffee`` encoded into S-Log3 S-Gamut3.Cine by OpenColorIO's
+  inverse transform), its plain technical conversion (the `display` LUT at strength 0: OCIO's S-Log3 -> sRGB
+  display, ACES 2.0 SDR view), and the graded result (the `display` LUT at full strength).
+
+``python docs/make_figure.py [--model tiny] [--steps 150]``. With the offline ``tiny`` model the looks are
+arbitrary (random weights); with ``ViT-B-16`` they follow the prompts.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from clipdlut.imaging import decode_image, encode_image, working_copy
 from clipdlut.models import load_model
 from clipdlut.optimizer import BatchedOptimizer, JobSpec
 from clipdlut.quality import measure_grade
-from clipdlut.render import render
+from clipdlut.render import apply_table, render
+from clipdlut.viewing import displayed
 
 OUT = Path(__file__).with_name("before-after.png")
+FOOTAGE_OUT = Path(__file__).with_name("footage.jpg")
 
 
 def main() -> None:
@@ -32,10 +39,16 @@ def main() -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--prompt", default="温暖的金色黄昏胶片")
+    p.add_argument("--footage-prompt", default="冷色调的电影感夜景")
     args = p.parse_args()
+    guide = Guide(load_model(args.model, device="cpu"))
+    before_after(guide, args)
+    footage(guide, args)
+
+
+def before_after(guide: Guide, args: argparse.Namespace) -> None:
     photo = IMAGES["rocket"]()
     decoded = decode_image(encode_image(photo, "PNG"))
-    guide = Guide(load_model(args.model, device="cpu"))
     opt = BatchedOptimizer(guide)
     # 36 nodes = 6^2: the LUT is exactly a level-6 Hald image
     opt.add([JobSpec("figure", working_copy(photo), args.prompt, steps=args.steps, lut_size=36, seed=0)])
@@ -57,6 +70,32 @@ def main() -> None:
         draw.text((x0, pad), text, fill="black", font=font)
     sheet.save(OUT, optimize=True)
     print(f"wrote {OUT}")
+
+
+def footage(guide: Guide, args: argparse.Namespace) -> None:
+    source = IMAGES["coffee-slog3"]
+    frame, viewing = source(), source.viewing()
+    opt = BatchedOptimizer(guide)
+    opt.add([JobSpec("figure", displayed(working_copy(frame), viewing), args.footage_prompt, steps=args.steps,
+                     seed=0)])
+    lut = opt.run()["figure"].lut
+
+    def through(strength: float) -> Image.Image:
+        return apply_table(frame, read_cube(lut_to_cube(lut, strength=strength, viewing=viewing)).normalized())
+
+    panels = [(frame, "the S-Log3 frame"), (through(0.0), "display LUT at strength 0: OCIO's transform"),
+              (through(1.0), f"graded ({guide.name} model, {args.steps} steps)")]
+    pad, label, w, h = 12, 26, frame.width, frame.height
+    sheet = Image.new("RGB", (w * 3 + pad * 4, h + pad * 2 + label), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=16)
+    for i, (img, text) in enumerate(panels):
+        x0 = pad + i * (w + pad)
+        sheet.paste(img, (x0, pad + label))
+        draw.text((x0, pad), text, fill="black", font=font)
+    sheet.thumbnail((1500, 1500))
+    sheet.save(FOOTAGE_OUT, quality=88, optimize=True)
+    print(f"wrote {FOOTAGE_OUT}")
 
 
 if __name__ == "__main__":
