@@ -332,7 +332,7 @@ class Retouch:
         """The input spaces, displays and views a footage job may name (the page's lists come from here)."""
         try:
             found = await asyncio.to_thread(viewing.choices, S.ocio_config or None)
-        except viewing.ViewingError as e:
+        except viewing.ConfigError as e:
             raise ServiceFault(str(e)) from None
         return Footage(**found, lut_kinds=dict(viewing.LUT_KINDS))
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from clipdlut import batch, limits, video
 from clipdlut.cube import read_cube, write_cube
-from clipdlut.formats import BY_SUFFIX, FORMATS, LutFormatName, format_for_suffix
+from clipdlut.formats import BY_SUFFIX, FORMATS, LutFormatName
 from clipdlut.hald import read_hald
 from clipdlut.imaging import output_format
 from clipdlut.options import DEFAULT_LR, DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS, MODES, PINS
@@ -35,8 +35,8 @@ def _format_for(path: Path) -> str:
 
 def _lut_format(args: argparse.Namespace) -> LutFormatName:
     """The LUT file format the output's suffix (or ``--lut-format``, for the flavours that share one) asks for."""
-    fmt = args.lut_format or format_for_suffix(args.output.suffix)
-    if FORMATS[fmt].suffix != args.output.suffix.lower():
+    fmt = args.lut_format or BY_SUFFIX.get(args.output.suffix.lower(), "cube")  # (any other name: a .cube)
+    if args.lut_format and FORMATS[fmt].suffix != args.output.suffix.lower():
         raise ValueError(f"--lut-format {fmt} writes {FORMATS[fmt].suffix} files: name the output "
                          f"{args.output.with_suffix(FORMATS[fmt].suffix).name}")
     return fmt
@@ -48,6 +48,8 @@ def _viewing(args: argparse.Namespace) -> Viewing | None:
         if args.display or args.view or args.lut_kind != "display" or args.ocio_config:
             raise ValueError("--display, --view, --lut-kind and --ocio-config are for footage: add --input-space")
         return None
+    if args.start_from is not None:
+        raise ValueError("--start-from refines a photo's look; footage (--input-space) starts from the identity")
     return open_viewing(args.input_space, args.display, args.view, args.ocio_config)
 
 
@@ -327,7 +329,7 @@ def _retouch_arguments(r: argparse.ArgumentParser) -> None:
         r.add_argument("--" + name.replace("_", "-"), action="store_true", help=help_text)
     r.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.cube",
                    help="where to write the LUT; its suffix picks the format: " + ", ".join(
-                       f"{suffix} ({fmt})" for suffix, fmt in BY_SUFFIX.items()))
+                       f"{suffix} ({fmt})" for suffix, fmt in BY_SUFFIX.items()) + "; any other name: .cube")
     r.add_argument("--lut-format", choices=list(FORMATS), help="the LUT format, where two share a suffix: "
                    "resolve-cube (.cube), 3dl-lustre (.3dl)")
     r.add_argument("--image", type=Path, metavar="OUT.jpg|DIR",

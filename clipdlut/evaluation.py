@@ -142,7 +142,8 @@ def run(guide: Guide, *, images: Sequence[str] = tuple(IMAGES), prompts: Sequenc
                 lut_to_cube(result.lut, viewing=viewings[name])).normalized()
             graded = apply_table(photos[name], table)
             s = result.scores
-            # (footage's safety figures are its look's, on the display's encoding, as the service reports them)
+            # (footage's safety figures here are its look's, on the display's encoding: the table compares looks;
+            # the display LUT around it has OCIO's transform's own steep places, README Footage)
             row = Row(name, prompt, s.directional, s.source_target, s.result_target,
                       measure_grade(displayed(photos[name], viewings[name]), graded, look), result.seconds, graded)
             rows.append(row)

@@ -17,7 +17,6 @@ import numpy as np
 
 from clipdlut.cube import Cube, read_cube, write_cube
 from clipdlut.hald import hald_level_for, write_hald
-from clipdlut.table import trilinear
 
 
 class LutFormat(NamedTuple):
@@ -41,7 +40,7 @@ FORMATS: dict[LutFormatName, LutFormat] = {
                       "Photoshop (Color Lookup), Premiere and After Effects (Lumetri), Resolve, Final Cut Pro, Nuke, "
                       "ffmpeg lut3d"),
     "resolve-cube": LutFormat(".cube", "text/plain", "resolve_cube", 2e-6, "DaVinci Resolve's own .cube flavour"),
-    "3dl-flame": LutFormat(".3dl", "text/plain", "flame", 1.25e-4, "Autodesk Flame, Nuke (Vectorfield), ffmpeg lut3d"),
+    "3dl-flame": LutFormat(".3dl", "text/plain", "flame", 1.25e-4, "Autodesk Flame, Nuke (Vectorfield)"),
     "3dl-lustre": LutFormat(".3dl", "text/plain", "lustre", 1.25e-4, "Autodesk Lustre, Baselight"),
     "csp": LutFormat(".csp", "text/plain", "cinespace", 2e-6, "Cinespace, Nuke, ffmpeg lut3d"),
     "spi3d": LutFormat(".spi3d", "text/plain", "spi3d", 2e-6, "Sony Imageworks: OCIO configs, Nuke, Katana"),
@@ -92,15 +91,11 @@ def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None) -> b
 
 
 def resampled(table: np.ndarray, size: int) -> np.ndarray:
-    """``table`` evaluated (trilinearly, as it applies) at the nodes of a ``size``-node grid (65 -> 33, 65 -> 17
-    and 33 -> 17 take every k-th node: exact)."""
-    n = table.shape[0]
-    if (n - 1) % (size - 1) == 0:
-        k = (n - 1) // (size - 1)
-        return np.ascontiguousarray(table[::k, ::k, ::k])
-    axis = np.linspace(0.0, 1.0, size)
-    b, g, r = np.meshgrid(axis, axis, axis, indexing="ij")
-    return trilinear(table, np.stack([r, g, b], axis=-1))
+    """``table`` evaluated at the nodes of a ``size``-node grid (:func:`clipdlut.lut.resample`, the one resampler:
+    exact for 33 -> 65 and for every k-th node)."""
+    from clipdlut import lut as lutmath  # (here: torch stays out of the CLI's apply path)
+
+    return lutmath.to_table(lutmath.resample(lutmath.from_table(table).double(), size))
 
 
 def _by_ocio(table: np.ndarray, name: str, parsed: Cube) -> str:

@@ -3,8 +3,10 @@ how far it moved the colours. Reported with every result and by ``python -m clip
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ class Quality:
     min_value: float
     max_value: float
     safe: bool
-    note: str | None = None  # why a figure is missing
+    note: str | None = None  # a word on the figures: why one is missing, or where a LUT's steep places come from
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,11 +48,18 @@ def _small(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float64) / 255
 
 
-def delta_e_2000(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """CIEDE2000 differences between two sRGB images (``[..., 3]``, 0..1), computed with colour-science."""
-    with warnings.catch_warnings():  # (its import warns that plotting needs matplotlib: no plots are drawn here)
+@functools.cache
+def _colour() -> Any:
+    """colour-science, imported once (its import warns that plotting needs matplotlib: no plots are drawn here)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import colour
+    return colour
+
+
+def delta_e_2000(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """CIEDE2000 differences between two sRGB images (``[..., 3]``, 0..1), computed with colour-science."""
+    colour = _colour()
 
     def lab(rgb: np.ndarray) -> np.ndarray:
         return colour.XYZ_to_Lab(colour.sRGB_to_XYZ(rgb))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -29,11 +29,16 @@ LUT_KINDS: dict[LutKind, str] = {
     "display": "input encoding -> graded display image: the technical transform and the look in one LUT",
     "look": "input encoding -> the same encoding: the look alone, before a pipeline's own transform",
 }
+assert set(LUT_KINDS) == set(get_args(LutKind))
 BUILTIN_CONFIG = "ocio://studio-config-latest"  # the ACES studio config that ships inside OpenColorIO
 
 
 class ViewingError(ValueError):
-    """A colour space, display, view or config that the config in use does not have; says what it has."""
+    """A colour space, display or view that the config in use does not have; says what it has."""
+
+
+class ConfigError(ViewingError):
+    """The OCIO config in use cannot be opened: the service's setting, not the request, is wrong."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ def open_viewing(input_space: str, display: str | None = None, view: str | None 
     name = cfg.getColorSpace(input_space).getName()  # (an alias names its colour space)
     import PyOpenColorIO as ocio
 
+    if cfg.getColorSpace(name).isData():
+        raise ViewingError(f"input_space {name!r} is data, not colour: OCIO passes it through untouched")
     if cfg.isColorSpaceLinear(name, ocio.REFERENCE_SPACE_SCENE):
         raise ViewingError(f"input_space {name!r} is scene-linear: a 3D LUT sampled on it would put most of its "
                            "nodes in the highlights; encode the footage in a log space first (e.g. ACEScct, or the "
@@ -91,7 +98,9 @@ def open_viewing(input_space: str, display: str | None = None, view: str | None 
     view = view or cfg.getDefaultView(display)
     if view not in views:
         raise ViewingError(f"view {view!r} is not a view of {display!r}; it has: {', '.join(views)}")
-    return Viewing(name, display, view, location)
+    # ("latest" names whatever built-in config this OpenColorIO has: a job keeps the one it was checked against)
+    pinned = f"ocio://{cfg.getName()}" if location == BUILTIN_CONFIG else location
+    return Viewing(name, display, view, pinned)
 
 
 def displayed(image: Image.Image, viewing: Viewing | None) -> Image.Image:
@@ -145,7 +154,7 @@ def _config(location: str) -> Any:
     try:
         return ocio.Config.CreateFromFile(location)
     except (ocio.Exception, ocio.ExceptionMissingFile) as e:
-        raise ViewingError(f"cannot open the OCIO config {location}: {e}") from None
+        raise ConfigError(f"cannot open the OCIO config {location}: {e}") from None
 
 
 @functools.lru_cache(maxsize=32)

@@ -59,6 +59,26 @@ def test_retouch_writes_the_lut_format_its_output_names(tmp_path):
     assert out.returncode == 0 and (tmp_path / "lustre.3dl").read_text().startswith("3DMESH"), out.stderr
 
 
+def test_retouch_grades_a_log_frame_as_the_display_shows_it(tmp_path):
+    """--input-space (clipdlut/viewing.py): the .cube maps the log frame to the graded display image, and says so;
+    the written photo is that LUT on the frame."""
+    from clipdlut.render import pillow_lut
+    from clipdlut.viewing import open_viewing
+
+    viewing = open_viewing("V-Log V-Gamut")
+    photo = np.asarray(gradient_image(96, 64)) / 255.0
+    frame = Image.fromarray(np.round(viewing.from_display(photo) * 255).astype(np.uint8))
+    frame.save(tmp_path / "frame.png")
+    out = cli("retouch", tmp_path / "frame.png", "--prompt", "冷色调", "--steps", "2", "--lut-size", "17",
+              "--input-space", "V-Log V-Gamut", "-o", tmp_path / "show.cube", "--image", tmp_path / "graded.png")
+    assert out.returncode == 0, out.stderr
+    cube = read_cube((tmp_path / "show.cube").read_bytes())
+    assert "input: V-Log V-Gamut (studio-config" in cube.comments[-2] and "sRGB - Display" in cube.comments[-1]
+    graded = Image.open(tmp_path / "graded.png").convert("RGB")
+    assert graded.tobytes() == frame.filter(pillow_lut(cube.table)).tobytes()
+    assert np.abs(np.asarray(graded) / 255.0 - photo).mean() < 0.05  # (the display rendering, barely graded)
+
+
 def test_apply_reads_cube_and_hald(tmp_path):
     src = tmp_path / "photo.png"
     img = gradient_image()
@@ -112,7 +132,10 @@ def test_retouch_a_series_with_a_reference_refined_then_in_black_and_white(tmp_p
     (["apply", "{tmp}/bad.cube", "{tmp}/photo.png", "-o", "{tmp}/x.png"], "line 2: table row"),
     (["apply", "{tmp}/bad.cube", "{tmp}/photo.png", "-o", "{tmp}/x.gif"], "use a .png, .jpg or .webp"),
     (["retouch", "{tmp}/bad.cube", "--prompt", "x", "-o", "{tmp}/x.cube"], "not an image"),
-    (["retouch", "{tmp}/photo.png", "--prompt", "x", "-o", "{tmp}/x.tif"], "cannot write a LUT as .tif: use one of"),
+    (["retouch", "{tmp}/photo.png", "--prompt", "x", "--view", "Raw", "-o", "{tmp}/x.cube"], "add --input-space"),
+    (["retouch", "{tmp}/photo.png", "--prompt", "x", "--input-space", "Apple Log", "--start-from", "{tmp}/x.cube",
+      "-o", "{tmp}/x.cube"], "footage (--input-space) starts from the identity"),
+    (["retouch", "{tmp}/photo.png", "--prompt", "x", "--input-space", "Raw", "-o", "{tmp}/x.cube"], "is data"),
     (["retouch", "{tmp}/photo.png", "--prompt", "x", "--lut-format", "3dl-lustre", "-o", "{tmp}/x.cube"],
      "--lut-format 3dl-lustre writes .3dl files: name the output x.3dl"),
 ])

@@ -472,10 +472,20 @@ def test_footage_is_graded_as_the_display_shows_it_and_its_lut_is_on_the_log_enc
         assert "input: S-Log3 S-Gamut3.Cine (studio-config" in "\n".join(cube.comments)
         output = next(c for c in cube.comments if c.startswith("output: "))
         assert ("the look alone" in output) == (kind == "look") and ("sRGB - Display" in output) == (kind == "display")
+        assert (result["input_space"], result["lut_kind"]) == ("S-Log3 S-Gamut3.Cine", kind)
         graded = Image.open(io.BytesIO(base64.b64decode(result["image"]))).convert("RGB")
-        assert np.abs(np.asarray(graded) / 255.0 - photo).mean() < 0.05 and result["quality"]["safe"]
+        assert np.abs(np.asarray(graded) / 255.0 - photo).mean() < 0.05
+        q = result["quality"]
         if kind == "display":  # (the image is the returned LUT on the frame, as a client's Pillow renders it)
             assert graded.tobytes() == log.filter(pillow_lut(cube.table)).tobytes()
+            assert not q["safe"] and "OpenColorIO's technical transform" in q["note"]  # (OCIO's slopes, kept)
+        else:
+            assert q["safe"] and q["note"] is None  # (a look LUT is made safe in the log encoding)
+    refine = client.post("/v1/retouch/submit", json={**body, "start_from": result["task_id"]})
+    assert refine.status_code == 400 and "footage (input_space) starts from the identity" in refine.text
+    photo_from_footage = client.post("/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "x",
+                                                                  "start_from": result["task_id"]})
+    assert photo_from_footage.status_code == 400 and "graded footage" in photo_from_footage.text
     for bad, words in (({"input_space": "S-Log9"}, "input_space 'S-Log9' is not in the OCIO config"),
                        ({"input_space": "ACEScg"}, "is scene-linear"),
                        ({"input_space": "Apple Log", "view": "Filmic"}, "view 'Filmic' is not a view of"),

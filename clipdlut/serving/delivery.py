@@ -4,6 +4,7 @@ full-resolution photo rendered from that text and measured, all stored at once w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -14,7 +15,7 @@ import numpy as np
 from clipdlut.cube import read_cube
 from clipdlut.export import lut_to_cube
 from clipdlut.imaging import MEDIA_TYPES, encode_image, output_format
-from clipdlut.quality import measure_grade
+from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
 from clipdlut.serving.driven import Driven, Ending, Outcome
 from clipdlut.serving.jobs import JobOptions, image_file
@@ -25,6 +26,8 @@ from clipdlut.status import JobStatus
 from clipdlut.viewing import LutKind
 
 log = logging.getLogger(__name__)
+DISPLAY_LUT_NOTE = ("a display LUT: its steep places and dips are OpenColorIO's technical transform's (ACES 2.0 "
+                    "compressing colours beyond a camera's gamut), kept exact; the look before it is safe")
 
 
 @dataclass
@@ -32,8 +35,7 @@ class _Tables:
     """What a job's result is rendered with: the returned ``.cube`` text, the table its photos are graded by (the
     returned LUT; for a footage `look` LUT its `display` twin: photos are shown as the display shows them), the
     table their "before" is (footage: the plain technical conversion, the `display` LUT at strength 0), and the
-    table whose safety figures are reported (a footage `display` LUT: its look's, on the display's encoding, where
-    that guarantee is kept; OCIO's transform after it is unaltered)."""
+    returned table (its safety figures are the result's)."""
 
     cube: str
     graded_by: np.ndarray
@@ -50,7 +52,7 @@ def _tables(opts: JobOptions, event: Finished) -> _Tables:
 
     def text(kind: LutKind | None, strength: float = opts.strength) -> str:  # (kind None: the look alone)
         return lut_to_cube(lut, strength=strength, size=opts.lut_size, keep_blacks=opts.keep_blacks,
-                           keep_whites=opts.keep_whites, neutral=opts.mode == "bw",
+                           keep_whites=opts.keep_whites, neutral=opts.mode == "bw" and strength > 0,
                            title=(opts.target_prompt or "CLIP-DLUT")[:64], comments=comments,
                            viewing=viewing if kind else None, kind=kind or "display")
 
@@ -62,8 +64,14 @@ def _tables(opts: JobOptions, event: Finished) -> _Tables:
     if viewing is None:
         return _Tables(cube, returned, None, returned)
     look = opts.lut_kind == "look"
-    return _Tables(cube, table(text("display")) if look else returned, table(text("display", 0.0)),
-                   returned if look else table(text(None)))
+    return _Tables(cube, table(text("display")) if look else returned, table(text("display", 0.0)), returned)
+
+
+def _figures(quality: Quality, opts: JobOptions) -> Quality:
+    """A footage `display` LUT's figures say where its steep places come from."""
+    if opts.input_space is None or opts.lut_kind != "display" or quality.safe:
+        return quality
+    return dataclasses.replace(quality, note="; ".join(filter(None, [quality.note, DISPLAY_LUT_NOTE])))
 
 
 def render(photos: list[bytes], opts: JobOptions, event: Finished, settings: Settings
@@ -79,7 +87,7 @@ def render(photos: list[bytes], opts: JobOptions, event: Finished, settings: Set
         before = d.rgb if tables.before is None else apply_table(d.rgb, tables.before)
         graded.append((encode_image(out, fmt, d.alpha, d.icc_profile),
                        {"media_type": MEDIA_TYPES[fmt], "width": d.size[0], "height": d.size[1],
-                        "quality": measure_grade(before, out, tables.figures).as_dict()}))
+                        "quality": _figures(measure_grade(before, out, tables.figures), opts).as_dict()}))
     return tables.cube, graded
 
 

@@ -138,6 +138,7 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
     graded = [{**photo, "image": image} for photo, image in zip(photos, encoded)]
     return {"task_id": job_id, "cube": cube.decode("utf-8"), **graded[0],
             "images": graded if o.get("photos", 1) > 1 else [], "mode": o.get("mode", "color"),
+            "input_space": o.get("input_space"), "lut_kind": o.get("lut_kind", "display"),
             "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],
             "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
 

@@ -41,7 +41,8 @@ class Quality(BaseModel):
     min_value: float = Field(description="the LUT's smallest output (at least 0)")
     max_value: float = Field(description="the LUT's largest output (at most 1)")
     safe: bool = Field(description="all of the guarantees hold")
-    note: str | None = Field(None, description="why a figure is missing, when one is")
+    note: str | None = Field(None, description="a word on the figures: why one is missing, or, for a footage "
+                             "`display` LUT, that its steep places are the technical transform's")
 
 
 class LutFormatInfo(BaseModel):
@@ -115,6 +116,10 @@ class RetouchResult(BaseModel):
     images: list[GradedPhoto] = Field(default_factory=list, description="a series' graded photos, in the order sent, "
                                       "each rendered from `cube` (empty for a request of one photo: it is `image`)")
     mode: Mode = Field("color", description="; ".join(f"`{k}`: {v}" for k, v in MODES.items()))
+    input_space: str | None = Field(None, description="footage: the colour space `cube` takes in (null: a photo, "
+                                    "sRGB in and out)", examples=[None])
+    lut_kind: LutKind = Field("display", description="what `cube` maps: " + "; ".join(
+        f"`{k}`: {v}" for k, v in LUT_KINDS.items()))
     lut_size: int = Field(description="nodes per side of `cube`")
     strength: float = Field(description="the blend `cube` was written at")
     steps: int = Field(description="optimizer steps run")

@@ -14,14 +14,14 @@ from pydantic import ValidationError
 from clipdlut import limits
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.imaging import DecodedImage, ImageError, ImageTooLarge, decode_image, output_format
-from clipdlut.serving.errors import InputError, PayloadTooLarge, TaskNotFinished, UnknownTask
+from clipdlut.serving.errors import InputError, PayloadTooLarge, ServiceFault, TaskNotFinished, UnknownTask
 from clipdlut.serving.jobs import JobOptions, Upload, check_capacity
 from clipdlut.serving.schemas import RetouchRequest
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
 from clipdlut.status import JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
-from clipdlut.viewing import ViewingError, open_viewing
+from clipdlut.viewing import ConfigError, ViewingError, open_viewing
 
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
@@ -99,10 +99,10 @@ def _check_viewing(opts: JobOptions, settings: Settings) -> None:
         if opts.display or opts.view or opts.lut_kind != "display":
             raise InputError("display, view and lut_kind are for footage: send input_space too")
         return
-    if opts.start_from is not None:
-        raise InputError("start_from refines a photo's look; footage (input_space) starts from the identity")
     try:
         v = open_viewing(opts.input_space, opts.display, opts.view, settings.ocio_config or None)
+    except ConfigError as e:
+        raise ServiceFault(str(e)) from None
     except ViewingError as e:
         raise InputError(str(e)) from None
     opts.input_space, opts.display, opts.view, opts.ocio_config = v.input_space, v.display, v.view, v.config
@@ -148,6 +148,9 @@ async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
         cube = await store.file(text, "cube") if record.status == JobStatus.FINISHED else None
         if cube is None:
             raise TaskNotFinished(f"start_from: task {text} is {record.status}; refine a finished task")
+        if record.options.get("input_space"):
+            raise InputError(f"start_from: task {text} graded footage; its LUT maps {record.options['input_space']} "
+                             "to a display, not a photo's look")
         return cube, f"task {text}"
     try:
         read_cube(text)
@@ -161,6 +164,8 @@ async def upload(request: RetouchRequest, store: JobStore, settings: Settings) -
     opts = validate_options(request.options(), settings)
     start = None
     if request.start_from is not None:  # (before the photos: the cheaper check)
+        if opts.input_space is not None:
+            raise InputError("start_from refines a photo's look; footage (input_space) starts from the identity")
         start, opts.start_from = await start_cube(request.start_from, store)
 
     async def decode(text: str, field: str) -> tuple[bytes, DecodedImage]:

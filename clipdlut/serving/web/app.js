@@ -249,6 +249,10 @@ async function showResult(id) {
   formatLink();
   $("strength").value = 1;
   $("strength-value").textContent = "1.00";
+  $("strength").disabled = Boolean(result.input_space);  // (it blends with the identity: a photo's LUT only)
+  $("strength").title = result.input_space
+    ? `footage (${result.input_space}): the LUT includes the conversion to the display; set the strength on the job`
+    : "";
   renderStrip();
   select(0);
   $("result").hidden = false;
