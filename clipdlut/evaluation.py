@@ -27,7 +27,7 @@ from clipdlut.optimizer import BatchedOptimizer, JobSpec
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
 from clipdlut.status import JobStatus
-from clipdlut.viewing import Viewing, displayed, open_viewing
+from clipdlut.viewing import Viewing, displayed, eight_bit, open_viewing
 
 
 def sky(width: int = 512, height: int = 384) -> Image.Image:
@@ -60,8 +60,7 @@ class Source:
         photo = self.load()
         if (viewing := self.viewing()) is None:
             return photo
-        log = viewing.from_display(np.asarray(photo, dtype=np.float64) / 255.0)
-        return Image.fromarray(np.round(np.clip(log, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+        return eight_bit(viewing.from_display(np.asarray(photo, dtype=np.float64) / 255.0))
 
     def viewing(self) -> Viewing | None:
         return open_viewing(self.input_space) if self.input_space else None

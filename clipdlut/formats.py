@@ -83,10 +83,10 @@ def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None) -> b
         table = resampled(table, size)
         parsed = Cube(table, parsed.title, comments=[*parsed.comments,
                                                      f"resampled from {parsed.size} to {size} nodes"])
+        if fmt == "cube":
+            return write_cube(table, title=parsed.title or "CLIP-DLUT", comments=parsed.comments).encode("utf-8")
     elif fmt == "cube":
         return cube.encode("utf-8") if isinstance(cube, str) else cube  # (as delivered, to the last byte)
-    if fmt == "cube":
-        return write_cube(table, title=parsed.title or "CLIP-DLUT", comments=parsed.comments).encode("utf-8")
     return _by_ocio(table, FORMATS[fmt].ocio_name or "", parsed).encode("utf-8")
 
 

@@ -107,8 +107,12 @@ def displayed(image: Image.Image, viewing: Viewing | None) -> Image.Image:
     """An 8-bit RGB photo or frame as the display shows it (itself when there is no viewing: a photo)."""
     if viewing is None:
         return image
-    shown = viewing.to_display(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
-    return Image.fromarray(np.round(np.clip(shown, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+    return eight_bit(viewing.to_display(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0))
+
+
+def eight_bit(rgb: np.ndarray) -> Image.Image:
+    """Float RGB (0..1, ``[h, w, 3]``) as an 8-bit picture, rounded."""
+    return Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
 
 
 def choices(config: str | None = None) -> dict[str, Any]:
