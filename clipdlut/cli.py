@@ -54,6 +54,7 @@ def _viewing(args: argparse.Namespace) -> Viewing | None:
 
 
 def _retouch(args: argparse.Namespace) -> None:
+    from clipdlut import skin
     from clipdlut.export import describe_look, lut_to_cube
     from clipdlut.formats import convert
     from clipdlut.imaging import decode_image, working_copy
@@ -61,6 +62,8 @@ def _retouch(args: argparse.Namespace) -> None:
 
     lut_format = _lut_format(args)  # (a wrong name fails now, not after the optimization)
     viewing = _viewing(args)
+    if args.protect_skin:
+        skin.check(args.mode, viewing.display if viewing else None)
     sources = _retouch_sources(args)
     series = len(sources) > 1
     image_format = _format_for(args.image) if args.image and not series else None
@@ -84,9 +87,14 @@ def _retouch(args: argparse.Namespace) -> None:
                            comments=comments, neutral=args.mode == "bw", viewing=viewing, kind=kind, **pins)
 
     text = cube(args.lut_kind)
-    args.output.write_bytes(convert(text, lut_format))
+    args.output.write_bytes(convert(text, lut_format, protect_skin=args.protect_skin))
     print(f"wrote {args.output}")
     _write_graded(args, decoded, text if args.lut_kind == "display" else cube("display"), image_format, tasks)
+    look = text if viewing is None else lut_to_cube(result.lut, strength=args.strength, neutral=args.mode == "bw",
+                                                    **pins)  # (footage: skin is on the display's encoding)
+    f = skin.figures(read_cube(look).normalized())
+    print(f"skin tones{' (protected)' if args.protect_skin else ''}: hue moved at most {f.hue_shift:.1f} degrees, "
+          f"CIEDE2000 at most {f.delta_e:.1f}, over {f.colours} skin colours")
     s = result.scores
     print(f"CLIP similarity to the target look: {s.source_target:.4f} -> {s.result_target:.4f} "
           f"(direction {s.directional:+.4f}{', mean of the series' if series else ''}), {result.seconds:.1f} s")

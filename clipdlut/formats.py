@@ -70,17 +70,18 @@ def file_name(stem: str, fmt: LutFormatName, size: int | None = None) -> str:
     return f"{stem}-{tag.get(fmt, size or 'lut')}{FORMATS[fmt].suffix}"
 
 
-def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None) -> bytes:
+def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None, protect_skin: bool = False) -> bytes:
     """The delivered ``.cube`` as format ``fmt`` (a key of :data:`FORMATS`), its nodes resampled to ``size``
-    when given (exact: trilinear evaluation, as every consumer applies it)."""
+    when given (exact: trilinear evaluation, as every consumer applies it). ``protect_skin``: the LUT was made
+    with skin protected, and a resampled one keeps skin's fences at its own size."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     parsed = read_cube(cube)
     table = parsed.normalized()
     if fmt == "hald":
-        return write_hald(resampled(table, hald_level_for(parsed.size) ** 2))
+        return write_hald(resampled(table, hald_level_for(parsed.size) ** 2, protect_skin))
     if size is not None and size != parsed.size:
-        table = resampled(table, size)
+        table = resampled(table, size, protect_skin)
         parsed = Cube(table, parsed.title, comments=[*parsed.comments,
                                                      f"resampled from {parsed.size} to {size} nodes"])
         if fmt == "cube":
@@ -90,12 +91,20 @@ def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None) -> b
     return _by_ocio(table, FORMATS[fmt].ocio_name or "", parsed).encode("utf-8")
 
 
-def resampled(table: np.ndarray, size: int) -> np.ndarray:
+def resampled(table: np.ndarray, size: int, protect_skin: bool = False) -> np.ndarray:
     """``table`` evaluated at the nodes of a ``size``-node grid (:func:`clipdlut.lut.resample`, the one resampler:
-    exact for 33 -> 65 and for every k-th node)."""
-    from clipdlut import lut as lutmath  # (here: torch stays out of the CLI's apply path)
+    exact for 33 -> 65 and for every k-th node). ``protect_skin``: then held to skin's fences at ``size`` (a coarser
+    grid mixes a skin colour from nodes farther away); pins hold still, the fences keeping the identity's values."""
+    import torch  # (here: torch stays out of the CLI's apply path)
 
-    return lutmath.to_table(lutmath.resample(lutmath.from_table(table).double(), size))
+    from clipdlut import lut as lutmath
+    from clipdlut import skin
+    from clipdlut.safety import make_safe
+
+    lut = lutmath.resample(lutmath.from_table(table).double(), size)
+    if protect_skin:
+        lut = make_safe(lut, fences=skin.fences(size, torch.float64))
+    return lutmath.to_table(lut)
 
 
 def _by_ocio(table: np.ndarray, name: str, parsed: Cube) -> str:

@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import Field
 from torch.optim.adam import adam
 
+from clipdlut import skin
 from clipdlut.guidance import Guide, series_views
 from clipdlut.imaging import thumbnail
 from clipdlut.limits import MAX_PHOTOS
@@ -64,6 +65,7 @@ class JobSpec:
     init_noise: float = 1e-3
     keep_blacks: bool = False  # the LUT maps black to black exactly
     keep_whites: bool = False  # the LUT maps white to white exactly
+    protect_skin: bool = False  # skin tones keep the bound of clipdlut.skin exactly
     resume: JobState | None = None  # start from this state instead of the seeded start
     reference: Image.Image | None = None  # a photo whose look to aim for (features and L*a*b* colour statistics)
     start: torch.Tensor | None = None  # a LUT (1, 3, M, M, M) to start from instead of the identity (refining)
@@ -92,6 +94,8 @@ class JobSpec:
             raise ValueError(f"a job takes 1 to {MAX_PHOTOS} photos, got {len(self.photos)}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.protect_skin:
+            skin.check(self.mode)
         if self.start is not None:
             got = tuple(self.start.shape)
             if self.start.ndim != 5 or got[:2] != (1, 3) or len(set(got[2:])) != 1:
@@ -197,8 +201,10 @@ class _Job:
 
     def safe(self, luts: torch.Tensor) -> torch.Tensor:
         """``luts`` repaired to satisfy the colour-safety guarantees with this job's pins."""
+        n = luts.shape[-1]
         return make_safe(luts, keep_blacks=self.spec.keep_blacks, keep_whites=self.spec.keep_whites,
-                         neutral=self.spec.mode == "bw")
+                         neutral=self.spec.mode == "bw",
+                         fences=skin.fences(n, luts.dtype, luts.device) if self.spec.protect_skin else None)
 
     def views(self, size: int) -> torch.Tensor:
         """This step's views, drawn across the job's photos."""
@@ -256,7 +262,7 @@ def _make_safe(jobs: Sequence[_Job]) -> None:
     only ever sees, and a job only ever returns, LUTs that satisfy the colour-safety guarantees."""
     groups: dict[tuple, list[_Job]] = {}
     for job in jobs:
-        key = (job.spec.lut_size, job.spec.keep_blacks, job.spec.keep_whites, job.spec.mode)
+        key = (job.spec.lut_size, job.spec.keep_blacks, job.spec.keep_whites, job.spec.protect_skin, job.spec.mode)
         groups.setdefault(key, []).append(job)
     for group in groups.values():
         ident = group[0].identity

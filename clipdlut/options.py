@@ -11,10 +11,12 @@ MODES: dict[str, str] = {
     "color": "a colour grade",
     "bw": "black and white: a neutral LUT (R = G = B out) whose channel mix and tone curve are optimized",
 }
-# The optional pins, by option name (off by default)
+# The optional bounds every returned LUT then keeps exactly, by option name (off by default)
 PINS: dict[str, str] = {
     "keep_blacks": "keep blacks: pure black stays exactly black (the ends of the neutral axis do not move)",
     "keep_whites": "keep whites: pure white stays exactly white (the ends of the neutral axis do not move)",
+    "protect_skin": "protect skin tones: every colour of a published skin-tone region keeps its hue within 5 degrees "
+                    "and moves at most 4 CIEDE2000 (colour looks only; footage: on sRGB or Rec.709 displays)",
 }
 DEFAULT_SOURCE_PROMPT = "一张自然色调的图片"
 DEFAULT_STEPS = 200  # a job's steps when its request names none (the original API's own default stays 1000)

@@ -57,14 +57,26 @@ def _colour() -> Any:
     return colour
 
 
+def lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of sRGB colours ``[..., 3]`` in 0..1, computed with colour-science."""
+    colour = _colour()
+    return colour.XYZ_to_Lab(colour.sRGB_to_XYZ(rgb))
+
+
 def delta_e_2000(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """CIEDE2000 differences between two sRGB images (``[..., 3]``, 0..1), computed with colour-science."""
-    colour = _colour()
+    return delta_e_lab(lab(a), lab(b))
 
-    def lab(rgb: np.ndarray) -> np.ndarray:
-        return colour.XYZ_to_Lab(colour.sRGB_to_XYZ(rgb))
 
-    return colour.delta_E(lab(a), lab(b), method="CIE 2000")
+def delta_e_lab(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """CIEDE2000 differences between CIELAB colours ``[..., 3]``."""
+    return _colour().delta_E(a, b, method="CIE 2000")
+
+
+def hue_shift_lab(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The CIELAB hue angle of each colour of ``b`` minus that of ``a``, in degrees within [-180, 180)."""
+    turn = np.degrees(np.arctan2(b[..., 2], b[..., 1]) - np.arctan2(a[..., 2], a[..., 1]))
+    return (turn + 180) % 360 - 180
 
 
 def measure_grade(source: Image.Image, graded: Image.Image, table: np.ndarray) -> Quality:

@@ -6,7 +6,8 @@ On a LUT ``(B, 3, N, N, N)`` = ``[batch, channel, b, g, r]``:
 - slope: no channel changes faster than :data:`MAX_SLOPE` times its input along any axis (steeper stretches one
   8-bit step into a visible band);
 - values within [0, 1];
-- optionally pinned ends of the neutral axis: black stays black, white stays white.
+- optionally pinned ends of the neutral axis: black stays black, white stays white; and optionally fences,
+  bounds on nodes of the same kind (:mod:`clipdlut.skin` keeps skin tones with them).
 
 :func:`make_safe` is the repair. The constraints are all of the form ``u[j] - u[i] <= w(i -> j)`` between
 neighbouring nodes, so the LUTs that satisfy them are closed under pointwise min and max, and for any table
@@ -90,23 +91,30 @@ def _above(v: torch.Tensor, neutral: bool = False) -> torch.Tensor:
     return v
 
 
+def closure(lower: torch.Tensor, upper: torch.Tensor, neutral: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest LUT satisfying the step constraints that is nowhere below ``lower``, and the largest nowhere
+    above ``upper`` (``-inf`` and ``+inf`` where a node is free): per-node bounds as :func:`make_safe` keeps them.
+    Every LUT that satisfies the constraints and the bounds lies between the two."""
+    return _above(lower, neutral), _below(upper, neutral)
+
+
 @functools.cache
 def _pinned(n: int, dtype: torch.dtype, device: torch.device, node: int, value: float, neutral: bool
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bounds a satisfying LUT keeps when node ``(node, node, node)`` is pinned to ``value`` (made once)."""
-    above = torch.full((1, 3, n, n, n), float("inf"), dtype=dtype, device=device)
-    above[:, :, node, node, node] = value
-    below = torch.where(torch.isinf(above), -above, above)
-    return _above(below, neutral), _below(above, neutral)
+    upper = torch.full((1, 3, n, n, n), float("inf"), dtype=dtype, device=device)
+    upper[:, :, node, node, node] = value
+    return closure(torch.where(torch.isinf(upper), -upper, upper), upper, neutral)
 
 
 def make_safe(lut: torch.Tensor, *, keep_blacks: bool = False, keep_whites: bool = False,
-              neutral: bool = False) -> torch.Tensor:
+              neutral: bool = False, fences: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The repaired LUTs ``(B, 3, N, N, N)``: every guarantee holds, pins hold exactly, and a LUT that already
     satisfied them all comes back exactly as it was. Same dtype and device as ``lut``; computed
     in float32 at least (float32 keeps every bound: the repair aims inside them by far more than its rounding).
     ``neutral``: the LUTs are neutral (R = G = B out, :mod:`clipdlut.mono`) and stay neutral exactly (every
-    channel gets the same repair)."""
+    channel gets the same repair). ``fences``: further per-node bounds from :func:`closure` that the identity
+    keeps (:func:`clipdlut.skin.fences`), held exactly as the pins are."""
     v = lut.detach().to(torch.promote_types(lut.dtype, torch.float32))
     n = v.shape[-1]
     out = 0.5 * (_below(v, neutral) + _above(v, neutral))
@@ -115,6 +123,8 @@ def make_safe(lut: torch.Tensor, *, keep_blacks: bool = False, keep_whites: bool
         if keep:
             plo, phi = _pinned(n, v.dtype, v.device, node, value, neutral)
             lo, hi = torch.maximum(lo, plo), torch.minimum(hi, phi)
+    if fences is not None:
+        lo, hi = torch.maximum(lo, fences[0].to(v)), torch.minimum(hi, fences[1].to(v))
     out = torch.minimum(torch.maximum(out, lo), hi)
     kept = _holds(v) & (v >= lo).flatten(1).all(1) & (v <= hi).flatten(1).all(1)  # (a safe LUT exactly as it was)
     return torch.where(kept.view(-1, 1, 1, 1, 1), v, out).to(lut.dtype)

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from clipdlut import skin
 from clipdlut.cube import read_cube
 from clipdlut.export import lut_to_cube
 from clipdlut.imaging import MEDIA_TYPES, encode_image, output_format
@@ -34,13 +35,15 @@ DISPLAY_LUT_NOTE = ("a display LUT: its steep places and dips are OpenColorIO's 
 class _Tables:
     """What a job's result is rendered with: the returned ``.cube`` text, the table its photos are graded by (the
     returned LUT; for a footage `look` LUT its `display` twin: photos are shown as the display shows them), the
-    table their "before" is (footage: the plain technical conversion, the `display` LUT at strength 0), and the
-    returned table (its safety figures are the result's)."""
+    table their "before" is (footage: the plain technical conversion, the `display` LUT at strength 0), the
+    returned table (its safety figures are the result's), and the look on the display's encoding (the returned
+    table for photos: its skin figures are the result's)."""
 
     cube: str
     graded_by: np.ndarray
     before: np.ndarray | None
     figures: np.ndarray
+    look: np.ndarray
 
 
 def _tables(opts: JobOptions, event: Finished) -> _Tables:
@@ -53,6 +56,7 @@ def _tables(opts: JobOptions, event: Finished) -> _Tables:
     def text(kind: LutKind | None, strength: float = opts.strength) -> str:  # (kind None: the look alone)
         return lut_to_cube(lut, strength=strength, size=opts.lut_size, keep_blacks=opts.keep_blacks,
                            keep_whites=opts.keep_whites, neutral=opts.mode == "bw" and strength > 0,
+                           protect_skin=opts.protect_skin,
                            title=(opts.target_prompt or "CLIP-DLUT")[:64], comments=comments,
                            viewing=viewing if kind else None, kind=kind or "display")
 
@@ -62,9 +66,10 @@ def _tables(opts: JobOptions, event: Finished) -> _Tables:
     cube = text(cast(LutKind, opts.lut_kind))
     returned = table(cube)
     if viewing is None:
-        return _Tables(cube, returned, None, returned)
+        return _Tables(cube, returned, None, returned, returned)
     look = opts.lut_kind == "look"
-    return _Tables(cube, table(text("display")) if look else returned, table(text("display", 0.0)), returned)
+    return _Tables(cube, table(text("display")) if look else returned, table(text("display", 0.0)), returned,
+                   table(text(None)))
 
 
 def _figures(quality: Quality, opts: JobOptions) -> Quality:
@@ -75,9 +80,10 @@ def _figures(quality: Quality, opts: JobOptions) -> Quality:
 
 
 def render(photos: list[bytes], opts: JobOptions, event: Finished, settings: Settings
-           ) -> tuple[str, list[tuple[bytes, dict]]]:
-    """The ``.cube`` text, and each photo graded by it with its summary (blocking: 10 ms to seconds). Photos are
-    rendered from the returned text, so a client's Pillow gets these pixels; one decoded photo in memory at a time."""
+           ) -> tuple[str, list[tuple[bytes, dict]], dict]:
+    """The ``.cube`` text, each photo graded by it with its summary, and the skin figures (blocking: 10 ms to
+    seconds). Photos are rendered from the returned text, so a client's Pillow gets these pixels; one decoded photo
+    in memory at a time."""
     tables = _tables(opts, event)
     fmt = output_format(opts.image_format)
     graded = []
@@ -88,7 +94,7 @@ def render(photos: list[bytes], opts: JobOptions, event: Finished, settings: Set
         graded.append((encode_image(out, fmt, d.alpha, d.icc_profile),
                        {"media_type": MEDIA_TYPES[fmt], "width": d.size[0], "height": d.size[1],
                         "quality": _figures(measure_grade(before, out, tables.figures), opts).as_dict()}))
-    return tables.cube, graded
+    return tables.cube, graded, {"protected": opts.protect_skin, **skin.figures(tables.look).as_dict()}
 
 
 async def deliver(job: Driven, photos: list[bytes], opts: JobOptions, event: Finished, submitted: float,
@@ -96,12 +102,13 @@ async def deliver(job: Driven, photos: list[bytes], opts: JobOptions, event: Fin
     """Render and store the result of a job whose last event came in; the job's outcome (the store's word if it
     ended meanwhile: a late cancel, or another replica finished it)."""
     t0 = time.time()
-    cube, graded = await asyncio.to_thread(render, photos, opts, event, settings)
+    cube, graded, skin_figures = await asyncio.to_thread(render, photos, opts, event, settings)
     done = time.time()
     started = started or t0 - event.seconds
     each = [summary for _, summary in graded]
     result: dict[str, Any] = {
         "cube_size": opts.lut_size, **each[0], "photos": each, "model": event.model, "scores": asdict(event.scores),
+        "skin": skin_figures,
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }

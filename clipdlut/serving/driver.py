@@ -97,6 +97,7 @@ def optimize_request(job_id: str, working: bytes, opts: JobOptions, settings: Se
                            target_prompt=opts.target_prompt, source_prompt=opts.source_prompt, steps=opts.steps,
                            lut_size=opts.lut_size, seed=opts.seed, views=settings.views,
                            keep_blacks=opts.keep_blacks, keep_whites=opts.keep_whites,
+                           protect_skin=opts.protect_skin,
                            progress_every=settings.progress_every, preview=True, checkpoint_s=checkpoint_s,
                            reference=b64(reference) if reference is not None else None, start=start,
                            start_size=start_size, mode=opts.mode)

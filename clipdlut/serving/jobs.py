@@ -50,6 +50,7 @@ class JobOptions:
     image_format: str = "png"
     keep_blacks: bool = False
     keep_whites: bool = False
+    protect_skin: bool = False
     mode: str = "color"
     photos: int = 1  # a series: one LUT for several photos
     reference: bool = False  # a reference photo gives the look (with or without a prompt)
@@ -138,7 +139,7 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
     graded = [{**photo, "image": image} for photo, image in zip(photos, encoded)]
     return {"task_id": job_id, "cube": cube.decode("utf-8"), **graded[0],
             "images": graded if o.get("photos", 1) > 1 else [], "mode": o.get("mode", "color"),
-            "input_space": o.get("input_space"), "lut_kind": o.get("lut_kind", "display"),
+            "input_space": o.get("input_space"), "lut_kind": o.get("lut_kind", "display"), "skin": res.get("skin"),
             "lut_size": o["lut_size"], "strength": o["strength"], "steps": o["steps"], "seed": o["seed"],
             "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
 
@@ -162,4 +163,5 @@ async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: s
         return await asyncio.to_thread(lambda: write_strip(read_cube(cube).table)), "image/png"
     # (tens of ms of CPU, a second for 65 nodes in OCIO's text formats: not on the event loop)
     name = cast(LutFormatName, fmt)
-    return await asyncio.to_thread(convert, cube, name, size), FORMATS[name].media_type
+    protect = bool(record and record.options.get("protect_skin"))
+    return await asyncio.to_thread(convert, cube, name, size, protect), FORMATS[name].media_type

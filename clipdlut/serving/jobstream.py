@@ -58,6 +58,7 @@ def job_spec(request: OptimizeRequest) -> JobSpec:
                        seed=request.seed, views=request.views, weights=request.loss_weights(),
                        progress_every=request.progress_every, preview=request.preview,
                        keep_blacks=request.keep_blacks, keep_whites=request.keep_whites,
+                       protect_skin=request.protect_skin,
                        resume=request.resume.state(request.lut_size) if request.resume else None,
                        reference=_png(request.reference) if request.reference else None, start=start,
                        mode=request.mode)

@@ -12,6 +12,7 @@ from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_ST
 from clipdlut.safety import MAX_SLOPE
 from clipdlut.serving.jobs import JobOptions
 from clipdlut.serving.settings import load_settings
+from clipdlut.skin import DELTA_E, FIGURE_STEP, HUE_DEGREES
 from clipdlut.status import ORIGINAL_STATUSES, JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.viewing import LUT_KINDS, LutKind
@@ -43,6 +44,18 @@ class Quality(BaseModel):
     safe: bool = Field(description="all of the guarantees hold")
     note: str | None = Field(None, description="a word on the figures: why one is missing, or, for a footage "
                              "`display` LUT, that its steep places are the technical transform's")
+
+
+class Skin(BaseModel):
+    """How far the grade moved the colours of the skin-tone region (clipdlut/skin.py: Kovač et al. 2003 with
+    Sobottka and Pitas 1998), measured on the LUT as returned (footage: on the look, on the display's encoding)."""
+
+    protected: bool = Field(description=f"`protect_skin` was asked: every skin colour keeps its hue within "
+                            f"{HUE_DEGREES:g} degrees and moves at most {DELTA_E:g} CIEDE2000")
+    hue_shift: float = Field(description="the largest CIELAB hue shift of a skin colour, in degrees", examples=[3.1])
+    delta_e: float = Field(description="the largest CIEDE2000 move of a skin colour", examples=[2.2])
+    colours: int = Field(description=f"how many skin colours were measured (those on the 8-bit levels 0, "
+                         f"{FIGURE_STEP}, {2 * FIGURE_STEP}, ..., 255)", examples=[32819])
 
 
 class LutFormatInfo(BaseModel):
@@ -128,6 +141,8 @@ class RetouchResult(BaseModel):
     scores: Scores = Field(description="CLIP similarities before and after, on the whole photo(s)")
     quality: Quality | None = Field(None, description="colour-safety and content figures of `image` (none for "
                                     "results from before they were measured)")
+    skin: Skin | None = Field(None, description="how far the grade moved skin tones (none for results from "
+                              "before they were measured)")
     timings: Timings = Field(description="where the task's time went")
 
 
@@ -234,6 +249,7 @@ class RetouchRequest(BaseModel):
     image_format: ImageFormat = Field("png", description="format of the returned full-resolution image")
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
     keep_whites: bool = Field(False, description=PINS["keep_whites"])
+    protect_skin: bool = Field(False, description=PINS["protect_skin"])
     input_space: str | None = Field(None, description="footage: the photos' colour space in the OCIO config (the "
                                     "built-in ACES studio config unless the service names another); the look is "
                                     "graded on the display's rendering and the LUT sampled on this encoding. Left "
@@ -262,5 +278,6 @@ class RetouchRequest(BaseModel):
         return JobOptions(target_prompt=self.target_prompt or "", source_prompt=self.source_prompt, steps=self.steps,
                           lut_size=self.lut_size, strength=self.strength, seed=self.seed,
                           image_format=self.image_format, keep_blacks=self.keep_blacks, keep_whites=self.keep_whites,
+                          protect_skin=self.protect_skin,
                           mode=self.mode, photos=len(self.photos), reference=self.reference_image is not None,
                           input_space=self.input_space, display=self.display, view=self.view, lut_kind=self.lut_kind)

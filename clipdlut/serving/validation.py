@@ -11,7 +11,7 @@ import uuid
 
 from pydantic import ValidationError
 
-from clipdlut import limits
+from clipdlut import limits, skin
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.imaging import DecodedImage, ImageError, ImageTooLarge, decode_image, output_format
 from clipdlut.serving.errors import InputError, PayloadTooLarge, ServiceFault, TaskNotFinished, UnknownTask
@@ -86,6 +86,11 @@ def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
     except ValueError as e:
         raise InputError(str(e)) from None
     _check_viewing(opts, settings)
+    if opts.protect_skin:
+        try:
+            skin.check(opts.mode, opts.display)
+        except ValueError as e:
+            raise InputError(str(e)) from None
     if opts.target_prompt or not opts.reference:  # (a reference photo may give the look alone)
         opts.target_prompt = clean_prompt(opts.target_prompt, "target_prompt", settings.max_prompt_chars)
     opts.source_prompt = clean_prompt(opts.source_prompt, "source_prompt", settings.max_prompt_chars)

@@ -74,6 +74,7 @@ class OptimizeRequest(BaseModel):
     lr: float = Field(DEFAULT_LR, gt=0)
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
     keep_whites: bool = Field(False, description=PINS["keep_whites"])
+    protect_skin: bool = Field(False, description=PINS["protect_skin"])
     weights: dict[str, float] = Field(default_factory=dict, description="loss term weights that differ from the "
                                       "defaults (clipdlut.losses.LossWeights)")
     progress_every: int = Field(5, ge=1, description="steps between progress events")

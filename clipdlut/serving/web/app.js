@@ -4,6 +4,7 @@ const $ = (id) => document.getElementById(id);
 const RECENT_KEY = "clipdlut.recent";
 const API_KEY = "clipdlut.api-key";  // asked for once when the service answers 401, kept in this browser
 let MAX_PHOTOS = 16;  // a series: one LUT fitted to all its photos (the service's own figure: loadLimits)
+let MAX_STRENGTH = 2;  // the strongest blend (the service's own figure: loadLimits)
 const DROP_TEXT = $("drop-text").textContent;
 let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
 let taskId = null, result = null, polling = null, watching = 0, applySeq = 0;
@@ -152,6 +153,7 @@ async function request(prompt) {
   const body = {
     steps: Number($("steps").value), lut_size: Number($("lut-size").value), seed: Number($("seed").value),
     image_format: "png", keep_blacks: $("keep-blacks").checked, keep_whites: $("keep-whites").checked,
+    protect_skin: $("protect-skin").checked,
     mode: $("bw").checked ? "bw" : "color",
   };
   if (photos.length === 1) body.image = photos[0];
@@ -173,6 +175,7 @@ function describe(body) {
   if (body.target_prompt && body.reference_image) parts.push("with a reference");
   if (body.start_from) parts.push(`refining ${body.start_from.slice(0, 8)}`);
   if (body.mode === "bw") parts.push("black and white");
+  if (body.protect_skin) parts.push("skin protected");
   return parts.join(" · ");
 }
 
@@ -250,6 +253,8 @@ async function showResult(id) {
   $("strength").value = 1;
   $("strength-value").textContent = "1.00";
   $("strength").disabled = Boolean(result.input_space);  // (it blends with the identity: a photo's LUT only)
+  // (a blend towards the identity keeps skin's bound; one beyond the look would not)
+  $("strength").max = result.skin && result.skin.protected ? 1 : MAX_STRENGTH;
   $("strength").title = result.input_space
     ? `footage (${result.input_space}): the LUT includes the conversion to the display; set the strength on the job`
     : "";
@@ -268,6 +273,11 @@ function qualityText(q) {
   return q ? `${kept}; mean colour shift `
     + `${q.color_shift.toFixed(1)} ΔE; LUT safe on any footage: ${q.safe ? "yes" : "no"} (steepest slope `
     + `${q.max_slope.toFixed(2)}, smallest own-axis step ${q.min_own_step.toFixed(2)} levels).` : "";
+}
+
+function skinText(skin) {  // how far the look moved skin tones (the worst skin colour)
+  return skin ? ` Skin tones${skin.protected ? " (protected)" : ""}: hue moved at most ${skin.hue_shift.toFixed(1)}°, `
+    + `colour at most ${skin.delta_e.toFixed(1)} ΔE.` : "";
 }
 
 function imageName(i, ext = graded[i].media_type.split("/")[1]) {
@@ -302,7 +312,7 @@ function select(i) {  // photo i of the result in the comparison, at the chosen 
   [$("before").src] = hold("before", originals[i]);
   release("after");
   $("after").src = graded[i].url;
-  $("quality").textContent = qualityText(graded[i].quality);
+  $("quality").textContent = qualityText(graded[i].quality) + skinText(result.skin);
   setLink("dl-image", graded[i].url, imageName(i),
           graded.length > 1 ? `Full-resolution image (photo ${i + 1})` : "Full-resolution image");
   $("strip").querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(j === i)));
@@ -418,6 +428,7 @@ async function loadLimits() {  // the service's limits, from the service (never 
     MAX_PHOTOS = limits.max_photos;
     $("prompt").maxLength = $("source").maxLength = limits.max_prompt_chars;
     $("steps").max = limits.max_steps;
+    MAX_STRENGTH = $("strength").max = limits.max_strength;
     for (const f of limits.lut_formats) {
       const option = new Option(`${f.name} (${f.suffix})`, f.name);
       option.dataset.suffix = f.suffix;
@@ -450,6 +461,10 @@ async function loadFootage() {
   footageChanged();
 }
 $("input-space").addEventListener("change", footageChanged);
+$("bw").addEventListener("change", () => {  // (a black-and-white look has no skin colour to keep)
+  $("protect-skin").disabled = $("bw").checked;
+  if ($("bw").checked) $("protect-skin").checked = false;
+});
 $("display").addEventListener("change", footageChanged);
 renderRecent();
 showKept();

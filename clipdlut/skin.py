@@ -1,0 +1,159 @@
+"""Skin tones kept: a published skin-colour region, a bound on how far a grade may move it, and the per-node
+fences that hold a LUT to that bound exactly (``protect_skin``).
+
+The region is the intersection of two published skin-colour rules on 8-bit sRGB values, so that it holds only
+colours both call skin:
+
+- J. Kovač, P. Peer and F. Solina, "Human skin colour clustering for face detection", EUROCON 2003, vol. 2,
+  pp. 144-148 (the uniform-daylight rule): R > 95, G > 40, B > 20, max - min > 15, |R - G| > 15, R > G, R > B;
+- K. Sobottka and I. Pitas, "A novel method for automatic face segmentation, facial feature extraction and
+  tracking", Signal Processing: Image Communication 12(3), 1998, pp. 263-281: HSV hue 0-50 degrees,
+  saturation 0.23-0.68.
+
+That is 868,072 of the 16.8 million 8-bit colours (5 %): CIELAB hue 21-98 degrees, chroma 8.5-75, L* 24-95.
+The first rule alone (20 % of all colours, saturated reds and magentas among them) would fence off too much of
+a grade; the second alone reaches black, where hue means nothing.
+
+The bound (``HUE_DEGREES``, ``DELTA_E``): each skin colour keeps its CIELAB hue within 5 degrees and moves at most
+4 CIEDE2000. Hue is what makes skin look ill or wrong (a green or magenta cast), so it is held tightest; a
+CIEDE2000 of 1 is about the smallest visible difference, and 4 leaves a grade room to warm, cool, lift or
+deepen skin a little, as a colourist's secondary would, while it stays the same person's skin.
+
+How it is enforced: a LUT's output at an input colour is its nodes' outputs mixed with weights that sum to one
+(trilinear interpolation, as every LUT consumer does), and the identity's nodes mix to the colour itself. So if
+each node around a skin colour ``p`` stays within ``r`` of its own position in every channel, the output at ``p``
+stays within ``r`` of ``p`` in every channel. ``r(p)``, the largest such move that keeps the bound at ``p``, is
+computed for every 8-bit skin colour from the colour's own CIELAB and CIEDE2000 response to a small move to each
+corner of a box around it (the hue and CIEDE2000 of a move grow in proportion to it when it is small), with a
+margin for the curvature of both. Each node gets the smallest ``r`` of the skin colours in the cells it
+touches. These per-node limits are bounds of the same kind as the black and white pins: :func:`fences` turns
+them into the largest and smallest LUTs that keep every slope and monotone guarantee
+(:func:`clipdlut.safety.make_safe`), so the fenced repair has no band at the region's edge.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from clipdlut.lut import identity
+from clipdlut.quality import delta_e_lab, hue_shift_lab, lab
+from clipdlut.safety import closure
+from clipdlut.table import trilinear
+
+HUE_DEGREES = 5.0  # a skin colour's CIELAB hue moves at most this far (degrees) ...
+DELTA_E = 4.0  # ... and it moves at most this far in CIEDE2000
+_PROBE = 0.5 / 255  # the small move whose response is scaled up to the bound
+_MARGIN = 0.85  # the limits are this fraction of the scaled-up move (the curvature of hue and CIEDE2000 over it)
+DISPLAYS = ("sRGB", "Rec.709")  # footage: displays (by a word of their name) whose code values the region is on
+FIGURE_STEP = 3  # the skin figures measure every skin colour on the 8-bit levels 0, 3, ..., 255 (33,000 colours)
+
+
+def in_region(rgb8: np.ndarray) -> np.ndarray:
+    """Whether each 8-bit sRGB colour ``[..., 3]`` is in the skin region (see the module's sources)."""
+    r, g, b = (rgb8[..., i].astype(np.int32) for i in range(3))
+    hi = np.maximum(np.maximum(r, g), b)
+    lo = np.minimum(np.minimum(r, g), b)
+    span = hi - lo
+    kovac = (r > 95) & (g > 40) & (b > 20) & (span > 15) & (np.abs(r - g) > 15) & (r > g) & (r > b)
+    # Sobottka and Pitas: with red the largest (as Kovač's rule makes it), HSV hue is 60 (G - B) / span degrees
+    # and saturation span / max; written without division
+    sobottka = (g >= b) & (g - b <= span * 50 / 60) & (span >= 0.23 * hi) & (span <= 0.68 * hi)
+    return kovac & sobottka
+
+
+def check(mode: str, display: str | None = None) -> None:
+    """Raise ``ValueError`` where ``protect_skin`` cannot keep its bound: a black-and-white look (skin loses its
+    colour) or footage graded for a display whose code values are not sRGB's or Rec.709's (the region is not
+    skin there)."""
+    if mode == "bw":
+        raise ValueError("skin protection keeps skin's colour, and a black-and-white look removes it: grade in "
+                         "colour or leave skin protection off")
+    if display is not None and not any(word in display for word in DISPLAYS):
+        raise ValueError(f"skin protection's region is one of sRGB and Rec.709 display colours, and {display!r} "
+                         "is neither: grade for an sRGB or Rec.709 display, or leave skin protection off")
+
+
+@functools.cache
+def region_colours(step: int = 1) -> np.ndarray:
+    """Every skin colour on the 8-bit levels ``0, step, 2 step, ...`` as ``(K, 3)`` uint8 (made once; a plane of
+    green and blue per level of red, as the region needs red above 95)."""
+    levels = np.arange(0, 256, step, dtype=np.uint8)
+    g, b = (a.ravel() for a in np.meshgrid(levels, levels, indexing="ij"))
+    planes = []
+    for r in levels[levels > 95]:
+        rgb = np.stack([np.full_like(g, r), g, b], axis=-1)
+        planes.append(rgb[in_region(rgb)])
+    return np.concatenate(planes)
+
+
+@functools.cache
+def _reach() -> np.ndarray:
+    """For each skin colour (``region_colours()``, 0..1), the largest move in every channel that keeps the bound."""
+    p = region_colours().astype(np.float64) / 255
+    at = lab(p)
+    worst = np.zeros(len(p))
+    for corner in np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T:
+        moved = np.clip(p + _PROBE * corner, 0, 1)
+        moved_by = np.abs(moved - p).max(axis=1)  # (at the cube's faces the move is smaller, so the rate larger)
+        there = lab(moved)
+        rate = np.maximum(delta_e_lab(at, there) / DELTA_E, np.abs(hue_shift_lab(at, there)) / HUE_DEGREES)
+        worst = np.maximum(worst, rate / np.maximum(moved_by, 1e-12))
+    return _MARGIN / worst
+
+
+@functools.cache
+def slack(n: int) -> np.ndarray:
+    """Per node of a size-``n`` LUT ``[b, g, r]``: how far its output may be from its own position in any channel
+    (``inf`` away from skin). Each node gets the smallest reach of the skin colours in the cells it touches."""
+    p = region_colours().astype(np.int64)
+    cell = np.minimum(p * (n - 1) // 255, n - 2)  # the cell whose lower corner is below each colour (r, g, b)
+    flat = (cell[:, 2] * (n - 1) + cell[:, 1]) * (n - 1) + cell[:, 0]
+    per_cell = np.full((n - 1) ** 3, np.inf)
+    np.minimum.at(per_cell, flat, _reach())
+    per_cell = per_cell.reshape(n - 1, n - 1, n - 1)
+    out = np.full((n, n, n), np.inf)
+    for db in (0, 1):
+        for dg in (0, 1):
+            for dr in (0, 1):
+                view = out[db:db + n - 1, dg:dg + n - 1, dr:dr + n - 1]
+                np.minimum(view, per_cell, out=view)
+    return out
+
+
+@functools.cache
+def _fences(n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    room = torch.as_tensor(slack(n), dtype=dtype, device=device).expand(1, 3, n, n, n)
+    ident = identity(n, dtype=dtype, device=device)
+    return closure(ident - room, ident + room)
+
+
+def fences(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest and largest LUTs ``(1, 3, n, n, n)`` that keep every node within its :func:`slack` and every
+    safety guarantee: a safe LUT between them keeps the skin bound (made once per size, dtype and device)."""
+    return _fences(n, dtype, torch.device(device))
+
+
+@dataclass(frozen=True)
+class SkinFigures:
+    """How far a grade moved the skin region's colours (the worst of them)."""
+
+    hue_shift: float  # the largest CIELAB hue shift, in degrees (at most HUE_DEGREES when protected)
+    delta_e: float  # the largest CIEDE2000 difference (at most DELTA_E when protected)
+    colours: int  # how many skin colours were measured
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def figures(table: np.ndarray, step: int = FIGURE_STEP) -> SkinFigures:
+    """The skin figures of a LUT table ``[b, g, r, c]`` (sRGB in and out), over the skin colours on every
+    ``step``-th 8-bit level (``step=1``: all of them, a second's work)."""
+    p = region_colours(step).astype(np.float64) / 255
+    at, there = lab(p), lab(trilinear(np.asarray(table, dtype=np.float64), p))
+    return SkinFigures(hue_shift=float(np.abs(hue_shift_lab(at, there)).max()),
+                       delta_e=float(delta_e_lab(at, there).max()), colours=len(p))
