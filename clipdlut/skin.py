@@ -1,18 +1,12 @@
 """Skin tones kept: a published skin-colour region, a bound on how far a grade may move it, and the per-node
 fences that hold a LUT to that bound exactly (``protect_skin``).
 
-The region is the intersection of two published skin-colour rules on 8-bit sRGB values, so that it holds only
-colours both call skin:
-
-- J. Kovač, P. Peer and F. Solina, "Human skin colour clustering for face detection", EUROCON 2003, vol. 2,
-  pp. 144-148 (the uniform-daylight rule): R > 95, G > 40, B > 20, max - min > 15, |R - G| > 15, R > G, R > B;
-- K. Sobottka and I. Pitas, "A novel method for automatic face segmentation, facial feature extraction and
-  tracking", Signal Processing: Image Communication 12(3), 1998, pp. 263-281: HSV hue 0-50 degrees,
-  saturation 0.23-0.68.
-
-That is 868,072 of the 16.8 million 8-bit colours (5 %): CIELAB hue 21-98 degrees, chroma 8.5-75, L* 24-95.
-The first rule alone (20 % of all colours, saturated reds and magentas among them) would fence off too much of
-a grade; the second alone reaches black, where hue means nothing.
+The region is the skin-colour map of D. Chai and K. N. Ngan, "Face segmentation using skin-color map in
+videophone applications", IEEE Transactions on Circuits and Systems for Video Technology 9(4), 1999,
+pp. 551-564: the colours whose chroma, in the YCbCr of JPEG (ITU-R BT.601, full range), lies in
+Cb 77-127 and Cr 133-173, at any luma. Chosen over rules with a brightness floor (Kovač, Peer and Solina's
+R > 95, for one) because it keeps deep skin tones: it takes skin colour to be a matter of chroma, not of
+lightness. It is 1,532,429 of the 16.8 million 8-bit colours (9 %): CIELAB hue -6 to 109 degrees, L* 1 to 99.
 
 The bound (``HUE_DEGREES``, ``DELTA_E``): each skin colour keeps its CIELAB hue within 5 degrees and moves at most
 4 CIEDE2000. Hue is what makes skin look ill or wrong (a green or magenta cast), so it is held tightest; a
@@ -38,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipdlut.lut import identity
 from clipdlut.quality import delta_e_lab, hue_shift_lab, lab
@@ -49,20 +44,16 @@ DELTA_E = 4.0  # ... and it moves at most this far in CIEDE2000
 _PROBE = 0.5 / 255  # the small move whose response is scaled up to the bound
 _MARGIN = 0.85  # the limits are this fraction of the scaled-up move (the curvature of hue and CIEDE2000 over it)
 DISPLAYS = ("sRGB", "Rec.709")  # footage: displays (by a word of their name) whose code values the region is on
-FIGURE_STEP = 3  # the skin figures measure every skin colour on the 8-bit levels 0, 3, ..., 255 (33,000 colours)
+FIGURE_STEP = 3  # the skin figures measure every skin colour on the 8-bit levels 0, 3, ..., 255 (57,000 of them)
 
 
 def in_region(rgb8: np.ndarray) -> np.ndarray:
-    """Whether each 8-bit sRGB colour ``[..., 3]`` is in the skin region (see the module's sources)."""
-    r, g, b = (rgb8[..., i].astype(np.int32) for i in range(3))
-    hi = np.maximum(np.maximum(r, g), b)
-    lo = np.minimum(np.minimum(r, g), b)
-    span = hi - lo
-    kovac = (r > 95) & (g > 40) & (b > 20) & (span > 15) & (np.abs(r - g) > 15) & (r > g) & (r > b)
-    # Sobottka and Pitas: with red the largest (as Kovač's rule makes it), HSV hue is 60 (G - B) / span degrees
-    # and saturation span / max; written without division
-    sobottka = (g >= b) & (g - b <= span * 50 / 60) & (span >= 0.23 * hi) & (span <= 0.68 * hi)
-    return kovac & sobottka
+    """Whether each 8-bit sRGB colour ``[..., 3]`` is in the skin region: Chai and Ngan's Cb and Cr ranges, on the
+    8-bit YCbCr a JPEG holds (Pillow's conversion, the one that writes JPEGs here)."""
+    rgb = np.ascontiguousarray(rgb8, dtype=np.uint8).reshape(1, -1, 3)
+    ycc = np.asarray(Image.fromarray(rgb).convert("YCbCr")).reshape(*rgb8.shape)
+    cb, cr = ycc[..., 1], ycc[..., 2]
+    return (cb >= 77) & (cb <= 127) & (cr >= 133) & (cr <= 173)
 
 
 def check(mode: str, display: str | None = None) -> None:
@@ -79,12 +70,12 @@ def check(mode: str, display: str | None = None) -> None:
 
 @functools.cache
 def region_colours(step: int = 1) -> np.ndarray:
-    """Every skin colour on the 8-bit levels ``0, step, 2 step, ...`` as ``(K, 3)`` uint8 (made once; a plane of
-    green and blue per level of red, as the region needs red above 95)."""
+    """Every skin colour on the 8-bit levels ``0, step, 2 step, ...`` as ``(K, 3)`` uint8 (made once, a plane of
+    green and blue per level of red)."""
     levels = np.arange(0, 256, step, dtype=np.uint8)
     g, b = (a.ravel() for a in np.meshgrid(levels, levels, indexing="ij"))
     planes = []
-    for r in levels[levels > 95]:
+    for r in levels:
         rgb = np.stack([np.full_like(g, r), g, b], axis=-1)
         planes.append(rgb[in_region(rgb)])
     return np.concatenate(planes)
@@ -96,7 +87,8 @@ def _reach() -> np.ndarray:
     p = region_colours().astype(np.float64) / 255
     at = lab(p)
     worst = np.zeros(len(p))
-    for corner in np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T:
+    # (a small move's hue shift and CIEDE2000 are odd and even in it: four corners stand for all eight)
+    for corner in np.array(np.meshgrid([1], [-1, 1], [-1, 1])).reshape(3, -1).T:
         moved = np.clip(p + _PROBE * corner, 0, 1)
         moved_by = np.abs(moved - p).max(axis=1)  # (at the cube's faces the move is smaller, so the rate larger)
         there = lab(moved)
@@ -136,6 +128,18 @@ def fences(n: int, dtype: torch.dtype = torch.float32, device: torch.device | st
     """The smallest and largest LUTs ``(1, 3, n, n, n)`` that keep every node within its :func:`slack` and every
     safety guarantee: a safe LUT between them keeps the skin bound (made once per size, dtype and device)."""
     return _fences(n, dtype, torch.device(device))
+
+
+def chart(side: int = 8, patch: int = 24, seed: int = 0) -> Image.Image:
+    """A synthetic chart of ``side`` x ``side`` skin patches drawn across the region (rows from light to dark,
+    columns from red to yellow in hue): a test photo whose every pixel is skin."""
+    colours = region_colours()
+    pick = colours[np.random.default_rng(seed).choice(len(colours), side * side, replace=False)]
+    at = lab(pick.astype(np.float64) / 255)
+    rows = pick[np.argsort(-at[:, 0])].reshape(side, side, 3)  # (light rows first ...)
+    hues = np.degrees(np.arctan2(*lab(rows.astype(np.float64) / 255)[..., 2:0:-1].transpose(2, 0, 1)))
+    rows = np.take_along_axis(rows, np.argsort(hues, axis=1)[..., None], axis=1)  # (... each from red to yellow)
+    return Image.fromarray(np.repeat(np.repeat(rows, patch, axis=0), patch, axis=1).astype(np.uint8))
 
 
 @dataclass(frozen=True)
