@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from clipdlut import lut as L
+from clipdlut import skin
 from clipdlut.cube import read_cube
 from clipdlut.formats import convert
 from clipdlut.hald import write_hald
@@ -42,6 +43,12 @@ def test_retouch_writes_cube_and_image(tmp_path):
     table = read_cube((tmp_path / "pinned.cube").read_bytes()).table
     assert table[0, 0, 0].tolist() == [0, 0, 0] and table[-1, -1, -1].tolist() == [1, 1, 1]
     assert measure(L.from_table(table)).safe
+    assert "skin tones: hue moved at most" in out.stdout
+    kept = cli("retouch", src, "--prompt", "赛博朋克风格的夜晚城市", "--steps", "12", "--lut-size", "17", "--strength",
+               "1.9", "--protect-skin", "-o", tmp_path / "skin.cube")
+    assert kept.returncode == 0 and "skin tones (protected)" in kept.stdout, kept.stderr
+    f = skin.figures(read_cube((tmp_path / "skin.cube").read_bytes()).normalized())
+    assert f.hue_shift <= skin.HUE_DEGREES and f.delta_e <= skin.DELTA_E
 
 
 def test_retouch_writes_the_lut_format_its_output_names(tmp_path):
@@ -138,6 +145,10 @@ def test_retouch_a_series_with_a_reference_refined_then_in_black_and_white(tmp_p
     (["retouch", "{tmp}/photo.png", "--prompt", "x", "--input-space", "Raw", "-o", "{tmp}/x.cube"], "is data"),
     (["retouch", "{tmp}/photo.png", "--prompt", "x", "--lut-format", "3dl-lustre", "-o", "{tmp}/x.cube"],
      "--lut-format 3dl-lustre writes .3dl files: name the output x.3dl"),
+    (["retouch", "{tmp}/photo.png", "--prompt", "x", "--mode", "bw", "--protect-skin", "-o", "{tmp}/x.cube"],
+     "a black-and-white look removes it"),
+    (["retouch", "{tmp}/photo.png", "--prompt", "x", "--input-space", "Apple Log", "--display", "Display P3 - Display",
+      "--protect-skin", "-o", "{tmp}/x.cube"], "grade for an sRGB or Rec.709 display"),
 ])
 def test_errors_are_one_clear_line(tmp_path, args, message):
     gradient_image().save(tmp_path / "photo.png")

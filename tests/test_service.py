@@ -492,3 +492,29 @@ def test_footage_is_graded_as_the_display_shows_it_and_its_lut_is_on_the_log_enc
                        ({"input_space": None, "display": "sRGB - Display"}, "display, view and lut_kind are for")):
         r = client.post("/v1/retouch/submit", json={**body, **bad})
         assert r.status_code == 400 and words in r.json()["error"], r.text
+
+
+def test_protect_skin_keeps_skin_on_every_delivered_lut_and_each_result_says_how_far_skin_moved(client):
+    """`protect_skin` (clipdlut/skin.py): the result's skin figures are within the bound and say so, the `.cube`
+    and a coarser size from `/v1/lut` keep it on every skin colour; a job without it reports its figures too; what
+    protection cannot keep is a 400."""
+    from clipdlut import skin
+
+    chart = _b64(png_bytes(skin.chart()))
+    body = {"image": chart, "target_prompt": "赛博朋克风格的夜晚城市", "steps": 6, "lut_size": 33, "seed": 1}
+    plain, kept = finished(client, body), finished(client, {**body, "protect_skin": True})
+    assert plain["skin"]["protected"] is False and kept["skin"]["protected"] is True
+    for result in (plain, kept):
+        assert result["skin"]["colours"] == len(skin.region_colours(skin.FIGURE_STEP))
+        assert result["skin"]["hue_shift"] == pytest.approx(skin.figures(read_cube(result["cube"]).normalized())
+                                                            .hue_shift, abs=1e-6)
+    assert kept["skin"]["hue_shift"] <= skin.HUE_DEGREES and kept["skin"]["delta_e"] <= skin.DELTA_E
+    for size in (17, 65):
+        r = client.post("/v1/lut", json={"task_id": kept["task_id"], "size": size})
+        f = skin.figures(read_cube(r.text).normalized(), step=2)
+        assert r.status_code == 200 and f.hue_shift <= skin.HUE_DEGREES and f.delta_e <= skin.DELTA_E, (size, f)
+    for bad, words in (({"mode": "bw"}, "a black-and-white look removes it"),
+                       ({"input_space": "S-Log3 S-Gamut3.Cine", "display": "Rec.2100-PQ - Display"},
+                        "grade for an sRGB or Rec.709 display")):
+        r = client.post("/v1/retouch/submit", json={**body, "protect_skin": True, **bad})
+        assert r.status_code == 400 and words in r.json()["error"], r.text

@@ -61,7 +61,8 @@ def test_the_fences_are_safe_and_their_corners_keep_the_bound_on_every_skin_colo
         f = skin.figures(to_table(lut), step=2)
         worst = skin.SkinFigures(max(worst.hue_shift, f.hue_shift), max(worst.delta_e, f.delta_e), f.colours)
     assert within_bound(worst) and worst.colours > 190_000, worst
-    assert max(worst.hue_shift / skin.HUE_DEGREES, worst.delta_e / skin.DELTA_E) > 0.6  # (the fences leave the room the bound gives)
+    room = max(worst.hue_shift / skin.HUE_DEGREES, worst.delta_e / skin.DELTA_E)
+    assert room > 0.6  # (the fences leave the room the bound gives)
 
 
 def test_a_fenced_repair_keeps_the_bound_and_the_pins_whatever_the_lut():
@@ -93,8 +94,8 @@ def test_the_chart_is_skin_across_the_region():
 def test_every_returned_lut_keeps_skin_under_the_adversarial_critic(guide):
     """The acceptance run: the tiny model's noise gradients (150 steps, astronaut and the skin chart), with and
     without protection. Every LUT returned with it, as optimized and as written at every offered size, at full and
-    doubled strength and on a Hald image's grid, keeps the bound on every skin colour and every other guarantee; the same
-    jobs without it break the bound."""
+    doubled strength and on a Hald image's grid, keeps the bound on every skin colour and every other guarantee;
+    the same jobs without it break the bound."""
     photos = {"astronaut": working_copy(IMAGES["astronaut"]()), "chart": working_copy(skin.chart())}
     specs = [JobSpec(f"{name}:{protect}", img, "赛博朋克风格的夜晚城市", steps=150, lut_size=33, seed=3, lr=2e-2,
                      keep_whites=protect, protect_skin=protect)
@@ -117,6 +118,7 @@ def test_every_returned_lut_keeps_skin_under_the_adversarial_critic(guide):
             assert within_bound(skin.figures(table, step=1)), (size, strength)
         # a Hald image's grid (64 nodes for a 33) keeps the fences of its own size; its 8 bits are its precision
         delivered = read_cube(lut_to_cube(r.lut, protect_skin=True)).normalized()
-        assert within_bound(skin.figures(resampled(delivered, hald_level_for(33) ** 2, protect_skin=True), step=1))
+        grid = resampled(delivered, hald_level_for(33) ** 2, protect_skin=True)
+        assert within_bound(skin.figures(grid, step=1))
         hald = read_hald(convert(lut_to_cube(r.lut, protect_skin=True), "hald", protect_skin=True))
-        assert np.abs(hald - resampled(delivered, hald_level_for(33) ** 2, protect_skin=True)).max() <= FORMATS["hald"].precision
+        assert np.abs(hald - grid).max() <= FORMATS["hald"].precision
