@@ -5,7 +5,9 @@ The photos ship inside scikit-image (no download) plus one synthetic sky, a smoo
 LUT causes shows, and two of them as camera log footage (S-Log3 S-Gamut3.Cine, ARRI LogC4: encoded by
 OpenColorIO's inverse transform, graded with the input space set, measured on the display rendering). The
 prompts cover warm and cool grades, film stocks, times of day, black and white and moods, in Chinese and
-English. Every job runs through the library's own path (the batched optimizer, the ``.cube`` writer, Pillow's
+English. Three photos, astronaut (a face) and coffee and chelsea (no person), are graded a second time with skin
+protected, and the report says how far each grade moved skin tones, with and without. Every job runs through
+the library's own path (the batched optimizer, the ``.cube`` writer, Pillow's
 rendering) and is measured with :mod:`clipdlut.quality`.
 """
 
@@ -19,12 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from clipdlut import skin
 from clipdlut.cube import read_cube
 from clipdlut.export import lut_to_cube
 from clipdlut.guidance import Guide
 from clipdlut.imaging import working_copy
 from clipdlut.optimizer import BatchedOptimizer, JobSpec
-from clipdlut.quality import Quality, measure_grade
+from clipdlut.quality import Quality, delta_e_2000, measure_grade
 from clipdlut.render import apply_table
 from clipdlut.status import JobStatus
 from clipdlut.viewing import Viewing, displayed, eight_bit, open_viewing
@@ -97,6 +100,7 @@ PROMPTS: tuple[Prompt, ...] = (
     Prompt("mood", "忧郁的阴天"),
     Prompt("mood", "dreamy pastel, soft and airy"),
 )
+SKIN_PHOTOS = ("astronaut", "coffee", "chelsea")  # graded again with skin protected: a face, and two without one
 
 
 @dataclass(frozen=True)
@@ -111,44 +115,62 @@ class Row:
     quality: Quality
     seconds: float  # the job's wall time from joining the batch to its result
     graded: Image.Image
+    skin: skin.SkinFigures  # how far the look moved the skin region's colours
+    photo_skin: float | None  # mean CIEDE2000 of the photo's own skin pixels (None: it has none)
+    protected: bool = False  # graded with protect_skin
 
 
 def run(guide: Guide, *, images: Sequence[str] = tuple(IMAGES), prompts: Sequence[Prompt] = PROMPTS,
         steps: int = 100, lut_size: int = 33, seed: int = 0, batch: int = 8, safe_each_step: bool = True,
-        on_done: Callable[[Row], None] | None = None) -> list[Row]:
-    """Grade every photo with every prompt, ``batch`` jobs at a time in one optimizer, and measure each."""
+        protect: Sequence[str] = SKIN_PHOTOS, on_done: Callable[[Row], None] | None = None) -> list[Row]:
+    """Grade every photo with every prompt (and those of ``protect`` again with skin protected), ``batch`` jobs at a
+    time in one optimizer, and measure each."""
     photos = {name: IMAGES[name]() for name in images}
     viewings = {name: IMAGES[name].viewing() for name in images}  # (footage is graded as the display shows it)
     work = {name: displayed(working_copy(img), viewings[name]) for name, img in photos.items()}
-    pending = [(f"{i}:{name}", name, p) for i, (p, name) in enumerate((p, n) for p in prompts for n in images)]
-    jobs: dict[str, tuple[str, Prompt]] = {}
+    runs = [(p, n, False) for p in prompts for n in images] + [(p, n, True) for p in prompts for n in images
+                                                                  if n in protect]
+    pending = [(f"{i}:{name}", name, p, kept) for i, (p, name, kept) in enumerate(runs)]
+    jobs: dict[str, tuple[str, Prompt, bool]] = {}
     opt = BatchedOptimizer(guide, safe_each_step=safe_each_step)
     rows: list[Row] = []
     while pending or len(opt):
         while pending and len(opt) < batch:
-            job_id, name, prompt = pending.pop(0)
-            jobs[job_id] = (name, prompt)
+            job_id, name, prompt, kept = pending.pop(0)
+            jobs[job_id] = (name, prompt, kept)
             failed = opt.add([JobSpec(job_id, work[name], prompt.text, steps=steps, lut_size=lut_size, seed=seed,
-                                      progress_every=steps)])
+                                      progress_every=steps, protect_skin=kept)])
             if failed:
                 raise RuntimeError(f"{name} / {prompt.text}: {failed[0].error}")
         for result in opt.step():
-            name, prompt = jobs.pop(result.job_id)
+            name, prompt, kept = jobs.pop(result.job_id)
             if result.status != JobStatus.FINISHED or result.lut is None or result.scores is None:
                 raise RuntimeError(f"{name} / {prompt.text}: {result.error or result.status}")
-            look = read_cube(lut_to_cube(result.lut)).normalized()
+            look = read_cube(lut_to_cube(result.lut, protect_skin=kept)).normalized()
             table = look if viewings[name] is None else read_cube(
-                lut_to_cube(result.lut, viewing=viewings[name])).normalized()
+                lut_to_cube(result.lut, viewing=viewings[name], protect_skin=kept)).normalized()
             graded = apply_table(photos[name], table)
+            shown = displayed(photos[name], viewings[name])
             s = result.scores
             # (footage's safety figures here are its look's, on the display's encoding: the table compares looks;
             # the display LUT around it has OCIO's transform's own steep places, README Footage)
             row = Row(name, prompt, s.directional, s.source_target, s.result_target,
-                      measure_grade(displayed(photos[name], viewings[name]), graded, look), result.seconds, graded)
+                      measure_grade(shown, graded, look), result.seconds, graded, skin.figures(look),
+                      _photo_skin(shown, graded), kept)
             rows.append(row)
             if on_done:
                 on_done(row)
     return rows
+
+
+def _photo_skin(source: Image.Image, graded: Image.Image) -> float | None:
+    """The mean CIEDE2000 change of the photo's skin pixels (those in the skin region), None if it has none."""
+    src = np.asarray(source.convert("RGB"))
+    where = skin.in_region(src)
+    if not where.any():
+        return None
+    before, after = src[where] / 255.0, np.asarray(graded.convert("RGB"))[where] / 255.0
+    return float(np.mean(delta_e_2000(before, after)))
 
 
 def _mean(values: Sequence[float | None]) -> float:
@@ -158,7 +180,10 @@ def _mean(values: Sequence[float | None]) -> float:
 
 
 def table(rows: Sequence[Row], title: str) -> str:
-    """The markdown report: one line per prompt (means over the photos) and one for all of them."""
+    """The markdown report: one line per prompt (means over the photos) and one for all of them, then the skin
+    tones of the photos graded both ways."""
+    kept = [r for r in rows if r.protected]
+    rows = [r for r in rows if not r.protected]
     lines = [f"# {title}", "", "| # | kind | prompt | directional | target before → after | SSIM | colour shift ΔE "
              "| min own step | max slope | safe | s/job |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[Prompt, list[Row]] = {}
@@ -182,7 +207,33 @@ def table(rows: Sequence[Row], title: str) -> str:
               "shift: mean CIEDE2000 ΔE (about 1 is just noticeable). min own step (8-bit levels, -1 or "
               "more) and max slope (4 or less): the LUT's worst nodes, the colour-safety guarantees. s/job: wall "
               "time of a job from joining the batch to its result."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _skin_lines(rows, kept)) + "\n"
+
+
+def _skin_lines(rows: Sequence[Row], kept: Sequence[Row]) -> list[str]:
+    """The skin section: per photo graded both ways, its skin, and how far the grades moved skin tones."""
+    names = list(dict.fromkeys(r.image for r in kept))
+    if not names:
+        return []
+    lines = ["", "## Skin tones", "", "| photo | skin pixels | photo's skin ΔE, off → on | skin hue shift (max), "
+             "off → on | skin ΔE (max), off → on | directional, off → on |", "|---|---|---|---|---|---|"]
+    for name in names:
+        off, on = ([r for r in group if r.image == name] for group in (rows, kept))
+        source = np.asarray(IMAGES[name].load().convert("RGB"))
+        share = float(skin.in_region(source).mean())
+        photo = "none" if off[0].photo_skin is None else \
+            f"{_mean([r.photo_skin for r in off]):.1f} → {_mean([r.photo_skin for r in on]):.1f}"
+        lines.append(f"| {name} | {share:.0%} | {photo} "
+                     f"| {max(r.skin.hue_shift for r in off):.1f}° → {max(r.skin.hue_shift for r in on):.1f}° "
+                     f"| {max(r.skin.delta_e for r in off):.1f} → {max(r.skin.delta_e for r in on):.1f} "
+                     f"| {_mean([r.directional for r in off]):+.3f} → {_mean([r.directional for r in on]):+.3f} |")
+    lines += ["", f"Each photo graded with every prompt, without and with `protect_skin`. skin pixels: the share of "
+              f"the photo in the skin region (Chai and Ngan's skin map: a cat's fur and coffee can be skin-coloured). "
+              f"photo's skin ΔE: mean CIEDE2000 change of those pixels. skin hue shift and ΔE: the worst of the "
+              f"region's {len(skin.region_colours(skin.FIGURE_STEP))} skin colours over the prompts (protected: at "
+              f"most {skin.HUE_DEGREES:g}° and {skin.DELTA_E:g}). directional: how far the look still went the "
+              f"prompt's way."]
+    return lines
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -195,6 +246,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def contact_sheet(rows: Sequence[Row], cell: int = 160) -> Image.Image:
     """A grid: the originals on top, then one row of graded photos per prompt (labelled with its number and
     kind; the table gives its text)."""
+    rows = [r for r in rows if not r.protected]
     names = list(dict.fromkeys(r.image for r in rows))
     prompts = list(dict.fromkeys(r.prompt for r in rows))
     label_w, pad = 120, 4

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipdlut import evaluation
+from clipdlut import evaluation, skin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,12 +32,20 @@ def test_make_eval_writes_its_table_and_contact_sheet_on_tiny(tmp_path):
                         "-q", "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     table = (tmp_path / "eval.md").read_text(encoding="utf-8")
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    main, skin_part = table.split("## Skin tones")
+    rows = [line for line in main.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert len(rows) == len(evaluation.PROMPTS) + 1
     jobs = len(evaluation.IMAGES) * len(evaluation.PROMPTS)
     assert rows[-1].startswith("| all |") and f"| {jobs}/{jobs} |" in rows[-1]  # every LUT safe
     for prompt in evaluation.PROMPTS:
         assert prompt.text in table
+    skin_rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in skin_part.splitlines()
+                 if line.startswith("| ") and not line.startswith("| photo")}
+    assert list(skin_rows) == list(evaluation.SKIN_PHOTOS)
+    assert skin_rows["astronaut"][2] != "none"  # (a face)
+    for row in skin_rows.values():
+        protected = float(row[3].split("→")[1].strip(" °")), float(row[4].split("→")[1])
+        assert protected[0] <= skin.HUE_DEGREES and protected[1] <= skin.DELTA_E, row
     sheet = Image.open(tmp_path / "contact-sheet.png")
     assert sheet.width > len(evaluation.IMAGES) * 100 and sheet.height > (len(evaluation.PROMPTS) + 1) * 100
 
