@@ -86,7 +86,7 @@ def photos(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[Path]:
 
 
 def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None, prompt: str = "温暖的金色黄昏胶片",
-          reference: Path | None = None, keep_blacks: bool = False, bw: bool = False,
+          reference: Path | None = None, keep_blacks: bool = False, bw: bool = False, protect_skin: bool = False,
           footage: dict[str, str] | None = None) -> None:
     driver.get(server.url + "/ui/")
     files = images or photos(tmp_path, [(320, 240)])
@@ -98,7 +98,7 @@ def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None
     steps_box = driver.find_element(By.ID, "steps")
     steps_box.clear()
     steps_box.send_keys(str(steps))
-    for box, checked in (("keep-blacks", keep_blacks), ("bw", bw)):
+    for box, checked in (("keep-blacks", keep_blacks), ("protect-skin", protect_skin), ("bw", bw)):
         if checked:
             driver.find_element(By.ID, box).click()
     for select, value in (footage or {}).items():  # (the lists come from /v1/footage: wait for them)
@@ -111,7 +111,7 @@ def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None
 
 
 def test_grade_watch_compare_and_download(browser, server, tmp_path):
-    start(browser, server, tmp_path, steps=60, keep_blacks=True)
+    start(browser, server, tmp_path, steps=60, keep_blacks=True, protect_skin=True)
     wait = WebDriverWait(browser, 120, poll_frequency=0.05)
     wait.until(lambda d: iteration(d) > 0)
     first = browser.find_element(By.ID, "preview").get_attribute("src")
@@ -121,6 +121,8 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     assert iteration(browser) == 60
     assert "CLIP similarity" in browser.find_element(By.ID, "scores").text
     assert "LUT safe on any footage: yes" in browser.find_element(By.ID, "quality").text
+    assert "Skin tones (protected): hue moved at most" in browser.find_element(By.ID, "quality").text
+    assert browser.find_element(By.ID, "strength").get_attribute("max") == "1"  # (beyond the look: skin unkept)
     shot(browser, "web-result")
 
     after = browser.find_element(By.ID, "after").get_attribute("src")
@@ -136,6 +138,7 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     api = httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["cube"]
     assert cube.read_text(encoding="utf-8") == api
     assert read_cube(api).table[0, 0, 0].tolist() == [0, 0, 0]  # the page's "Keep blacks" reached the job
+    assert httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["skin"]["protected"]
     assert browser.find_element(By.ID, "dl-cube-17").get_attribute("href") is None  # (fetched when asked for)
     browser.find_element(By.ID, "dl-cube-17").click()
     small = wait.until(lambda d: (f := browser.downloads / "clipdlut-17.cube").exists() and f.stat().st_size > 0
@@ -205,6 +208,7 @@ def test_a_reference_photo_alone_gives_a_black_and_white_look(browser, server, t
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     assert not browser.find_element(By.ID, "strip").is_displayed()  # one photo: no strip
     assert "black and white" in text(browser, "scores")
+    assert not browser.find_element(By.ID, "protect-skin").is_enabled()  # (no skin colour to keep in black and white)
     result = httpx.get(server.url + "/v1/retouch/get", params={"task_id": recent_id(browser)}).json()
     assert result["mode"] == "bw" and result["images"] == []
     assert "aimed at a reference photo" in result["cube"] and "prompt: none" in result["cube"]
