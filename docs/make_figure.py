@@ -4,7 +4,10 @@
   graded photo, and the LUT as a Hald image, with its safety figures;
 - ``docs/footage.jpg``: a log frame (scikit-image's ``coffee`` encoded into S-Log3 S-Gamut3.Cine by OpenColorIO's
   inverse transform), its plain technical conversion (the `display` LUT at strength 0: OCIO's S-Log3 -> sRGB
-  display, ACES 2.0 SDR view), and the graded result (the `display` LUT at full strength).
+  display, ACES 2.0 SDR view), and the graded result (the `display` LUT at full strength);
+- ``docs/skin.jpg``: a face (scikit-image's ``astronaut``) under a deliberately wrong look (every hue turned by
+  60 degrees around the grey axis, as a runaway grade might), made safe without and with ``protect_skin``, with
+  each LUT's skin figures.
 
 ``python docs/make_figure.py [--model tiny] [--steps 150]``. With the offline ``tiny`` model the looks are
 arbitrary (random weights); with ``ViT-B-16`` they follow the prompts.
@@ -14,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from clipdlut import skin
 
 from clipdlut.cube import read_cube
 from clipdlut.evaluation import IMAGES
@@ -24,6 +31,7 @@ from clipdlut.export import lut_to_cube
 from clipdlut.guidance import Guide
 from clipdlut.hald import write_hald
 from clipdlut.imaging import decode_image, encode_image, working_copy
+from clipdlut.lut import identity
 from clipdlut.models import load_model
 from clipdlut.optimizer import BatchedOptimizer, JobSpec
 from clipdlut.quality import measure_grade
@@ -32,6 +40,7 @@ from clipdlut.viewing import displayed
 
 OUT = Path(__file__).with_name("before-after.png")
 FOOTAGE_OUT = Path(__file__).with_name("footage.jpg")
+SKIN_OUT = Path(__file__).with_name("skin.jpg")
 
 
 def main() -> None:
@@ -44,6 +53,7 @@ def main() -> None:
     guide = Guide(load_model(args.model, device="cpu"))
     before_after(guide, args)
     footage(guide, args)
+    skin_tones()
 
 
 def before_after(guide: Guide, args: argparse.Namespace) -> None:
@@ -96,6 +106,31 @@ def footage(guide: Guide, args: argparse.Namespace) -> None:
     sheet.thumbnail((1500, 1500))
     sheet.save(FOOTAGE_OUT, quality=88, optimize=True)
     print(f"wrote {FOOTAGE_OUT}")
+
+
+def skin_tones(degrees: float = 60.0) -> None:
+    photo = IMAGES["astronaut"]()
+    t = math.radians(degrees)  # (Rodrigues' rotation about the grey axis (1, 1, 1): hue turns, greys stay)
+    c, s, k = math.cos(t), math.sin(t), (1 - math.cos(t)) / 3
+    q = s / math.sqrt(3)
+    turn = torch.tensor([[c + k, k - q, k + q], [k + q, c + k, k - q], [k - q, k + q, c + k]], dtype=torch.float64)
+    look = torch.einsum("oc,bcxyz->boxyz", turn, identity(33, dtype=torch.float64)).clamp(0, 1)
+    panels = [(photo, "before")]
+    for protect in (False, True):
+        cube = read_cube(lut_to_cube(look, protect_skin=protect)).normalized()
+        f = skin.figures(cube)
+        panels.append((apply_table(photo, cube), f"hue turned {degrees:g} deg, {'with' if protect else 'without'} "
+                       f"protect_skin: skin hue <= {f.hue_shift:.0f} deg, dE <= {f.delta_e:.1f}"))
+    pad, label, w, h = 12, 26, photo.width, photo.height
+    sheet = Image.new("RGB", (w * 3 + pad * 4, h + pad * 2 + label), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=14)
+    for i, (img, text) in enumerate(panels):
+        x0 = pad + i * (w + pad)
+        sheet.paste(img, (x0, pad + label))
+        draw.text((x0, pad), text, fill="black", font=font)
+    sheet.save(SKIN_OUT, quality=88, optimize=True)
+    print(f"wrote {SKIN_OUT}")
 
 
 if __name__ == "__main__":
