@@ -26,12 +26,12 @@ def safe_look(lut: torch.Tensor, *, strength: float = 1.0, keep_blacks: bool = F
         lut = base + strength * (lut - base)
     else:
         lut = lutmath.blend(lut, strength)
-    pins = {"keep_blacks": keep_blacks, "keep_whites": keep_whites, "neutral": neutral}
-    look = make_safe(lut, **pins)
+    look = make_safe(lut, keep_blacks=keep_blacks, keep_whites=keep_whites, neutral=neutral)
     if size is not None and size != look.shape[-1]:
         look = lutmath.resample(look, size)
     if protect_skin:
-        look = make_safe(look, **pins, fences=skin.fences(look.shape[-1], look.dtype, look.device))
+        look = make_safe(look, keep_blacks=keep_blacks, keep_whites=keep_whites, neutral=neutral,
+                         fences=skin.fences(look.shape[-1], look.dtype, look.device))
     return look
 
 

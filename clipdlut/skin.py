@@ -104,9 +104,9 @@ def slack(n: int) -> np.ndarray:
     p = region_colours().astype(np.int64)
     cell = np.minimum(p * (n - 1) // 255, n - 2)  # the cell whose lower corner is below each colour (r, g, b)
     flat = (cell[:, 2] * (n - 1) + cell[:, 1]) * (n - 1) + cell[:, 0]
-    per_cell = np.full((n - 1) ** 3, np.inf)
-    np.minimum.at(per_cell, flat, _reach())
-    per_cell = per_cell.reshape(n - 1, n - 1, n - 1)
+    cells = np.full((n - 1) ** 3, np.inf)
+    np.minimum.at(cells, flat, _reach())
+    per_cell = cells.reshape(n - 1, n - 1, n - 1)
     out = np.full((n, n, n), np.inf)
     for db in (0, 1):
         for dg in (0, 1):

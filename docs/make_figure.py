@@ -24,7 +24,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from clipdlut import skin
-
 from clipdlut.cube import read_cube
 from clipdlut.evaluation import IMAGES
 from clipdlut.export import lut_to_cube

@@ -513,6 +513,8 @@ def test_protect_skin_keeps_skin_on_every_delivered_lut_and_each_result_says_how
         r = client.post("/v1/lut", json={"task_id": kept["task_id"], "size": size})
         f = skin.figures(read_cube(r.text).normalized(), step=2)
         assert r.status_code == 200 and f.hue_shift <= skin.HUE_DEGREES and f.delta_e <= skin.DELTA_E, (size, f)
+    footage = finished(client, {**body, "protect_skin": True, "input_space": "S-Log3 S-Gamut3.Cine", "steps": 3})
+    assert footage["skin"]["protected"] and footage["skin"]["hue_shift"] <= skin.HUE_DEGREES  # (on the look)
     for bad, words in (({"mode": "bw"}, "a black-and-white look removes it"),
                        ({"input_space": "S-Log3 S-Gamut3.Cine", "display": "Rec.2100-PQ - Display"},
                         "grade for an sRGB or Rec.709 display")):
