@@ -305,12 +305,14 @@ class Retouch:
     @bentoml.api(route="/v1/lut")
     @answers_errors
     async def lut(self, ctx: bentoml.Context, task_id: str, size: LutSize | None = None,
-                  format: LutFormatName = "cube") -> Path:
+                  format: LutFormatName = "cube",
+                  strength: float | None = None) -> Path:
         """A finished task's LUT as a file for any grading application: .cube (any offered size, resampled
-        exactly), Resolve .cube, .3dl (Flame or Lustre), .csp, .spi3d, CLF, or a HaldCLUT PNG (its own size)."""
+        exactly), Resolve .cube, .3dl (Flame or Lustre), .csp, .spi3d, CLF, or a HaldCLUT PNG (its own size);
+        with `strength`, the look at that strength (blended and made safe as the task's own .cube)."""
         await self._record(task_id)
         try:
-            data, _ = await jobs.lut_file(self.store, task_id, size, format)
+            data, _ = await jobs.lut_file(self.store, task_id, size, format, strength)
         except JobEnded as e:
             raise TaskNotFinished(str(e)) from None
         out = Path(ctx.temp_dir) / formats.file_name(f"clipdlut-{task_id[:8]}", format, size)

@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clipdlut.cube import read_cube
@@ -452,6 +453,39 @@ def test_the_lut_comes_in_every_format_by_its_own_name(client):
     assert client.post("/v1/lut", json={"task_id": result["task_id"]}).content == result["cube"].encode("utf-8")
     r = client.post("/v1/lut", json={"task_id": result["task_id"], "format": "tiff"})
     assert r.status_code == 400 and "3dl-flame" in r.json()["error"], r.text
+
+
+def test_the_lut_comes_at_any_strength_blended_and_made_safe_as_the_job_s_own(client):
+    """`/v1/lut` `strength`: the job's optimized LUT blended and repaired as its own `.cube` was (the optimizer's
+    LUT is safe, so a blend towards the identity is that blend exactly, and doubling it is repaired), in every
+    format; at the job's own strength, its `.cube` to the last byte."""
+    from clipdlut.formats import FORMATS, convert
+    from clipdlut.safety import measure
+    from clipdlut.table import identity_table
+
+    result = finished(client, {"image": PHOTO_B64, "target_prompt": "赛博朋克风格的夜晚城市", "steps": 6,
+                               "lut_size": 17, "keep_whites": True})
+    own = read_cube(result["cube"]).normalized()
+
+    def lut(**options) -> bytes:
+        r = client.post("/v1/lut", json={"task_id": result["task_id"], **options})
+        assert r.status_code == 200, r.text
+        return r.content
+
+    assert lut(strength=1.0) == result["cube"].encode("utf-8")
+    for strength in (0.0, 0.5, 2.0):
+        cube = lut(strength=strength)
+        table = read_cube(cube).normalized()
+        assert f"strength: {strength}" in cube.decode("utf-8")
+        assert measure(torch.as_tensor(table).permute(3, 0, 1, 2).unsqueeze(0)).safe
+        assert table[-1, -1, -1].tolist() == [1.0, 1.0, 1.0]  # (the job's pins hold)
+        if strength < 1:
+            blend = identity_table(17) + strength * (own - identity_table(17))
+            assert np.abs(table - blend).max() < 2e-6, strength
+        for fmt in FORMATS:
+            assert lut(format=fmt, strength=strength) == convert(cube, fmt), (fmt, strength)
+    r = client.post("/v1/lut", json={"task_id": result["task_id"], "strength": 3})
+    assert r.status_code == 400 and "strength must be from 0 to 2" in r.json()["error"], r.text
 
 
 def test_footage_is_graded_as_the_display_shows_it_and_its_lut_is_on_the_log_encoding(client):

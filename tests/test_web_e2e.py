@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from clipdlut.cube import read_cube
-from clipdlut.formats import convert
 from tests.conftest import gradient_image
 from tests.live import serving
 
@@ -132,23 +131,27 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     assert browser.find_element(By.ID, "strength-value").text == "0.50"
 
     task_id = recent_id(browser)
-    browser.find_element(By.ID, "dl-cube").click()
-    cube = wait.until(lambda d: next(iter(browser.downloads.glob("*.cube")), None))
-    wait.until(lambda d: cube.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")))
+
+    def lut(**options) -> bytes:
+        return httpx.post(server.url + "/v1/lut", json={"task_id": task_id, **options}).content
+
+    browser.find_element(By.ID, "dl-cube").click()  # (the strength chosen is baked into every LUT downloaded)
+    cube = wait.until(lambda d: (f := browser.downloads / "clipdlut-33-50pct.cube").exists() and f.stat().st_size > 0
+                      and not list(browser.downloads.glob("*.crdownload")) and f)
     api = httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["cube"]
-    assert cube.read_text(encoding="utf-8") == api
+    assert cube.read_bytes() == lut(strength=0.5) != api.encode("utf-8")
     assert read_cube(api).table[0, 0, 0].tolist() == [0, 0, 0]  # the page's "Keep blacks" reached the job
     assert httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["skin"]["protected"]
     assert browser.find_element(By.ID, "dl-cube-17").get_attribute("href") is None  # (fetched when asked for)
     browser.find_element(By.ID, "dl-cube-17").click()
-    small = wait.until(lambda d: (f := browser.downloads / "clipdlut-17.cube").exists() and f.stat().st_size > 0
-                       and not list(browser.downloads.glob("*.crdownload")) and f)
-    assert read_cube(small.read_text(encoding="utf-8")).size == 17
+    small = wait.until(lambda d: (f := browser.downloads / "clipdlut-17-50pct.cube").exists()
+                       and f.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")) and f)
+    assert small.read_bytes() == lut(size=17, strength=0.5) and read_cube(small.read_bytes()).size == 17
     Select(browser.find_element(By.ID, "lut-format")).select_by_value("clf")  # the formats the service lists
     browser.find_element(By.ID, "dl-format").click()
     clf = wait.until(lambda d: (f := next(iter(browser.downloads.glob("*.clf")), None)) and f.stat().st_size > 0
                      and not list(browser.downloads.glob("*.crdownload")) and f)
-    assert clf.read_bytes() == convert(api, "clf", read_cube(api).size)
+    assert clf.read_bytes() == lut(format="clf", size=33, strength=0.5)
     assert errors_in_console(browser) == []
 
     browser.refresh()  # the recent list survives a reload

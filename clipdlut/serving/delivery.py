@@ -4,27 +4,27 @@ full-resolution photo rendered from that text and measured, all stored at once w
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
+import torch
 
 from clipdlut import skin
 from clipdlut.cube import read_cube
-from clipdlut.export import lut_to_cube
 from clipdlut.imaging import MEDIA_TYPES, encode_image, output_format
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
 from clipdlut.serving.driven import Driven, Ending, Outcome
-from clipdlut.serving.jobs import JobOptions, image_file
+from clipdlut.serving.jobs import LUT_FILE, JobOptions, image_file
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.validation import decode_upload
 from clipdlut.serving.wire import Finished, decode_tensor
 from clipdlut.status import JobStatus
-from clipdlut.viewing import LutKind
 
 log = logging.getLogger(__name__)
 DISPLAY_LUT_NOTE = ("a display LUT: its steep places and dips are OpenColorIO's technical transform's (ACES 2.0 "
@@ -46,30 +46,17 @@ class _Tables:
     look: np.ndarray
 
 
-def _tables(opts: JobOptions, event: Finished) -> _Tables:
-    n = event.lut_size
-    lut = decode_tensor(event.lut, (1, 3, n, n, n))
-    viewing = opts.viewing()
-    comments = [*opts.describe(),
-                f"model: {event.model}, steps: {opts.steps}, seed: {opts.seed}, strength: {opts.strength}"]
-
-    def text(kind: LutKind | None, strength: float = opts.strength) -> str:  # (kind None: the look alone)
-        return lut_to_cube(lut, strength=strength, size=opts.lut_size, keep_blacks=opts.keep_blacks,
-                           keep_whites=opts.keep_whites, neutral=opts.mode == "bw" and strength > 0,
-                           protect_skin=opts.protect_skin,
-                           title=(opts.target_prompt or "CLIP-DLUT")[:64], comments=comments,
-                           viewing=viewing if kind else None, kind=kind or "display")
-
+def _tables(opts: JobOptions, lut: torch.Tensor, model: str) -> _Tables:
     def table(cube: str) -> np.ndarray:
         return read_cube(cube).normalized()
 
-    cube = text(cast(LutKind, opts.lut_kind))
+    cube = opts.cube(lut, model)
     returned = table(cube)
-    if viewing is None:
+    if opts.input_space is None:
         return _Tables(cube, returned, None, returned, returned)
-    look = opts.lut_kind == "look"
-    return _Tables(cube, table(text("display")) if look else returned, table(text("display", 0.0)), returned,
-                   table(text(None)))
+    graded_by = table(opts.cube(lut, model, kind="display")) if opts.lut_kind == "look" else returned
+    return _Tables(cube, graded_by, table(opts.cube(lut, model, 0.0, "display")), returned,
+                   table(opts.look_cube(lut, model)))
 
 
 def _figures(quality: Quality, opts: JobOptions) -> Quality:
@@ -79,12 +66,12 @@ def _figures(quality: Quality, opts: JobOptions) -> Quality:
     return dataclasses.replace(quality, note="; ".join(filter(None, [quality.note, DISPLAY_LUT_NOTE])))
 
 
-def render(photos: list[bytes], opts: JobOptions, event: Finished, settings: Settings
+def render(photos: list[bytes], opts: JobOptions, lut: torch.Tensor, model: str, settings: Settings
            ) -> tuple[str, list[tuple[bytes, dict]], dict]:
     """The ``.cube`` text, each photo graded by it with its summary, and the skin figures (blocking: 10 ms to
     seconds). Photos are rendered from the returned text, so a client's Pillow gets these pixels; one decoded photo
     in memory at a time."""
-    tables = _tables(opts, event)
+    tables = _tables(opts, lut, model)
     fmt = output_format(opts.image_format)
     graded = []
     for data in photos:
@@ -102,17 +89,20 @@ async def deliver(job: Driven, photos: list[bytes], opts: JobOptions, event: Fin
     """Render and store the result of a job whose last event came in; the job's outcome (the store's word if it
     ended meanwhile: a late cancel, or another replica finished it)."""
     t0 = time.time()
-    cube, graded, skin_figures = await asyncio.to_thread(render, photos, opts, event, settings)
+    n = event.lut_size
+    lut = decode_tensor(event.lut, (1, 3, n, n, n))
+    cube, graded, skin_figures = await asyncio.to_thread(render, photos, opts, lut, event.model, settings)
     done = time.time()
     started = started or t0 - event.seconds
     each = [summary for _, summary in graded]
     result: dict[str, Any] = {
         "cube_size": opts.lut_size, **each[0], "photos": each, "model": event.model, "scores": asdict(event.scores),
-        "skin": skin_figures,
+        "skin": skin_figures, "lut_nodes": n,
         "timings": {"queued_s": max(0.0, started - submitted), "optimize_s": max(0.0, t0 - started),
                     "render_s": done - t0, "total_s": done - submitted},
     }
-    files = {"cube": cube.encode("utf-8"), **{image_file(i): image for i, (image, _) in enumerate(graded)}}
+    files = {"cube": cube.encode("utf-8"), LUT_FILE: base64.b64decode(event.lut),
+             **{image_file(i): image for i, (image, _) in enumerate(graded)}}
     if not await job.write("finish", result, files):
         return await job.outcome()
     t = result["timings"]

@@ -13,8 +13,11 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import cast
 
+import numpy as np
+import torch
+
 from clipdlut.cube import read_cube
-from clipdlut.export import describe_look
+from clipdlut.export import describe_look, lut_to_cube
 from clipdlut.formats import FORMATS, LutFormatName, convert
 from clipdlut.hald import write_strip
 from clipdlut.imaging import DecodedImage, encode_image, working_copy
@@ -22,12 +25,13 @@ from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_ST
 from clipdlut.serving.bundle import pack
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.stores import JobStore
+from clipdlut.serving.stores import JobRecord, JobStore
 from clipdlut.status import JobStatus
-from clipdlut.table import OFFERED_SIZES
-from clipdlut.viewing import BUILTIN_CONFIG, Viewing, displayed
+from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
+from clipdlut.viewing import BUILTIN_CONFIG, LutKind, Viewing, displayed
 
 log = logging.getLogger(__name__)
+LUT_FILE = "lut"  # a finished job's optimized LUT as the optimizer returned it (float32, before any blend)
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
 
 
@@ -75,6 +79,24 @@ class JobOptions:
         """What the job was asked, for the comments of its ``.cube``."""
         return describe_look(self.target_prompt, self.source_prompt, reference=self.reference,
                              start_from=self.start_from, photos=self.photos, mode=self.mode)
+
+    def cube(self, lut: torch.Tensor, model: str, strength: float | None = None, kind: LutKind | None = None) -> str:
+        """The ``.cube`` text of the job's optimized ``lut`` at ``strength`` (the job's own when None), blended and
+        made safe with the job's pins, for its footage as ``kind`` says (its own kind when None; ``"look"`` for a
+        photo's LUT is the same as ``"display"``). ``kind="display"`` at strength 0 is footage's "before"."""
+        strength = self.strength if strength is None else strength
+        viewing = self.viewing()
+        comments = [*self.describe(), f"model: {model}, steps: {self.steps}, seed: {self.seed}, strength: {strength}"]
+        return lut_to_cube(lut, strength=strength, size=self.lut_size, keep_blacks=self.keep_blacks,
+                           keep_whites=self.keep_whites, neutral=self.mode == "bw" and strength > 0,
+                           protect_skin=self.protect_skin, title=(self.target_prompt or "CLIP-DLUT")[:64],
+                           comments=comments, viewing=viewing, kind=kind or cast(LutKind, self.lut_kind))
+
+    def look_cube(self, lut: torch.Tensor, model: str) -> str:
+        """The look alone on the display's encoding (a photo's: the returned ``.cube``), where skin is measured."""
+        return lut_to_cube(lut, strength=self.strength, size=self.lut_size, keep_blacks=self.keep_blacks,
+                           keep_whites=self.keep_whites, neutral=self.mode == "bw" and self.strength > 0,
+                           protect_skin=self.protect_skin)
 
 
 @dataclass
@@ -144,24 +166,44 @@ async def stored_result(store: JobStore, job_id: str) -> dict | None:
             "model": res["model"], "scores": res["scores"], "timings": res["timings"]}
 
 
-async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube"
-                   ) -> tuple[bytes, str]:
+async def lut_file(store: JobStore, job_id: str, size: int | None = None, fmt: str = "cube",
+                   strength: float | None = None) -> tuple[bytes, str]:
     """A finished job's LUT in any of :data:`clipdlut.formats.FORMATS` (a ``.cube`` of any offered size, the
     formats OpenColorIO writes, a HaldCLUT PNG), or the original system's N x N^2 PNG strip: (bytes, media
-    type)."""
+    type). With ``strength``, the job's optimized LUT at that strength, blended and made safe exactly as the
+    job's own ``.cube`` was (at the job's own strength: that ``.cube``, to the last byte)."""
     record = await store.get(job_id)
     cube = await store.file(job_id, "cube") if record and record.status == JobStatus.FINISHED else None
-    if cube is None:
+    if record is None or cube is None:
         raise JobEnded(record.status if record else JobStatus.FAILED, f"task {job_id} has no finished LUT")
     if fmt not in FORMATS and fmt != "strip":
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if size is not None and size not in OFFERED_SIZES:
         raise InputError(f"size must be one of {_OFFERED}, got {size}")
+    if strength is not None:
+        cube = await _reblended(store, record, strength)
     if fmt == "cube" and size is None:
         return cube, FORMATS["cube"].media_type
     if fmt == "strip":
         return await asyncio.to_thread(lambda: write_strip(read_cube(cube).table)), "image/png"
     # (tens of ms of CPU, a second for 65 nodes in OCIO's text formats: not on the event loop)
     name = cast(LutFormatName, fmt)
-    protect = bool(record and record.options.get("protect_skin"))
+    protect = bool(record.options.get("protect_skin"))
     return await asyncio.to_thread(convert, cube, name, size, protect), FORMATS[name].media_type
+
+
+async def _reblended(store: JobStore, record: JobRecord, strength: float) -> bytes:
+    """A finished job's ``.cube`` at another strength, from its optimized LUT (:meth:`JobOptions.cube`)."""
+    if not 0.0 <= strength <= MAX_STRENGTH:
+        raise InputError(f"strength must be from 0 to {MAX_STRENGTH:g}, got {strength}")
+    raw = await store.file(record.job_id, LUT_FILE)
+    if raw is None or record.result is None or "lut_nodes" not in record.result:
+        raise InputError(f"task {record.job_id} was finished by an older version that kept only its .cube: ask "
+                         "without strength")
+    n, model, opts = int(record.result["lut_nodes"]), str(record.result["model"]), JobOptions(**record.options)
+
+    def write() -> bytes:
+        lut = torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(1, 3, n, n, n))
+        return opts.cube(lut, model, strength).encode("utf-8")
+
+    return await asyncio.to_thread(write)

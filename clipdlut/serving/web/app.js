@@ -8,6 +8,7 @@ let MAX_STRENGTH = 2;  // the strongest blend (the service's own figure: loadLim
 const DROP_TEXT = $("drop-text").textContent;
 let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
 let taskId = null, result = null, polling = null, watching = 0, applySeq = 0;
+let cubeURL = null;  // the shown result's own .cube (at the job's strength), held while it is shown
 let originals = [], graded = [], shown = 0;  // the shown job's photos before and after, and the one compared
 const held = new Map();  // object URLs by what shows them ("result", "before", "after", "reference", ...)
 
@@ -238,7 +239,8 @@ async function showResult(id) {
   const blobs = await Promise.all(photos.map(
     async (g) => (await fetch(`data:${g.media_type};base64,${g.image}`)).blob()));
   const cube = new Blob([result.cube], { type: "text/plain" });
-  const [cubeURL, ...urls] = hold("result", cube, ...blobs);
+  const urls = hold("result", cube, ...blobs);
+  cubeURL = urls.shift();
   graded = photos.map((g, i) => ({ ...g, url: urls[i] }));
   if (!originals.length) originals = blobs;  // opened from the recent list: no local originals, show the graded
   const s = result.scores;
@@ -246,10 +248,6 @@ async function showResult(id) {
     + `${s.result_target.toFixed(3)} after (direction ${s.directional >= 0 ? "+" : ""}${s.directional.toFixed(3)}); `
     + `${size(result)}, ${result.mode === "bw" ? "black and white, " : ""}${result.steps} steps, `
     + `model ${result.model}, ${result.timings.total_s.toFixed(1)} s.`;
-  setLink("dl-cube", cubeURL, `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
-  for (const n of [17, 33, 65]) onDemand(`dl-cube-${n}`, { size: n }, `clipdlut-${n}.cube`);
-  onDemand("dl-hald", { format: "hald" }, "clipdlut-hald.png");
-  formatLink();
   $("strength").value = 1;
   $("strength-value").textContent = "1.00";
   $("strength").disabled = Boolean(result.input_space);  // (it blends with the identity: a photo's LUT only)
@@ -258,6 +256,7 @@ async function showResult(id) {
   $("strength").title = result.input_space
     ? `footage (${result.input_space}): the LUT includes the conversion to the display; set the strength on the job`
     : "";
+  lutLinks();
   renderStrip();
   select(0);
   $("result").hidden = false;
@@ -338,11 +337,29 @@ function onDemand(id, options, name) {  // a LUT of another size or format, fetc
   };
 }
 
+function atStrength() {  // the strength on the slider as /v1/lut options and a file-name tag (none: the job's own)
+  const s = Number($("strength").value);
+  return s === result.strength ? [{}, ""] : [{ strength: s }, `-${Math.round(s * 100)}pct`];
+}
+
+function lutLinks() {  // every LUT download at the strength on the slider (baked in by /v1/lut, made safe)
+  const [at, tag] = atStrength();
+  if (tag) onDemand("dl-cube", at, `clipdlut-${result.lut_size}${tag}.cube`);
+  else {
+    $("dl-cube").onclick = null;
+    setLink("dl-cube", cubeURL, `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
+  }
+  for (const n of [17, 33, 65]) onDemand(`dl-cube-${n}`, { size: n, ...at }, `clipdlut-${n}${tag}.cube`);
+  onDemand("dl-hald", { format: "hald", ...at }, `clipdlut${tag}-hald.png`);
+  formatLink();
+}
+
 function formatLink() {  // the LUT in the format chosen in the list (the service's own list: /v1/limits)
   const option = $("lut-format").selectedOptions[0];
   if (!result || !option) return;
-  const name = `clipdlut-${result.lut_size}-${option.value}${option.dataset.suffix}`;
-  onDemand("dl-format", { format: option.value, size: result.lut_size }, name);
+  const [at, tag] = atStrength();
+  const name = `clipdlut-${result.lut_size}-${option.value}${tag}${option.dataset.suffix}`;
+  onDemand("dl-format", { format: option.value, size: result.lut_size, ...at }, name);
 }
 
 function setLink(id, href, name, text) {
@@ -356,6 +373,7 @@ async function restrength() {
   const strength = Number($("strength").value);
   $("strength-value").textContent = strength.toFixed(2);
   if (!result) return;
+  lutLinks();
   const seq = ++applySeq;
   const original = originals[shown];
   const form = new FormData();
