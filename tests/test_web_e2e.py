@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -286,3 +287,42 @@ def test_a_keyed_service_opens_the_page_and_asks_for_the_key_once(browser, tmp_p
         browser.refresh()
         browser.find_element(By.CSS_SELECTOR, "#recent button").click()
         assert "needs an API key" in wait.until(lambda d: text(d, "error"))
+
+
+def image_bytes(driver, element_id: str) -> bytes:
+    """The bytes behind an image element's (blob) URL."""
+    return base64.b64decode(driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(document.getElementById(arguments[0]).src).then((r) => r.arrayBuffer()).then((b) => {"
+        "  let s = ''; new Uint8Array(b).forEach((x) => { s += String.fromCharCode(x); }); done(btoa(s)); });",
+        element_id))
+
+
+def test_a_reload_resumes_a_running_job_and_a_reopened_one_compares_with_its_own_photos(browser, server, tmp_path):
+    """Issue 26, part 1: a job running when the page is reloaded is watched again to its result; a job reopened
+    from Recent compares with the photo it graded (kept in the browser's IndexedDB), not with its result; where
+    the browser no longer has that photo, compare and strength are off and the page says why."""
+    original = photos(tmp_path, [(320, 240)])
+    start(browser, server, tmp_path, steps=40, images=original)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+    wait.until(lambda d: iteration(d) > 0)
+    browser.refresh()  # mid-run
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert iteration(browser) == 40 and "finished" in text(browser, "recent")
+    assert image_bytes(browser, "before") == original[0].read_bytes()
+    assert browser.find_element(By.ID, "strength").is_enabled()
+
+    browser.refresh()
+    browser.find_element(By.CSS_SELECTOR, "#recent button").click()
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert image_bytes(browser, "before") == original[0].read_bytes()  # (not the graded photo a second time)
+    assert image_bytes(browser, "before") != image_bytes(browser, "after")
+    assert not browser.find_element(By.ID, "compare-note").is_displayed()
+
+    browser.execute_script("indexedDB.deleteDatabase('clipdlut')")  # (as a browser clearing its storage would)
+    browser.refresh()
+    browser.find_element(By.CSS_SELECTOR, "#recent button").click()
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert browser.find_element(By.ID, "compare-note").is_displayed()
+    assert not any(browser.find_element(By.ID, box).is_enabled() for box in ("strength", "split"))
+    assert errors_in_console(browser) == []

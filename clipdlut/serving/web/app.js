@@ -109,6 +109,46 @@ function remember(entry) {
   renderRecent();
 }
 
+function noteStatus(id, status) {  // a recent job's last known status, shown in the list
+  const list = recent().map((e) => (e.id === id ? { ...e, status } : e));
+  localStorage.setItem(RECENT_KEY, JSON.stringify(list));
+  renderRecent();
+}
+
+// The photos of the last jobs, kept in this browser (IndexedDB: blobs too large for localStorage), so that a job
+// reopened from Recent, or after a reload, compares and re-blends against the photos it graded, not its result.
+const PHOTO_DB = "clipdlut", KEEP_PHOTOS = 10;
+
+function photoStore(mode) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open(PHOTO_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("photos");
+    open.onsuccess = () => resolve(open.result.transaction("photos", mode).objectStore("photos"));
+    open.onerror = () => reject(open.error);
+  });
+}
+
+async function keepPhotos(id, photos) {  // (the oldest jobs' photos are dropped: KEEP_PHOTOS jobs are kept)
+  try {
+    const store = await photoStore("readwrite");
+    store.put(photos, id);
+    const keep = new Set([id, ...recent().slice(0, KEEP_PHOTOS - 1).map((e) => e.id)]);
+    const keys = store.getAllKeys();
+    keys.onsuccess = () => keys.result.filter((k) => !keep.has(k)).forEach((k) => store.delete(k));
+  } catch (e) { /* private browsing or no room: a reopened job then says its photos are gone */ }
+}
+
+async function keptPhotos(id) {
+  try {
+    const store = await photoStore("readonly");
+    return await new Promise((resolve) => {
+      const get = store.get(id);
+      get.onsuccess = () => resolve(get.result || []);
+      get.onerror = () => resolve([]);
+    });
+  } catch (e) { return []; }
+}
+
 function renderRecent() {
   const ul = $("recent");
   ul.replaceChildren();
@@ -117,7 +157,7 @@ function renderRecent() {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "example";
-    b.textContent = `${new Date(e.at).toLocaleString()} · ${e.prompt}`;
+    b.textContent = `${new Date(e.at).toLocaleString()} · ${e.prompt}${e.status ? ` · ${e.status}` : ""}`;
     b.addEventListener("click", () => openTask(e.id));
     li.append(b);
     ul.append(li);
@@ -141,6 +181,7 @@ async function submit(ev) {
     const { task_id } = await r.json();
     remember({ id: task_id, prompt: describe(body), at: Date.now() });
     originals = files;
+    keepPhotos(task_id, files);
     setRefining(null);
     watch(task_id);
   } catch (e) {
@@ -211,6 +252,7 @@ async function poll(id, round) {  // one call at a time: the next is scheduled w
     }
     if (["finished", "cancelled", "failed"].includes(p.status)) {
       again = false;
+      noteStatus(id, $("state").textContent);
       $("stop").disabled = true;
       $("submit").disabled = false;
       if (p.status === "failed") showError(`The job failed: ${p.error || "no reason given"}`);
@@ -242,7 +284,13 @@ async function showResult(id) {
   const urls = hold("result", cube, ...blobs);
   cubeURL = urls.shift();
   graded = photos.map((g, i) => ({ ...g, url: urls[i] }));
-  if (!originals.length) originals = blobs;  // opened from the recent list: no local originals, show the graded
+  // (reopened where this browser no longer has its photos: the result alone, nothing to compare or re-blend)
+  const kept = originals.length === photos.length;
+  if (!kept) originals = blobs;
+  $("split").disabled = !kept;
+  $("split").value = kept ? 50 : 100;
+  split();
+  $("compare-note").hidden = kept;
   const s = result.scores;
   $("scores").textContent = `CLIP similarity to the target look: ${s.source_target.toFixed(3)} before → `
     + `${s.result_target.toFixed(3)} after (direction ${s.directional >= 0 ? "+" : ""}${s.directional.toFixed(3)}); `
@@ -250,12 +298,13 @@ async function showResult(id) {
     + `model ${result.model}, ${result.timings.total_s.toFixed(1)} s.`;
   $("strength").value = 1;
   $("strength-value").textContent = "1.00";
-  $("strength").disabled = Boolean(result.input_space);  // (it blends with the identity: a photo's LUT only)
+  // (it blends with the identity: a photo's LUT only, and only where its photos are here)
+  $("strength").disabled = Boolean(result.input_space) || !kept;
   // (a blend towards the identity keeps skin's bound; one beyond the look would not)
   $("strength").max = result.skin && result.skin.protected ? 1 : MAX_STRENGTH;
   $("strength").title = result.input_space
     ? `footage (${result.input_space}): the LUT includes the conversion to the display; set the strength on the job`
-    : "";
+    : kept ? "" : "this job's photos are no longer kept in this browser";
   lutLinks();
   renderStrip();
   select(0);
@@ -395,8 +444,17 @@ async function restrength() {
 async function openTask(id) {
   showError("");
   forgetPhotos();
-  originals = [];
+  originals = await keptPhotos(id);
   watch(id);
+}
+
+async function resumeLast() {  // after a reload: the last job, if it is still running, is watched again
+  const last = recent()[0];
+  if (!last || last.status) return;
+  try {
+    const r = await api(`/v1/retouch/status?task_id=${encodeURIComponent(last.id)}`);
+    if ((await r.json()).status === "in_progress") await openTask(last.id);
+  } catch (e) { /* gone or not reachable: the list still offers it */ }
 }
 
 function split() {
@@ -485,6 +543,7 @@ $("bw").addEventListener("change", () => {  // (a black-and-white look has no sk
 });
 $("display").addEventListener("change", footageChanged);
 renderRecent();
+resumeLast();
 showKept();
 split();
 loadLimits();
