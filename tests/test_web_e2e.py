@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from clipdlut.cube import read_cube
 from tests.conftest import gradient_image
@@ -125,11 +128,21 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     assert browser.find_element(By.ID, "strength").get_attribute("max") == "1"  # (beyond the look: skin unkept)
     shot(browser, "web-result")
 
-    after = browser.find_element(By.ID, "after").get_attribute("src")
-    browser.execute_script("const s = document.getElementById('strength'); s.value = 0.5;"
-                           "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));")
-    wait.until(lambda d: d.find_element(By.ID, "after").get_attribute("src") != after)
-    assert browser.find_element(By.ID, "strength-value").text == "0.50"
+    # strength in the browser: each move redraws the preview here, as Pillow renders it on the server
+    wait.until(lambda d: d.execute_script("return document.getElementById('after-live').width") > 0)
+    ms = browser.execute_script("const s = document.getElementById('strength'); s.value = 0.5;"
+                                "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));"
+                                "return window.lastStrengthDrawMs;")
+    assert browser.find_element(By.ID, "strength-value").text == "0.50" and 0 < ms < 100, ms
+    assert browser.find_element(By.ID, "after-live").is_displayed()
+    live = Image.open(io.BytesIO(base64.b64decode(browser.execute_script(
+        "return document.getElementById('after-live').toDataURL('image/png').split(',')[1]")))).convert("RGB")
+    own = httpx.get(server.url + "/v1/retouch/get", params={"task_id": recent_id(browser)}).json()["cube"]
+    served = httpx.post(server.url + "/v1/apply", data={"strength": "0.5", "image_format": "png"},
+                        files={"image": ("photo.png", (tmp_path / "photo-1.png").read_bytes()),
+                               "lut": ("look.cube", own)})
+    served_img = Image.open(io.BytesIO(served.content)).convert("RGB")
+    assert np.abs(np.asarray(live, dtype=int) - np.asarray(served_img, dtype=int)).max() <= 2
 
     task_id = recent_id(browser)
 

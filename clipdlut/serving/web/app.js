@@ -7,7 +7,7 @@ let MAX_PHOTOS = 16;  // a series: one LUT fitted to all its photos (the service
 let MAX_STRENGTH = 2;  // the strongest blend (the service's own figure: loadLimits)
 const DROP_TEXT = $("drop-text").textContent;
 let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
-let taskId = null, result = null, polling = null, watching = 0, applySeq = 0;
+let taskId = null, result = null, polling = null, watching = 0;
 let cubeURL = null;  // the shown result's own .cube (at the job's strength), held while it is shown
 let originals = [], graded = [], shown = 0;  // the shown job's photos before and after, and the one compared
 const held = new Map();  // object URLs by what shows them ("result", "before", "after", "reference", ...)
@@ -361,10 +361,105 @@ function select(i) {  // photo i of the result in the comparison, at the chosen 
   release("after");
   $("after").src = graded[i].url;
   $("quality").textContent = qualityText(graded[i].quality) + skinText(result.skin);
-  setLink("dl-image", graded[i].url, imageName(i),
-          graded.length > 1 ? `Full-resolution image (photo ${i + 1})` : "Full-resolution image");
+  $("dl-image").textContent = graded.length > 1 ? `Full-resolution image (photo ${i + 1})` : "Full-resolution image";
   $("strip").querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(j === i)));
-  if (Number($("strength").value) !== 1) restrength();
+  imageLink();
+  prepareLive(i);
+}
+
+// Strength in the browser: the look blended and applied here to a screen-sized copy of the photo, at each move of
+// the slider (trilinear, as Pillow applies a LUT to the full-resolution image when it is downloaded).
+const LIVE_SIDE = 1024;  // the copy's longest side, in pixels
+let live = null;  // { pixels: the copy's ImageData, table: the look's Float32Array [b][g][r][c], n }
+
+function cubeTable(text) {  // a .cube's table as floats, in its own row order (red fastest): [b][g][r][c]
+  let n = 0, lo = [0, 0, 0], hi = [1, 1, 1];
+  const values = [];
+  for (const line of text.split("\n")) {
+    const t = line.trim().split(/\s+/);
+    if (t[0] === "LUT_3D_SIZE") n = Number(t[1]);
+    else if (t[0] === "DOMAIN_MIN") lo = t.slice(1, 4).map(Number);
+    else if (t[0] === "DOMAIN_MAX") hi = t.slice(1, 4).map(Number);
+    else if (t.length === 3 && /^[-+.\d]/.test(t[0])) values.push(...t.map(Number));
+  }
+  const table = Float32Array.from(values, (v, k) => (v - lo[k % 3]) / (hi[k % 3] - lo[k % 3]));
+  return { n, table };
+}
+
+async function prepareLive(i) {
+  live = null;
+  $("after-live").hidden = true;
+  if ($("strength").disabled) return;
+  const bitmap = await createImageBitmap(originals[i]);
+  const scale = Math.min(1, LIVE_SIDE / Math.max(bitmap.width, bitmap.height));
+  const canvas = $("after-live");
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  if (shown !== i) return;  // another photo was chosen meanwhile
+  live = { pixels: ctx.getImageData(0, 0, canvas.width, canvas.height), ...cubeTable(result.cube) };
+  drawLive();
+}
+
+function drawLive() {  // the preview at the slider's strength; returns the milliseconds it took (the tests read it)
+  const t0 = performance.now(), s = Number($("strength").value);
+  const own = !live || s === result.strength;
+  $("after-live").hidden = own;
+  if (own) return 0;
+  const { pixels, table, n } = live, src = pixels.data, out = new ImageData(pixels.width, pixels.height);
+  const dst = out.data, f = (n - 1) / 255, k = result.strength ? s / result.strength : 0;  // (the .cube is at
+  //                                                                                          the job's strength)
+  const blended = new Float32Array(table.length);
+  for (let j = 0; j < table.length; j += 3) {  // I + k (T - I): the look at strength s, from the one at the job's
+    const node = j / 3, r = node % n, g = Math.floor(node / n) % n, b = Math.floor(node / (n * n));
+    const id = [r, g, b];
+    for (let c = 0; c < 3; c++) blended[j + c] = 255 * (id[c] / (n - 1) + k * (table[j + c] - id[c] / (n - 1)));
+  }
+  const sg = 3 * n, sb = 3 * n * n;
+  for (let p = 0; p < src.length; p += 4) {
+    const x = src[p] * f, y = src[p + 1] * f, z = src[p + 2] * f;
+    const r0 = Math.min(x | 0, n - 2), g0 = Math.min(y | 0, n - 2), b0 = Math.min(z | 0, n - 2);
+    const dr = x - r0, dg = y - g0, db = z - b0, base = 3 * r0 + sg * g0 + sb * b0;
+    for (let c = 0; c < 3; c++) {
+      const i = base + c;
+      const c00 = blended[i] + dr * (blended[i + 3] - blended[i]);
+      const c10 = blended[i + sg] + dr * (blended[i + sg + 3] - blended[i + sg]);
+      const c01 = blended[i + sb] + dr * (blended[i + sb + 3] - blended[i + sb]);
+      const c11 = blended[i + sb + sg] + dr * (blended[i + sb + sg + 3] - blended[i + sb + sg]);
+      const c0 = c00 + dg * (c10 - c00), c1 = c01 + dg * (c11 - c01);
+      dst[p + c] = c0 + db * (c1 - c0);  // (clamped and rounded by the Uint8ClampedArray)
+    }
+    dst[p + 3] = src[p + 3];
+  }
+  $("after-live").getContext("2d").putImageData(out, 0, 0);
+  return performance.now() - t0;
+}
+
+function imageLink() {  // the full-resolution photo at the slider's strength, rendered by /v1/apply when downloaded
+  const a = $("dl-image"), i = shown, s = Number($("strength").value);
+  a.onclick = null;
+  release("dl-image");
+  if (s === result.strength) return setLink("dl-image", graded[i].url, imageName(i));
+  a.removeAttribute("href");
+  a.download = imageName(i, "png").replace(/(\.\w+)$/, `-${Math.round(s * 100)}pct$1`);
+  a.onclick = async (ev) => {
+    if (a.href) return;  // rendered already: the browser downloads it
+    ev.preventDefault();
+    a.setAttribute("aria-busy", "true");
+    try {
+      const form = new FormData();
+      form.append("image", originals[i], originals[i].name || "photo.png");
+      form.append("lut", new Blob([result.cube], { type: "text/plain" }), "look.cube");
+      form.append("strength", String(s / result.strength));
+      form.append("image_format", "png");
+      const blob = await (await api("/v1/apply", { method: "POST", body: form })).blob();
+      if (shown !== i || Number($("strength").value) !== s) return;  // moved on meanwhile
+      [a.href] = hold("dl-image", blob);
+      a.click();
+    } catch (e) { showError(e.message); } finally { a.removeAttribute("aria-busy"); }
+  };
 }
 
 function onDemand(id, options, name) {  // a LUT of another size or format, fetched when its link is clicked
@@ -418,27 +513,12 @@ function setLink(id, href, name, text) {
   if (text) a.textContent = text;
 }
 
-async function restrength() {
-  const strength = Number($("strength").value);
-  $("strength-value").textContent = strength.toFixed(2);
+function restrength() {  // a settled strength: the downloads follow it (the preview followed each move)
+  $("strength-value").textContent = Number($("strength").value).toFixed(2);
   if (!result) return;
+  drawLive();
   lutLinks();
-  const seq = ++applySeq;
-  const original = originals[shown];
-  const form = new FormData();
-  form.append("image", original, original.name || "photo.png");
-  form.append("lut", new Blob([result.cube], { type: "text/plain" }), "look.cube");
-  form.append("strength", String(strength));
-  form.append("image_format", "png");
-  try {
-    const r = await api("/v1/apply", { method: "POST", body: form });
-    const blob = await r.blob();
-    if (seq === applySeq) {
-      const [url] = hold("after", blob);
-      $("after").src = url;
-      setLink("dl-image", url, imageName(shown, "png"));
-    }
-  } catch (e) { showError(e.message); }
+  imageLink();
 }
 
 async function openTask(id) {
@@ -458,7 +538,7 @@ async function resumeLast() {  // after a reload: the last job, if it is still r
 }
 
 function split() {
-  $("after").style.clipPath = `inset(0 ${100 - Number($("split").value)}% 0 0)`;
+  $("after").style.clipPath = $("after-live").style.clipPath = `inset(0 ${100 - Number($("split").value)}% 0 0)`;
 }
 
 $("file").addEventListener("change", () => choose([...$("file").files]));
@@ -495,7 +575,10 @@ $("forget-key").addEventListener("click", () => {  // (a shared computer: the ne
 });
 $("stop").addEventListener("click", cancelTask);
 $("strength").addEventListener("change", restrength);
-$("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
+$("strength").addEventListener("input", () => {
+  $("strength-value").textContent = Number($("strength").value).toFixed(2);
+  if (result) window.lastStrengthDrawMs = drawLive();  // (read by the browser tests)
+});
 $("split").addEventListener("input", split);
 $("lut-format").addEventListener("change", formatLink);
 async function loadLimits() {  // the service's limits, from the service (never copied here)
