@@ -80,7 +80,7 @@ def grade_file(task: Task, table: np.ndarray, threads: int | None = 1) -> None:
     """Decode, grade (on ``threads`` threads; ``None``: one per core) and write one photo."""
     decoded = decode_image(task.source.read_bytes())
     graded = apply_table(decoded.rgb, table, workers=threads)
-    task.target.write_bytes(encode_image(graded, task.fmt, decoded.alpha, decoded.icc_profile))
+    task.target.write_bytes(encode_image(graded, task.fmt, **decoded.kept()))
 
 
 _table: np.ndarray | None = None  # each worker process's copy of the LUT, set once when it starts

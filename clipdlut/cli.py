@@ -148,7 +148,7 @@ def _write_graded(args: argparse.Namespace, decoded: list, text: str, image_form
     from clipdlut.render import render
 
     if image_format is not None:
-        data = encode_image(render(decoded[0], text), image_format, decoded[0].alpha, decoded[0].icc_profile)
+        data = encode_image(render(decoded[0], text), image_format, **decoded[0].kept())
         args.image.write_bytes(data)
         print(f"wrote {args.image}")
     elif args.image is not None:

@@ -32,10 +32,21 @@ class DecodedImage:
     rgb: Image.Image
     alpha: Image.Image | None = None
     icc_profile: bytes | None = None
+    exif: bytes | None = None  # the photo's EXIF (camera, lens, date, GPS), its orientation set upright as the pixels
+    format: str | None = None  # Pillow's name of the format it came in ("JPEG", "PNG", ...)
 
     @property
     def size(self) -> tuple[int, int]:
         return self.rgb.size
+
+    def kept(self) -> dict:
+        """What a graded copy keeps of the photo, as :func:`encode_image`'s arguments."""
+        return {"alpha": self.alpha, "icc_profile": self.icc_profile, "exif": self.exif}
+
+    @property
+    def own_format(self) -> str:
+        """The output format that keeps the photo's own: a JPEG stays a JPEG, a WebP a WebP, others become PNG."""
+        return {"JPEG": "jpeg", "WEBP": "webp"}.get(self.format or "", "png")
 
 
 def _profile_is_rgb(icc: bytes) -> bool:
@@ -102,7 +113,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         rgb = img if img.mode == "RGB" else img.convert("RGB")
     if icc and not _profile_is_rgb(icc):
         icc = None  # a CMYK or grey profile does not describe the RGB output
-    return DecodedImage(rgb=rgb, alpha=alpha, icc_profile=icc)
+    # (exif_transpose has set the EXIF's orientation upright, as it turned the pixels; a TIFF's tags are its own
+    # structure, not a camera's EXIF block, and are not carried)
+    return DecodedImage(rgb=rgb, alpha=alpha, icc_profile=icc, exif=img.info.get("exif") or None, format=img.format)
 
 
 def working_copy(img: Image.Image, short_side: int = 288, max_long_side: int = 864) -> Image.Image:
@@ -131,9 +144,10 @@ def output_format(name: str) -> str:
 
 
 def encode_image(rgb: Image.Image, fmt: str = "PNG", alpha: Image.Image | None = None,
-                 icc_profile: bytes | None = None, quality: int = 95, png_level: int = 6) -> bytes:
-    """Encode to PNG, JPEG or WebP, re-attaching alpha (not for JPEG) and the ICC profile. The project's one
-    image encoder (``png_level`` 1 for previews: quick, larger)."""
+                 icc_profile: bytes | None = None, quality: int = 95, png_level: int = 6,
+                 exif: bytes | None = None) -> bytes:
+    """Encode to PNG, JPEG or WebP, re-attaching alpha (not for JPEG), the ICC profile and the EXIF. The project's
+    one image encoder (``png_level`` 1 for previews: quick, larger)."""
     fmt = output_format(fmt) if fmt.lower() in OUTPUT_FORMATS else fmt.upper()
     img = rgb
     if alpha is not None and fmt != "JPEG":
@@ -142,6 +156,8 @@ def encode_image(rgb: Image.Image, fmt: str = "PNG", alpha: Image.Image | None =
     params: dict = {}
     if icc_profile:
         params["icc_profile"] = icc_profile
+    if exif:
+        params["exif"] = exif
     if fmt == "JPEG":
         params.update(quality=quality, subsampling=0)
     elif fmt == "WEBP":

@@ -170,3 +170,22 @@ def redis_image(podman, tmp_path_factory) -> str:
     from tests.containers import redis_image
 
     return redis_image(podman, tmp_path_factory.mktemp("redis-image"))
+
+
+def camera_jpeg(img: Image.Image) -> tuple[bytes, dict]:
+    """A JPEG as a camera writes it (EXIF: make, model, date taken, GPS; rotated 90 degrees by its orientation tag),
+    and the EXIF a graded copy must keep (the orientation upright, as the pixels are then)."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS R5", 6
+    exif.get_ifd(0x8769)[0x9003] = "2026:12:06 10:00:00"
+    exif.get_ifd(0x8825).update({1: "N", 2: (39.0, 54.0, 0.0)})
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    return buf.getvalue(), {"make": "Canon", "model": "EOS R5", "taken": "2026:12:06 10:00:00", "gps": "N"}
+
+
+def kept_exif(data: bytes) -> dict:
+    exif = Image.open(io.BytesIO(data)).getexif()
+    return {"make": exif.get(0x010F), "model": exif.get(0x0110), "taken": exif.get_ifd(0x8769).get(0x9003),
+            "gps": exif.get_ifd(0x8825).get(1), "orientation": exif.get(0x0112, 1)}
+

@@ -15,7 +15,7 @@ from clipdlut.formats import convert
 from clipdlut.hald import write_hald
 from clipdlut.render import apply_table
 from clipdlut.safety import measure
-from tests.conftest import gradient_image
+from tests.conftest import camera_jpeg, gradient_image, kept_exif
 
 pytestmark = pytest.mark.unit
 
@@ -101,6 +101,11 @@ def test_apply_reads_cube_and_hald(tmp_path):
     expected = apply_table(img, read_cube((tmp_path / "swap.cube").read_text()).table * 0.5
                            + L.to_table(L.identity(16)) * 0.5)
     assert Image.open(tmp_path / "half.png").tobytes() == expected.tobytes()
+    data, exif = camera_jpeg(img)
+    (tmp_path / "IMG_1234.jpg").write_bytes(data)
+    out = cli("apply", tmp_path / "swap.cube", tmp_path / "IMG_1234.jpg", "-o", tmp_path / "graded.jpg")
+    assert out.returncode == 0, out.stderr
+    assert kept_exif((tmp_path / "graded.jpg").read_bytes()) == {**exif, "orientation": 1}  # (the camera's EXIF)
 
 
 def test_retouch_a_series_with_a_reference_refined_then_in_black_and_white(tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 from clipdlut.cube import read_cube
 from clipdlut.hald import read_strip
 from clipdlut.render import pillow_lut
-from tests.conftest import gradient_image, png_bytes, wait
+from tests.conftest import camera_jpeg, gradient_image, kept_exif, png_bytes, wait
 
 pytestmark = pytest.mark.http
 PHOTO = gradient_image(160, 120)
@@ -554,3 +554,23 @@ def test_protect_skin_keeps_skin_on_every_delivered_lut_and_each_result_says_how
                         "grade for an sRGB or Rec.709 display")):
         r = client.post("/v1/retouch/submit", json={**body, "protect_skin": True, **bad})
         assert r.status_code == 400 and words in r.json()["error"], r.text
+
+
+def test_a_camera_jpeg_comes_back_a_jpeg_with_its_exif_on_both_apis(client):
+    """A photo keeps its format by default (a JPEG stays a JPEG) and its EXIF on the native API; the original API
+    answers a PNG, as its clients expect, with the same EXIF; the orientation is upright, as the pixels are."""
+    data, expected = camera_jpeg(gradient_image(160, 120))
+    native = finished(client, {"image": _b64(data), "target_prompt": "温暖的金色黄昏", "steps": 3, "lut_size": 17})
+    image = base64.b64decode(native["image"])
+    assert native["media_type"] == "image/jpeg" and Image.open(io.BytesIO(image)).format == "JPEG"
+    assert Image.open(io.BytesIO(image)).size == (120, 160)  # (turned upright by the orientation tag)
+    assert kept_exif(image) == {**expected, "orientation": 1}
+    as_png = finished(client, {"image": _b64(data), "target_prompt": "温暖的金色黄昏", "steps": 3, "lut_size": 17,
+                               "image_format": "png"})
+    assert as_png["media_type"] == "image/png" and kept_exif(base64.b64decode(as_png["image"]))["model"] == "EOS R5"
+    task = client.post("/retouch", json={"image": _b64(data), "target_prompt": "暖色", "iteration": 3}).json()
+    wait(lambda: query(client, task["task_id"])["status"] == "finished")
+    legacy = query(client, task["task_id"], include_image=True)["image"]
+    legacy_png = base64.b64decode(legacy.split(",", 1)[1] if legacy.startswith("data:") else legacy)
+    assert Image.open(io.BytesIO(legacy_png)).format == "PNG"
+    assert kept_exif(legacy_png) == {**expected, "orientation": 1}

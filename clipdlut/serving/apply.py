@@ -24,4 +24,4 @@ def apply_upload(image: bytes, lut: bytes, strength: float, image_format: str, s
     except (CubeError, LutImageError) as e:
         raise InputError(f"the LUT file cannot be used: {e}") from None
     graded = apply_table(decoded.rgb, blend_table(table, strength))
-    return encode_image(graded, fmt, decoded.alpha, decoded.icc_profile)
+    return encode_image(graded, fmt, **decoded.kept())

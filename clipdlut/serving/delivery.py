@@ -72,13 +72,13 @@ def render(photos: list[bytes], opts: JobOptions, lut: torch.Tensor, model: str,
     seconds). Photos are rendered from the returned text, so a client's Pillow gets these pixels; one decoded photo
     in memory at a time."""
     tables = _tables(opts, lut, model)
-    fmt = output_format(opts.image_format)
     graded = []
     for data in photos:
         d = decode_upload(data, settings)
+        fmt = output_format(opts.image_format or d.own_format)  # (by default each photo keeps its own format)
         out = apply_table(d.rgb, tables.graded_by)
         before = d.rgb if tables.before is None else apply_table(d.rgb, tables.before)
-        graded.append((encode_image(out, fmt, d.alpha, d.icc_profile),
+        graded.append((encode_image(out, fmt, **d.kept()),
                        {"media_type": MEDIA_TYPES[fmt], "width": d.size[0], "height": d.size[1],
                         "quality": _figures(measure_grade(before, out, tables.figures), opts).as_dict()}))
     return tables.cube, graded, {"protected": opts.protect_skin, **skin.figures(tables.look).as_dict()}

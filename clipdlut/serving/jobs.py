@@ -51,7 +51,7 @@ class JobOptions:
     lut_size: int = DEFAULT_LUT_SIZE
     strength: float = 1.0
     seed: int = 0
-    image_format: str = "png"
+    image_format: str | None = "png"  # None: each photo's own (a JPEG stays a JPEG: DecodedImage.own_format)
     keep_blacks: bool = False
     keep_whites: bool = False
     protect_skin: bool = False

@@ -246,7 +246,9 @@ class RetouchRequest(BaseModel):
     strength: float = Field(1.0, ge=0.0, le=MAX_STRENGTH, description="blend with the identity (a `bw` look: with "
                             f"the plain black-and-white conversion): 0 none, 1 full, {MAX_STRENGTH:g} doubled")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed; the same seed gives the same LUT")
-    image_format: ImageFormat = Field("png", description="format of the returned full-resolution image")
+    image_format: ImageFormat | None = Field(None, description="format of the returned full-resolution images "
+                                             "(default: each photo's own: a JPEG stays a JPEG, a WebP a WebP, "
+                                             "others become PNG); the photo's EXIF and ICC profile are kept")
     keep_blacks: bool = Field(False, description=PINS["keep_blacks"])
     keep_whites: bool = Field(False, description=PINS["keep_whites"])
     protect_skin: bool = Field(False, description=PINS["protect_skin"])

@@ -82,7 +82,7 @@ def validate_options(opts: JobOptions, settings: Settings) -> JobOptions:
         raise InputError(f"lut_size must be one of {_OFFERED}, got {opts.lut_size}")
     check_strength(opts.strength)
     try:
-        output_format(opts.image_format)
+        output_format(opts.image_format or "png")
     except ValueError as e:
         raise InputError(str(e)) from None
     _check_viewing(opts, settings)

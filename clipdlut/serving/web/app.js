@@ -194,7 +194,7 @@ async function request(prompt) {
   const photos = await Promise.all(files.map(readAsDataURL));
   const body = {
     steps: Number($("steps").value), lut_size: Number($("lut-size").value), seed: Number($("seed").value),
-    image_format: "png", keep_blacks: $("keep-blacks").checked, keep_whites: $("keep-whites").checked,
+    keep_blacks: $("keep-blacks").checked, keep_whites: $("keep-whites").checked,
     protect_skin: $("protect-skin").checked,
     mode: $("bw").checked ? "bw" : "color",
   };
