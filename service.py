@@ -310,12 +310,14 @@ class Retouch:
         """A finished task's LUT as a file for any grading application: .cube (any offered size, resampled
         exactly), Resolve .cube, .3dl (Flame or Lustre), .csp, .spi3d, CLF, or a HaldCLUT PNG (its own size);
         with `strength`, the look at that strength (blended and made safe as the task's own .cube)."""
-        await self._record(task_id)
+        record = await self._record(task_id)
         try:
             data, _ = await jobs.lut_file(self.store, task_id, size, format, strength)
         except JobEnded as e:
             raise TaskNotFinished(str(e)) from None
-        out = Path(ctx.temp_dir) / formats.file_name(f"clipdlut-{task_id[:8]}", format, size)
+        stem = formats.look_name(record.options.get("target_prompt", ""), f"clipdlut-{task_id[:8]}")
+        strength_tag = "" if strength is None else f"-{round(strength * 100)}pct"
+        out = Path(ctx.temp_dir) / formats.file_name(stem + strength_tag, format, size)
         out.write_bytes(data)
         return out
 

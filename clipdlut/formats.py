@@ -11,6 +11,8 @@ measure it on every format.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
@@ -64,10 +66,18 @@ def format_for_suffix(suffix: str) -> LutFormatName:
                          f"{', '.join(BY_SUFFIX)}") from None
 
 
+def look_name(prompt: str, fallback: str = "clipdlut") -> str:
+    """A look's words as a file-name stem (``warm golden hour film`` -> ``warm-golden-hour-film``; letters of any
+    script kept), so that an application listing LUTs by file name tells looks apart."""
+    stem = re.sub(r"[\W_]+", "-", unicodedata.normalize("NFKC", prompt).lower()).strip("-")[:48].strip("-")
+    return stem or fallback
+
+
 def file_name(stem: str, fmt: LutFormatName, size: int | None = None) -> str:
-    """A download's name: ``stem``, the node count (or the flavour where two formats share a suffix), the suffix."""
+    """A download's name: ``stem``, the node count (or the flavour where two formats share a suffix), the suffix:
+    ``warm-golden-hour-film_33.cube``."""
     tag = {"hald": "hald", "resolve-cube": f"{size or 'lut'}-resolve", "3dl-lustre": f"{size or 'lut'}-lustre"}
-    return f"{stem}-{tag.get(fmt, size or 'lut')}{FORMATS[fmt].suffix}"
+    return f"{stem}_{tag.get(fmt, size or 'lut')}{FORMATS[fmt].suffix}"
 
 
 def convert(cube: str | bytes, fmt: LutFormatName, size: int | None = None, protect_skin: bool = False) -> bytes:

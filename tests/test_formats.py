@@ -15,7 +15,7 @@ import torch
 from clipdlut import lut as L
 from clipdlut.cube import read_cube
 from clipdlut.export import lut_to_cube
-from clipdlut.formats import BY_SUFFIX, FORMATS, LutFormatName, convert, file_name, format_for_suffix
+from clipdlut.formats import BY_SUFFIX, FORMATS, LutFormatName, convert, file_name, format_for_suffix, look_name
 from clipdlut.hald import read_hald
 from clipdlut.table import trilinear
 
@@ -101,9 +101,11 @@ def test_the_registry_is_the_one_list_of_formats():
         format_for_suffix(".tif")
     with pytest.raises(ValueError, match="format must be one of cube, resolve-cube"):
         convert("", "tiff")  # type: ignore[arg-type]
-    names = [file_name("clipdlut-ab12cd34", fmt, 33) for fmt in FORMATS]
-    assert len(set(names)) == len(names) and "clipdlut-ab12cd34-33-lustre.3dl" in names
-    assert file_name("x", "hald", 33) == "x-hald.png" and file_name("x", "cube") == "x-lut.cube"
+    names = [file_name("warm-golden-hour-film", fmt, 33) for fmt in FORMATS]
+    assert len(set(names)) == len(names) and "warm-golden-hour-film_33-lustre.3dl" in names
+    assert file_name("x", "hald", 33) == "x_hald.png" and file_name("x", "cube") == "x_lut.cube"
+    assert look_name("Warm golden-hour FILM look!") == "warm-golden-hour-film-look"
+    assert look_name("温暖的 金色黄昏") == "温暖的-金色黄昏" and look_name("  ...  ") == "clipdlut"
 
 
 def test_the_readme_lists_every_format_as_the_registry_says():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
+import urllib.parse
 import zlib
 
 import numpy as np
@@ -440,16 +442,24 @@ def test_the_openapi_page_documents_a_shoot_s_fields(client):
     assert results and all(r["images"]["description"] for r in results)
 
 
+def download_name(response) -> str:
+    """The file name a response's Content-Disposition gives (RFC 6266: ``filename*`` where it is not ASCII)."""
+    disposition = response.headers["content-disposition"]
+    if (m := re.search(r"filename\*=utf-8''([^;]+)", disposition, re.IGNORECASE)):
+        return urllib.parse.unquote(m.group(1))
+    return re.search(r'filename="([^"]+)"', disposition).group(1)
+
+
 def test_the_lut_comes_in_every_format_by_its_own_name(client):
-    """`/v1/lut` `format`: each file is the delivered .cube converted (clipdlut/formats.py), named for the job."""
-    from clipdlut.formats import FORMATS, convert
+    """`/v1/lut` `format`: each file is the delivered .cube converted (clipdlut/formats.py), named for the look."""
+    from clipdlut.formats import FORMATS, convert, file_name
 
     result = finished(client, {"image": PHOTO_B64, "target_prompt": "冷色调", "steps": 3, "lut_size": 33})
-    for fmt, spec in FORMATS.items():
+    for fmt in FORMATS:
         r = client.post("/v1/lut", json={"task_id": result["task_id"], "format": fmt, "size": 17})
         assert r.status_code == 200, (fmt, r.text)
         assert r.content == convert(result["cube"], fmt, 17), fmt
-        assert r.headers["content-disposition"].endswith(f'{spec.suffix}"'), r.headers["content-disposition"]
+        assert download_name(r) == file_name("冷色调", fmt, 17), r.headers["content-disposition"]  # (the look's words)
     assert client.post("/v1/lut", json={"task_id": result["task_id"]}).content == result["cube"].encode("utf-8")
     r = client.post("/v1/lut", json={"task_id": result["task_id"], "format": "tiff"})
     assert r.status_code == 400 and "3dl-flame" in r.json()["error"], r.text
@@ -484,6 +494,8 @@ def test_the_lut_comes_at_any_strength_blended_and_made_safe_as_the_job_s_own(cl
             assert np.abs(table - blend).max() < 2e-6, strength
         for fmt in FORMATS:
             assert lut(format=fmt, strength=strength) == convert(cube, fmt), (fmt, strength)
+    named = client.post("/v1/lut", json={"task_id": result["task_id"], "strength": 0.5, "size": 33})
+    assert download_name(named) == "赛博朋克风格的夜晚城市-50pct_33.cube"
     r = client.post("/v1/lut", json={"task_id": result["task_id"], "strength": 3})
     assert r.status_code == 400 and "strength must be from 0 to 2" in r.json()["error"], r.text
 

@@ -150,15 +150,15 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
         return httpx.post(server.url + "/v1/lut", json={"task_id": task_id, **options}).content
 
     browser.find_element(By.ID, "dl-cube").click()  # (the strength chosen is baked into every LUT downloaded)
-    cube = wait.until(lambda d: (f := browser.downloads / "clipdlut-33-50pct.cube").exists() and f.stat().st_size > 0
-                      and not list(browser.downloads.glob("*.crdownload")) and f)
+    cube = wait.until(lambda d: (f := browser.downloads / "温暖的金色黄昏胶片-50pct_33.cube").exists()
+                      and f.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")) and f)
     api = httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["cube"]
     assert cube.read_bytes() == lut(strength=0.5) != api.encode("utf-8")
     assert read_cube(api).table[0, 0, 0].tolist() == [0, 0, 0]  # the page's "Keep blacks" reached the job
     assert httpx.get(server.url + "/v1/retouch/get", params={"task_id": task_id}).json()["skin"]["protected"]
     assert browser.find_element(By.ID, "dl-cube-17").get_attribute("href") is None  # (fetched when asked for)
     browser.find_element(By.ID, "dl-cube-17").click()
-    small = wait.until(lambda d: (f := browser.downloads / "clipdlut-17-50pct.cube").exists()
+    small = wait.until(lambda d: (f := browser.downloads / "温暖的金色黄昏胶片-50pct_17.cube").exists()
                        and f.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")) and f)
     assert small.read_bytes() == lut(size=17, strength=0.5) and read_cube(small.read_bytes()).size == 17
     Select(browser.find_element(By.ID, "lut-format")).select_by_value("clf")  # the formats the service lists
@@ -187,7 +187,7 @@ def test_a_series_graded_with_one_look_then_refined(browser, server, tmp_path):
     wait.until(lambda d: all(decoded for decoded, _, _ in strip_images(d)))
     assert [size for _, *size in strip_images(browser)] == [list(s) for s in sizes]
     links = browser.find_elements(By.CSS_SELECTOR, "#strip a")
-    assert [a.get_attribute("download") for a in links] == ["clipdlut-1.png", "clipdlut-2.png", "clipdlut-3.png"]
+    assert [a.get_attribute("download") for a in links] == [f"photo-{i}-温暖的金色黄昏胶片.png" for i in (1, 2, 3)]
     assert "3 photos graded with one look" in text(browser, "scores")
     browser.find_elements(By.CSS_SELECTOR, "#strip button")[1].click()  # photo 2 in the comparison
     assert browser.find_element(By.ID, "after").get_attribute("src") == links[1].get_attribute("href")

@@ -328,8 +328,19 @@ function skinText(skin) {  // how far the look moved skin tones (the worst skin 
     + `colour at most ${skin.delta_e.toFixed(1)} ΔE.` : "";
 }
 
-function imageName(i, ext = graded[i].media_type.split("/")[1]) {
-  return graded.length > 1 ? `clipdlut-${i + 1}.${ext}` : `clipdlut.${ext}`;
+function lookName() {  // the look's words as a file-name stem (its .cube's TITLE), as /v1/lut names its files
+  const title = (/^TITLE "(.*)"$/m.exec(result.cube) || [])[1] || "";
+  const stem = title.normalize("NFKC").toLowerCase().replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-+|-+$/g, "");
+  return stem && title !== "CLIP-DLUT" ? stem.slice(0, 48).replace(/-+$/, "") : "clipdlut";
+}
+
+function imageName(i, ext = graded[i].media_type.split("/")[1], tag = "") {  // IMG_1234-warm-golden-hour.jpg
+  const own = originals[i] && originals[i].name ? originals[i].name.replace(/\.[^.]*$/, "") : `photo-${i + 1}`;
+  return `${own}-${lookName()}${tag}.${ext === "jpeg" ? "jpg" : ext}`;
+}
+
+function lutName(tag, kind, suffix) {  // warm-golden-hour_33.cube, warm-golden-hour-50pct_hald.png
+  return `${lookName()}${tag}_${kind}${suffix}`;
 }
 
 function renderStrip() {
@@ -443,7 +454,7 @@ function imageLink() {  // the full-resolution photo at the slider's strength, r
   release("dl-image");
   if (s === result.strength) return setLink("dl-image", graded[i].url, imageName(i));
   a.removeAttribute("href");
-  a.download = imageName(i, "png").replace(/(\.\w+)$/, `-${Math.round(s * 100)}pct$1`);
+  a.download = imageName(i, "png", `-${Math.round(s * 100)}pct`);
   a.onclick = async (ev) => {
     if (a.href) return;  // rendered already: the browser downloads it
     ev.preventDefault();
@@ -488,13 +499,13 @@ function atStrength() {  // the strength on the slider as /v1/lut options and a 
 
 function lutLinks() {  // every LUT download at the strength on the slider (baked in by /v1/lut, made safe)
   const [at, tag] = atStrength();
-  if (tag) onDemand("dl-cube", at, `clipdlut-${result.lut_size}${tag}.cube`);
+  if (tag) onDemand("dl-cube", at, lutName(tag, result.lut_size, ".cube"));
   else {
     $("dl-cube").onclick = null;
-    setLink("dl-cube", cubeURL, `clipdlut-${result.lut_size}.cube`, `.cube (${result.lut_size})`);
+    setLink("dl-cube", cubeURL, lutName("", result.lut_size, ".cube"), `.cube (${result.lut_size})`);
   }
-  for (const n of [17, 33, 65]) onDemand(`dl-cube-${n}`, { size: n, ...at }, `clipdlut-${n}${tag}.cube`);
-  onDemand("dl-hald", { format: "hald", ...at }, `clipdlut${tag}-hald.png`);
+  for (const n of [17, 33, 65]) onDemand(`dl-cube-${n}`, { size: n, ...at }, lutName(tag, n, ".cube"));
+  onDemand("dl-hald", { format: "hald", ...at }, lutName(tag, "hald", ".png"));
   formatLink();
 }
 
@@ -502,7 +513,8 @@ function formatLink() {  // the LUT in the format chosen in the list (the servic
   const option = $("lut-format").selectedOptions[0];
   if (!result || !option) return;
   const [at, tag] = atStrength();
-  const name = `clipdlut-${result.lut_size}-${option.value}${tag}${option.dataset.suffix}`;
+  const flavour = { "resolve-cube": "-resolve", "3dl-lustre": "-lustre" }[option.value] || "";
+  const name = lutName(tag, `${result.lut_size}${flavour}`, option.dataset.suffix);
   onDemand("dl-format", { format: option.value, size: result.lut_size, ...at }, name);
 }
 
