@@ -400,6 +400,7 @@ function cubeTable(text) {  // a .cube's table as floats, in its own row order (
 async function prepareLive(i) {
   live = null;
   $("after-live").hidden = true;
+  delete $("after-live").dataset.ready;
   if ($("strength").disabled) return;
   const bitmap = await createImageBitmap(originals[i]);
   const scale = Math.min(1, LIVE_SIDE / Math.max(bitmap.width, bitmap.height));
@@ -411,6 +412,7 @@ async function prepareLive(i) {
   bitmap.close();
   if (shown !== i) return;  // another photo was chosen meanwhile
   live = { pixels: ctx.getImageData(0, 0, canvas.width, canvas.height), ...cubeTable(result.cube) };
+  canvas.dataset.ready = "true";  // (the slider redraws from here on)
   drawLive();
 }
 
