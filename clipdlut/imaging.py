@@ -76,7 +76,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     try:
         img: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageError("the data is not an image Pillow can read; send JPEG, PNG, WebP, TIFF or BMP") from None
+        raise ImageError("the file is not an image this service can read: send a JPEG, PNG, WebP, TIFF or BMP photo"
+                         ) from None
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,}") from None
     except Exception as e:

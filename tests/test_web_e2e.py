@@ -257,11 +257,16 @@ def test_stop_button_stops_the_job(browser, server, tmp_path):
 
 
 def test_a_text_file_gets_a_readable_error(browser, server, tmp_path):
+    """Checked when chosen (by its type), and by the service (by its bytes): the error names the file."""
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
     start(browser, server, tmp_path, steps=5, images=[notes])
+    assert text(browser, "error") == "notes.txt is not a photo: choose JPEG, PNG, WebP, TIFF or BMP files."
+    fake = tmp_path / "holiday.jpg"  # (a name that passes the page's check; the service reads the bytes)
+    fake.write_text("not a photo either")
+    start(browser, server, tmp_path, steps=5, images=[photos(tmp_path, [(320, 240)])[0], fake])
     error = WebDriverWait(browser, 30).until(lambda d: text(d, "error"))
-    assert "not an image" in error
+    assert error.startswith("holiday.jpg: the file is not an image this service can read"), error
     shot(browser, "web-error")
     browser.set_window_size(390, 844)  # a phone: nothing wider than the screen
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
@@ -322,6 +327,8 @@ def test_a_reload_resumes_a_running_job_and_a_reopened_one_compares_with_its_own
     browser.refresh()  # mid-run
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     assert iteration(browser) == 40 and "finished" in text(browser, "recent")
+    assert browser.find_element(By.CSS_SELECTOR, "#recent button img").get_attribute("src").startswith(
+        "data:image/jpeg")  # (each job's thumbnail)
     assert image_bytes(browser, "before") == original[0].read_bytes()
     assert browser.find_element(By.ID, "strength").is_enabled()
 

@@ -5,8 +5,11 @@ const RECENT_KEY = "clipdlut.recent";
 const API_KEY = "clipdlut.api-key";  // asked for once when the service answers 401, kept in this browser
 let MAX_PHOTOS = 16;  // a series: one LUT fitted to all its photos (the service's own figure: loadLimits)
 let MAX_STRENGTH = 2;  // the strongest blend (the service's own figure: loadLimits)
+let MAX_MB = 32;  // the largest photo, in MB (the service's own figure: loadLimits)
+const PHOTO_TYPES = /\.(jpe?g|png|webp|tiff?|bmp|gif)$/i;  // what the service decodes (clipdlut/imaging.py)
 const DROP_TEXT = $("drop-text").textContent;
 let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
+let fileProblem = "";  // why the last photos chosen were refused (said again when Grade it is pressed)
 let taskId = null, result = null, polling = null, watching = 0;
 let cubeURL = null;  // the shown result's own .cube (at the job's strength), held while it is shown
 let originals = [], graded = [], shown = 0;  // the shown job's photos before and after, and the one compared
@@ -65,7 +68,23 @@ function choose(list) {
     forgetPhotos();
     return showError(`Choose at most ${MAX_PHOTOS} photos: one look is fitted to a series of up to ${MAX_PHOTOS}.`);
   }
+  const wrong = list.find((f) => !(f.type.startsWith("image/") || PHOTO_TYPES.test(f.name)));
+  const big = list.find((f) => f.size > MAX_MB * 1024 * 1024);
+  fileProblem = !wrong && !big ? ""
+    : wrong ? `${wrong.name} is not a photo: choose JPEG, PNG, WebP, TIFF or BMP files.`
+      : `${big.name} is ${(big.size / 2 ** 20).toFixed(1)} MB; a photo may be at most ${MAX_MB} MB here.`;
+  if (fileProblem) {
+    forgetPhotos();
+    return showError(fileProblem);
+  }
   files = list;
+  $("chosen").replaceChildren(...hold("chosen", ...list).map((url, i) => {
+    const img = new Image();
+    img.src = url;
+    img.alt = list[i].name;
+    img.title = list[i].name;
+    return img;
+  }));
   const kb = Math.round(list.reduce((sum, f) => sum + f.size, 0) / 1024);
   $("drop-text").textContent = list.length === 0 ? DROP_TEXT : list.length === 1 ? `${list[0].name} (${kb} KB)`
     : `${list.length} photos, one look for all (${kb} KB): ${list.map((f) => f.name).join(", ")}`;
@@ -74,6 +93,8 @@ function choose(list) {
 function forgetPhotos() {
   $("file").value = "";
   files = [];
+  release("chosen");
+  $("chosen").replaceChildren();
   $("drop-text").textContent = DROP_TEXT;
 }
 
@@ -109,10 +130,22 @@ function remember(entry) {
   renderRecent();
 }
 
-function noteStatus(id, status) {  // a recent job's last known status, shown in the list
-  const list = recent().map((e) => (e.id === id ? { ...e, status } : e));
+function note(id, fields) {  // what the list shows of a recent job: its last known status, its thumbnail
+  const list = recent().map((e) => (e.id === id ? { ...e, ...fields } : e));
   localStorage.setItem(RECENT_KEY, JSON.stringify(list));
   renderRecent();
+}
+
+async function thumbnailOf(file) {  // a small JPEG (a few KB: localStorage keeps it with the job), or null
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = 64 / Math.max(bitmap.width, bitmap.height), c = document.createElement("canvas");
+    c.width = Math.max(1, Math.round(bitmap.width * scale));
+    c.height = Math.max(1, Math.round(bitmap.height * scale));
+    c.getContext("2d").drawImage(bitmap, 0, 0, c.width, c.height);
+    bitmap.close();
+    return c.toDataURL("image/jpeg", 0.7);
+  } catch (e) { return null; }
 }
 
 // The photos of the last jobs, kept in this browser (IndexedDB: blobs too large for localStorage), so that a job
@@ -158,6 +191,12 @@ function renderRecent() {
     b.type = "button";
     b.className = "example";
     b.textContent = `${new Date(e.at).toLocaleString()} · ${e.prompt}${e.status ? ` · ${e.status}` : ""}`;
+    if (e.thumb) {
+      const img = new Image();
+      img.src = e.thumb;
+      img.alt = "";
+      b.prepend(img);
+    }
     b.addEventListener("click", () => openTask(e.id));
     li.append(b);
     ul.append(li);
@@ -167,7 +206,9 @@ function renderRecent() {
 async function submit(ev) {
   ev.preventDefault();
   showError("");
-  if (!files.length) return showError(refining ? "Choose the photos to refine this look on." : "Choose a photo first.");
+  if (!files.length) {
+    return showError(fileProblem || (refining ? "Choose the photos to refine this look on." : "Choose a photo first."));
+  }
   const prompt = $("prompt").value.trim();
   if (!prompt && !reference) {
     return showError(refining ? "Say what to change, e.g. 更暖一点."
@@ -182,12 +223,19 @@ async function submit(ev) {
     remember({ id: task_id, prompt: describe(body), at: Date.now() });
     originals = files;
     keepPhotos(task_id, files);
+    thumbnailOf(files[0]).then((thumb) => thumb && note(task_id, { thumb }));
     setRefining(null);
     watch(task_id);
   } catch (e) {
-    showError(e.message);
+    showError(inFileNames(e.message));
     $("submit").disabled = false;
   }
+}
+
+function inFileNames(message) {  // the service names a photo by its field (images[1], reference_image): say its file
+  const name = (k) => (files[k] ? files[k].name : `photo ${k + 1}`);
+  return message.replace(/^image: /, `${name(0)}: `).replace(/images\[(\d+)\]/g, (_, k) => name(Number(k)))
+    .replace(/^reference_image: /, `${reference ? reference.name : "the reference photo"}: `);
 }
 
 async function request(prompt) {
@@ -252,7 +300,7 @@ async function poll(id, round) {  // one call at a time: the next is scheduled w
     }
     if (["finished", "cancelled", "failed"].includes(p.status)) {
       again = false;
-      noteStatus(id, $("state").textContent);
+      note(id, { status: $("state").textContent });
       $("stop").disabled = true;
       $("submit").disabled = false;
       if (p.status === "failed") showError(`The job failed: ${p.error || "no reason given"}`);
@@ -601,6 +649,7 @@ async function loadLimits() {  // the service's limits, from the service (never 
     MAX_PHOTOS = limits.max_photos;
     $("prompt").maxLength = $("source").maxLength = limits.max_prompt_chars;
     $("steps").max = limits.max_steps;
+    MAX_MB = limits.max_body_mb;
     MAX_STRENGTH = $("strength").max = limits.max_strength;
     for (const f of limits.lut_formats) {
       const option = new Option(`${f.name} (${f.suffix})`, f.name);
