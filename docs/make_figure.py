@@ -67,17 +67,9 @@ def before_after(guide: Guide, args: argparse.Namespace) -> None:
     q = measure_grade(photo, graded, read_cube(cube).normalized())
     hald = Image.open(io.BytesIO(write_hald(read_cube(cube).table)))
     hald = hald.resize((photo.height, photo.height), Image.Resampling.NEAREST)
-    pad, label = 12, 26
-    sheet = Image.new("RGB", (photo.width * 2 + hald.width + pad * 4, photo.height + pad * 2 + label), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=16)  # Latin only: the prompt goes in the README caption
     captions = [(photo, "before"), (graded, f"after ({guide.name} model, {args.steps} steps)"),
                 (hald, f"the LUT: slope <= {q.max_slope:.1f}, no inversions")]
-    for i, (img, text) in enumerate(captions):
-        x0 = pad + i * (photo.width + pad)
-        sheet.paste(img, (x0, pad + label))
-        draw.text((x0, pad), text, fill="black", font=font)
-    sheet.save(OUT, optimize=True)
+    _side_by_side(captions).save(OUT, optimize=True)
     print(f"wrote {OUT}")
 
 
@@ -94,14 +86,7 @@ def footage(guide: Guide, args: argparse.Namespace) -> None:
 
     panels = [(frame, "the S-Log3 frame"), (through(0.0), "display LUT at strength 0: OCIO's transform"),
               (through(1.0), f"graded ({guide.name} model, {args.steps} steps)")]
-    pad, label, w, h = 12, 26, frame.width, frame.height
-    sheet = Image.new("RGB", (w * 3 + pad * 4, h + pad * 2 + label), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=16)
-    for i, (img, text) in enumerate(panels):
-        x0 = pad + i * (w + pad)
-        sheet.paste(img, (x0, pad + label))
-        draw.text((x0, pad), text, fill="black", font=font)
+    sheet = _side_by_side(panels)
     sheet.thumbnail((1500, 1500))
     sheet.save(FOOTAGE_OUT, quality=88, optimize=True)
     print(f"wrote {FOOTAGE_OUT}")
@@ -120,16 +105,22 @@ def skin_tones(degrees: float = 60.0) -> None:
         f = skin.figures(cube)
         panels.append((apply_table(photo, cube), f"hue turned {degrees:g} deg, {'with' if protect else 'without'} "
                        f"protect_skin: skin hue <= {f.hue_shift:.0f} deg, dE <= {f.delta_e:.1f}"))
-    pad, label, w, h = 12, 26, photo.width, photo.height
-    sheet = Image.new("RGB", (w * 3 + pad * 4, h + pad * 2 + label), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=14)
-    for i, (img, text) in enumerate(panels):
-        x0 = pad + i * (w + pad)
+    _side_by_side(panels, font_size=14).save(SKIN_OUT, quality=88, optimize=True)
+    print(f"wrote {SKIN_OUT}")
+
+
+def _side_by_side(panels: list[tuple[Image.Image, str]], font_size: int = 16) -> Image.Image:
+    """Pictures in a row on white, each under its caption (Latin only: a prompt goes in the README's caption)."""
+    pad, label = 12, 26
+    width = sum(img.width for img, _ in panels) + pad * (len(panels) + 1)
+    sheet = Image.new("RGB", (width, max(img.height for img, _ in panels) + pad * 2 + label), "white")
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=font_size)
+    x0 = pad
+    for img, text in panels:
         sheet.paste(img, (x0, pad + label))
         draw.text((x0, pad), text, fill="black", font=font)
-    sheet.save(SKIN_OUT, quality=88, optimize=True)
-    print(f"wrote {SKIN_OUT}")
+        x0 += img.width + pad
+    return sheet
 
 
 if __name__ == "__main__":
