@@ -51,7 +51,9 @@ class Server:
         self.log_path = home / "serve.log"
         self.target = target
         self.cwd = cwd
-        self.env = {**os.environ, "BENTOML_HOME": str(home), "CLIPDLUT_STORE": str(home / "jobs.db"),
+        # (only the settings given here: not the CLIPDLUT_ variables an in-process fixture has set for the session)
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLIPDLUT_")}
+        self.env = {**inherited, "BENTOML_HOME": str(home), "CLIPDLUT_STORE": str(home / "jobs.db"),
                     "CLIPDLUT_CLIP_MODEL": "tiny", "HF_ENDPOINT": "http://127.0.0.1:9", **env}
         self.proc: subprocess.Popen | None = None
 

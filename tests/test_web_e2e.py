@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -90,13 +91,16 @@ def photos(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[Path]:
 
 def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None, prompt: str = "温暖的金色黄昏胶片",
           reference: Path | None = None, keep_blacks: bool = False, bw: bool = False, protect_skin: bool = False,
-          footage: dict[str, str] | None = None) -> None:
+          footage: dict[str, str] | None = None, more_looks: tuple[str, ...] = ()) -> None:
     driver.get(server.url + "/ui/")
     files = images or photos(tmp_path, [(320, 240)])
     driver.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))  # one path a line: several files
     if reference is not None:
         driver.find_element(By.ID, "reference").send_keys(str(reference))
     driver.find_element(By.ID, "prompt").send_keys(prompt)
+    for look in more_looks:  # (candidate looks: one job each, graded together)
+        driver.find_element(By.ID, "add-look").click()
+        driver.switch_to.active_element.send_keys(look)
     driver.find_element(By.CSS_SELECTOR, "details summary").click()
     steps_box = driver.find_element(By.ID, "steps")
     steps_box.clear()
@@ -122,9 +126,10 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     wait.until(lambda d: d.find_element(By.ID, "preview").get_attribute("src") not in (first, None, ""))
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     assert iteration(browser) == 60
-    assert "CLIP similarity" in browser.find_element(By.ID, "scores").text
-    assert "LUT safe on any footage: yes" in browser.find_element(By.ID, "quality").text
-    assert "Skin tones (protected): hue moved at most" in browser.find_element(By.ID, "quality").text
+    assert "CLIP similarity" in text(browser, "scores")  # (the figures, in their fold under the words)
+    assert "LUT safe on any footage: yes" in text(browser, "quality")
+    assert "Skin tones (protected): hue moved at most" in text(browser, "quality")
+    assert "skin tones kept; the LUT is safe to use on any photo or footage." in text(browser, "summary")
     assert browser.find_element(By.ID, "strength").get_attribute("max") == "1"  # (beyond the look: skin unkept)
     shot(browser, "web-result")
 
@@ -366,3 +371,33 @@ def test_strength_moves_the_preview_of_a_24_megapixel_photo_within_100_ms(browse
     print(f"strength redraws of a 24 MP photo's preview: {times} ms")
     assert all(0 < ms < 100 for ms in times), (times, errors_in_console(browser))
     assert browser.find_element(By.ID, "after-live").is_displayed()
+
+
+def steps_with_four_or_more_jobs(server) -> float:
+    """How many optimizer steps have advanced four jobs or more together (the service's batching metric)."""
+    text = httpx.get(server.url + "/metrics").text
+    count = float(re.search(r"^clipdlut_optimizer_batch_jobs_count (\S+)$", text, re.M).group(1))
+    return count - float(re.search(r'^clipdlut_optimizer_batch_jobs_bucket\{le="3.0"\} (\S+)$', text, re.M).group(1))
+
+
+def test_four_prompts_give_four_candidate_looks_graded_together(browser, server, tmp_path):
+    """Several looks at once: one job a prompt, sent together, so the optimizer steps them together; a strip shows
+    each look's preview and state, and a click shows that look's result."""
+    before = steps_with_four_or_more_jobs(server)
+    looks = ("冷色调的清晨", "赛博朋克风格的夜晚城市", "faded Fujifilm slide film")
+    start(browser, server, tmp_path, steps=30, prompt="温暖的金色黄昏", more_looks=looks)
+    wait = WebDriverWait(browser, 180, poll_frequency=0.1)
+    def captions(d) -> list[str]:  # (read at once: the strip is redrawn as the looks progress)
+        return d.execute_script("return [...document.querySelectorAll('#candidates figcaption')]"
+                                ".map((c) => c.textContent)")
+
+    wait.until(lambda d: len(captions(d)) == 4 and all(c.endswith("· finished") for c in captions(d)))
+    assert [c.split(" · ")[0] for c in captions(browser)] == ["温暖的金色黄昏", *looks]
+    assert steps_with_four_or_more_jobs(server) > before  # (the four were optimized together)
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    browser.execute_script("document.querySelectorAll('#candidates button')[2].click()")  # the third look
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed()
+               and "赛博朋克风格的夜晚城市" in (d.find_element(By.ID, "dl-cube").get_attribute("download") or ""))
+    recent = browser.execute_script("return JSON.parse(localStorage.getItem('clipdlut.recent'))")[:4]
+    assert sorted(e["prompt"] for e in recent) == sorted(["温暖的金色黄昏", *looks])  # (each a task of its own)
+    assert errors_in_console(browser) == []

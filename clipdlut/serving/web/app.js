@@ -9,6 +9,8 @@ let MAX_MB = 32;  // the largest photo, in MB (the service's own figure: loadLim
 const PHOTO_TYPES = /\.(jpe?g|png|webp|tiff?|bmp|gif)$/i;  // what the service decodes (clipdlut/imaging.py)
 const DROP_TEXT = $("drop-text").textContent;
 let files = [], reference = null, refining = null;  // the chosen photos, reference photo, and task to refine
+const MAX_LOOKS = 6;  // candidate looks graded at once (one job each: they batch on the optimizer)
+let candidates = [], following = 0;  // the looks of the last submission: [{ id, prompt, status, preview }]
 let fileProblem = "";  // why the last photos chosen were refused (said again when Grade it is pressed)
 let taskId = null, result = null, polling = null, watching = 0;
 let cubeURL = null;  // the shown result's own .cube (at the job's strength), held while it is shown
@@ -209,27 +211,91 @@ async function submit(ev) {
   if (!files.length) {
     return showError(fileProblem || (refining ? "Choose the photos to refine this look on." : "Choose a photo first."));
   }
-  const prompt = $("prompt").value.trim();
-  if (!prompt && !reference) {
+  const prompts = [...new Set(promptInputs().map((i) => i.value.trim()).filter(Boolean))];
+  if (!prompts.length && !reference) {
     return showError(refining ? "Say what to change, e.g. 更暖一点."
                               : "Describe the look you want, e.g. 温暖的金色黄昏胶片, or choose a reference photo.");
   }
   $("submit").disabled = true;
   try {
-    const body = await request(prompt);
-    const r = await api("/v1/retouch/submit", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    const { task_id } = await r.json();
-    remember({ id: task_id, prompt: describe(body), at: Date.now() });
+    const base = await request("");
+    const thumb = thumbnailOf(files[0]);
+    const looks = [];
+    for (const prompt of prompts.length ? prompts : [""]) {  // (one job a look, sent together: batched)
+      const body = prompt ? { ...base, target_prompt: prompt } : base;
+      const r = await api("/v1/retouch/submit", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      const { task_id } = await r.json();
+      remember({ id: task_id, prompt: describe(body), at: Date.now() });
+      keepPhotos(task_id, files);
+      thumb.then((t) => t && note(task_id, { thumb: t }));
+      looks.push({ id: task_id, prompt: prompt || "the reference photo's look", status: "queued" });
+    }
     originals = files;
-    keepPhotos(task_id, files);
-    thumbnailOf(files[0]).then((thumb) => thumb && note(task_id, { thumb }));
     setRefining(null);
-    watch(task_id);
+    candidates = looks.length > 1 ? looks : [];
+    followCandidates(++following);
+    watch(looks[0].id);
   } catch (e) {
     showError(inFileNames(e.message));
     $("submit").disabled = false;
   }
+}
+
+function promptInputs() {  // the look's prompt, and those of the other candidate looks
+  return [$("prompt"), ...document.querySelectorAll("#more-prompts input")];
+}
+
+function addLook(text = "") {  // one more candidate look's prompt (up to MAX_LOOKS)
+  if (promptInputs().length >= MAX_LOOKS) return null;
+  const input = document.createElement("input");
+  input.type = "text";
+  input.placeholder = "another look, e.g. 冷色调的清晨";
+  input.setAttribute("aria-label", `Look ${promptInputs().length + 1}`);
+  input.value = text;
+  $("more-prompts").append(input);
+  $("add-look").disabled = promptInputs().length >= MAX_LOOKS;
+  return input;
+}
+
+function renderCandidates() {  // the candidate looks: a preview each, its prompt and state; click one to follow it
+  $("candidates").hidden = candidates.length < 2;
+  $("candidates").replaceChildren(...candidates.map((c) => {
+    const figure = document.createElement("figure");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.title = `Show the look "${c.prompt}"`;
+    b.setAttribute("aria-pressed", String(c.id === taskId));
+    if (c.preview) {
+      const img = new Image();
+      img.src = c.preview;
+      img.alt = c.prompt;
+      b.append(img);
+    } else b.textContent = "…";
+    b.addEventListener("click", () => { watch(c.id); renderCandidates(); });
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${c.prompt} · ${c.status}`;
+    figure.append(b, caption);
+    return figure;
+  }));
+}
+
+async function followCandidates(round) {  // each candidate's state and preview, until all have ended
+  while (round === following && candidates.some((c) => !["finished", "cancelled", "failed"].includes(c.status))) {
+    for (const c of candidates) {
+      try {
+        const r = await api("/v1/progress", { method: "POST", headers: { "Content-Type": "application/json" },
+                                              body: JSON.stringify({ task_id: c.id, include_preview: true }) });
+        const p = await r.json();
+        c.status = p.status === "cancelled" ? "stopped" : p.status;
+        c.preview = p.preview || c.preview;
+      } catch (e) { c.status = "failed"; }
+    }
+    if (round !== following) return;
+    renderCandidates();
+    await new Promise((resolve) => { setTimeout(resolve, 1000); });
+  }
+  if (round === following) renderCandidates();
 }
 
 function inFileNames(message) {  // the service names a photo by its field (images[1], reference_image): say its file
@@ -314,11 +380,13 @@ async function poll(id, round) {  // one call at a time: the next is scheduled w
   if (again && round === watching) polling = setTimeout(() => poll(id, round), 400);
 }
 
-async function cancelTask() {
+async function cancelTask() {  // Stop: the job followed, and every candidate look sent with it
   if (!taskId) return;
   $("stop").disabled = true;
+  const ids = new Set([taskId, ...candidates.filter((c) => c.status !== "finished").map((c) => c.id)]);
   try {
-    await api(`/v1/retouch/cancel?task_id=${encodeURIComponent(taskId)}`, { method: "PUT" });
+    await Promise.all([...ids].map((id) => api(`/v1/retouch/cancel?task_id=${encodeURIComponent(id)}`,
+                                               { method: "PUT" })));
   } catch (e) { showError(e.message); }
 }
 
@@ -371,6 +439,20 @@ function qualityText(q) {
     + `${q.max_slope.toFixed(2)}, smallest own-axis step ${q.min_own_step.toFixed(2)} levels).` : "";
 }
 
+function summaryText(res, q) {  // the figures in words (the figures themselves are in the fold below)
+  const d = res.scores.directional;
+  const aim = res.mode === "bw" ? "into black and white" : `${d > 0.15 ? "clearly" : d > 0 ? "a little" : "hardly"}`
+    + " towards the look asked for";
+  const how = !q ? "" : q.color_shift < 2 ? "a subtle grade" : q.color_shift < 6 ? "a moderate grade" : "a strong grade";
+  const detail = !q || q.ssim === null ? "" : q.ssim > 0.9 ? "the photo's detail is intact"
+    : "some tones were pressed together";
+  const skin = res.skin && res.skin.protected ? "skin tones kept" : "";
+  const safe = !q ? "" : q.safe ? "the LUT is safe to use on any photo or footage"
+    : "the LUT carries the display transform's own steep places (see the figures)";
+  return `The grade moved ${res.images && res.images.length ? "the photos" : "the photo"} ${aim}: `
+    + `${[how, detail, skin].filter(Boolean).join(", ")}; ${safe}.`;
+}
+
 function skinText(skin) {  // how far the look moved skin tones (the worst skin colour)
   return skin ? ` Skin tones${skin.protected ? " (protected)" : ""}: hue moved at most ${skin.hue_shift.toFixed(1)}°, `
     + `colour at most ${skin.delta_e.toFixed(1)} ΔE.` : "";
@@ -420,6 +502,7 @@ function select(i) {  // photo i of the result in the comparison, at the chosen 
   release("after");
   $("after").src = graded[i].url;
   $("quality").textContent = qualityText(graded[i].quality) + skinText(result.skin);
+  $("summary").textContent = summaryText(result, graded[i].quality);
   $("dl-image").textContent = graded.length > 1 ? `Full-resolution image (photo ${i + 1})` : "Full-resolution image";
   $("strip").querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(j === i)));
   imageLink();
@@ -586,6 +669,9 @@ function restrength() {  // a settled strength: the downloads follow it (the pre
 async function openTask(id) {
   showError("");
   forgetPhotos();
+  candidates = [];
+  following += 1;
+  renderCandidates();
   originals = await keptPhotos(id);
   watch(id);
 }
@@ -615,9 +701,14 @@ $("drop").addEventListener("drop", (e) => {
   $("drop").classList.remove("over");
   if (e.dataTransfer.files.length) choose([...e.dataTransfer.files]);
 });
-for (const b of document.querySelectorAll(".examples button")) {
-  b.addEventListener("click", () => { $("prompt").value = b.textContent; $("prompt").focus(); });
+for (const b of document.querySelectorAll(".examples button")) {  // (into the first empty look, else the first)
+  b.addEventListener("click", () => {
+    const input = promptInputs().find((i) => !i.value.trim()) || $("prompt");
+    input.value = b.textContent;
+    input.focus();
+  });
 }
+$("add-look").addEventListener("click", () => addLook()?.focus());
 $("form").addEventListener("submit", submit);
 function showKept() {
   $("key-kept").hidden = !localStorage.getItem(API_KEY);
