@@ -393,6 +393,7 @@ def test_four_prompts_give_four_candidate_looks_graded_together(browser, server,
 
     wait.until(lambda d: len(captions(d)) == 4 and all(c.endswith("· finished") for c in captions(d)))
     assert [c.split(" · ")[0] for c in captions(browser)] == ["温暖的金色黄昏", *looks]
+    shot(browser, "web-candidates")
     assert steps_with_four_or_more_jobs(server) > before  # (the four were optimized together)
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     browser.execute_script("document.querySelectorAll('#candidates button')[2].click()")  # the third look
