@@ -27,6 +27,7 @@ if not (CHROMIUM and DRIVER):
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -130,6 +131,12 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
     assert "LUT safe on any footage: yes" in text(browser, "quality")
     assert "Skin tones (protected): hue moved at most" in text(browser, "quality")
     assert "skin tones kept; the LUT is safe to use on any photo or footage." in text(browser, "summary")
+    # the comparison: before on the left of the handle, after on its right; \\ shows the whole photo before
+    assert browser.find_element(By.ID, "after").value_of_css_property("clip-path") == "inset(0px 0px 0px 50%)"
+    assert [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#compare .tag")] == ["Before", "After"]
+    for visibility in ("hidden", "visible"):
+        ActionChains(browser).send_keys("\\").perform()
+        assert browser.find_element(By.ID, "after").value_of_css_property("visibility") == visibility
     assert browser.find_element(By.ID, "strength").get_attribute("max") == "1"  # (beyond the look: skin unkept)
     shot(browser, "web-result")
 

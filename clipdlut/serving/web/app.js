@@ -404,7 +404,7 @@ async function showResult(id) {
   const kept = originals.length === photos.length;
   if (!kept) originals = blobs;
   $("split").disabled = !kept;
-  $("split").value = kept ? 50 : 100;
+  $("split").value = kept ? 50 : 0;
   split();
   $("compare-note").hidden = kept;
   const s = result.scores;
@@ -685,8 +685,14 @@ async function resumeLast() {  // after a reload: the last job, if it is still r
   } catch (e) { /* gone or not reachable: the list still offers it */ }
 }
 
-function split() {
-  $("after").style.clipPath = $("after-live").style.clipPath = `inset(0 ${100 - Number($("split").value)}% 0 0)`;
+function split() {  // before on the left of the handle, after on its right (as Lightroom shows them)
+  const at = Number($("split").value);
+  $("after").style.clipPath = $("after-live").style.clipPath = `inset(0 0 0 ${at}%)`;
+  $("handle").style.left = `${at}%`;
+}
+
+function showBefore(on) {  // the whole photo before the grade, while held (or toggled with the \\ key)
+  $("compare").classList.toggle("before-only", on);
 }
 
 $("file").addEventListener("change", () => choose([...$("file").files]));
@@ -733,6 +739,15 @@ $("strength").addEventListener("input", () => {
   if (result) window.lastStrengthDrawMs = drawLive();  // (read by the browser tests)
 });
 $("split").addEventListener("input", split);
+$("compare").addEventListener("pointerdown", () => showBefore(true));
+for (const ev of ["pointerup", "pointerleave", "pointercancel"]) {
+  $("compare").addEventListener(ev, () => showBefore(false));
+}
+document.addEventListener("keydown", (ev) => {  // \\: before / after, as in Lightroom (not while typing)
+  if (ev.key === "\\" && !$("result").hidden && !["INPUT", "TEXTAREA", "SELECT"].includes(ev.target.tagName)) {
+    showBefore(!$("compare").classList.contains("before-only"));
+  }
+});
 $("lut-format").addEventListener("change", formatLink);
 async function loadLimits() {  // the service's limits, from the service (never copied here)
   try {
