@@ -56,7 +56,7 @@ def _tables(opts: JobOptions, lut: torch.Tensor, model: str) -> _Tables:
         return _Tables(cube, returned, None, returned, returned)
     graded_by = table(opts.cube(lut, model, kind="display")) if opts.lut_kind == "look" else returned
     return _Tables(cube, graded_by, table(opts.cube(lut, model, 0.0, "display")), returned,
-                   table(opts.look_cube(lut, model)))
+                   opts.look_table(lut))
 
 
 def _figures(quality: Quality, opts: JobOptions) -> Quality:

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from clipdlut.cube import read_cube
-from clipdlut.export import describe_look, lut_to_cube
+from clipdlut.export import describe_look, lut_to_cube, safe_look
 from clipdlut.formats import FORMATS, LutFormatName, convert
 from clipdlut.hald import write_strip
 from clipdlut.imaging import DecodedImage, encode_image, working_copy
+from clipdlut.lut import to_table
 from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.serving.bundle import pack
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull
@@ -85,18 +86,19 @@ class JobOptions:
         made safe with the job's pins, for its footage as ``kind`` says (its own kind when None; ``"look"`` for a
         photo's LUT is the same as ``"display"``). ``kind="display"`` at strength 0 is footage's "before"."""
         strength = self.strength if strength is None else strength
-        viewing = self.viewing()
         comments = [*self.describe(), f"model: {model}, steps: {self.steps}, seed: {self.seed}, strength: {strength}"]
-        return lut_to_cube(lut, strength=strength, size=self.lut_size, keep_blacks=self.keep_blacks,
-                           keep_whites=self.keep_whites, neutral=self.mode == "bw" and strength > 0,
-                           protect_skin=self.protect_skin, title=(self.target_prompt or "CLIP-DLUT")[:64],
-                           comments=comments, viewing=viewing, kind=kind or cast(LutKind, self.lut_kind))
+        return lut_to_cube(lut, strength=strength, **self._pins(strength), viewing=self.viewing(),
+                           kind=kind or cast(LutKind, self.lut_kind), title=(self.target_prompt or "CLIP-DLUT")[:64],
+                           comments=comments)
 
-    def look_cube(self, lut: torch.Tensor, model: str) -> str:
-        """The look alone on the display's encoding (a photo's: the returned ``.cube``), where skin is measured."""
-        return lut_to_cube(lut, strength=self.strength, size=self.lut_size, keep_blacks=self.keep_blacks,
-                           keep_whites=self.keep_whites, neutral=self.mode == "bw" and self.strength > 0,
-                           protect_skin=self.protect_skin)
+    def look_table(self, lut: torch.Tensor) -> np.ndarray:
+        """The look alone, on the display's encoding (a photo's: its returned table), where skin is measured."""
+        return to_table(safe_look(lut, strength=self.strength, **self._pins(self.strength)))
+
+    def _pins(self, strength: float) -> dict:
+        """How the job's LUT is made safe and sized, as :func:`clipdlut.export.lut_to_cube` takes it."""
+        return {"size": self.lut_size, "keep_blacks": self.keep_blacks, "keep_whites": self.keep_whites,
+                "neutral": self.mode == "bw" and strength > 0, "protect_skin": self.protect_skin}
 
 
 @dataclass

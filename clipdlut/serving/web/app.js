@@ -661,7 +661,6 @@ function setLink(id, href, name, text) {
 function restrength() {  // a settled strength: the downloads follow it (the preview followed each move)
   $("strength-value").textContent = Number($("strength").value).toFixed(2);
   if (!result) return;
-  drawLive();
   lutLinks();
   imageLink();
 }
