@@ -295,11 +295,13 @@ class Retouch:
     @bentoml.api(route=APPLY_ROUTE)
     @answers_errors
     async def apply(self, ctx: bentoml.Context, image: Path, lut: Path, strength: float = 1.0,
-                    image_format: ImageFormat = "png") -> Path:
-        """Apply a .cube file or HaldCLUT PNG to an uploaded image (multipart), with a strength."""
-        out = Path(ctx.temp_dir) / f"graded.{image_format}"
-        out.write_bytes(await asyncio.to_thread(apply_upload, image.read_bytes(), lut.read_bytes(), strength,
-                                                image_format, S))
+                    image_format: ImageFormat | None = None) -> Path:
+        """Apply a .cube file or HaldCLUT PNG to an uploaded image (multipart), with a strength; the image comes
+        back in its own format (a JPEG stays a JPEG, with its EXIF and ICC profile) unless `image_format` says."""
+        data, fmt = await asyncio.to_thread(apply_upload, image.read_bytes(), lut.read_bytes(), strength,
+                                            image_format, S)
+        out = Path(ctx.temp_dir) / f"graded.{'jpg' if fmt == 'jpeg' else fmt}"
+        out.write_bytes(data)
         return out
 
     @bentoml.api(route="/v1/lut")

@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -94,6 +95,10 @@ def start(driver, server, tmp_path, steps: int, images: list[Path] | None = None
           reference: Path | None = None, keep_blacks: bool = False, bw: bool = False, protect_skin: bool = False,
           footage: dict[str, str] | None = None, more_looks: tuple[str, ...] = ()) -> None:
     driver.get(server.url + "/ui/")
+    driver.execute_script(  # every phase the run panel says, in order (read by the tests as window.phases)
+        "window.phases = []; const s = document.getElementById('state');"
+        "new MutationObserver(() => { if (phases.at(-1) !== s.textContent) phases.push(s.textContent); })"
+        ".observe(s, { childList: true, characterData: true, subtree: true });")
     files = images or photos(tmp_path, [(320, 240)])
     driver.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))  # one path a line: several files
     if reference is not None:
@@ -138,6 +143,13 @@ def test_grade_watch_compare_and_download(browser, server, tmp_path):
         ActionChains(browser).send_keys("\\").perform()
         assert browser.find_element(By.ID, "after").value_of_css_property("visibility") == visibility
     assert browser.find_element(By.ID, "strength").get_attribute("max") == "1"  # (beyond the look: skin unkept)
+    handle = browser.find_element(By.ID, "handle")  # the split moves with its handle, dragged on the photo
+    ActionChains(browser).drag_and_drop_by_offset(handle, -handle.location["x"] + 10, 0).perform()
+    assert float(browser.find_element(By.ID, "split").get_attribute("value")) < 10
+    assert browser.find_element(By.ID, "after").value_of_css_property("visibility") == "visible"
+    browser.execute_script("const s = document.getElementById('split'); s.value = 50;"
+                           "s.dispatchEvent(new Event('input'));")
+    assert not browser.find_element(By.ID, "dl-cube-33").is_displayed()  # (the job's own size is ".cube (33)")
     shot(browser, "web-result")
 
     # strength in the browser: each move redraws the preview here, as Pillow renders it on the server
@@ -204,8 +216,9 @@ def test_a_series_graded_with_one_look_then_refined(browser, server, tmp_path):
     browser.find_elements(By.CSS_SELECTOR, "#strip button")[1].click()  # photo 2 in the comparison
     assert browser.find_element(By.ID, "after").get_attribute("src") == links[1].get_attribute("href")
     assert text(browser, "dl-image") == "Full-resolution image (photo 2)"
+    download_all_at_half_strength(browser, server, [tmp_path / f"photo-{i}.png" for i in (1, 2, 3)])
     whole_page(browser)
-    shot(browser, "web-series")  # docs/web.png: this, scaled to 2/3
+    shot(browser, "web-series")
     first = recent_id(browser)
     series = httpx.get(server.url + "/v1/retouch/get", params={"task_id": first}).json()
     assert [(p["width"], p["height"]) for p in series["images"]] == sizes
@@ -226,6 +239,30 @@ def test_a_series_graded_with_one_look_then_refined(browser, server, tmp_path):
     assert len(strip_images(browser)) == 3
     assert "更暖一点 · 3 photos · refining" in browser.find_element(By.ID, "recent").text
     assert errors_in_console(browser) == []
+
+
+def download_all_at_half_strength(browser, server, originals: list[Path]) -> None:
+    """"Download all" at strength 0.5: one zip of the LUT at that strength (the .cube and the Hald PNG, as /v1/lut
+    writes them) and every photo graded by that .cube at full resolution (as /v1/apply renders it)."""
+    browser.execute_script("const s = document.getElementById('strength'); s.value = 0.5;"
+                           "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));")
+    browser.find_element(By.ID, "dl-all").click()
+    zipped = WebDriverWait(browser, 120, poll_frequency=0.1).until(
+        lambda d: (f := browser.downloads / "温暖的金色黄昏胶片-50pct.zip").exists() and f.stat().st_size > 0
+        and not list(browser.downloads.glob("*.crdownload")) and f)
+    task_id = recent_id(browser)
+    lut = httpx.post(server.url + "/v1/lut", json={"task_id": task_id, "strength": 0.5}).content
+    hald = httpx.post(server.url + "/v1/lut", json={"task_id": task_id, "strength": 0.5, "format": "hald"}).content
+    with zipfile.ZipFile(zipped) as z:
+        names = z.namelist()
+        assert names == ["温暖的金色黄昏胶片-50pct_33.cube", "温暖的金色黄昏胶片-50pct_hald.png",
+                         *(f"photo-{i}-温暖的金色黄昏胶片-50pct.png" for i in (1, 2, 3))]
+        assert z.read(names[0]) == lut and z.read(names[1]) == hald
+        for name, photo in zip(names[2:], originals):
+            graded = httpx.post(server.url + "/v1/apply", files={"image": (photo.name, photo.read_bytes()),
+                                                                 "lut": ("look.cube", lut)})
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(z.read(name)))),
+                                  np.asarray(Image.open(io.BytesIO(graded.content)))), name
 
 
 def test_a_reference_photo_alone_gives_a_black_and_white_look(browser, server, tmp_path):
@@ -372,12 +409,49 @@ def test_strength_moves_the_preview_of_a_24_megapixel_photo_within_100_ms(browse
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     wait.until(lambda d: d.find_element(By.ID, "after-live").get_attribute("data-ready"))
     assert browser.find_element(By.ID, "dl-image").get_attribute("download") == "IMG_0001-温暖的金色黄昏胶片.jpg"
+    phases = browser.execute_script("return window.phases")  # what the page said while the job ran, in order
+    assert phases[0] == "reading the photos" and any(re.fullmatch(r"uploading: \d+%", p) for p in phases), phases
+    assert phases[-3:] == ["rendering the full-resolution result", "fetching the result", "finished"], phases
+    viewer_fits_the_window_and_zooms_to_one_to_one(browser)
     times = [browser.execute_script("const s = document.getElementById('strength'); s.value = arguments[0];"
                                     "s.dispatchEvent(new Event('input')); return window.lastStrengthDrawMs;", v)
              for v in (0.3, 0.6, 0.9, 1.5)]
     print(f"strength redraws of a 24 MP photo's preview: {times} ms")
     assert all(0 < ms < 100 for ms in times), (times, errors_in_console(browser))
     assert browser.find_element(By.ID, "after-live").is_displayed()
+
+
+def rect(driver, element_id: str) -> dict:
+    return driver.execute_script("return document.getElementById(arguments[0]).getBoundingClientRect().toJSON()",
+                                 element_id)
+
+
+def viewer_fits_the_window_and_zooms_to_one_to_one(browser) -> None:
+    """A 6000 x 4000 photo fits a 1440 x 900 window with the controls beside it; 1:1 (the Z key) shows one photo
+    pixel per screen pixel in the same frame, dragged to pan; on a phone the controls are below the photo."""
+    browser.set_window_size(1440, 900)
+    inner = browser.execute_script("return [window.innerWidth, window.innerHeight, window.devicePixelRatio]")
+    fit = rect(browser, "before")
+    assert 0 < fit["width"] <= inner[0] and 0 < fit["height"] <= inner[1], (fit, inner)
+    assert rect(browser, "strength")["left"] >= rect(browser, "compare")["right"]  # (beside the photo)
+    ActionChains(browser).send_keys("z").perform()
+    assert browser.find_element(By.ID, "zoom").get_attribute("aria-pressed") == "true"
+    assert rect(browser, "before")["width"] == pytest.approx(6000 / inner[2], abs=1)
+    frame = rect(browser, "viewport")
+    assert (frame["width"], frame["height"]) == pytest.approx((fit["width"], fit["height"]), abs=1)
+    left = browser.execute_script("return document.getElementById('viewport').scrollLeft")
+    viewport = browser.find_element(By.ID, "viewport")
+    ActionChains(browser).move_to_element_with_offset(viewport, -100, 0).click_and_hold().move_by_offset(
+        -150, -40).release().perform()  # (beside the handle, which is in the middle: dragging it moves the split)
+    assert browser.execute_script("return document.getElementById('viewport').scrollLeft") == pytest.approx(
+        left + 150, abs=2)
+    shot(browser, "web-one-to-one")
+    ActionChains(browser).send_keys("z").perform()
+    assert rect(browser, "before")["width"] == pytest.approx(fit["width"], abs=1)
+    browser.set_window_size(390, 844)
+    assert rect(browser, "strength")["top"] >= rect(browser, "compare")["bottom"]  # (below the photo)
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    browser.set_window_size(1280, 2300)
 
 
 def steps_with_four_or_more_jobs(server) -> float:

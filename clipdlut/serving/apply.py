@@ -14,14 +14,18 @@ from clipdlut.table import blend_table
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def apply_upload(image: bytes, lut: bytes, strength: float, image_format: str, settings: Settings) -> bytes:
-    """The graded image, encoded; :class:`InputError` naming what is wrong with either file or the options."""
+def apply_upload(image: bytes, lut: bytes, strength: float, image_format: str | None,
+                 settings: Settings) -> tuple[bytes, str]:
+    """The graded image, encoded, and its format (``png``, ``jpeg`` or ``webp``: ``image_format``, else the photo's
+    own, as a job's result is); :class:`InputError` naming what is wrong with either file or the options."""
     check_strength(strength)
-    fmt = output_format(image_format)
+    if image_format is not None:
+        output_format(image_format)  # (a wrong name is refused before the photo is decoded)
     decoded = decode_upload(image, settings)
     try:
         table = read_hald(lut) if lut[:8] == PNG_SIGNATURE else read_cube(lut).normalized()
     except (CubeError, LutImageError) as e:
         raise InputError(f"the LUT file cannot be used: {e}") from None
     graded = apply_table(decoded.rgb, blend_table(table, strength))
-    return encode_image(graded, fmt, **decoded.kept())
+    fmt = (image_format or decoded.own_format).lower()
+    return encode_image(graded, fmt, **decoded.kept()), fmt

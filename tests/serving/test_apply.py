@@ -12,7 +12,7 @@ from clipdlut.lut import identity, to_table
 from clipdlut.serving.apply import apply_upload
 from clipdlut.serving.errors import InputError, PayloadTooLarge
 from clipdlut.serving.settings import Settings
-from tests.conftest import gradient_image, png_bytes
+from tests.conftest import camera_jpeg, gradient_image, kept_exif, png_bytes
 
 pytestmark = pytest.mark.unit
 SWAP = to_table(identity(17))[..., [2, 1, 0]]  # red and blue swapped
@@ -21,10 +21,21 @@ SWAP = to_table(identity(17))[..., [2, 1, 0]]  # red and blue swapped
 @pytest.mark.parametrize("lut", [write_cube(SWAP).encode(), write_hald(to_table(identity(16))[..., [2, 1, 0]])])
 def test_a_cube_or_a_hald_png_grades_the_image(lut):
     img = gradient_image(64, 48)
-    out = Image.open(io.BytesIO(apply_upload(png_bytes(img), lut, 1.0, "png", Settings())))
+    out = Image.open(io.BytesIO(apply_upload(png_bytes(img), lut, 1.0, "png", Settings())[0]))
     assert np.abs(np.asarray(out).astype(int) - np.asarray(img)[..., ::-1]).max() <= 1
-    half = Image.open(io.BytesIO(apply_upload(png_bytes(img), lut, 0.0, "jpeg", Settings())))
+    half = Image.open(io.BytesIO(apply_upload(png_bytes(img), lut, 0.0, "jpeg", Settings())[0]))
     assert half.format == "JPEG" and half.size == img.size
+
+
+def test_the_image_comes_back_in_its_own_format_unless_asked():
+    """A JPEG stays a JPEG with its camera's EXIF (as a job's result does); a PNG stays a PNG."""
+    lut = write_cube(SWAP).encode()
+    jpeg, exif = camera_jpeg(gradient_image(64, 48))
+    data, fmt = apply_upload(jpeg, lut, 1.0, None, Settings())
+    assert fmt == "jpeg" and kept_exif(data) == {**exif, "orientation": 1}
+    assert apply_upload(png_bytes(gradient_image(32, 24)), lut, 1.0, None, Settings())[1] == "png"
+    data, fmt = apply_upload(jpeg, lut, 1.0, "webp", Settings())
+    assert fmt == "webp" and Image.open(io.BytesIO(data)).format == "WEBP"
 
 
 def test_bad_files_and_options_say_what_to_fix():

@@ -15,11 +15,15 @@ class Landing:
     """``GET /``: 200 (the original clients' reachability check) with links to the web page and the API;
     ``GET /docs``: BentoML's OpenAPI page (which BentoML serves at ``/``, taken by this page)."""
 
-    PAGE = ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-            "<title>CLIP-DLUT</title><body style='font-family:system-ui;max-width:40em;margin:3em auto'>"
-            "<h1>CLIP-DLUT</h1><p>Text-driven colour grading with a 3D LUT.</p><ul>"
-            "<li><a href='/ui/'>Grade a photo in the browser</a></li>"
-            "<li><a href='/docs'>API documentation (OpenAPI)</a></li></ul></body></html>")
+    PAGE = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'><title>CLIP-DLUT</title>"
+            "<link rel=icon href='data:,'><link rel=stylesheet href='/ui/style.css'></head><body><header>"
+            "<h1>CLIP-DLUT</h1><p>Describe a look; get the graded photo and a <code>.cube</code> LUT for "
+            "Photoshop, Premiere, Resolve and ffmpeg.</p></header><main><section class=panel>"
+            "<p><a class=button href='/ui/'>Grade a photo in the browser</a></p>"
+            "<p><a href='/docs'>API documentation (OpenAPI)</a>: the native task API, the original system's "
+            "<code>/retouch</code>, <code>/query_task</code> and <code>/stop_task</code>, and the LUT tools.</p>"
+            "</section></main></body></html>")
 
     def __init__(self, app: ASGIApp):
         self.app = app

@@ -1,5 +1,7 @@
 // CLIP-DLUT page: a native task (submit, progress, cancel, get) and the apply endpoint. No dependencies.
 // Loaded as a module: nothing here becomes a global (no window.open or window.stop shadowed), strict mode.
+import { zipSync } from "./fflate.js";  // ("Download all": a zip written here, from what the page holds)
+
 const $ = (id) => document.getElementById(id);
 const RECENT_KEY = "clipdlut.recent";
 const API_KEY = "clipdlut.api-key";  // asked for once when the service answers 401, kept in this browser
@@ -38,7 +40,26 @@ async function api(path, options = {}) {
   const key = localStorage.getItem(API_KEY);
   const headers = new Headers(options.headers);
   if (key) headers.set("Authorization", `Bearer ${key}`);
-  const r = await fetch(path, { ...options, headers });
+  return checked(await fetch(path, { ...options, headers }), key);
+}
+
+function sendJSON(path, body, onProgress) {  // a POST whose upload reports its progress (fetch reports none)
+  const key = localStorage.getItem(API_KEY);
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", path);
+    xhr.responseType = "blob";
+    xhr.setRequestHeader("Content-Type", "application/json");
+    if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.onload = () => resolve(checked(new Response(xhr.response, { status: xhr.status,
+                                                                   statusText: xhr.statusText }), key));
+    xhr.onerror = () => reject(new Error("The service could not be reached: check the connection, then try again."));
+    xhr.send(body);
+  });
+}
+
+async function checked(r, key) {  // the response if it is a success, else an Error that says what to do
   if (r.status === 401) {
     $("key-box").hidden = false;
     $("api-key").focus();
@@ -217,14 +238,16 @@ async function submit(ev) {
                               : "Describe the look you want, e.g. 温暖的金色黄昏胶片, or choose a reference photo.");
   }
   $("submit").disabled = true;
+  showPhase("reading the photos", 0, 1);
   try {
     const base = await request("");
     const thumb = thumbnailOf(files[0]);
-    const looks = [];
-    for (const prompt of prompts.length ? prompts : [""]) {  // (one job a look, sent together: batched)
+    const looks = [], all = prompts.length ? prompts : [""];
+    for (const [k, prompt] of all.entries()) {  // (one job a look, sent together: batched)
       const body = prompt ? { ...base, target_prompt: prompt } : base;
-      const r = await api("/v1/retouch/submit", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      const what = all.length > 1 ? `uploading look ${k + 1} of ${all.length}` : "uploading";
+      const r = await sendJSON("/v1/retouch/submit", JSON.stringify(body),
+                               (done) => showPhase(`${what}: ${Math.round(100 * done)}%`, done, 1));
       const { task_id } = await r.json();
       remember({ id: task_id, prompt: describe(body), at: Date.now() });
       keepPhotos(task_id, files);
@@ -239,7 +262,24 @@ async function submit(ev) {
   } catch (e) {
     showError(inFileNames(e.message));
     $("submit").disabled = false;
+    $("run").hidden = true;
   }
+}
+
+function showPhase(words, done, total) {  // the run panel, in view, saying what happens now (uploading 40%, ...)
+  const was = !$("run").hidden;
+  $("run").hidden = false;
+  $("state").textContent = words;
+  $("bar").max = Math.max(1, total);
+  $("bar").value = done;
+  if (!was) $("run").scrollIntoView({ block: "start", behavior: "smooth" });
+}
+
+function phaseOf(p) {  // a job's progress in the words of what it is doing
+  if (p.status === "queued") return "waiting for a free slot on the GPU";
+  if (p.status === "running") return p.total && p.iteration >= p.total ? "rendering the full-resolution result"
+    : "grading";
+  return p.status === "cancelled" ? "stopped" : p.status;
 }
 
 function promptInputs() {  // the look's prompt, and those of the other candidate looks
@@ -338,8 +378,9 @@ function describe(body) {
 function watch(id) {
   taskId = id;
   result = null;
-  $("run").hidden = false;
+  if ($("run").hidden) showPhase("waiting for the service", 0, 1);
   $("result").hidden = true;
+  zoom(false);
   $("stop").disabled = false;
   $("preview").hidden = true;
   clearTimeout(polling);
@@ -354,7 +395,7 @@ async function poll(id, round) {  // one call at a time: the next is scheduled w
       body: JSON.stringify({ task_id: id, include_preview: true }) });
     const p = await r.json();
     if (round !== watching) return;  // another job (or the same one again) is watched now
-    $("state").textContent = p.status === "cancelled" ? "stopped" : p.status;
+    $("state").textContent = phaseOf(p);
     $("iteration").textContent = p.iteration;
     $("total").textContent = p.total;
     $("bar").max = Math.max(1, p.total);
@@ -366,11 +407,16 @@ async function poll(id, round) {  // one call at a time: the next is scheduled w
     }
     if (["finished", "cancelled", "failed"].includes(p.status)) {
       again = false;
-      note(id, { status: $("state").textContent });
+      note(id, { status: phaseOf(p) });
       $("stop").disabled = true;
       $("submit").disabled = false;
       if (p.status === "failed") showError(`The job failed: ${p.error || "no reason given"}`);
-      if (p.status === "finished") await showResult(id);
+      if (p.status === "finished") {
+        $("state").textContent = "fetching the result";
+        await showResult(id);
+        $("state").textContent = "finished";
+        $("result").scrollIntoView({ block: "start", behavior: "smooth" });
+      }
     }
   } catch (e) {
     again = false;
@@ -498,6 +544,7 @@ function stripItem(g, i) {
 
 function select(i) {  // photo i of the result in the comparison, at the chosen strength
   shown = i;
+  zoom(false);
   [$("before").src] = hold("before", originals[i]);
   release("after");
   $("after").src = graded[i].url;
@@ -582,28 +629,64 @@ function drawLive() {  // the preview at the slider's strength; returns the mill
 }
 
 function imageLink() {  // the full-resolution photo at the slider's strength, rendered by /v1/apply when downloaded
-  const a = $("dl-image"), i = shown, s = Number($("strength").value);
+  const a = $("dl-image"), i = shown, s = Number($("strength").value), [at, tag] = atStrength();
   a.onclick = null;
   release("dl-image");
-  if (s === result.strength) return setLink("dl-image", graded[i].url, imageName(i));
+  if (!tag) return setLink("dl-image", graded[i].url, imageName(i));
   a.removeAttribute("href");
-  a.download = imageName(i, "png", `-${Math.round(s * 100)}pct`);
+  a.download = imageName(i, undefined, tag);
   a.onclick = async (ev) => {
     if (a.href) return;  // rendered already: the browser downloads it
     ev.preventDefault();
     a.setAttribute("aria-busy", "true");
     try {
-      const form = new FormData();
-      form.append("image", originals[i], originals[i].name || "photo.png");
-      form.append("lut", new Blob([result.cube], { type: "text/plain" }), "look.cube");
-      form.append("strength", String(s / result.strength));
-      form.append("image_format", "png");
-      const blob = await (await api("/v1/apply", { method: "POST", body: form })).blob();
+      const blob = await renderedWith(i, await lutAt(at));
       if (shown !== i || Number($("strength").value) !== s) return;  // moved on meanwhile
       [a.href] = hold("dl-image", blob);
       a.click();
     } catch (e) { showError(e.message); } finally { a.removeAttribute("aria-busy"); }
   };
+}
+
+async function lutAt(options) {  // the look's LUT as /v1/lut writes it (at a strength: blended and made safe)
+  const r = await api("/v1/lut", { method: "POST", headers: { "Content-Type": "application/json" },
+                                   body: JSON.stringify({ task_id: result.task_id, ...options }) });
+  return r.blob();
+}
+
+async function renderedWith(i, lut) {  // photo i graded by a LUT on the service (in its own format, EXIF kept)
+  const form = new FormData();
+  form.append("image", originals[i], originals[i].name || "photo");
+  form.append("lut", lut, "look.cube");
+  return (await api("/v1/apply", { method: "POST", body: form })).blob();
+}
+
+async function downloadAll(ev) {  // one zip: every graded photo at the slider's strength, the .cube, the Hald PNG
+  ev.preventDefault();
+  const a = $("dl-all"), task = result.task_id, [at, tag] = atStrength();
+  if (a.getAttribute("aria-busy")) return;
+  a.setAttribute("aria-busy", "true");
+  const say = (words) => { $("zip-state").textContent = words; $("zip-state").hidden = !words; };
+  try {
+    const cube = tag ? await lutAt(at) : new Blob([result.cube]);
+    const bytes = async (blob) => new Uint8Array(await blob.arrayBuffer());
+    const files = { [lutName(tag, result.lut_size, ".cube")]: await bytes(cube),
+                    [lutName(tag, "hald", ".png")]: [await bytes(await lutAt({ format: "hald", ...at })), { level: 0 }] };
+    for (const [i, g] of graded.entries()) {  // (images are compressed already: stored as they are)
+      say(tag ? `Rendering photo ${i + 1} of ${graded.length} at full resolution…` : "Packing…");
+      const image = tag ? await renderedWith(i, cube) : await (await fetch(g.url)).blob();
+      const name = imageName(i, undefined, tag);
+      files[name in files ? `${i + 1}-${name}` : name] = [await bytes(image), { level: 0 }];
+    }
+    if (!result || result.task_id !== task) return;  // another result is shown now
+    const link = document.createElement("a");
+    [link.href] = hold("dl-all", new Blob([zipSync(files)], { type: "application/zip" }));
+    link.download = `${lookName()}${tag}.zip`;
+    link.click();
+  } catch (e) { showError(e.message); } finally {
+    a.removeAttribute("aria-busy");
+    say("");
+  }
 }
 
 function onDemand(id, options, name) {  // a LUT of another size or format, fetched when its link is clicked
@@ -637,7 +720,10 @@ function lutLinks() {  // every LUT download at the strength on the slider (bake
     $("dl-cube").onclick = null;
     setLink("dl-cube", cubeURL, lutName("", result.lut_size, ".cube"), `.cube (${result.lut_size})`);
   }
-  for (const n of [17, 33, 65]) onDemand(`dl-cube-${n}`, { size: n, ...at }, lutName(tag, n, ".cube"));
+  for (const n of [17, 33, 65]) {  // (the job's own size is the first link already)
+    $(`dl-cube-${n}`).hidden = n === result.lut_size;
+    onDemand(`dl-cube-${n}`, { size: n, ...at }, lutName(tag, n, ".cube"));
+  }
   onDemand("dl-hald", { format: "hald", ...at }, lutName(tag, "hald", ".png"));
   formatLink();
 }
@@ -688,10 +774,67 @@ function split() {  // before on the left of the handle, after on its right (as 
   const at = Number($("split").value);
   $("after").style.clipPath = $("after-live").style.clipPath = `inset(0 0 0 ${at}%)`;
   $("handle").style.left = `${at}%`;
+  $("handle").hidden = $("split").disabled;
 }
 
 function showBefore(on) {  // the whole photo before the grade, while held (or toggled with the \\ key)
   $("compare").classList.toggle("before-only", on);
+}
+
+// The viewer: fitted to the window by the style sheet; at 1:1 one photo pixel is one screen pixel, and the photo
+// scrolls inside the fitted frame (dragged, or with the scroll bars and wheel).
+function zoom(on, at = null) {  // at: the point (client coordinates) to keep under the pointer
+  const viewport = $("viewport"), stage = $("stage"), img = $("before");
+  if (on === $("compare").classList.contains("zoomed")) return;
+  $("zoom").setAttribute("aria-pressed", String(on));
+  if (!on) {
+    $("compare").classList.remove("zoomed");
+    viewport.style.width = viewport.style.height = stage.style.width = "";
+    return;
+  }
+  const fit = viewport.getBoundingClientRect(), scale = img.naturalWidth / devicePixelRatio / fit.width;
+  if (!img.naturalWidth || !fit.width) return;
+  viewport.style.width = `${fit.width}px`;
+  viewport.style.height = `${fit.height}px`;
+  stage.style.width = `${img.naturalWidth / devicePixelRatio}px`;
+  $("compare").classList.add("zoomed");
+  const [x, y] = at ? [at.clientX - fit.left, at.clientY - fit.top] : [fit.width / 2, fit.height / 2];
+  viewport.scrollLeft = x * scale - x;
+  viewport.scrollTop = y * scale - y;
+}
+
+let drag = null;  // what a pointer held on the photo does: "split" (the handle), "pan" (at 1:1) or "before"
+
+function pointerDown(ev) {
+  if (ev.button !== 0 || $("result").hidden) return;
+  const viewport = $("viewport");
+  drag = ev.target === $("handle") ? { kind: "split" }
+    : $("compare").classList.contains("zoomed")
+      ? { kind: "pan", x: ev.clientX, y: ev.clientY, left: viewport.scrollLeft, top: viewport.scrollTop }
+      : { kind: "before" };
+  viewport.setPointerCapture(ev.pointerId);
+  if (drag.kind === "before") showBefore(true);
+  viewport.classList.toggle("panning", drag.kind === "pan");
+  ev.preventDefault();
+}
+
+function pointerMove(ev) {
+  if (!drag) return;
+  const viewport = $("viewport");
+  if (drag.kind === "pan") {
+    viewport.scrollLeft = drag.left - (ev.clientX - drag.x);
+    viewport.scrollTop = drag.top - (ev.clientY - drag.y);
+  } else if (drag.kind === "split") {
+    const box = $("stage").getBoundingClientRect();
+    $("split").value = Math.round(1000 * Math.min(1, Math.max(0, (ev.clientX - box.left) / box.width))) / 10;
+    split();
+  }
+}
+
+function pointerUp() {
+  if (drag && drag.kind === "before") showBefore(false);
+  drag = null;
+  $("viewport").classList.remove("panning");
 }
 
 $("file").addEventListener("change", () => choose([...$("file").files]));
@@ -738,16 +881,18 @@ $("strength").addEventListener("input", () => {
   if (result) window.lastStrengthDrawMs = drawLive();  // (read by the browser tests)
 });
 $("split").addEventListener("input", split);
-$("compare").addEventListener("pointerdown", () => showBefore(true));
-for (const ev of ["pointerup", "pointerleave", "pointercancel"]) {
-  $("compare").addEventListener(ev, () => showBefore(false));
-}
-document.addEventListener("keydown", (ev) => {  // \\: before / after, as in Lightroom (not while typing)
-  if (ev.key === "\\" && !$("result").hidden && !["INPUT", "TEXTAREA", "SELECT"].includes(ev.target.tagName)) {
-    showBefore(!$("compare").classList.contains("before-only"));
-  }
+$("viewport").addEventListener("pointerdown", pointerDown);
+$("viewport").addEventListener("pointermove", pointerMove);
+for (const ev of ["pointerup", "pointercancel", "lostpointercapture"]) $("viewport").addEventListener(ev, pointerUp);
+$("viewport").addEventListener("dblclick", (ev) => zoom(!$("compare").classList.contains("zoomed"), ev));
+$("zoom").addEventListener("click", () => zoom(!$("compare").classList.contains("zoomed")));
+document.addEventListener("keydown", (ev) => {  // \\: before / after, as in Lightroom; Z: 1:1 (not while typing)
+  if ($("result").hidden || ["INPUT", "TEXTAREA", "SELECT"].includes(ev.target.tagName)) return;
+  if (ev.key === "\\") showBefore(!$("compare").classList.contains("before-only"));
+  if (ev.key === "z" || ev.key === "Z") zoom(!$("compare").classList.contains("zoomed"));
 });
 $("lut-format").addEventListener("change", formatLink);
+$("dl-all").addEventListener("click", downloadAll);
 async function loadLimits() {  // the service's limits, from the service (never copied here)
   try {
     const limits = await (await api("/v1/limits", { method: "POST" })).json();
