@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import numpy as np
@@ -189,3 +190,27 @@ def kept_exif(data: bytes) -> dict:
     return {"make": exif.get(0x010F), "model": exif.get(0x0110), "taken": exif.get_ifd(0x8769).get(0x9003),
             "gps": exif.get_ifd(0x8825).get(1), "orientation": exif.get(0x0112, 1)}
 
+
+
+def page_files(get) -> dict[str, bytes]:
+    """Every file the landing page and the web page load, fetched with ``get(path) -> response``, each asserted to
+    come from the service itself (no CDN: the page works offline and in a container) and to be served."""
+    import urllib.parse
+
+    found, todo = {}, ["/", "/ui/"]
+    while todo:
+        path = todo.pop()
+        r = get(path)
+        assert r.status_code == 200, (path, r.status_code)
+        found[path] = r.content
+        text = r.content.decode("utf-8", "replace") if not path.endswith((".png", ".jpg")) else ""
+        refs = re.findall(r"""<(?:script|link|img)\b[^>]*?\b(?:src|href)=["']?([^"' >]+)""", text)
+        refs += re.findall(r"""^import\b[^;]*?\bfrom\s+["']([^"']+)["']""", text, re.M)
+        for ref in refs:
+            if ref.startswith("data:"):
+                continue
+            assert "//" not in ref, f"{path} loads {ref} from elsewhere"
+            target = urllib.parse.urljoin(path, ref)
+            if target not in found and target not in todo:
+                todo.append(target)
+    return found

@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipdlut.cube import read_cube
 from clipdlut.render import pillow_lut
-from tests.conftest import gradient_image, png_bytes, wait
+from tests.conftest import gradient_image, page_files, png_bytes, wait
 from tests.containers import Container, Podman, podman_missing, readme_block, sh
 from tests.live import Proxy, free_port, haproxy_missing
 
@@ -73,6 +73,7 @@ def test_one_container_as_the_image_runs_it(podman, built):
     assert re.search(r"loaded CLIP tiny from /home/bentoml/bento/models/clipdlut-clip-tiny/\w+/clip_cn_tiny.pt",
                      first.logs()), first.logs()[-2000:]
 
+    assert "/ui/fflate.js" in page_files(lambda path: httpx.get(first.url + path, timeout=30))  # (the page, whole)
     done_before = legacy_submit(first.url, 12, "赛博朋克风格的夜晚城市")
     q = wait(lambda: ended(first.url, done_before), timeout=120)
     assert q["status"] == "finished"

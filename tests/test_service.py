@@ -18,7 +18,7 @@ from PIL import Image
 from clipdlut.cube import read_cube
 from clipdlut.hald import read_strip
 from clipdlut.render import pillow_lut
-from tests.conftest import camera_jpeg, gradient_image, kept_exif, png_bytes, wait
+from tests.conftest import camera_jpeg, gradient_image, kept_exif, page_files, png_bytes, wait
 
 pytestmark = pytest.mark.http
 PHOTO = gradient_image(160, 120)
@@ -76,6 +76,13 @@ def test_the_bentocloud_recipe_fits_the_services(service, recipe_file):
 def test_reachability_and_ready(client):
     assert client.get("/").status_code == 200
     assert client.get("/readyz").status_code == 200
+
+
+def test_the_pages_load_nothing_from_elsewhere(client):
+    """The landing page and the web page with every file they load (style sheet, script, the zip library), all from
+    the service: no CDN, so the page works offline."""
+    files = page_files(client.get)
+    assert {"/", "/ui/", "/ui/style.css", "/ui/app.js", "/ui/fflate.js"} <= set(files), sorted(files)
 
 
 def test_the_openapi_page_is_at_docs(client):

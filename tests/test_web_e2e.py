@@ -356,13 +356,20 @@ def test_a_keyed_service_opens_the_page_and_asks_for_the_key_once(browser, tmp_p
         assert "needs an API key" in wait.until(lambda d: text(d, "error"))
 
 
-def image_bytes(driver, element_id: str) -> bytes:
-    """The bytes behind an image element's (blob) URL."""
+def image_bytes(driver, element_id: str, attribute: str = "src") -> bytes:
+    """The bytes behind an image element's (blob) URL, or a link's (``attribute="href"``)."""
     return base64.b64decode(driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "fetch(document.getElementById(arguments[0]).src).then((r) => r.arrayBuffer()).then((b) => {"
+        "fetch(document.getElementById(arguments[0])[arguments[1]]).then((r) => r.arrayBuffer()).then((b) => {"
         "  let s = ''; new Uint8Array(b).forEach((x) => { s += String.fromCharCode(x); }); done(btoa(s)); });",
-        element_id))
+        element_id, attribute))
+
+
+def shown_job(driver) -> tuple[bytes, bytes, bytes, bytes]:
+    """What the page shows of a job: the before and after photos, and its two downloads held in the page (the
+    graded image and the .cube)."""
+    return (image_bytes(driver, "before"), image_bytes(driver, "after"), image_bytes(driver, "dl-image", "href"),
+            image_bytes(driver, "dl-cube", "href"))
 
 
 def test_a_reload_resumes_a_running_job_and_a_reopened_one_compares_with_its_own_photos(browser, server, tmp_path):
@@ -380,12 +387,14 @@ def test_a_reload_resumes_a_running_job_and_a_reopened_one_compares_with_its_own
         "data:image/jpeg")  # (each job's thumbnail)
     assert image_bytes(browser, "before") == original[0].read_bytes()
     assert browser.find_element(By.ID, "strength").is_enabled()
+    live = shown_job(browser)
 
     browser.refresh()
     browser.find_element(By.CSS_SELECTOR, "#recent button").click()
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     assert image_bytes(browser, "before") == original[0].read_bytes()  # (not the graded photo a second time)
     assert image_bytes(browser, "before") != image_bytes(browser, "after")
+    assert shown_job(browser) == live  # the same before, after and downloads as when it was followed live
     assert not browser.find_element(By.ID, "compare-note").is_displayed()
 
     browser.execute_script("indexedDB.deleteDatabase('clipdlut')")  # (as a browser clearing its storage would)
