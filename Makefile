@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PORT ?= 3000
 
-.PHONY: install serve serve-optimizer serve-api test test-servers bench eval load build base-image container import-model lint clean
+.PHONY: install serve serve-optimizer serve-api test test-fast test-servers bench eval load build base-image container import-model lint clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ serve-api: install   # OPTIMIZER_URL=http://gpu-host:3000
 
 test: install test-servers
 	$(PY) -m pytest -q
+
+# The quick loop while changing code: the library and the in-process HTTP tests, no real server (about 5 minutes
+# here). `make test` runs everything, and is what CI runs.
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e and not container"
 
 # Real servers some tests drive, from Debian's packages: chromium (the browser test), haproxy (the router in
 # front of replicas), redis-server (the shared job store), and the container engine (podman with runc and catatonit,

@@ -85,7 +85,7 @@ def run(device: torch.device, quick: bool) -> dict:
     # (a CPU run has time for one load only)
     results["continuous_batching"] = continuous_batching(tiny, photo, (0.5,) if cpu else (0.5, 0.65), quick)
     lap("continuous_batching")
-    results["render"] = render.render_12mp(os.cpu_count() or 1)
+    results["render"] = render.render_12mp(os.cpu_count() or 1, rounds=2 if quick else 9)  # (quick: a smoke run)
     lap("render")
     results["apply"] = apply.at_scale("python -m bench" + (" --quick" if quick else ""), quick)
     lap("apply")

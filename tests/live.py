@@ -33,9 +33,10 @@ def own_host(folder: Path) -> Path:
     """A folder standing in for a host of its own: a copy of the code, and its own BentoML home and TMPDIR."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("service.py", "pyproject.toml"):  # what the Bento carries (bentofile.yaml's include)
-        shutil.copy(ROOT / name, folder / name)
-    shutil.copytree(ROOT / "clipdlut", folder / "clipdlut", ignore=shutil.ignore_patterns("__pycache__"),
-                    dirs_exist_ok=True)
+        shutil.copy2(ROOT / name, folder / name)
+    # (with the compiled modules, times kept so they stay valid: each of a server's three processes would
+    # otherwise compile the package again, a third of a second apiece)
+    shutil.copytree(ROOT / "clipdlut", folder / "clipdlut", dirs_exist_ok=True)
     (folder / "tmp").mkdir(exist_ok=True)
     return folder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,9 +17,19 @@ from clipdlut.serving.modelstore import model_tag
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
+def run(args: list[str], home: Path, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "COLUMNS": "1000", **env}
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def checkout(folder: Path) -> Path:
+    """What a clean checkout gives ``bentoml build`` (bentofile.yaml's include), without what a run of the CPU
+    variant leaves in this one (``wheels/``: a 180 MB torch wheel the GPU Bento must not carry)."""
+    folder.mkdir()
+    for name in ("service.py", "pyproject.toml", "bentofile.yaml"):
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(ROOT / "clipdlut", folder / "clipdlut", ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
 
 
 @pytest.mark.unit
@@ -57,10 +68,12 @@ def test_bentoml_build_declares_the_gpu_a_debian_image_and_packages_stored_weigh
     assert run([sys.executable, "-m", "clipdlut.serving.modelstore", "RN50", "--from", str(checkpoint)],
                tmp_path).returncode == 0
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    r = run([bentoml, "build"], tmp_path, CLIPDLUT_CLIP_MODEL="RN50", CLIPDLUT_GPU_TYPE="nvidia-a100-80gb")
+    src = checkout(tmp_path / "src")
+    r = run([bentoml, "build"], tmp_path, src, CLIPDLUT_CLIP_MODEL="RN50", CLIPDLUT_GPU_TYPE="nvidia-a100-80gb")
     assert r.returncode == 0, r.stdout + r.stderr
     path = Path(run([bentoml, "get", "clipdlut:latest", "-o", "path"], tmp_path).stdout.strip())
     bento = yaml.safe_load((path / "bento.yaml").read_text())
+    assert not list(path.rglob("*.whl"))  # (the GPU image takes torch from the index)
     optimizer = next(s for s in bento["services"] if s["name"] == "clipdlut-optimizer")
     assert optimizer["config"]["resources"] == {"gpu": 1, "gpu_type": "nvidia-a100-80gb"}
     assert optimizer["config"]["workers"] == 1
