@@ -45,8 +45,9 @@ class DecodedImage:
 
     @property
     def own_format(self) -> str:
-        """The output format that keeps the photo's own: a JPEG stays a JPEG, a WebP a WebP, others become PNG."""
-        return {"JPEG": "jpeg", "WEBP": "webp"}.get(self.format or "", "png")
+        """The output format that keeps the photo's own: a JPEG stays a JPEG (an MPO too: the JPEG with a
+        multi-picture block many cameras and phones write), a WebP a WebP, others become PNG."""
+        return {"JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}.get(self.format or "", "png")
 
 
 def _profile_is_rgb(icc: bytes) -> bool:

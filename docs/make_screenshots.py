@@ -1,7 +1,7 @@
 """Regenerate the README's screenshots of the web page (``docs/screens/``): the empty page, a running job and a
 result with its before/after handle, each at 1440 x 900 (a laptop) and 390 x 844 (a phone), in headless Chromium.
 
-Start a server first (``CLIPDLUT_MODEL=tiny make serve`` offline: its looks are arbitrary, its page is the same),
+Start a server first (``CLIPDLUT_CLIP_MODEL=tiny make serve`` offline: its looks are arbitrary, its page is the same),
 then ``python docs/make_screenshots.py [--url http://127.0.0.1:3000]``. The photo is scikit-image's ``coffee``
 saved as a camera-sized JPEG.
 """
@@ -80,6 +80,8 @@ def main() -> None:
                 time.sleep(1)  # (the smooth scroll to the progress has ended)
                 save(driver, f"{device}-running")
                 driver.find_element(By.ID, "stop").click()
+                WebDriverWait(driver, 60, 0.1).until(
+                    lambda d: d.find_element(By.ID, "state").get_attribute("textContent") == "stopped")
                 grade(driver, args.url, photo, 60)
                 WebDriverWait(driver, 300, 0.2).until(lambda d: d.find_element(By.ID, "result").is_displayed()
                                                       and d.find_element(By.ID, "after-live").get_attribute(

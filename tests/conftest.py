@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -191,12 +192,9 @@ def kept_exif(data: bytes) -> dict:
             "gps": exif.get_ifd(0x8825).get(1), "orientation": exif.get(0x0112, 1)}
 
 
-
 def page_files(get) -> dict[str, bytes]:
     """Every file the landing page and the web page load, fetched with ``get(path) -> response``, each asserted to
     come from the service itself (no CDN: the page works offline and in a container) and to be served."""
-    import urllib.parse
-
     found, todo = {}, ["/", "/ui/"]
     while todo:
         path = todo.pop()

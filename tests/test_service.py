@@ -258,6 +258,13 @@ def test_apply_endpoint(client):
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/png")
     out = np.asarray(Image.open(io.BytesIO(r.content))).astype(int)
     assert np.abs(out - np.asarray(PHOTO)[..., ::-1]).max() <= 1
+    jpeg, exif = camera_jpeg(PHOTO)  # a JPEG comes back a JPEG with its EXIF, unless image_format says
+    r = client.post("/v1/apply", files={"image": ("p.jpg", jpeg, "image/jpeg"),
+                                        "lut": ("swap.cube", ident.encode(), "text/plain")})
+    assert r.headers["content-type"].startswith("image/jpeg") and kept_exif(r.content) == {**exif, "orientation": 1}
+    r = client.post("/v1/apply", data={"image_format": "png"}, files={"image": ("p.jpg", jpeg, "image/jpeg"),
+                                                                      "lut": ("swap.cube", ident.encode())})
+    assert r.headers["content-type"].startswith("image/png")
     bad = client.post("/v1/apply", files={"image": ("p.png", png_bytes(PHOTO), "image/png"),
                                           "lut": ("bad.cube", b"LUT_3D_SIZE 2\n1 2\n", "text/plain")})
     assert bad.status_code == 400 and "line 2" in bad.json()["error"]

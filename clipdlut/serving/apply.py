@@ -19,13 +19,12 @@ def apply_upload(image: bytes, lut: bytes, strength: float, image_format: str | 
     """The graded image, encoded, and its format (``png``, ``jpeg`` or ``webp``: ``image_format``, else the photo's
     own, as a job's result is); :class:`InputError` naming what is wrong with either file or the options."""
     check_strength(strength)
-    if image_format is not None:
-        output_format(image_format)  # (a wrong name is refused before the photo is decoded)
+    chosen = None if image_format is None else output_format(image_format)  # (refused before decoding)
     decoded = decode_upload(image, settings)
     try:
         table = read_hald(lut) if lut[:8] == PNG_SIGNATURE else read_cube(lut).normalized()
     except (CubeError, LutImageError) as e:
         raise InputError(f"the LUT file cannot be used: {e}") from None
     graded = apply_table(decoded.rgb, blend_table(table, strength))
-    fmt = (image_format or decoded.own_format).lower()
+    fmt = decoded.own_format if chosen is None else chosen.lower()  # (png, jpeg or webp)
     return encode_image(graded, fmt, **decoded.kept()), fmt

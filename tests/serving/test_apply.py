@@ -36,6 +36,12 @@ def test_the_image_comes_back_in_its_own_format_unless_asked():
     assert apply_upload(png_bytes(gradient_image(32, 24)), lut, 1.0, None, Settings())[1] == "png"
     data, fmt = apply_upload(jpeg, lut, 1.0, "webp", Settings())
     assert fmt == "webp" and Image.open(io.BytesIO(data)).format == "WEBP"
+    assert apply_upload(jpeg, lut, 1.0, "JPG", Settings())[1] == "jpeg"  # (the format's one name)
+    mpo = io.BytesIO()  # a JPEG with a multi-picture block, as many cameras and phones write: Pillow says MPO
+    gradient_image(64, 48).save(mpo, "MPO", save_all=True, append_images=[gradient_image(32, 24)])
+    assert Image.open(io.BytesIO(mpo.getvalue())).format == "MPO"
+    data, fmt = apply_upload(mpo.getvalue(), lut, 1.0, None, Settings())
+    assert fmt == "jpeg" and Image.open(io.BytesIO(data)).format == "JPEG"
 
 
 def test_bad_files_and_options_say_what_to_fix():

@@ -36,25 +36,31 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
-async function api(path, options = {}) {
+function withKey(headers) {  // the headers with this browser's API key, if it keeps one; and the key
   const key = localStorage.getItem(API_KEY);
-  const headers = new Headers(options.headers);
   if (key) headers.set("Authorization", `Bearer ${key}`);
+  return [headers, key];
+}
+
+async function api(path, options = {}) {
+  const [headers, key] = withKey(new Headers(options.headers));
   return checked(await fetch(path, { ...options, headers }), key);
 }
 
 function sendJSON(path, body, onProgress) {  // a POST whose upload reports its progress (fetch reports none)
-  const key = localStorage.getItem(API_KEY);
+  const [headers, key] = withKey(new Headers({ "Content-Type": "application/json" }));
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", path);
     xhr.responseType = "blob";
-    xhr.setRequestHeader("Content-Type", "application/json");
-    if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
+    headers.forEach((value, name) => xhr.setRequestHeader(name, value));
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.upload.onload = () => onProgress(1, true);
     xhr.onload = () => resolve(checked(new Response(xhr.response, { status: xhr.status,
                                                                    statusText: xhr.statusText }), key));
-    xhr.onerror = () => reject(new Error("The service could not be reached: check the connection, then try again."));
+    xhr.onerror = xhr.onabort = xhr.ontimeout = () => reject(new Error(body.length > MAX_MB * 2 ** 20
+      ? `Too large to send: ${(body.length / 2 ** 20).toFixed(1)} MB; send fewer or smaller photos.`
+      : "The service could not be reached: check the connection, then try again."));
     xhr.send(body);
   });
 }
@@ -238,32 +244,49 @@ async function submit(ev) {
                               : "Describe the look you want, e.g. 温暖的金色黄昏胶片, or choose a reference photo.");
   }
   $("submit").disabled = true;
+  resetRun();
   showPhase("reading the photos", 0, 1);
+  const looks = [];
   try {
     const base = await request("");
     const thumb = thumbnailOf(files[0]);
-    const looks = [], all = prompts.length ? prompts : [""];
+    const all = prompts.length ? prompts : [""];
     for (const [k, prompt] of all.entries()) {  // (one job a look, sent together: batched)
       const body = prompt ? { ...base, target_prompt: prompt } : base;
       const what = all.length > 1 ? `uploading look ${k + 1} of ${all.length}` : "uploading";
-      const r = await sendJSON("/v1/retouch/submit", JSON.stringify(body),
-                               (done) => showPhase(`${what}: ${Math.round(100 * done)}%`, done, 1));
+      const r = await sendJSON("/v1/retouch/submit", JSON.stringify(body), (done, sent) => showPhase(
+        sent ? "sent: the service is checking the photos" : `${what}: ${Math.round(100 * done)}%`, done, 1));
       const { task_id } = await r.json();
       remember({ id: task_id, prompt: describe(body), at: Date.now() });
       keepPhotos(task_id, files);
       thumb.then((t) => t && note(task_id, { thumb: t }));
       looks.push({ id: task_id, prompt: prompt || "the reference photo's look", status: "queued" });
     }
-    originals = files;
-    setRefining(null);
-    candidates = looks.length > 1 ? looks : [];
-    followCandidates(++following);
-    watch(looks[0].id);
+    follow(looks);
   } catch (e) {
-    showError(inFileNames(e.message));
+    const sent = looks.length ? ` (look ${looks.length + 1} was not sent; the ${looks.length} before it were)` : "";
+    showError(inFileNames(e.message) + sent);
     $("submit").disabled = false;
-    $("run").hidden = true;
+    if (!looks.length) $("run").hidden = true;
+    else follow(looks);  // (those sent are running: followed, and Stop stops them)
   }
+}
+
+function follow(looks) {  // the looks of a submission: the first watched, all of them in the candidates' strip
+  originals = files;
+  setRefining(null);
+  candidates = looks.length > 1 ? looks : [];
+  followCandidates(++following);
+  watch(looks[0].id);
+}
+
+function resetRun() {  // the run panel without the figures of the job before
+  $("iteration").textContent = $("total").textContent = "0";
+  $("loss").textContent = "–";
+  $("preview").hidden = true;
+  $("preview").removeAttribute("src");
+  candidates = [];
+  renderCandidates();
 }
 
 function showPhase(words, done, total) {  // the run panel, in view, saying what happens now (uploading 40%, ...)
@@ -272,7 +295,12 @@ function showPhase(words, done, total) {  // the run panel, in view, saying what
   $("state").textContent = words;
   $("bar").max = Math.max(1, total);
   $("bar").value = done;
-  if (!was) $("run").scrollIntoView({ block: "start", behavior: "smooth" });
+  if (!was) bringIntoView("run");
+}
+
+function bringIntoView(id) {  // (smoothly, unless the reader asked for less motion)
+  const still = matchMedia("(prefers-reduced-motion: reduce)").matches;
+  $(id).scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
 }
 
 function phaseOf(p) {  // a job's progress in the words of what it is doing
@@ -415,7 +443,7 @@ async function poll(id, round) {  // one call at a time: the next is scheduled w
         $("state").textContent = "fetching the result";
         await showResult(id);
         $("state").textContent = "finished";
-        $("result").scrollIntoView({ block: "start", behavior: "smooth" });
+        bringIntoView("result");
       }
     }
   } catch (e) {
@@ -445,7 +473,7 @@ async function showResult(id) {
   const cube = new Blob([result.cube], { type: "text/plain" });
   const urls = hold("result", cube, ...blobs);
   cubeURL = urls.shift();
-  graded = photos.map((g, i) => ({ ...g, url: urls[i] }));
+  graded = photos.map((g, i) => ({ ...g, url: urls[i], blob: blobs[i] }));
   // (reopened where this browser no longer has its photos: the result alone, nothing to compare or re-blend)
   const kept = originals.length === photos.length;
   if (!kept) originals = blobs;
@@ -545,6 +573,7 @@ function stripItem(g, i) {
 function select(i) {  // photo i of the result in the comparison, at the chosen strength
   shown = i;
   zoom(false);
+  showBefore(false);
   [$("before").src] = hold("before", originals[i]);
   release("after");
   $("after").src = graded[i].url;
@@ -629,7 +658,7 @@ function drawLive() {  // the preview at the slider's strength; returns the mill
 }
 
 function imageLink() {  // the full-resolution photo at the slider's strength, rendered by /v1/apply when downloaded
-  const a = $("dl-image"), i = shown, s = Number($("strength").value), [at, tag] = atStrength();
+  const a = $("dl-image"), i = shown, [at, tag] = atStrength(), job = snapshot();
   a.onclick = null;
   release("dl-image");
   if (!tag) return setLink("dl-image", graded[i].url, imageName(i));
@@ -640,53 +669,66 @@ function imageLink() {  // the full-resolution photo at the slider's strength, r
     ev.preventDefault();
     a.setAttribute("aria-busy", "true");
     try {
-      const blob = await renderedWith(i, await lutAt(at));
-      if (shown !== i || Number($("strength").value) !== s) return;  // moved on meanwhile
+      const blob = await renderedWith(job.originals[i], await lutAt(job.task, at));
+      if (!showing(job.task) || shown !== i || atStrength()[1] !== tag) return;  // moved on meanwhile
       [a.href] = hold("dl-image", blob);
       a.click();
-    } catch (e) { showError(e.message); } finally { a.removeAttribute("aria-busy"); }
+    } catch (e) {
+      if (showing(job.task)) showError(`The full-resolution image could not be made (${e.message}); try again.`);
+    } finally { a.removeAttribute("aria-busy"); }
   };
 }
 
-async function lutAt(options) {  // the look's LUT as /v1/lut writes it (at a strength: blended and made safe)
+function snapshot() {  // what a download started now needs of the shown job, kept should another be shown meanwhile
+  return { task: result.task_id, originals: [...originals], graded: [...graded], cube: result.cube,
+           size: result.lut_size, names: graded.map((_, k) => (tag) => imageName(k, undefined, tag)),
+           look: lookName() };
+}
+
+function showing(task) {  // the job shown is still ``task``
+  return Boolean(result) && result.task_id === task;
+}
+
+async function lutAt(task, options) {  // a job's LUT as /v1/lut writes it (at a strength: blended and made safe)
   const r = await api("/v1/lut", { method: "POST", headers: { "Content-Type": "application/json" },
-                                   body: JSON.stringify({ task_id: result.task_id, ...options }) });
+                                   body: JSON.stringify({ task_id: task, ...options }) });
   return r.blob();
 }
 
-async function renderedWith(i, lut) {  // photo i graded by a LUT on the service (in its own format, EXIF kept)
+async function renderedWith(original, lut) {  // a photo graded by a LUT on the service (its own format, EXIF kept)
   const form = new FormData();
-  form.append("image", originals[i], originals[i].name || "photo");
+  form.append("image", original, original.name || "photo");
   form.append("lut", lut, "look.cube");
   return (await api("/v1/apply", { method: "POST", body: form })).blob();
 }
 
-async function downloadAll(ev) {  // one zip: every graded photo at the slider's strength, the .cube, the Hald PNG
-  ev.preventDefault();
-  const a = $("dl-all"), task = result.task_id, [at, tag] = atStrength();
+async function downloadAll() {  // one zip: every graded photo at the slider's strength, the .cube, the Hald PNG
+  const a = $("dl-all"), [at, tag] = atStrength(), job = snapshot();
   if (a.getAttribute("aria-busy")) return;
   a.setAttribute("aria-busy", "true");
-  const say = (words) => { $("zip-state").textContent = words; $("zip-state").hidden = !words; };
+  const say = (words) => { $("zip-state").textContent = words; };
   try {
-    const cube = tag ? await lutAt(at) : new Blob([result.cube]);
+    const cube = tag ? await lutAt(job.task, at) : new Blob([job.cube]);
     const bytes = async (blob) => new Uint8Array(await blob.arrayBuffer());
-    const files = { [lutName(tag, result.lut_size, ".cube")]: await bytes(cube),
-                    [lutName(tag, "hald", ".png")]: [await bytes(await lutAt({ format: "hald", ...at })), { level: 0 }] };
-    for (const [i, g] of graded.entries()) {  // (images are compressed already: stored as they are)
-      say(tag ? `Rendering photo ${i + 1} of ${graded.length} at full resolution…` : "Packing…");
-      const image = tag ? await renderedWith(i, cube) : await (await fetch(g.url)).blob();
-      const name = imageName(i, undefined, tag);
-      files[name in files ? `${i + 1}-${name}` : name] = [await bytes(image), { level: 0 }];
+    const zipped = { [`${job.look}${tag}_${job.size}.cube`]: await bytes(cube),
+                     [`${job.look}${tag}_hald.png`]: [await bytes(await lutAt(job.task, { format: "hald", ...at })),
+                                                       { level: 0 }] };
+    for (const [i, g] of job.graded.entries()) {  // (images are compressed already: stored as they are)
+      say(tag ? `Rendering photo ${i + 1} of ${job.graded.length} at full resolution…` : "Packing…");
+      const image = tag ? await renderedWith(job.originals[i], cube) : g.blob;
+      const name = job.names[i](tag);
+      zipped[name in zipped ? `${i + 1}-${name}` : name] = [await bytes(image), { level: 0 }];
     }
-    if (!result || result.task_id !== task) return;  // another result is shown now
+    if (!showing(job.task)) return say("");  // another result is shown now
     const link = document.createElement("a");
-    [link.href] = hold("dl-all", new Blob([zipSync(files)], { type: "application/zip" }));
-    link.download = `${lookName()}${tag}.zip`;
+    [link.href] = hold("dl-all", new Blob([zipSync(zipped)], { type: "application/zip" }));
+    link.download = `${job.look}${tag}.zip`;
     link.click();
-  } catch (e) { showError(e.message); } finally {
-    a.removeAttribute("aria-busy");
+    setTimeout(() => release("dl-all"), 60_000);  // (the zip may be large: let it go once downloaded)
     say("");
-  }
+  } catch (e) {
+    say(showing(job.task) ? `Download all stopped (${e.message}): try again.` : "");
+  } finally { a.removeAttribute("aria-busy"); }
 }
 
 function onDemand(id, options, name) {  // a LUT of another size or format, fetched when its link is clicked
@@ -698,13 +740,11 @@ function onDemand(id, options, name) {  // a LUT of another size or format, fetc
     if (a.href) return;  // fetched already: the browser downloads it
     ev.preventDefault();
     try {
-      const r = await api("/v1/lut", { method: "POST", headers: { "Content-Type": "application/json" },
-                                       body: JSON.stringify({ task_id: task, ...options }) });
-      const blob = await r.blob();
-      if (!result || result.task_id !== task) return;  // another result is shown now
+      const blob = await lutAt(task, options);
+      if (!showing(task)) return;  // another result is shown now
       [a.href] = hold(id, blob);
       a.click();
-    } catch (e) { showError(e.message); }
+    } catch (e) { if (showing(task)) showError(e.message); }
   };
 }
 
@@ -785,31 +825,45 @@ function showBefore(on) {  // the whole photo before the grade, while held (or t
 // scrolls inside the fitted frame (dragged, or with the scroll bars and wheel).
 function zoom(on, at = null) {  // at: the point (client coordinates) to keep under the pointer
   const viewport = $("viewport"), stage = $("stage"), img = $("before");
-  if (on === $("compare").classList.contains("zoomed")) return;
-  $("zoom").setAttribute("aria-pressed", String(on));
+  if (on === zoomed()) return;
   if (!on) {
     $("compare").classList.remove("zoomed");
+    $("zoom").setAttribute("aria-pressed", "false");
+    afterTag();
     viewport.style.width = viewport.style.height = stage.style.width = "";
     return;
   }
   const fit = viewport.getBoundingClientRect(), scale = img.naturalWidth / devicePixelRatio / fit.width;
-  if (!img.naturalWidth || !fit.width) return;
+  if (!img.complete || !img.naturalWidth || !fit.width) return;  // (a photo still loading: its size is not known)
+  $("zoom").setAttribute("aria-pressed", "true");
   viewport.style.width = `${fit.width}px`;
   viewport.style.height = `${fit.height}px`;
   stage.style.width = `${img.naturalWidth / devicePixelRatio}px`;
   $("compare").classList.add("zoomed");
+  afterTag();
   const [x, y] = at ? [at.clientX - fit.left, at.clientY - fit.top] : [fit.width / 2, fit.height / 2];
   viewport.scrollLeft = x * scale - x;
   viewport.scrollTop = y * scale - y;
 }
 
+function afterTag() {  // the strength preview is a screen-sized copy: at 1:1 the after side is the job's own result
+  document.querySelector("#compare .after-tag").textContent = zoomed() && !$("after-live").hidden
+    ? `After, at strength ${result.strength.toFixed(2)}` : "After";
+}
+
+function zoomed() {
+  return $("compare").classList.contains("zoomed");
+}
+
 let drag = null;  // what a pointer held on the photo does: "split" (the handle), "pan" (at 1:1) or "before"
 
 function pointerDown(ev) {
-  if (ev.button !== 0 || $("result").hidden) return;
   const viewport = $("viewport");
+  const onScrollBar = ev.offsetX >= viewport.clientWidth || ev.offsetY >= viewport.clientHeight;
+  if (ev.button !== 0 || !ev.isPrimary || $("result").hidden || (ev.target === viewport && onScrollBar)) return;
+  if (ev.target !== $("handle") && !zoomed() && $("split").disabled) return;  // (no photo before to show)
   drag = ev.target === $("handle") ? { kind: "split" }
-    : $("compare").classList.contains("zoomed")
+    : zoomed()
       ? { kind: "pan", x: ev.clientX, y: ev.clientY, left: viewport.scrollLeft, top: viewport.scrollTop }
       : { kind: "before" };
   viewport.setPointerCapture(ev.pointerId);
@@ -879,17 +933,20 @@ $("strength").addEventListener("change", restrength);
 $("strength").addEventListener("input", () => {
   $("strength-value").textContent = Number($("strength").value).toFixed(2);
   if (result) window.lastStrengthDrawMs = drawLive();  // (read by the browser tests)
+  if (result) afterTag();
 });
 $("split").addEventListener("input", split);
 $("viewport").addEventListener("pointerdown", pointerDown);
 $("viewport").addEventListener("pointermove", pointerMove);
 for (const ev of ["pointerup", "pointercancel", "lostpointercapture"]) $("viewport").addEventListener(ev, pointerUp);
-$("viewport").addEventListener("dblclick", (ev) => zoom(!$("compare").classList.contains("zoomed"), ev));
-$("zoom").addEventListener("click", () => zoom(!$("compare").classList.contains("zoomed")));
+$("viewport").addEventListener("dblclick", (ev) => zoom(!zoomed(), ev));
+$("zoom").addEventListener("click", () => zoom(!zoomed()));
+window.addEventListener("resize", () => zoom(false));  // (the frame fitted to another window: fit again)
 document.addEventListener("keydown", (ev) => {  // \\: before / after, as in Lightroom; Z: 1:1 (not while typing)
-  if ($("result").hidden || ["INPUT", "TEXTAREA", "SELECT"].includes(ev.target.tagName)) return;
-  if (ev.key === "\\") showBefore(!$("compare").classList.contains("before-only"));
-  if (ev.key === "z" || ev.key === "Z") zoom(!$("compare").classList.contains("zoomed"));
+  const typing = ev.target.matches("input:not([type=range], [type=checkbox]), textarea, select, [contenteditable]");
+  if ($("result").hidden || typing || ev.ctrlKey || ev.metaKey || ev.altKey || ev.repeat) return;
+  if (ev.key === "\\" && !$("split").disabled) showBefore(!$("compare").classList.contains("before-only"));
+  if (ev.key === "z" || ev.key === "Z") zoom(!zoomed());
 });
 $("lut-format").addEventListener("change", formatLink);
 $("dl-all").addEventListener("click", downloadAll);
