@@ -255,7 +255,7 @@ async function submit(ev) {
       const body = prompt ? { ...base, target_prompt: prompt } : base;
       const what = all.length > 1 ? `uploading look ${k + 1} of ${all.length}` : "uploading";
       const r = await sendJSON("/v1/retouch/submit", JSON.stringify(body), (done, sent) => showPhase(
-        sent ? "sent: the service is checking the photos" : `${what}: ${Math.round(100 * done)}%`, done, 1));
+        sent ? "sent: the service is checking the photos" : `${what}: ${5 * Math.floor(20 * done)}%`, done, 1));
       const { task_id } = await r.json();
       remember({ id: task_id, prompt: describe(body), at: Date.now() });
       keepPhotos(task_id, files);
@@ -292,7 +292,7 @@ function resetRun() {  // the run panel without the figures of the job before
 function showPhase(words, done, total) {  // the run panel, in view, saying what happens now (uploading 40%, ...)
   const was = !$("run").hidden;
   $("run").hidden = false;
-  $("state").textContent = words;
+  if ($("state").textContent !== words) $("state").textContent = words;  // (a live region: said once)
   $("bar").max = Math.max(1, total);
   $("bar").value = done;
   if (!was) bringIntoView("run");
