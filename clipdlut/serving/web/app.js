@@ -423,7 +423,7 @@ async function poll(id, round) {  // one call at a time: the next is scheduled w
       body: JSON.stringify({ task_id: id, include_preview: true }) });
     const p = await r.json();
     if (round !== watching) return;  // another job (or the same one again) is watched now
-    $("state").textContent = phaseOf(p);
+    if ($("state").textContent !== phaseOf(p)) $("state").textContent = phaseOf(p);  // (a live region: said once)
     $("iteration").textContent = p.iteration;
     $("total").textContent = p.total;
     $("bar").max = Math.max(1, p.total);
@@ -941,7 +941,11 @@ $("viewport").addEventListener("pointermove", pointerMove);
 for (const ev of ["pointerup", "pointercancel", "lostpointercapture"]) $("viewport").addEventListener(ev, pointerUp);
 $("viewport").addEventListener("dblclick", (ev) => zoom(!zoomed(), ev));
 $("zoom").addEventListener("click", () => zoom(!zoomed()));
-window.addEventListener("resize", () => zoom(false));  // (the frame fitted to another window: fit again)
+let windowWidth = innerWidth;  // (a phone's browser bars come and go as the page scrolls: only a new width counts)
+window.addEventListener("resize", () => {  // the frame fitted to another window: fit again
+  if (innerWidth !== windowWidth) zoom(false);
+  windowWidth = innerWidth;
+});
 document.addEventListener("keydown", (ev) => {  // \\: before / after, as in Lightroom; Z: 1:1 (not while typing)
   const typing = ev.target.matches("input:not([type=range], [type=checkbox]), textarea, select, [contenteditable]");
   if ($("result").hidden || typing || ev.ctrlKey || ev.metaKey || ev.altKey || ev.repeat) return;
