@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
 from clipdlut import formats, limits, viewing
+from clipdlut.clients import Client, Registry
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.formats import LutFormatName
 from clipdlut.guidance import Guide
@@ -39,12 +40,11 @@ from clipdlut.serving.errors import (
     ServiceFault,
     ShuttingDown,
     TaskNotFinished,
-    UnknownTask,
     answers_errors,
 )
 from clipdlut.serving.http import (
     Answered,
-    ApiKey,
+    Authenticate,
     BodyLimit,
     ClearErrors,
     FormCheck,
@@ -52,6 +52,7 @@ from clipdlut.serving.http import (
     Landing,
     ReadyReason,
     TaskGate,
+    client_of,
 )
 from clipdlut.serving.jobs import JobOptions
 from clipdlut.serving.jobstream import InvalidJob, stream_job
@@ -96,6 +97,9 @@ BATCH_JOBS = prometheus_client.Histogram(
 # The container image (README, Deployment): CLIPDLUT_IMAGE_VARIANT (gpu, cpu) and CLIPDLUT_BASE_IMAGE at build time
 IMAGE = container.image(S.image_variant, S.base_image)
 READINESS = Readiness()  # this API process's view of its store and optimizer, kept current by start_background
+CLIENTS = Registry(Path(S.clients) if S.clients else None, S.api_key)  # who may call (README, Clients)
+if S.legacy_client and CLIENTS.named(S.legacy_client) is None:
+    raise ValueError(f"CLIPDLUT_LEGACY_CLIENT={S.legacy_client} names no client of CLIPDLUT_CLIENTS")
 
 
 @bentoml.service(
@@ -235,17 +239,16 @@ class Retouch:
 
     # -- shared job machinery -------------------------------------------------------------------
 
-    async def _accept(self, job_id: str, upload: jobs.Upload, opts: JobOptions) -> tuple[list[bytes], JobOptions]:
-        """Record a checked upload as a job; what driving it needs (the photos' bytes: the decoded photos are let
-        go, and decoded again to render the result)."""
-        await jobs.accept(self.store, job_id, upload, opts, S, owner=_instance())
+    async def _accept(self, job_id: str, upload: jobs.Upload, opts: JobOptions, client: Client
+                      ) -> tuple[list[bytes], JobOptions]:
+        """Record a checked upload as ``client``'s job; what driving it needs (the photos' bytes: the decoded
+        photos are let go, and decoded again to render the result)."""
+        await jobs.accept(self.store, job_id, upload, opts, S, owner=_instance(), client=client)
         return [data for data, _ in upload.photos], opts
 
-    async def _record(self, task_id: str):
-        record = await self.store.get(validation.check_task_id(task_id))
-        if record is None:
-            raise UnknownTask(f"no task with id {task_id!r}; task ids come from the submit response")
-        return record
+    async def _record(self, task_id: str, ctx: bentoml.Context):
+        """The caller's task (another client's is answered as an unknown id)."""
+        return await validation.task_of(self.store, task_id, client_of(ctx.request.scope))
 
     # -- native task API ---------------------------------------------------------------------------
 
@@ -260,9 +263,9 @@ class Retouch:
             if job_id is not None:
                 await self.drivers.run_stored(job_id)
             else:
-                job_id = uuid.uuid4().hex
-                await self.drivers.run(job_id, *await self._accept(job_id, *await validation.upload(request, self.store,
-                                                                                                       S)))
+                job_id, client = uuid.uuid4().hex, client_of(ctx.request.scope)
+                upload = await validation.upload(request, self.store, S, client)
+                await self.drivers.run(job_id, *await self._accept(job_id, *upload, client))
         except HandedOver:  # (this process is stopping; the job is not)
             raise ShuttingDown(f"this server is shutting down; task {job_id} goes on on another replica: follow it "
                                "with /v1/progress") from None
@@ -274,9 +277,9 @@ class Retouch:
 
     @bentoml.api(route="/v1/progress")
     @answers_errors
-    async def progress(self, task_id: str, include_preview: bool = False) -> ProgressResponse:
+    async def progress(self, ctx: bentoml.Context, task_id: str, include_preview: bool = False) -> ProgressResponse:
         """Iteration, loss and (optionally) a small preview of a task's current grade."""
-        r = await self._record(task_id)
+        r = await self._record(task_id, ctx)
         preview = None
         if include_preview and (png := await self.store.preview(task_id)):
             preview = "data:image/png;base64," + base64.b64encode(png).decode()
@@ -285,9 +288,9 @@ class Retouch:
 
     @bentoml.api(route="/v1/cancel")
     @answers_errors
-    async def cancel(self, task_id: str) -> CancelResponse:
+    async def cancel(self, ctx: bentoml.Context, task_id: str) -> CancelResponse:
         """Stop a task: it ends `cancelled` at the optimizer's next step and uses no more GPU time."""
-        r = await self._record(task_id)
+        r = await self._record(task_id, ctx)
         if await self.store.request_cancel(task_id):
             return CancelResponse(task_id=task_id, status="cancelling")
         return CancelResponse(task_id=task_id, status=r.status)
@@ -312,7 +315,7 @@ class Retouch:
         """A finished task's LUT as a file for any grading application: .cube (any offered size, resampled
         exactly), Resolve .cube, .3dl (Flame or Lustre), .csp, .spi3d, CLF, or a HaldCLUT PNG (its own size);
         with `strength`, the look at that strength (blended and made safe as the task's own .cube)."""
-        record = await self._record(task_id)
+        record = await self._record(task_id, ctx)
         try:
             data, _ = await jobs.lut_file(self.store, task_id, size, format, strength)
         except JobEnded as e:
@@ -378,12 +381,12 @@ class Retouch:
 
     @bentoml.api(route="/retouch")
     @answers_errors
-    async def legacy_retouch(self, request: LegacyRetouchRequest, /) -> LegacyTask:
+    async def legacy_retouch(self, request: LegacyRetouchRequest, /, ctx: bentoml.Context) -> LegacyTask:
         """Original API: start a task; poll it with /query_task."""
         job_id = str(uuid.uuid4())
         opts = validation.validate_options(request.options(), S)
         upload = jobs.Upload([await asyncio.to_thread(validation.decode_photo, request.image, S)])
-        photos, opts = await self._accept(job_id, upload, opts)
+        photos, opts = await self._accept(job_id, upload, opts, client_of(ctx.request.scope))
 
         async def run() -> None:
             with contextlib.suppress(JobEnded, HandedOver):  # (its end is in the store, where /query_task reads it)
@@ -395,9 +398,9 @@ class Retouch:
 
     @bentoml.api(route="/query_task")
     @answers_errors
-    async def legacy_query(self, request: LegacyQueryRequest, /) -> LegacyTask:
+    async def legacy_query(self, request: LegacyQueryRequest, /, ctx: bentoml.Context) -> LegacyTask:
         """Original API: status, and when finished the LUT (cube or PNG strip) and the result image."""
-        r = await self._record(request.task_id)
+        r = await self._record(request.task_id, ctx)
         lut = image = None
         if r.status == JobStatus.FINISHED:
             if request.lut_format is not None:
@@ -413,9 +416,9 @@ class Retouch:
 
     @bentoml.api(route="/stop_task")
     @answers_errors
-    async def legacy_stop(self, request: LegacyStopRequest, /) -> LegacyStopResponse:
+    async def legacy_stop(self, request: LegacyStopRequest, /, ctx: bentoml.Context) -> LegacyStopResponse:
         """Original API: stop a task; it ends `stopped`."""
-        await self._record(request.task_id)
+        await self._record(request.task_id, ctx)
         await self.store.request_cancel(request.task_id)
         return LegacyStopResponse(task_id=request.task_id)
 
@@ -423,8 +426,9 @@ class Retouch:
 async def _validate_submission(request: Request) -> Callable[[str], Awaitable[None]]:
     """Check a native task body before BentoML accepts it (BentoML itself would accept anything); what records
     it in the job store under its task id."""
-    upload, opts = await validation.submission(await request.body(), _store(), S)
-    return lambda task_id: jobs.accept(_store(), task_id, upload, opts, S, owner=_instance())
+    client = client_of(request.scope)
+    upload, opts = await validation.submission(await request.body(), _store(), S, client)
+    return lambda task_id: jobs.accept(_store(), task_id, upload, opts, S, owner=_instance(), client=client)
 
 
 @functools.cache
@@ -448,8 +452,7 @@ if S.cors_origins:  # (outside everything: its headers go on every answer, a 500
     SERVED.add_asgi_middleware(CORSMiddleware, allow_origins=[o.strip() for o in S.cors_origins.split(",")],
                                 allow_methods=["GET", "POST", "PUT"], allow_headers=["Authorization", "Content-Type"])
 SERVED.add_asgi_middleware(Answered)
-if S.api_key:
-    SERVED.add_asgi_middleware(ApiKey, key=S.api_key)
+SERVED.add_asgi_middleware(Authenticate, registry=CLIENTS, legacy_client=S.legacy_client)
 SERVED.add_asgi_middleware(BodyLimit, max_bytes=int(S.max_body_mb * 2**20 * 1.4) + 65536)
 SERVED.add_asgi_middleware(ReadyReason, readiness=READINESS)
 SERVED.add_asgi_middleware(Landing)

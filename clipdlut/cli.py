@@ -1,17 +1,19 @@
 """``python -m clipdlut``: grade a photo from a prompt, or apply a LUT to photos, a folder or a video, from the
-shell. ``apply`` imports no torch (it starts in a fraction of a second); the other commands import it when used."""
+shell; add a client of the service. ``apply`` and ``clients`` import no torch (they start in a fraction of a second);
+the other commands import it when used."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdlut import batch, limits, video
+from clipdlut import batch, clients, limits, video
 from clipdlut.cube import read_cube, write_cube
 from clipdlut.formats import BY_SUFFIX, FORMATS, LutFormatName
 from clipdlut.hald import read_hald
@@ -388,6 +390,36 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
                    help="where to write eval.md and contact-sheet.png (default eval-results)")
 
 
+def _weight(text: str) -> float:
+    v = float(text)
+    if not 0 < v <= clients.MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"a weight is above 0 and at most {clients.MAX_WEIGHT:g}")
+    return v
+
+
+def _clients_arguments(c: argparse.ArgumentParser) -> None:
+    actions = c.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("add", help="a new client with a random key: the key is printed once, the file keeps its "
+                           "SHA-256")
+    a.add_argument("name", help="the client's name (letters, digits, '_', '.', '-'; up to 64)")
+    a.add_argument("--file", type=Path, default=os.environ.get("CLIPDLUT_CLIENTS") or None,
+                   help="the clients file (default: $CLIPDLUT_CLIENTS); created if missing")
+    a.add_argument("--max-open-jobs", type=_positive, help="its jobs queued or running at once (default: only the "
+                   "service's own limit)")
+    a.add_argument("--jobs-per-hour", type=_positive, help="its jobs submitted in any hour (default: no bound)")
+    a.add_argument("--weight", type=_weight, default=1.0, help="its share of the GPUs when clients compete "
+                   "(default 1)")
+
+
+def _clients(args: argparse.Namespace) -> None:
+    if args.file is None:
+        raise ValueError("name the clients file: --file PATH, or set CLIPDLUT_CLIENTS")
+    key = clients.add(args.file, args.name, args.max_open_jobs, args.jobs_per_hour, args.weight)
+    print(f"client {args.name!r} added to {args.file}; its key is below, shown this once (the file keeps only its "
+          "hash): send it as 'Authorization: Bearer <key>'", file=sys.stderr)
+    print(key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clipdlut", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -399,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
          ("strength", "quiet"), _apply_arguments, _apply),
         ("eval", "grade a fixed set of photos with a fixed set of prompts and measure every result",
          ("model", "job", "quiet"), _eval_arguments, _eval),
+        ("clients", "the service's clients: `clients add NAME` makes one with a new key", (), _clients_arguments,
+         _clients),
     )
     for name, help_text, parents, define, func in commands:
         command = sub.add_parser(name, help=help_text, parents=[shared[n] for n in parents])

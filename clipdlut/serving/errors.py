@@ -71,6 +71,15 @@ class QueueFull(InputError):
                          {"Retry-After": str(retry_after_s)})
 
 
+class QuotaReached(InputError):
+    """A client is at one of its own quotas (429 with ``Retry-After``); the message names the quota."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message, {"Retry-After": str(max(1, round(retry_after_s)))})
+
+
 class ServiceFault(ServiceError):
     """The service cannot serve the request now (503): the client did nothing wrong and may retry."""
 

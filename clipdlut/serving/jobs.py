@@ -24,9 +24,11 @@ from clipdlut.imaging import DecodedImage, encode_image, working_copy
 from clipdlut.lut import to_table
 from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.serving.bundle import pack
-from clipdlut.serving.errors import InputError, JobEnded, QueueFull
+from clipdlut.clients import ANYONE, Client
+from clipdlut.serving import usage
+from clipdlut.serving.errors import InputError, JobEnded, QueueFull, QuotaReached
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.stores import JobRecord, JobStore
+from clipdlut.serving.stores import Admission, JobRecord, JobStore, Quota, Refusal
 from clipdlut.status import JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.viewing import BUILTIN_CONFIG, LutKind, Viewing, displayed
@@ -129,9 +131,10 @@ REFERENCE_FILE, START_FILE = "reference", "start.cube"  # in a job's stored work
 
 
 async def accept(store: JobStore, job_id: str, upload: Upload, opts: JobOptions, settings: Settings,
-                 owner: str) -> None:
-    """Record a new job leased to API replica ``owner`` with its original bytes and its working inputs (small
-    copies of the photos and the reference, the LUT to start from), or raise :class:`QueueFull`."""
+                 owner: str, client: Client = ANYONE) -> None:
+    """Record a new job of ``client`` leased to API replica ``owner`` with its original bytes and its working inputs
+    (small copies of the photos and the reference, the LUT to start from), or raise :class:`QueueFull` (the
+    service's bound) or :class:`QuotaReached` (the client's)."""
     def working() -> bytes:
         viewing = opts.viewing()  # (the optimizer grades what the display shows: the small copy, rendered)
         files = {photo_file(i): encode_image(displayed(working_copy(d.rgb, settings.working_size), viewing))
@@ -143,9 +146,25 @@ async def accept(store: JobStore, job_id: str, upload: Upload, opts: JobOptions,
         return pack(files)
 
     source = pack({photo_file(i): data for i, (data, _) in enumerate(upload.photos)})
-    if not await store.create(job_id, opts.as_dict(), source, await asyncio.to_thread(working), owner=owner,
-                              max_open=settings.max_open_jobs):
-        raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
+    admission = await store.create(job_id, opts.as_dict(), source, await asyncio.to_thread(working), owner=owner,
+                                   max_open=settings.max_open_jobs, client=client.name,
+                                   quota=Quota(client.max_open_jobs, client.jobs_per_hour))
+    if not admission:
+        raise _refusal(admission, client, settings)
+    usage.accepted(client.name)
+
+
+def _refusal(admission: Admission, client: Client, settings: Settings) -> QueueFull | QuotaReached:
+    """The 429 for a job the store refused, naming the bound."""
+    if admission.refused == Refusal.CLIENT_OPEN:
+        return QuotaReached(f"client {client.name} has {client.max_open_jobs} jobs queued or running, its quota "
+                            f"(max_open_jobs); retry when one ends (in {settings.retry_after_s} s or so)",
+                            settings.retry_after_s)
+    if admission.refused == Refusal.CLIENT_HOURLY:
+        wait = admission.retry_after_s or 0.0
+        return QuotaReached(f"client {client.name} submitted {client.jobs_per_hour} jobs in the last hour, its quota "
+                            f"(jobs_per_hour); retry in {max(1, round(wait))} s", wait)
+    return QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 
 async def stored_result(store: JobStore, job_id: str) -> dict | None:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     takeovers: int = Field(3, ge=0)  # times a job may be taken over from a stopped API replica; once more and it fails
     retention_s: int = Field(86_400, ge=0)
     api_key: str = ""  # when set, every route but the health checks needs "Authorization: Bearer <key>"
+    clients: str = ""  # a TOML file of clients, their keys' hashes and quotas (README, Clients); empty: see api_key
+    legacy_client: str = ""  # the client the original API's routes act as when they send no key; empty: they need one
     cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
     optimizer_url: str = ""  # an optimizer served elsewhere (http://host:port); empty: start one with the API
     ocio_config: str = ""  # footage's OCIO config (a path or ocio:// URI); empty: $OCIO, else the built-in ACES one

@@ -12,13 +12,14 @@ import uuid
 from pydantic import ValidationError
 
 from clipdlut import limits, skin
+from clipdlut.clients import ANYONE, Client
 from clipdlut.cube import CubeError, read_cube
 from clipdlut.imaging import DecodedImage, ImageError, ImageTooLarge, decode_image, output_format
 from clipdlut.serving.errors import InputError, PayloadTooLarge, ServiceFault, TaskNotFinished, UnknownTask
 from clipdlut.serving.jobs import JobOptions, Upload, check_capacity
 from clipdlut.serving.schemas import RetouchRequest
 from clipdlut.serving.settings import Settings
-from clipdlut.serving.stores import JobStore
+from clipdlut.serving.stores import JobRecord, JobStore
 from clipdlut.status import JobStatus
 from clipdlut.table import MAX_STRENGTH, OFFERED_SIZES
 from clipdlut.viewing import ConfigError, ViewingError, open_viewing
@@ -65,6 +66,16 @@ def check_task_id(task_id: str) -> str:
         raise InputError(f"task_id {str(task_id)[:64]!r} is not a task id; use the task_id the submit call returned"
                          ) from None
     return task_id
+
+
+async def task_of(store: JobStore, task_id: str, client: Client, field: str = "") -> JobRecord:
+    """The record of ``client``'s task ``task_id``. Another client's task is answered exactly as an id that does not
+    exist (the same :class:`UnknownTask`, after the same one read): nothing tells a caller that an id exists."""
+    record = await store.get(check_task_id(task_id))
+    if record is None or record.client != client.name:
+        where = f"{field}: " if field else ""
+        raise UnknownTask(f"{where}no task with id {task_id!r}; task ids come from the submit response")
+    return record
 
 
 def check_strength(strength: float) -> float:
@@ -137,9 +148,10 @@ def decode_photo(text: str, settings: Settings, name: str = "the photo") -> tupl
     return data, decoded
 
 
-async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
-    """The ``.cube`` text a refining job starts from and how to name it: a finished task's LUT (by its id), or the
-    text of a ``.cube`` file; :class:`InputError`, :class:`UnknownTask` or :class:`TaskNotFinished` otherwise."""
+async def start_cube(start_from: str, store: JobStore, client: Client = ANYONE) -> tuple[bytes, str]:
+    """The ``.cube`` text a refining job starts from and how to name it: a finished task of ``client``'s LUT (by its
+    id), or the text of a ``.cube`` file; :class:`InputError`, :class:`UnknownTask` or :class:`TaskNotFinished`
+    otherwise."""
     text = start_from.strip()
     if "LUT_3D_SIZE" not in text.upper():
         try:
@@ -147,9 +159,7 @@ async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
         except InputError:
             raise InputError("start_from is neither a task id nor the text of a 3D .cube file (no LUT_3D_SIZE line)"
                              ) from None
-        record = await store.get(text)
-        if record is None:
-            raise UnknownTask(f"start_from: no task with id {text!r}; use a task_id the submit call returned")
+        record = await task_of(store, text, client, "start_from")
         cube = await store.file(text, "cube") if record.status == JobStatus.FINISHED else None
         if cube is None:
             raise TaskNotFinished(f"start_from: task {text} is {record.status}; refine a finished task")
@@ -164,14 +174,16 @@ async def start_cube(start_from: str, store: JobStore) -> tuple[bytes, str]:
     return text.encode("utf-8"), "a .cube file"
 
 
-async def upload(request: RetouchRequest, store: JobStore, settings: Settings) -> tuple[Upload, JobOptions]:
-    """A native request's photos, reference and starting LUT decoded and checked, with its options."""
+async def upload(request: RetouchRequest, store: JobStore, settings: Settings, client: Client = ANYONE
+                 ) -> tuple[Upload, JobOptions]:
+    """A native request's photos, reference and starting LUT (``client``'s) decoded and checked, with its
+    options."""
     opts = validate_options(request.options(), settings)
     start = None
     if request.start_from is not None:  # (before the photos: the cheaper check)
         if opts.input_space is not None:
             raise InputError("start_from refines a photo's look; footage (input_space) starts from the identity")
-        start, opts.start_from = await start_cube(request.start_from, store)
+        start, opts.start_from = await start_cube(request.start_from, store, client)
 
     async def decode(text: str, field: str) -> tuple[bytes, DecodedImage]:
         try:
@@ -187,7 +199,8 @@ async def upload(request: RetouchRequest, store: JobStore, settings: Settings) -
     return Upload(list(photos), reference, start), opts
 
 
-async def submission(body: bytes, store: JobStore, settings: Settings) -> tuple[Upload, JobOptions]:
+async def submission(body: bytes, store: JobStore, settings: Settings, client: Client = ANYONE
+                     ) -> tuple[Upload, JobOptions]:
     """A native task's body checked before BentoML takes it (BentoML itself accepts anything): its upload and
     options; :class:`InputError` naming the field to fix, or ``QueueFull``."""
     try:
@@ -198,4 +211,4 @@ async def submission(body: bytes, store: JobStore, settings: Settings) -> tuple[
         raise InputError(f"{where}: {first['msg']}" if where else str(first["msg"]).removeprefix("Value error, ")
                          ) from None
     await check_capacity(store, settings)
-    return await upload(parsed, store, settings)
+    return await upload(parsed, store, settings, client)

@@ -10,8 +10,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from clipdlut import clients
+from clipdlut.clients import Client, Registry
 from clipdlut.serving.errors import InputError, QueueFull
-from clipdlut.serving.http import Answered, ApiKey, BodyLimit, JsonBodies, ReadyReason, TaskGate
+from clipdlut.serving.http import Answered, Authenticate, BodyLimit, JsonBodies, ReadyReason, TaskGate, client_of
 from clipdlut.serving.stores.sqlite import SqliteJobStore
 from clipdlut.status import JobStatus
 
@@ -28,8 +30,12 @@ def app(*middleware) -> Starlette:
     return a
 
 
+def keyed(key: str) -> tuple:
+    return Authenticate, {"registry": Registry(api_key=key)}
+
+
 def test_api_key_guards_everything_but_health_checks():
-    c = TestClient(app((ApiKey, {"key": "s3cret"})))
+    c = TestClient(app(keyed("s3cret")))
     for path in ("/healthz", "/livez", "/readyz", "/", "/ui/", "/ui/app.js", "/docs", "/docs.json",
                  "/static_content/swagger-ui.css"):  # what a browser loads by navigating (it sends no header)
         assert c.get(path).status_code == 200, path
@@ -37,7 +43,7 @@ def test_api_key_guards_everything_but_health_checks():
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
                     {"Authorization": "s3cret"}):
         r = c.post("/retouch", headers=headers)
-        assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]
+        assert r.status_code == 401 and "'Authorization: Bearer <key>'" in r.json()["error"]
         assert r.headers["www-authenticate"] == "Bearer" and "s3cret" not in r.text
     assert c.post("/retouch", headers={"Authorization": "Bearer s3cret"}).text == "app:/retouch"
     assert c.get("/metrics", headers={"Authorization": "bearer s3cret"}).status_code == 200
@@ -47,7 +53,7 @@ def test_api_key_guards_everything_but_health_checks():
 def test_a_key_is_compared_as_the_bytes_sent(key):
     """A key that ends in a UTF-8 character whose last byte is 0x85 or 0xA0 (à, Р) is still the key: only ASCII
     spaces around it are ignored."""
-    c = TestClient(app((ApiKey, {"key": key.strip()})))
+    c = TestClient(app(keyed(key.strip())))
     assert c.post("/retouch", headers={"Authorization": f"Bearer {key}".encode()}).status_code == 200
     assert c.post("/retouch", headers={"Authorization": f"Bearer {key.strip()[:-1]}".encode()}).status_code == 401
 
@@ -260,9 +266,112 @@ def test_the_openapi_document_declares_the_key_so_try_it_out_can_send_it():
         return JSONResponse({"openapi": "3.0.2", "paths": {"/readyz": {"get": {}}, "/v1/progress": {"post": {}}}})
 
     a = Starlette(routes=[Route("/docs.json", document)])
-    a.add_middleware(ApiKey, key="s3cret")
+    a.add_middleware(Authenticate, registry=Registry(api_key="s3cret"))
     doc = json.loads(TestClient(a).get("/docs.json").text)
     assert doc["components"]["securitySchemes"]["apiKey"] == {
-        "type": "http", "scheme": "bearer", "description": "the service's CLIPDLUT_API_KEY"}
+        "type": "http", "scheme": "bearer",
+        "description": "a client's key (from `python -m clipdlut clients add NAME`, or CLIPDLUT_API_KEY)"}
     assert doc["security"] == [{"apiKey": []}] and doc["paths"]["/readyz"]["get"]["security"] == []
     assert "security" not in doc["paths"]["/v1/progress"]["post"] and "s3cret" not in json.dumps(doc)
+
+
+def whoami_app(registry: Registry, legacy_client: str = "") -> Starlette:
+    async def whoami(request):
+        return PlainTextResponse(client_of(request.scope).name)
+
+    a = Starlette(routes=[Route("/{path:path}", whoami, methods=["GET", "POST", "PUT"])])
+    a.add_middleware(Authenticate, registry=registry, legacy_client=legacy_client)
+    return a
+
+
+@pytest.fixture
+def two_clients(tmp_path) -> tuple[Registry, str, str]:
+    """A clients file with alice and bob; their keys."""
+    path = tmp_path / "clients.toml"
+    alice, bob = clients.add(path, "alice"), clients.add(path, "bob", max_open_jobs=2)
+    return Registry(path), alice, bob
+
+
+def test_each_key_names_its_client_and_every_bad_key_gets_the_same_401(two_clients):
+    registry, alice, bob = two_clients
+    c = TestClient(whoami_app(registry))
+    assert c.post("/v1/progress", headers={"Authorization": f"Bearer {alice}"}).text == "alice"
+    assert c.post("/v1/progress", headers={"Authorization": f"bearer {bob}"}).text == "bob"
+    bad = {"missing": {}, "empty": {"Authorization": "Bearer "}, "wrong": {"Authorization": "Bearer " + "x" * 43},
+           "very long": {"Authorization": "Bearer " + alice * 200}, "another scheme": {"Authorization": f"Basic {alice}"},
+           "no scheme": {"Authorization": alice}, "non-ASCII": {"Authorization": "Bearer ключ-à".encode()},
+           "a key's hash": {"Authorization": f"Bearer {clients.key_hash(alice)}"}}
+    answers = set()
+    for why, headers in bad.items():
+        r = c.post("/v1/progress", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", why
+        answers.add(r.text)
+    assert len(answers) == 1 and "alice" not in answers.pop()  # (nothing says which keys exist)
+
+
+def test_a_key_added_or_removed_from_the_file_works_or_stops_without_a_restart(tmp_path):
+    path = tmp_path / "clients.toml"
+    alice = clients.add(path, "alice")
+    now = [0.0]
+    c = TestClient(whoami_app(Registry(path, clock=lambda: now[0], recheck_s=1.0)))
+    carol = clients.add(path, "carol")
+
+    def who(key):
+        r = c.post("/v1/cancel", headers={"Authorization": f"Bearer {key}"})
+        return r.text if r.status_code == 200 else r.status_code
+
+    assert who(carol) == 401  # (read a moment ago: the file is looked at again once a second)
+    now[0] += 1.0
+    assert who(carol) == "carol" and who(alice) == "alice"
+    path.write_text(path.read_text().split("[clients.carol]")[0])  # carol's table removed by hand
+    now[0] += 1.0
+    assert who(carol) == 401 and who(alice) == "alice"
+    path.write_text("[clients.alice\n")  # a half-saved edit keeps the clients read last
+    now[0] += 1.0
+    assert who(alice) == "alice"
+    assert alice not in path.read_text() and carol not in path.read_text()
+
+
+def test_the_original_api_acts_as_the_legacy_client_without_a_key_and_as_the_key_with_one(two_clients):
+    registry, alice, bob = two_clients
+    c = TestClient(whoami_app(registry, legacy_client="alice"))
+    for route in ("/retouch", "/query_task", "/stop_task"):
+        assert c.post(route).text == "alice"
+        assert c.post(route, headers={"Authorization": f"Bearer {bob}"}).text == "bob"
+        assert c.post(route, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.post("/v1/progress").status_code == 401  # (the native API always needs a key)
+    assert TestClient(whoami_app(registry)).post("/query_task").status_code == 401  # (no legacy client set)
+
+
+def test_an_open_service_has_one_client_that_everyone_is():
+    c = TestClient(whoami_app(Registry()))
+    assert c.post("/v1/progress").text == "" and c.post("/v1/progress", headers={"Authorization": "Bearer x"}).text == ""
+
+
+def test_the_task_gate_answers_another_clients_task_as_an_unknown_one(tmp_path):
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    path = tmp_path / "clients.toml"
+    alice, bob = clients.add(path, "alice"), clients.add(path, "bob")
+    mine, done = uuid.uuid4().hex, uuid.uuid4().hex
+    for task in (mine, done):
+        asyncio.run(store.create(task, {"steps": 1}, b"s", b"w", owner="api", client="alice"))
+    asyncio.run(store.finish(done, {}, {}))
+    inner = Starlette(routes=[Route("/{path:path}", lambda r: PlainTextResponse("app"), methods=["GET", "POST", "PUT"])])
+    inner.add_middleware(TaskGate, route="/v1/retouch", store=lambda: store, validate=None,
+                         result=lambda task_id: _async({"task_id": task_id}))
+    inner.add_middleware(Authenticate, registry=Registry(path))
+    c = TestClient(inner)
+    calls = (("cancel", c.put), ("status", c.get), ("get", c.get), ("retry", c.post))
+    for task in (mine, done):
+        for action, method in calls:
+            theirs = method(f"/v1/retouch/{action}", params={"task_id": task}, headers={"Authorization": f"Bearer {bob}"})
+            unknown_id = uuid.uuid4().hex
+            unknown = method(f"/v1/retouch/{action}", params={"task_id": unknown_id},
+                             headers={"Authorization": f"Bearer {bob}"})
+            assert theirs.status_code == unknown.status_code == 404, action
+            assert theirs.json()["error"].replace(task, unknown_id) == unknown.json()["error"]
+    assert not asyncio.run(store.get(mine)).cancel_requested  # (bob's cancel reached nothing)
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    assert c.get("/v1/retouch/status", params={"task_id": mine}, headers=as_alice).json()["status"] == "in_progress"
+    r = c.post("/v1/retouch/retry", params={"task_id": done}, headers=as_alice)
+    assert r.status_code == 409 and "submit it again" in r.json()["error"]

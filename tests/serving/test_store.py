@@ -10,7 +10,7 @@ import time
 import pytest
 
 from clipdlut.serving.errors import StoreUnavailable
-from clipdlut.serving.stores import JobStore, open_store
+from clipdlut.serving.stores import JobStore, Quota, Refusal, open_store
 from clipdlut.status import JobStatus
 from tests.live import RedisServer, redis_missing
 
@@ -130,7 +130,7 @@ async def test_admission_never_overshoots_with_fifty_concurrent_clients(location
     clients = stores(location, 50, clock)
     created = await asyncio.gather(*(c.create(f"job{i}", {"steps": 1}, b"s" * 1000, b"w", owner=f"api-{i % 3}",
                                               max_open=20) for i, c in enumerate(clients)))
-    assert sum(created) == 20 and await clients[0].open_jobs() == 20
+    assert sum(map(bool, created)) == 20 and await clients[0].open_jobs() == 20
     refused = [i for i, ok in enumerate(created) if not ok]
     assert await clients[0].get(f"job{refused[0]}") is None
     first = next(i for i, ok in enumerate(created) if ok)
@@ -138,6 +138,36 @@ async def test_admission_never_overshoots_with_fifty_concurrent_clients(location
     assert await clients[2].create("one-more", {"steps": 1}, b"s", b"w", owner="api-0", max_open=20)
     assert not await clients[2].create("too-many", {"steps": 1}, b"s", b"w", owner="api-0", max_open=20)
     await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_a_job_belongs_to_its_client_and_each_clients_open_jobs_are_bounded_on_their_own(location, clock):
+    a, b = stores(location, 2, clock)  # (two replicas)
+    quota = Quota(max_open=2)
+    assert await a.create("a1", {"steps": 1}, b"s", b"w", owner="api-a", client="alice", quota=quota)
+    assert await b.create("a2", {"steps": 1}, b"s", b"w", owner="api-b", client="alice", quota=quota)
+    refused = await b.create("a3", {"steps": 1}, b"s", b"w", owner="api-b", client="alice", quota=quota)
+    assert not refused and refused.refused == Refusal.CLIENT_OPEN and await a.get("a3") is None
+    assert await a.create("b1", {"steps": 1}, b"s", b"w", owner="api-a", client="bob", quota=quota)  # (bob's own)
+    assert (await b.get("a1")).client == "alice" and (await a.get("b1")).client == "bob"
+    await b.set_status("a1", JobStatus.CANCELLED, "by the user")
+    assert await a.create("a3", {"steps": 1}, b"s", b"w", owner="api-a", client="alice", quota=quota)
+    full = await a.create("b2", {"steps": 1}, b"s", b"w", owner="api-a", max_open=3, client="bob", quota=quota)
+    assert full.refused == Refusal.SERVICE_FULL  # (3 open: the service is full, whoever asks)
+    await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_clients_jobs_per_hour_count_every_submission_of_the_last_hour(store, clock):
+    quota = Quota(per_hour=3)
+    for i in range(3):
+        assert await store.create(f"j{i}", {"steps": 1}, b"s", b"w", owner="api", client="alice", quota=quota)
+        await store.finish(f"j{i}", {}, {})  # (ended jobs still count)
+        clock.advance(600)
+    refused = await store.create("j3", {"steps": 1}, b"s", b"w", owner="api", client="alice", quota=quota)
+    assert refused.refused == Refusal.CLIENT_HOURLY and refused.retry_after_s == pytest.approx(1800)
+    assert await store.create("b0", {"steps": 1}, b"s", b"w", owner="api", client="bob", quota=quota)
+    clock.advance(1800)  # the first leaves the hour
+    assert await store.create("j3", {"steps": 1}, b"s", b"w", owner="api", client="alice", quota=quota)
+    assert not await store.create("j4", {"steps": 1}, b"s", b"w", owner="api", client="alice", quota=quota)
 
 
 async def test_a_lease_is_renewed_by_its_owner_and_taken_over_when_it_is_not(store, later):

@@ -22,16 +22,18 @@ def server(tmp_path):
 async def test_keys_are_plain_redis_structures_and_an_ended_job_expires(server):
     store = RedisJobStore(server.url, retention_s=600)
     db = redis.Redis.from_url(server.url, decode_responses=True)
-    await store.create("j", {"steps": 3}, b"original", b"working", owner="api-a")
+    await store.create("j", {"steps": 3}, b"original", b"working", owner="api-a", client="alice")
     await store.progress("j", 1, 3, 0.5, {}, b"preview", b"state")
     assert {k: db.type(k) for k in db.keys("*")} == {"clipdlut:job:j": "hash", "clipdlut:data:j": "hash",
-                                                    "clipdlut:open": "zset", "clipdlut:drive": "stream"}
+                                                    "clipdlut:open": "zset", "clipdlut:drive": "stream",
+                                                    "clipdlut:open:alice": "zset", "clipdlut:submitted:alice": "zset"}
+    assert 3590 < db.ttl("clipdlut:submitted:alice") <= 3600  # (an hour's submissions, then gone)
     assert db.hget("clipdlut:job:j", "status") == "running" and db.zrange("clipdlut:open", 0, -1) == ["j"]
     (pending,) = db.xpending_range("clipdlut:drive", "drivers", "-", "+", 10)
     assert pending["consumer"] == "api-a" and pending["times_delivered"] == 1
     assert db.ttl("clipdlut:job:j") == -1  # an open job never expires
     await store.finish("j", {"model": "tiny"}, {"cube": b"LUT"})
-    assert db.zcard("clipdlut:open") == 0 and db.xlen("clipdlut:drive") == 0
+    assert db.zcard("clipdlut:open") == db.zcard("clipdlut:open:alice") == 0 and db.xlen("clipdlut:drive") == 0
     assert db.xpending("clipdlut:drive", "drivers")["pending"] == 0
     assert sorted(db.hkeys("clipdlut:data:j")) == ["file:cube", "preview"]  # inputs and state let go
     assert 590 < db.ttl("clipdlut:job:j") <= 600 and 590 < db.ttl("clipdlut:data:j") <= 600

@@ -2,8 +2,9 @@
 
 BentoML's local task machinery accepts any body at ``/submit`` and fails later, cannot cancel, and keeps
 its records in the process that took the task. The gate validates a submission before BentoML takes it (a
-clear 4xx instead of a task that fails later), records the job in the job store before the client learns its
-id, and answers ``cancel``/``status``/``get`` from the job store, so any replica answers for any task.
+clear 4xx instead of a task that fails later), records the job in the job store under its client before the
+client learns its id, and answers ``cancel``/``status``/``get``/``retry`` from the job store, so any replica
+answers for any task, and only to the client whose task it is.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from datetime import UTC, datetime
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from clipdlut.serving.errors import InputError, ServiceError, error_response
+from clipdlut.serving.errors import ServiceError, error_response
 from clipdlut.serving.http.asgi import ASGIApp, Held, Scope, replay
+from clipdlut.serving.http.auth import client_of
 from clipdlut.serving.stores import JobStore
-from clipdlut.serving.validation import check_task_id
+from clipdlut.serving.validation import task_of
 from clipdlut.status import JobStatus
 
 
@@ -49,20 +51,20 @@ class TaskGate:
         action, method = scope["path"][len(self.route) + 1:], scope["method"]
         if action == "submit" and method == "POST":
             return await self._submit(scope, receive, send)
-        if (action, method) not in (("cancel", "PUT"), ("status", "GET"), ("get", "GET")):
+        if (action, method) not in (("cancel", "PUT"), ("status", "GET"), ("get", "GET"), ("retry", "POST")):
             return await self.app(scope, receive, send)
         task_id = Request(scope).query_params.get("task_id", "")
-        try:
-            check_task_id(task_id)
-        except InputError as e:
-            return await e.response()(scope, receive, send)
         store = self.store()
-        record = await store.get(task_id)
-        if record is None:
-            return await error_response(404, f"no task with id {task_id!r}; task ids come from the submit response"
-                                )(scope, receive, send)
+        try:  # (another client's task is answered as one that does not exist)
+            record = await task_of(store, task_id, client_of(scope))
+        except ServiceError as e:
+            return await e.response()(scope, receive, send)
         response: Response
-        if action == "cancel":  # (a task that has already ended answers the state it ended in)
+        if action == "retry":  # (BentoML's would resubmit an input only the accepting process has, unchecked)
+            response = error_response(409, f"task {task_id} cannot be sent again: a task's photos are let go when it "
+                                      "ends; submit it again with /submit") if record.done else error_response(
+                                      400, f"task {task_id} is not completed yet")
+        elif action == "cancel":  # (a task that has already ended answers the state it ended in)
             if not record.done:
                 await store.request_cancel(task_id)
             status = (record.status if record.done else JobStatus.CANCELLED).task

@@ -14,6 +14,7 @@ that stops cleanly releases its leases: the next replica takes the jobs at once,
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ class JobRecord:
     result: dict[str, Any] | None = None
     owner: str | None = None  # the API replica driving it (while open)
     takeovers: int = 0  # times it was taken over from an API replica that stopped without handing it on
+    client: str = ""  # the client that submitted it (its only reader); "" on a service open to all
 
     def __post_init__(self) -> None:
         self.status = JobStatus(self.status)  # (stores keep the value)
@@ -45,6 +47,37 @@ class JobRecord:
     @property
     def done(self) -> bool:
         return self.status.is_finished
+
+
+HOUR_S = 3600.0  # the window of a client's jobs-per-hour quota
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One client's own bounds at admission, on top of the service's (None: no bound of its own)."""
+
+    max_open: int | None = None  # its jobs queued or running
+    per_hour: int | None = None  # its jobs submitted in the last hour
+
+
+class Refusal(enum.StrEnum):
+    """The bound that refused a new job."""
+
+    SERVICE_FULL = "the service's open jobs"
+    CLIENT_OPEN = "the client's open jobs"
+    CLIENT_HOURLY = "the client's jobs per hour"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A create's answer: true when the job was added; else the bound that refused it and, for the hourly quota,
+    when the oldest job counted leaves the window."""
+
+    refused: Refusal | None = None
+    retry_after_s: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.refused is None
 
 
 class JobStore(Protocol):
@@ -56,10 +89,11 @@ class JobStore(Protocol):
     """
 
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
-                     max_open: int | None = None) -> bool:
-        """Add a queued job leased to ``owner``; False (nothing added) when ``max_open`` jobs are open.
-        The count and the insert are one step: concurrent creates never overshoot the limit. Creating a job
-        that ``owner`` already created is a success (a call retried after its answer was lost)."""
+                     max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        """Add a queued job of ``client`` leased to ``owner``; refused (nothing added) when ``max_open`` jobs are
+        open, or when ``client`` is at a bound of its ``quota``. The counts and the insert are one step: concurrent
+        creates never overshoot a bound. Creating a job that ``owner`` already created is a success (a call
+        retried after its answer was lost)."""
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if it never existed or has expired."""

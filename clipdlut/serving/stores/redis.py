@@ -5,7 +5,10 @@ Keys (``clipdlut:`` by default), in structures a Redis operator recognises:
 - ``clipdlut:job:<id>``: a hash of the job's small fields (status, progress, options, result summary, owner);
 - ``clipdlut:data:<id>``: a hash of its bytes (``source``, ``working``, ``checkpoint`` while open; ``preview``;
   ``file:cube`` and ``file:image`` once finished);
-- ``clipdlut:open``: a sorted set of the open jobs by creation time (admission counts it);
+- ``clipdlut:open``: a sorted set of the open jobs by creation time (admission counts it), and
+  ``clipdlut:open:<client>`` the same for each client (its quota of open jobs);
+- ``clipdlut:submitted:<client>``: a sorted set of a client's jobs submitted in the last hour, by time (its
+  quota of jobs per hour);
 - ``clipdlut:drive``: a stream with one entry per open job and the consumer group ``drivers``, in which each
   API replica is a consumer. The replica that accepts a job holds its entry as pending; renewing the lease
   re-claims the entry (resetting its idle time); a live replica takes over entries idle past the watchdog
@@ -28,30 +31,43 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from clipdlut.serving.stores.contract import JobRecord
+from clipdlut.serving.stores.contract import HOUR_S, Admission, JobRecord, Quota, Refusal
 from clipdlut.status import JobStatus
 
 GROUP = b"drivers"
 _RELEASED_IDLE_MS = 10**10  # the idle time a released lease is given: older than any watchdog bound
 _STATUS_OPEN = "local open = {queued = true, running = true}\n"
 
+# KEYS: open, job, data, stream, the client's open, the client's submitted. ARGV: id, max_open, now, options, total,
+# source, working, owner, group, client, its max_open, its per_hour, the hour's length (s). Returns {code, retry}:
+# 1 created, 0 the service full, 2 the client's open jobs, 3 its jobs per hour (retry: when one leaves the hour)
 _CREATE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then  -- a call retried after its answer was lost succeeded the first time
-  if redis.call('HGET', KEYS[2], 'owner') == ARGV[8] then return 1 end
+  if redis.call('HGET', KEYS[2], 'owner') == ARGV[8] then return {1, 0} end
   return redis.error_reply('job ' .. ARGV[1] .. ' exists')
 end
-local max = tonumber(ARGV[2])
-if max >= 0 and redis.call('ZCARD', KEYS[1]) >= max then return 0 end
+local now, hour = tonumber(ARGV[3]), tonumber(ARGV[13])
+local max, client_max, per_hour = tonumber(ARGV[2]), tonumber(ARGV[11]), tonumber(ARGV[12])
+if max >= 0 and redis.call('ZCARD', KEYS[1]) >= max then return {0, 0} end
+if client_max >= 0 and redis.call('ZCARD', KEYS[5]) >= client_max then return {2, 0} end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - hour)
+if per_hour >= 0 and redis.call('ZCARD', KEYS[6]) >= per_hour then
+  local oldest = redis.call('ZREVRANGE', KEYS[6], per_hour - 1, per_hour - 1, 'WITHSCORES')
+  return {3, tostring(tonumber(oldest[2]) + hour - now)}
+end
 redis.pcall('XGROUP', 'CREATE', KEYS[4], ARGV[9], '$', 'MKSTREAM')  -- (an error when it exists)
 local entry = redis.call('XADD', KEYS[4], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'created', ARGV[3], 'updated', ARGV[3], 'iteration', 0,
            'total', ARGV[5], 'terms', '{}', 'cancel', 0, 'options', ARGV[4], 'owner', ARGV[8], 'takeovers', 0,
-           'entry', entry)
+           'entry', entry, 'client', ARGV[10])
 redis.call('HSET', KEYS[3], 'source', ARGV[6], 'working', ARGV[7])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[6], math.ceil(hour))
 -- the accepting replica holds the entry as pending, as if it had read it (no other replica ever reads it new)
 redis.call('XCLAIM', KEYS[4], ARGV[9], ARGV[8], 0, entry, 'FORCE', 'JUSTID')
-return 1
+return {1, 0}
 """
 
 # KEYS: job, data, open, stream. ARGV: id, status, error, now, retention_s, group, owner ('' = any), result,
@@ -73,6 +89,7 @@ end
 redis.call('HDEL', KEYS[1], 'owner', 'entry')
 redis.call('HDEL', KEYS[2], 'source', 'working', 'checkpoint')
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[3] .. ':' .. (redis.call('HGET', KEYS[1], 'client') or ''), ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
@@ -145,6 +162,11 @@ return taken
 """
 
 
+def _bound(limit: int | None) -> int:
+    """A bound as the scripts take it (-1: none)."""
+    return -1 if limit is None else limit
+
+
 def _s(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
@@ -181,11 +203,15 @@ class RedisJobStore:
         return f"{self.prefix}data:{job_id}"
 
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
-                     max_open: int | None = None) -> bool:
-        keys = [self._open, self._job(job_id), self._data(job_id), self._stream]
-        args: list[Any] = [job_id, -1 if max_open is None else max_open, self.clock(), json.dumps(options),
-                           int(options.get("steps", 0)), source, working, owner, GROUP]
-        return await self._scripts["create"](keys, args) == 1
+                     max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        keys = [self._open, self._job(job_id), self._data(job_id), self._stream, f"{self._open}:{client}",
+                f"{self.prefix}submitted:{client}"]
+        args: list[Any] = [job_id, _bound(max_open), self.clock(), json.dumps(options), int(options.get("steps", 0)),
+                           source, working, owner, GROUP, client, _bound(quota.max_open), _bound(quota.per_hour),
+                           HOUR_S]
+        code, retry = await self._scripts["create"](keys, args)
+        refused = {1: None, 0: Refusal.SERVICE_FULL, 2: Refusal.CLIENT_OPEN, 3: Refusal.CLIENT_HOURLY}[int(code)]
+        return Admission(refused, float(retry) if refused == Refusal.CLIENT_HOURLY else None)
 
     async def get(self, job_id: str) -> JobRecord | None:
         h = cast("dict[bytes, bytes]", await self.redis.hgetall(self._job(job_id)))  # (see _raw)
@@ -197,7 +223,7 @@ class RedisJobStore:
                          error=_s(h.get(b"error")), cancel_requested=h[b"cancel"] == b"1",
                          options=json.loads(h[b"options"]),
                          result=json.loads(h[b"result"]) if b"result" in h else None, owner=_s(h.get(b"owner")),
-                         takeovers=int(h[b"takeovers"]))
+                         takeovers=int(h[b"takeovers"]), client=_s(h.get(b"client")) or "")
 
     async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
         source, working = map(_raw, await self.redis.hmget(self._data(job_id), ["source", "working"]))

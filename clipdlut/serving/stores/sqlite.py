@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from clipdlut.serving.stores.contract import JobRecord
+from clipdlut.serving.stores.contract import HOUR_S, Admission, JobRecord, Quota, Refusal
 from clipdlut.status import JobStatus
 
 _UNAVAILABLE = ("locked", "disk", "unable to open", "i/o", "readonly")  # (how SQLite words each)
@@ -53,12 +53,16 @@ CREATE TABLE IF NOT EXISTS files (
     data BLOB NOT NULL,
     PRIMARY KEY (job_id, name)
 );
+-- each client's submissions of the last hour (its jobs-per-hour quota; a purged job still counts)
+CREATE TABLE IF NOT EXISTS submissions (client TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS submissions_client ON submissions (client, at);
 """
 # columns added since the first release (an existing file gets them on open)
 _ADDED = {"owner": "TEXT", "lease": "REAL", "takeovers": "INTEGER NOT NULL DEFAULT 0",
-          "released": "INTEGER NOT NULL DEFAULT 0", "checkpoint": "BLOB"}
+          "released": "INTEGER NOT NULL DEFAULT 0", "checkpoint": "BLOB", "client": "TEXT NOT NULL DEFAULT ''"}
+_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client, status);"  # (on columns added since)
 _RECORD = ("id, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner, "
-           "takeovers")
+           "takeovers, client")
 _OPEN = "status IN ('queued', 'running')"
 _HOLDS = "(? IS NULL OR owner = ?)"  # a write fenced by the lease (no owner given: unfenced)
 # what an ending job lets go of: its lease, and the inputs only a running job needs
@@ -85,6 +89,7 @@ class SqliteJobStore:
             for column, kind in _ADDED.items():
                 if column not in have:
                     c.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            c.executescript(_INDEXES)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -115,32 +120,54 @@ class SqliteJobStore:
             raise
 
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
-                     max_open: int | None = None) -> bool:
-        def run() -> bool:
+                     max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        def run(conn: sqlite3.Connection) -> Admission:
             now = self.clock()
-            limit = -1 if max_open is None else max_open
-            if (row := self._exec("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()) is not None:
+            if (row := conn.execute("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()) is not None:
                 if row[0] == owner:
-                    return True
+                    return Admission()
                 raise ValueError(f"job {job_id} exists")
-            cur = self._exec(
-                "INSERT INTO jobs (id, status, created, updated, total, options, source, working, owner, lease) "
-                f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? < 0 OR (SELECT COUNT(*) FROM jobs WHERE {_OPEN}) < ?",
+            if (refused := self._refusal(conn, now, max_open, client, quota)) is not None:
+                return refused
+            conn.execute(
+                "INSERT INTO jobs (id, status, created, updated, total, options, source, working, owner, lease, client) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, JobStatus.QUEUED, now, now, int(options.get("steps", 0)), json.dumps(options), source, working,
-                 owner, now, limit, limit))
-            return cur.rowcount == 1
+                 owner, now, client))
+            conn.execute("INSERT INTO submissions (client, at) VALUES (?, ?)", (client, now))
+            return Admission()
 
-        return await self._run(run)
+        return await self._run(self._transaction, run)
+
+    @staticmethod
+    def _refusal(conn: sqlite3.Connection, now: float, max_open: int | None, client: str, quota: Quota
+                 ) -> Admission | None:
+        """The bound a new job of ``client`` would break now, if any (in the create's transaction)."""
+        def count(sql: str, *params: Any) -> int:
+            return conn.execute(sql, params).fetchone()[0]
+
+        if max_open is not None and count(f"SELECT COUNT(*) FROM jobs WHERE {_OPEN}") >= max_open:
+            return Admission(Refusal.SERVICE_FULL)
+        if quota.max_open is not None and count(f"SELECT COUNT(*) FROM jobs WHERE client = ? AND {_OPEN}",
+                                                client) >= quota.max_open:
+            return Admission(Refusal.CLIENT_OPEN)
+        if quota.per_hour is not None:
+            conn.execute("DELETE FROM submissions WHERE client = ? AND at <= ?", (client, now - HOUR_S))
+            times = [r[0] for r in conn.execute("SELECT at FROM submissions WHERE client = ? ORDER BY at DESC LIMIT ?",
+                                                (client, quota.per_hour))]
+            if len(times) >= quota.per_hour:  # (the oldest of the last per_hour leaves the window first)
+                return Admission(Refusal.CLIENT_HOURLY, retry_after_s=max(0.0, times[-1] + HOUR_S - now))
+        return None
 
     async def get(self, job_id: str) -> JobRecord | None:
         row = await self._run(lambda: self._exec(f"SELECT {_RECORD} FROM jobs WHERE id = ?", (job_id,)).fetchone())
         if row is None:
             return None
         (jid, status, created, updated, iteration, total, loss, terms, error, cancel, options, result, owner,
-         takeovers) = row
+         takeovers, client) = row
         return JobRecord(jid, status, created, updated, iteration, total, loss, json.loads(terms), error,
                          bool(cancel), json.loads(options), json.loads(result) if result else None, owner,
-                         takeovers)
+                         takeovers, client)
 
     async def input(self, job_id: str) -> tuple[bytes, bytes] | None:
         row = await self._run(lambda: self._exec(f"SELECT source, working FROM jobs WHERE id = ? AND {_OPEN}",
@@ -241,6 +268,7 @@ class SqliteJobStore:
                 (self.clock() - self.retention_s,))]
             conn.executemany("DELETE FROM files WHERE job_id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            conn.execute("DELETE FROM submissions WHERE at <= ?", (self.clock() - HOUR_S,))
             return len(ids)
 
         def purge() -> int:

@@ -1,0 +1,69 @@
+"""The clients file: keys made and kept only as hashes, read and re-read, names and quotas checked."""
+
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from clipdlut import clients
+from clipdlut.clients import Client, Registry
+
+pytestmark = pytest.mark.unit
+
+
+def test_add_prints_a_new_key_once_and_the_file_keeps_only_its_hash(tmp_path):
+    path = tmp_path / "conf" / "clients.toml"
+    r = subprocess.run([sys.executable, "-m", "clipdlut", "clients", "add", "alice", "--max-open-jobs", "8",
+                        "--jobs-per-hour", "200", "--weight", "2"], capture_output=True, text=True,
+                       env={"CLIPDLUT_CLIENTS": str(path), "PATH": ""}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    assert len(key) >= 40 and "\n" not in key and "shown this once" in r.stderr and key not in r.stderr
+    text = path.read_text()
+    assert key not in text
+    assert tomllib.loads(text) == {"clients": {"alice": {"key_sha256": clients.key_hash(key), "max_open_jobs": 8,
+                                                         "jobs_per_hour": 200, "weight": 2.0}}}
+    assert Registry(path).identify(key.encode()) == Client("alice", 8, 200, 2.0)
+
+
+def test_adding_keeps_what_the_file_had_and_refuses_a_taken_or_bad_name(tmp_path):
+    path = tmp_path / "clients.toml"
+    path.write_text("# our studio's clients\n[clients.alice]\nkey_sha256 = \"" + "a" * 64 + "\"  # rotated in May\n")
+    key = clients.add(path, "bob")
+    assert path.read_text().startswith("# our studio's clients\n[clients.alice]") and "# rotated in May" in path.read_text()
+    assert set(clients.read(path)) == {"alice", "bob"} and Registry(path).identify(key.encode()).name == "bob"
+    with pytest.raises(ValueError, match="already has a client 'bob'"):
+        clients.add(path, "bob")
+    for name in ("", "b b", "-x", "x" * 65, "a:b"):
+        with pytest.raises(ValueError, match="cannot name a client"):
+            clients.add(path, name)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[clients.alice\n", "not valid TOML"),
+    ('[clients.alice]\nkey_sha256 = "abc"\n', "clients.alice.key_sha256"),
+    ('[clients.alice]\nkey = "s3cret"\n', "clients.alice.key"),
+    (f'[clients.alice]\nkey_sha256 = "{"a" * 64}"\nmax_open_jobs = 0\n', "clients.alice.max_open_jobs"),
+    (f'[clients.alice]\nkey_sha256 = "{"a" * 64}"\nweight = -1\n', "clients.alice.weight"),
+    ('[users.alice]\nkey_sha256 = "x"\n', "users"),
+])
+def test_a_file_that_does_not_fit_is_refused_at_start_naming_what_to_fix(tmp_path, text, says):
+    path = tmp_path / "clients.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=says):
+        Registry(path)
+
+
+def test_a_missing_file_or_both_ways_of_keying_are_refused_at_start(tmp_path):
+    with pytest.raises(ValueError, match="not a file: make it with"):
+        Registry(tmp_path / "none.toml")
+    clients.add(tmp_path / "c.toml", "alice")
+    with pytest.raises(ValueError, match="both set"):
+        Registry(tmp_path / "c.toml", api_key="s3cret")
+
+
+def test_the_single_key_is_one_client_and_no_key_at_all_is_an_open_service():
+    single = Registry(api_key="s3cret")
+    assert not single.open and single.identify(b"s3cret") == Client(clients.SINGLE_KEY_CLIENT)
+    assert single.identify(b"s3cre") is None and Registry().open
