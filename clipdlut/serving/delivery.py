@@ -19,6 +19,7 @@ from clipdlut.cube import read_cube
 from clipdlut.imaging import MEDIA_TYPES, encode_image, output_format
 from clipdlut.quality import Quality, measure_grade
 from clipdlut.render import apply_table
+from clipdlut.serving import usage
 from clipdlut.serving.driven import Driven, Ending, Outcome
 from clipdlut.serving.jobs import LUT_FILE, JobOptions, image_file
 from clipdlut.serving.settings import Settings
@@ -105,6 +106,7 @@ async def deliver(job: Driven, photos: list[bytes], opts: JobOptions, event: Fin
              **{image_file(i): image for i, (image, _) in enumerate(graded)}}
     if not await job.write("finish", result, files):
         return await job.outcome()
+    usage.ended(job.client, JobStatus.FINISHED)
     t = result["timings"]
     log.info("job %s finished: queued %.2f s, optimize %.2f s, render %.2f s, total %.2f s (%d photo(s), first "
              "%dx%d, %d steps)", job.job_id, t["queued_s"], t["optimize_s"], t["render_s"], t["total_s"], len(each),

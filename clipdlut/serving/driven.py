@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from clipdlut.serving import usage
 from clipdlut.serving.errors import StoreUnavailable, describe
 from clipdlut.serving.stores import JobRecord, JobStore
 from clipdlut.status import JobStatus
@@ -54,8 +55,9 @@ class Driven:
     end, in one place. A write the store fails, or a read that cannot reach it, raises :class:`StoreLost`; any other
     error of a read is a bug, and raises as it is (the job then fails with it)."""
 
-    def __init__(self, store: JobStore, job_id: str, owner: str | None = None):
+    def __init__(self, store: JobStore, job_id: str, owner: str | None = None, client: str = ""):
         self.store, self.job_id, self.owner = store, job_id, owner
+        self.client = client  # whose job it is (its figures in /metrics are that client's)
 
     async def read(self, method: str) -> Any:
         """``store.<method>(job_id)``: the job's record, input or checkpoint."""
@@ -81,5 +83,6 @@ class Driven:
         store's word."""
         if await self.write("set_status", status, reason):
             log.info("job %s ended %s: %s", self.job_id, status, reason)
+            usage.ended(self.client, status)
             return Outcome(Ending.ENDED, status, reason)
         return await self.outcome()

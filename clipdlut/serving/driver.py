@@ -30,6 +30,7 @@ from typing import Any
 from clipdlut.cube import read_cube
 from clipdlut.engine import EngineFull
 from clipdlut.lut import from_table as table_to_lut
+from clipdlut.serving import usage
 from clipdlut.serving.bundle import unpack
 from clipdlut.serving.delivery import deliver
 from clipdlut.serving.driven import Driven, Ending, Outcome, StoreLost
@@ -166,10 +167,12 @@ class _Run:
     """Driving one job: attempts at the optimizer's stream, and the retry policy between them."""
 
     def __init__(self, job: Driven, request: OptimizeRequest, open_stream: OpenStream, policy: Resilience,
-                 stop: asyncio.Event, checkpoint: Checkpoint | None):
+                 stop: asyncio.Event, checkpoint: Checkpoint | None, submitted: float):
         self.job, self.request, self.open_stream, self.policy, self.stop = job, request, open_stream, policy, stop
         self.checkpoint = checkpoint  # the last state stored: what the next attempt resumes from
         self.started: float | None = None  # when the optimizer first took the job
+        self.submitted = submitted  # when the client submitted it (its queue wait counts from here)
+        self.iteration = checkpoint.iteration if checkpoint else 0  # the last step the store heard of
         self.lost, self.backoff, self.waiting_since = 0, policy.backoff_s, time.monotonic()
 
     async def until_final(self) -> Finished | Outcome:
@@ -218,6 +221,8 @@ class _Run:
     async def take(self, event: object) -> Finished | Outcome | _Broken | None:
         """One event of the stream: into the store; what ends the attempt, if it does."""
         if isinstance(event, Accepted):
+            if self.started is None:
+                usage.waited(self.job.client, time.time() - self.submitted)
             self.backoff, self.started = self.policy.backoff_s, self.started or time.time()
             if event.iteration:
                 log.info("job %s resumed at iteration %d", self.job.job_id, event.iteration)
@@ -228,6 +233,9 @@ class _Run:
             if event.checkpoint is not None and event.checkpoint.iteration < event.total:
                 self.checkpoint = event.checkpoint
                 state = event.checkpoint.model_dump_json().encode()
+            usage.served(self.job.client, (event.iteration - self.iteration) * self.request.views
+                         * len(self.request.images))
+            self.iteration = event.iteration
             return await self._written("progress", event.iteration, event.total, event.loss, event.terms, preview,
                                        state)
         if isinstance(event, Finished):
@@ -286,6 +294,7 @@ async def drive(store: JobStore, job_id: str, photos: list[bytes], opts: JobOpti
     job = Driven(store, job_id, owner)
     try:
         record = await job.read("get")
+        job.client = record.client if record else ""
         stored = await job.read("input")
         if stored is None and record is not None and not record.done:
             return await job.end(JobStatus.FAILED, f"job {job_id} has no input in the job store")
@@ -294,11 +303,12 @@ async def drive(store: JobStore, job_id: str, photos: list[bytes], opts: JobOpti
         policy = resilience or Resilience.of(settings)
         request = await asyncio.to_thread(optimize_request, job_id, stored[1], opts, settings, policy.checkpoint_s)
         saved = await job.read("checkpoint")
-        run = _Run(job, request, open_stream, policy, stop, Checkpoint.model_validate_json(saved) if saved else None)
+        submitted = record.created if record else time.time()
+        run = _Run(job, request, open_stream, policy, stop, Checkpoint.model_validate_json(saved) if saved else None,
+                   submitted)
         final = await run.until_final()
         if isinstance(final, Outcome):
             return final
-        submitted = record.created if record else time.time()
         return await deliver(job, photos, opts, final, submitted, run.started, settings)
     except StoreLost as e:
         return Outcome(Ending.STORE_LOST, JobStatus.RUNNING, str(e))

@@ -1,0 +1,219 @@
+"""Clients of their own on real servers: one optimizer, two API replicas sharing a SQLite file (one host) and two
+sharing a Redis server (several hosts), all reading one clients file (as each host's mounted copy of it would be).
+
+Another client's task is answered exactly as an unknown id on every route that names a task, as listed by the
+OpenAPI document (a new route cannot be missed), through every replica; quotas answer 429 naming themselves;
+a key added to or removed from the file works or stops within seconds without a restart; /metrics counts each
+client's jobs and image passes."""
+
+from __future__ import annotations
+
+import base64
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
+import httpx
+import pytest
+
+from clipdlut import clients
+from tests.conftest import gradient_image, png_bytes, wait
+from tests.live import RedisServer, Server, host, redis_missing
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))]
+SETTINGS = {"CLIPDLUT_PROGRESS_EVERY": "1", "CLIPDLUT_VIEWS": "2", "CLIPDLUT_WORKING_SIZE": "64",
+            "CLIPDLUT_MAX_BATCH_SIZE": "4"}
+PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(64, 48))).decode()
+QUOTAS = {"alice": {}, "bob": {}, "carol": {"max_open_jobs": 1}, "dave": {"jobs_per_hour": 1}}
+
+
+class Deployment:
+    """The servers, the clients file and each client's key."""
+
+    def __init__(self, folder, stack: ExitStack):
+        self.file = folder / "clients.toml"
+        self.keys = {name: clients.add(self.file, name, **quota) for name, quota in QUOTAS.items()}
+        redis = RedisServer(folder / "redis").start()
+        stack.callback(redis.stop)
+        optimizer = self._start(stack, host(folder / "optimizer", "service:Optimizer", **SETTINGS))
+        common = {**SETTINGS, "CLIPDLUT_OPTIMIZER_URL": optimizer.url, "CLIPDLUT_CLIENTS": str(self.file),
+                  "CLIPDLUT_LEGACY_CLIENT": "alice"}
+        stores = {"sqlite": str(folder / "one-host" / "jobs.db"), "redis": redis.url}
+        self.apis = {kind: [self._start(stack, host(folder / f"api-{kind}-{i}", "service:Retouch",
+                                                    CLIPDLUT_STORE=store, **common)) for i in range(2)]
+                     for kind, store in stores.items()}
+        for server in (optimizer, *self.apis["sqlite"], *self.apis["redis"]):
+            server.wait_ready()
+
+    @staticmethod
+    def _start(stack: ExitStack, server: Server) -> Server:
+        stack.callback(server.stop)
+        return server.start()
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[name]}"}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory) -> Iterator[Deployment]:
+    with ExitStack() as stack:
+        yield Deployment(tmp_path_factory.mktemp("clients"), stack)
+
+
+def submit(url: str, headers: dict, steps: int = 3, **extra) -> httpx.Response:
+    return httpx.post(url + "/v1/retouch/submit", json={"image": PHOTO_B64, "target_prompt": "warm film look",
+                                                         "steps": steps, "lut_size": 17, **extra},
+                      headers=headers, timeout=30)
+
+
+def progress(url: str, headers: dict, task_id: str) -> dict:
+    r = httpx.post(url + "/v1/progress", json={"task_id": task_id}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ended(url: str, headers: dict, task_id: str) -> dict:
+    return wait(lambda: (p := progress(url, headers, task_id))["status"] not in ("queued", "running") and p,
+                timeout=120, every=0.2)
+
+
+Call = Callable[[httpx.Client, str], httpx.Response]
+# every route that names a task, and how to name one in it (the test checks this is every such route)
+ROUTES: dict[tuple[str, str], Call] = {
+    ("post", "/v1/progress"): lambda c, t: c.post("/v1/progress", json={"task_id": t}),
+    ("post", "/v1/cancel"): lambda c, t: c.post("/v1/cancel", json={"task_id": t}),
+    ("post", "/v1/lut"): lambda c, t: c.post("/v1/lut", json={"task_id": t, "format": "cube"}),
+    ("get", "/v1/retouch/status"): lambda c, t: c.get("/v1/retouch/status", params={"task_id": t}),
+    ("get", "/v1/retouch/get"): lambda c, t: c.get("/v1/retouch/get", params={"task_id": t}),
+    ("put", "/v1/retouch/cancel"): lambda c, t: c.put("/v1/retouch/cancel", params={"task_id": t}),
+    ("post", "/v1/retouch/retry"): lambda c, t: c.post("/v1/retouch/retry", params={"task_id": t}),
+    ("post", "/v1/retouch/submit"): lambda c, t: c.post("/v1/retouch/submit", json={
+        "image": PHOTO_B64, "target_prompt": "更暖一点", "start_from": t, "steps": 2}),
+    ("post", "/v1/retouch"): lambda c, t: c.post("/v1/retouch", json={
+        "image": PHOTO_B64, "target_prompt": "更暖一点", "start_from": t, "steps": 2}),
+    ("post", "/query_task"): lambda c, t: c.post("/query_task", json={"task_id": t, "lut_format": "cube"}),
+    ("post", "/stop_task"): lambda c, t: c.post("/stop_task", json={"task_id": t}),
+}
+
+
+def routes_naming_a_task(doc: dict) -> set[tuple[str, str]]:
+    """Every operation of the OpenAPI document with a ``task_id`` or ``start_from`` parameter or body field."""
+    found = set()
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            names = {p["name"] for p in op.get("parameters", [])}
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                schema = content.get("schema", {})
+                if "$ref" in schema:
+                    schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+                names |= set(schema.get("properties", {}))
+            if names & {"task_id", "start_from"}:
+                found.add((method, path))
+    return found
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_another_clients_task_is_answered_as_an_unknown_id_on_every_route_and_replica(deployment, kind):
+    first, second = (api.url for api in deployment.apis[kind])
+    alice, bob = deployment.headers("alice"), deployment.headers("bob")
+    doc = httpx.get(first + "/docs.json", timeout=30).json()
+    assert routes_naming_a_task(doc) == set(ROUTES)
+    finished = submit(first, alice).json()["task_id"]
+    legacy = httpx.post(second + "/retouch", json={"image": PHOTO_B64, "target_prompt": "冷色调", "iteration": 3},
+                        timeout=30).json()["task_id"]  # (the original API, no key: the legacy client, alice)
+    for task in (finished, legacy):
+        assert ended(first, alice, task)["status"] == "finished"
+    running = submit(second, alice, steps=2000).json()["task_id"]
+    wait(lambda: progress(first, alice, running)["status"] == "running", timeout=60)
+    for url in (first, second):
+        with httpx.Client(base_url=url, headers=bob, timeout=60) as as_bob:
+            for route, call in ROUTES.items():
+                for task in (finished, legacy, running):
+                    unknown = uuid.uuid4().hex if len(task) == 32 else str(uuid.uuid4())
+                    theirs, nobodys = call(as_bob, task), call(as_bob, unknown)
+                    assert theirs.status_code == nobodys.status_code == 404, (route, theirs.text, nobodys.text)
+                    assert theirs.text.replace(task, unknown) == nobodys.text, route
+    seen = progress(second, alice, running)
+    assert seen["status"] == "running" and seen["iteration"] > 0  # (bob's cancels and stops reached nothing)
+    assert httpx.post(first + "/v1/cancel", json={"task_id": running}, headers=alice, timeout=30).status_code == 200
+    assert ended(second, alice, running)["status"] == "cancelled"
+    _same_time(lambda: httpx.post(first + "/v1/progress", json={"task_id": finished}, headers=bob, timeout=30),
+               lambda: httpx.post(first + "/v1/progress", json={"task_id": uuid.uuid4().hex}, headers=bob,
+                                  timeout=30))
+
+
+def _same_time(theirs: Callable[[], httpx.Response], nobodys: Callable[[], httpx.Response], rounds: int = 15) -> None:
+    """Another client's id and an unknown one take the same time to answer, within noise (medians of alternate
+    calls): nothing more is looked up for one than for the other."""
+    times: dict[str, list[float]] = {"theirs": [], "nobodys": []}
+    for _ in range(rounds):
+        for name, call in (("theirs", theirs), ("nobodys", nobodys)):
+            start = time.perf_counter()
+            assert call().status_code == 404
+            times[name].append(time.perf_counter() - start)
+    a, b = statistics.median(times["theirs"]), statistics.median(times["nobodys"])
+    assert abs(a - b) < max(0.01, 0.5 * max(a, b)), times
+
+
+def test_quotas_answer_429_naming_the_quota_on_every_replica(deployment):
+    first, second = (api.url for api in deployment.apis["redis"])
+    carol, dave = deployment.headers("carol"), deployment.headers("dave")
+    long_job = submit(first, carol, steps=2000)
+    assert long_job.status_code == 200, long_job.text
+    refused = submit(second, carol)
+    assert refused.status_code == 429 and "max_open_jobs" in refused.json()["error"]
+    assert int(refused.headers["retry-after"]) >= 1
+    httpx.post(second + "/v1/cancel", json={"task_id": long_job.json()["task_id"]}, headers=carol, timeout=30)
+    ended(first, carol, long_job.json()["task_id"])
+    assert submit(second, carol).status_code == 200  # (its one open job ended)
+    assert submit(first, dave).status_code == 200
+    refused = submit(second, dave)
+    assert refused.status_code == 429 and "jobs_per_hour" in refused.json()["error"]
+    assert 3500 <= int(refused.headers["retry-after"]) <= 3600
+    assert submit(first, deployment.headers("bob")).status_code == 200  # (others are not held back)
+
+
+def test_a_key_added_or_removed_works_or_stops_within_seconds_without_a_restart(deployment):
+    replicas = [api.url for kind in ("sqlite", "redis") for api in deployment.apis[kind]]
+    r = subprocess.run([sys.executable, "-m", "clipdlut", "clients", "add", "erin", "--file", str(deployment.file)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    erin = {"Authorization": f"Bearer {r.stdout.strip()}"}
+
+    def answer(url: str) -> int:
+        return httpx.post(url + "/v1/progress", json={"task_id": uuid.uuid4().hex}, headers=erin,
+                          timeout=30).status_code
+
+    start = time.monotonic()
+    for url in replicas:
+        wait(lambda u=url: answer(u) == 404, timeout=10, every=0.2)  # (known: an unknown id, not a 401)
+    added_s = time.monotonic() - start
+    text = deployment.file.read_text()
+    deployment.file.write_text(re.sub(r"\n*\[clients\.erin\][^\[]*", "\n", text))
+    for url in replicas:
+        wait(lambda u=url: answer(u) == 401, timeout=10, every=0.2)
+    assert added_s < 5 and r.stdout.strip() not in deployment.file.read_text()
+
+
+def test_metrics_count_each_clients_jobs_and_image_passes(deployment):
+    url = deployment.apis["sqlite"][0].url
+    alice = deployment.headers("alice")
+    task = submit(url, alice, steps=4).json()["task_id"]
+    assert ended(url, alice, task)["status"] == "finished"
+    text = httpx.get(url + "/metrics", headers=alice, timeout=30).text
+
+    def value(name: str) -> float:
+        m = re.search(rf'^{name}{{[^}}]*client="alice"[^}}]*}} ([0-9.e+]+)$', text, re.M)
+        assert m, name
+        return float(m.group(1))
+
+    assert value("clipdlut_client_jobs_accepted_total") >= 1
+    assert value("clipdlut_client_image_passes_total") >= 4 * 2  # (steps x views x photos)
+    assert value("clipdlut_client_queue_wait_seconds_count") >= 1
+    assert re.search(r'clipdlut_client_jobs_ended_total{[^}]*client="alice"[^}]*status="finished"', text) or \
+        re.search(r'clipdlut_client_jobs_ended_total{[^}]*status="finished"[^}]*client="alice"', text)
