@@ -31,7 +31,8 @@ def test_adding_keeps_what_the_file_had_and_refuses_a_taken_or_bad_name(tmp_path
     path = tmp_path / "clients.toml"
     path.write_text("# our studio's clients\n[clients.alice]\nkey_sha256 = \"" + "a" * 64 + "\"  # rotated in May\n")
     key = clients.add(path, "bob")
-    assert path.read_text().startswith("# our studio's clients\n[clients.alice]") and "# rotated in May" in path.read_text()
+    text = path.read_text()
+    assert text.startswith("# our studio's clients\n[clients.alice]") and "# rotated in May" in text
     assert set(clients.read(path)) == {"alice", "bob"} and Registry(path).identify(key.encode()).name == "bob"
     with pytest.raises(ValueError, match="already has a client 'bob'"):
         clients.add(path, "bob")
@@ -67,3 +68,24 @@ def test_the_single_key_is_one_client_and_no_key_at_all_is_an_open_service():
     single = Registry(api_key="s3cret")
     assert not single.open and single.identify(b"s3cret") == Client(clients.SINGLE_KEY_CLIENT)
     assert single.identify(b"s3cre") is None and Registry().open
+
+
+def test_the_readmes_clients_file_and_commands_work_as_written(tmp_path):
+    """The README's example file is one the service reads; its `clients add` lines run as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Clients\n", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    (tmp_path / "example.toml").write_text(example)
+    assert Registry(tmp_path / "example.toml").named("alice") == Client("alice", 8, 200, 1.0)
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+                for line in block.splitlines() if line.startswith("python -m clipdlut clients add")]
+    assert len(commands) == 2
+    for line in commands:
+        r = subprocess.run(["bash", "-c", line.replace("python", sys.executable, 1)], capture_output=True, text=True,
+                           env={"CLIPDLUT_CLIENTS": str(tmp_path / "clients.toml"), "PATH": "/usr/bin:/bin"},
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert set(clients.read(tmp_path / "clients.toml")) == {"alice", "bob"}

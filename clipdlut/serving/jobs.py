@@ -16,6 +16,7 @@ from typing import cast
 import numpy as np
 import torch
 
+from clipdlut.clients import ANYONE, Client
 from clipdlut.cube import read_cube
 from clipdlut.export import describe_look, lut_to_cube, safe_look
 from clipdlut.formats import FORMATS, LutFormatName, convert
@@ -23,9 +24,8 @@ from clipdlut.hald import write_strip
 from clipdlut.imaging import DecodedImage, encode_image, working_copy
 from clipdlut.lut import to_table
 from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
-from clipdlut.serving.bundle import pack
-from clipdlut.clients import ANYONE, Client
 from clipdlut.serving import usage
+from clipdlut.serving.bundle import pack
 from clipdlut.serving.errors import InputError, JobEnded, QueueFull, QuotaReached
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import Admission, JobRecord, JobStore, Quota, Refusal

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from clipdlut import clients
-from clipdlut.clients import Client, Registry
+from clipdlut.clients import Registry
 from clipdlut.serving.errors import InputError, QueueFull
 from clipdlut.serving.http import Answered, Authenticate, BodyLimit, JsonBodies, ReadyReason, TaskGate, client_of
 from clipdlut.serving.stores.sqlite import SqliteJobStore
@@ -298,7 +298,8 @@ def test_each_key_names_its_client_and_every_bad_key_gets_the_same_401(two_clien
     assert c.post("/v1/progress", headers={"Authorization": f"Bearer {alice}"}).text == "alice"
     assert c.post("/v1/progress", headers={"Authorization": f"bearer {bob}"}).text == "bob"
     bad = {"missing": {}, "empty": {"Authorization": "Bearer "}, "wrong": {"Authorization": "Bearer " + "x" * 43},
-           "very long": {"Authorization": "Bearer " + alice * 200}, "another scheme": {"Authorization": f"Basic {alice}"},
+           "very long": {"Authorization": "Bearer " + alice * 200},
+           "another scheme": {"Authorization": f"Basic {alice}"},
            "no scheme": {"Authorization": alice}, "non-ASCII": {"Authorization": "Bearer ключ-à".encode()},
            "a key's hash": {"Authorization": f"Bearer {clients.key_hash(alice)}"}}
     answers = set()
@@ -345,7 +346,8 @@ def test_the_original_api_acts_as_the_legacy_client_without_a_key_and_as_the_key
 
 def test_an_open_service_has_one_client_that_everyone_is():
     c = TestClient(whoami_app(Registry()))
-    assert c.post("/v1/progress").text == "" and c.post("/v1/progress", headers={"Authorization": "Bearer x"}).text == ""
+    assert c.post("/v1/progress").text == ""
+    assert c.post("/v1/progress", headers={"Authorization": "Bearer x"}).text == ""
 
 
 def test_the_task_gate_answers_another_clients_task_as_an_unknown_one(tmp_path):
@@ -356,7 +358,8 @@ def test_the_task_gate_answers_another_clients_task_as_an_unknown_one(tmp_path):
     for task in (mine, done):
         asyncio.run(store.create(task, {"steps": 1}, b"s", b"w", owner="api", client="alice"))
     asyncio.run(store.finish(done, {}, {}))
-    inner = Starlette(routes=[Route("/{path:path}", lambda r: PlainTextResponse("app"), methods=["GET", "POST", "PUT"])])
+    inner = Starlette(routes=[Route("/{path:path}", lambda r: PlainTextResponse("app"),
+                                    methods=["GET", "POST", "PUT"])])
     inner.add_middleware(TaskGate, route="/v1/retouch", store=lambda: store, validate=None,
                          result=lambda task_id: _async({"task_id": task_id}))
     inner.add_middleware(Authenticate, registry=Registry(path))
@@ -364,7 +367,8 @@ def test_the_task_gate_answers_another_clients_task_as_an_unknown_one(tmp_path):
     calls = (("cancel", c.put), ("status", c.get), ("get", c.get), ("retry", c.post))
     for task in (mine, done):
         for action, method in calls:
-            theirs = method(f"/v1/retouch/{action}", params={"task_id": task}, headers={"Authorization": f"Bearer {bob}"})
+            theirs = method(f"/v1/retouch/{action}", params={"task_id": task},
+                            headers={"Authorization": f"Bearer {bob}"})
             unknown_id = uuid.uuid4().hex
             unknown = method(f"/v1/retouch/{action}", params={"task_id": unknown_id},
                              headers={"Authorization": f"Bearer {bob}"})

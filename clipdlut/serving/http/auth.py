@@ -4,7 +4,8 @@ and the OpenAPI document that declares the key."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from starlette.datastructures import Headers
 
@@ -15,7 +16,7 @@ from clipdlut.serving.http.asgi import ASGIApp, Rewritten, Scope
 LEGACY_ROUTES = frozenset({"/retouch", "/query_task", "/stop_task"})  # the original system's (its clients send no key)
 
 
-def client_of(scope: Scope) -> Client:
+def client_of(scope: MutableMapping[str, Any]) -> Client:
     """The client :class:`Authenticate` found for this request (everyone's on a service that needs no key)."""
     return scope.get("state", {}).get("client", ANYONE)
 

@@ -130,8 +130,8 @@ class SqliteJobStore:
             if (refused := self._refusal(conn, now, max_open, client, quota)) is not None:
                 return refused
             conn.execute(
-                "INSERT INTO jobs (id, status, created, updated, total, options, source, working, owner, lease, client) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, status, created, updated, total, options, source, working, owner, lease, "
+                "client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, JobStatus.QUEUED, now, now, int(options.get("steps", 0)), json.dumps(options), source, working,
                  owner, now, client))
             conn.execute("INSERT INTO submissions (client, at) VALUES (?, ?)", (client, now))
@@ -153,8 +153,8 @@ class SqliteJobStore:
             return Admission(Refusal.CLIENT_OPEN)
         if quota.per_hour is not None:
             conn.execute("DELETE FROM submissions WHERE client = ? AND at <= ?", (client, now - HOUR_S))
-            times = [r[0] for r in conn.execute("SELECT at FROM submissions WHERE client = ? ORDER BY at DESC LIMIT ?",
-                                                (client, quota.per_hour))]
+            times = [r[0] for r in conn.execute(
+                "SELECT at FROM submissions WHERE client = ? ORDER BY at DESC LIMIT ?", (client, quota.per_hour))]
             if len(times) >= quota.per_hour:  # (the oldest of the last per_hour leaves the window first)
                 return Admission(Refusal.CLIENT_HOURLY, retry_after_s=max(0.0, times[-1] + HOUR_S - now))
         return None
