@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
 from clipdlut import formats, limits, viewing
-from clipdlut.clients import Client, Registry
+from clipdlut.clients import ANYONE, Client, Registry
 from clipdlut.engine import Engine, EngineFull
 from clipdlut.formats import LutFormatName
 from clipdlut.guidance import Guide
@@ -208,7 +208,7 @@ class Retouch:
     def __init__(self) -> None:
         self.store = _store()
         self.drivers = Drivers(self.store, lambda request: remote.stream(self.optimizer, "optimize", job=request), S,
-                               instance=_instance())
+                               instance=_instance(), weight_of=lambda name: (CLIENTS.named(name) or ANYONE).weight)
         self._background: set[asyncio.Task] = set()
 
     @bentoml.on_startup

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +34,12 @@ from clipdlut.serving import usage
 from clipdlut.serving.bundle import unpack
 from clipdlut.serving.delivery import deliver
 from clipdlut.serving.driven import Driven, Ending, Outcome, StoreLost
-from clipdlut.serving.errors import describe
+from clipdlut.serving.errors import StoreUnavailable, describe
 from clipdlut.serving.jobs import REFERENCE_FILE, START_FILE, JobOptions, photo_file
 from clipdlut.serving.jobstream import InvalidJob
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
+from clipdlut.serving.turns import Turns
 from clipdlut.serving.wire import (
     Accepted,
     Beat,
@@ -167,25 +168,67 @@ class _Run:
     """Driving one job: attempts at the optimizer's stream, and the retry policy between them."""
 
     def __init__(self, job: Driven, request: OptimizeRequest, open_stream: OpenStream, policy: Resilience,
-                 stop: asyncio.Event, checkpoint: Checkpoint | None, submitted: float):
+                 stop: asyncio.Event, checkpoint: Checkpoint | None, submitted: float, turns: Turns | None = None):
         self.job, self.request, self.open_stream, self.policy, self.stop = job, request, open_stream, policy, stop
         self.checkpoint = checkpoint  # the last state stored: what the next attempt resumes from
         self.started: float | None = None  # when the optimizer first took the job
         self.submitted = submitted  # when the client submitted it (its queue wait counts from here)
         self.iteration = checkpoint.iteration if checkpoint else 0  # the last step the store heard of
         self.lost, self.backoff, self.waiting_since = 0, policy.backoff_s, time.monotonic()
+        self.turns = turns  # the fair queue (None: the first retry after a slot frees takes it)
+        self.charged_to = self.iteration  # the step up to which the client was charged for this job
+        self.passes_per_step = request.views * len(request.images)
 
     async def until_final(self) -> Finished | Outcome:
-        """Send the job until a stream carries it to its last event, or driving it ends otherwise."""
+        """Send the job, at its turn, until a stream carries it to its last event, or driving it ends otherwise."""
         while True:
+            if (end := await self.turn()) is not None:
+                return end
             answer = await self.attempt()
+            await self._fair(self._give_back())
             if not isinstance(answer, _Broken):
                 return answer
             if (end := await self.judge(answer)) is not None:
                 return end
-            if await _pause(self.backoff * random.uniform(0.5, 1.0), self.stop):
+            pause = 0.0 if answer.busy and self.turns is not None else self.backoff  # (its next turn paces it)
+            if await _pause(pause * random.uniform(0.5, 1.0), self.stop):
                 return await self.stopped()
             self.backoff = min(self.backoff * 2, self.policy.max_backoff_s)
+
+    async def turn(self) -> Outcome | None:
+        """Wait for the job's turn in the fair queue; its end if it was cancelled or waited too long meanwhile."""
+        if self.turns is None:
+            return None
+        p = self.policy
+        left = p.max_wait_s - (time.monotonic() - self.waiting_since)
+        try:
+            if await self._fair(self.turns.wait(self.job.job_id, self.job.client, self.stop, max(left, 0.001))):
+                return None
+        except TimeoutError:
+            return await self.job.end(JobStatus.FAILED, f"no optimizer slot came free for the job within "
+                                      f"{p.max_wait_s:g} s; submit it again")
+        return await self.stopped()
+
+    async def _fair(self, call: Awaitable[Any]) -> Any:
+        """A call of the fair queue: a store that fails under it is a lost store, as for any write of the job."""
+        try:
+            return await call
+        except StoreUnavailable as e:
+            raise StoreLost(f"the job store failed while driving job {self.job.job_id}: {describe(e)}") from e
+
+    async def _charge(self, iteration: int) -> None:
+        """The optimizer took the job at ``iteration``: its client is charged the passes of the steps left."""
+        self.iteration = iteration
+        if self.turns is not None:
+            await self._fair(self.turns.started(self.job.job_id, self.job.client,
+                                                (self.request.steps - iteration) * self.passes_per_step))
+            self.charged_to = self.request.steps
+
+    async def _give_back(self) -> None:
+        """After an attempt: the passes charged for steps not served (it ended or broke before them)."""
+        if self.turns is not None and self.charged_to > self.iteration:
+            await self.turns.give_back(self.job.client, (self.charged_to - self.iteration) * self.passes_per_step)
+            self.charged_to = self.iteration
 
     async def attempt(self) -> Finished | Outcome | _Broken:
         """One call of the optimizer: its events into the store, until the job's last event or a break."""
@@ -223,6 +266,7 @@ class _Run:
         if isinstance(event, Accepted):
             if self.started is None:
                 usage.waited(self.job.client, time.time() - self.submitted)
+            await self._charge(event.iteration)
             self.backoff, self.started = self.policy.backoff_s, self.started or time.time()
             if event.iteration:
                 log.info("job %s resumed at iteration %d", self.job.job_id, event.iteration)
@@ -233,12 +277,13 @@ class _Run:
             if event.checkpoint is not None and event.checkpoint.iteration < event.total:
                 self.checkpoint = event.checkpoint
                 state = event.checkpoint.model_dump_json().encode()
-            usage.served(self.job.client, (event.iteration - self.iteration) * self.request.views
-                         * len(self.request.images))
+            usage.served(self.job.client, (event.iteration - self.iteration) * self.passes_per_step)
             self.iteration = event.iteration
             return await self._written("progress", event.iteration, event.total, event.loss, event.terms, preview,
                                        state)
         if isinstance(event, Finished):
+            usage.served(self.job.client, (self.request.steps - self.iteration) * self.passes_per_step)
+            self.iteration = self.request.steps
             return event
         if isinstance(event, Failed) and event.retryable:
             return _Broken(f"the replica failed the job: {event.error}", lost=True)
@@ -282,14 +327,15 @@ class _Run:
 
 async def drive(store: JobStore, job_id: str, photos: list[bytes], opts: JobOptions, open_stream: OpenStream,
                 settings: Settings, stop: asyncio.Event, resilience: Resilience | None = None,
-                owner: str | None = None) -> Outcome:
+                owner: str | None = None, turns: Turns | None = None) -> Outcome:
     """Run a stored job on the optimizer to its end and store its result; returns how driving it ended. ``photos``
     are the original uploads (decoded only when the result is rendered: a series of large photos is not held
     decoded while it is optimized).
 
     Starts from the job's last checkpoint in the store, if it has one (a job taken over from another replica).
     ``stop`` set ends it cancelled, or (a :class:`Stop` set for a handover) hands it on without a write; every
-    write is fenced by ``owner``'s lease, so a replica that lost the job writes nothing more.
+    write is fenced by ``owner``'s lease, so a replica that lost the job writes nothing more. With ``turns``, the
+    job waits for its turn in the fair queue before each call of the optimizer.
     """
     job = Driven(store, job_id, owner)
     try:
@@ -305,7 +351,7 @@ async def drive(store: JobStore, job_id: str, photos: list[bytes], opts: JobOpti
         saved = await job.read("checkpoint")
         submitted = record.created if record else time.time()
         run = _Run(job, request, open_stream, policy, stop, Checkpoint.model_validate_json(saved) if saved else None,
-                   submitted)
+                   submitted, turns)
         final = await run.until_final()
         if isinstance(final, Outcome):
             return final

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 
 from clipdlut.serving.bundle import unpack
@@ -19,6 +20,7 @@ from clipdlut.serving.errors import JobEnded, StoreUnavailable, describe
 from clipdlut.serving.jobs import JobOptions, photo_file
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import JobStore
+from clipdlut.serving.turns import Turns
 from clipdlut.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ class Drivers:
     """
 
     def __init__(self, store: JobStore, open_stream: OpenStream, settings: Settings, instance: str | None = None,
-                 poll_s: float = 0.1, lease_s: float = 1.0, purge_every_s: float = 60.0):
+                 poll_s: float = 0.1, lease_s: float = 1.0, purge_every_s: float = 60.0,
+                 weight_of: Callable[[str], float] = lambda client: 1.0):
         self.store = store
         self.open_stream = open_stream
         self.settings = settings
@@ -56,6 +59,7 @@ class Drivers:
         self.lease_s = lease_s
         self.purge_every_s = purge_every_s
         self.instance = instance or new_instance()
+        self.turns = Turns(store, weight_of, every_s=poll_s)  # the fair queue's turns of this replica's jobs
         self._stops: dict[str, Stop] = {}
         self._starting: set[str] = set()  # taken over or accepted, its upload being read: leased, not yet driven
         self._tasks: set[asyncio.Task] = set()
@@ -74,12 +78,13 @@ class Drivers:
         stop = self._stops[job_id] = Stop()
         try:
             outcome = await drive(self.store, job_id, photos, opts, self.open_stream, self.settings, stop,
-                                  owner=self.instance)
+                                  owner=self.instance, turns=self.turns)
         except Exception as e:  # a bug: the job must still end, with a reason
             log.exception("job %s failed", job_id)
             outcome = await self._fail(job_id, f"internal error: {describe(e)}")
         finally:
             self._stops.pop(job_id, None)
+            self.turns.nudge()  # (its slot may be free)
         if outcome.ending == Ending.STORE_LOST and not self._closing:  # (readiness warns once; a line a job)
             log.info("job %s: %s", job_id, outcome.reason)
         elif outcome.ending == Ending.HANDED_ON and not self._closing:

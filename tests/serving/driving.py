@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from clipdlut.clients import Client
 from clipdlut.cube import read_cube
 from clipdlut.engine import Engine
 from clipdlut.serving.driver import Resilience, drive
@@ -22,11 +23,11 @@ FAST = Resilience(attempts=3, max_wait_s=30, stall_s=10, checkpoint_s=0, backoff
 PHOTO = png_bytes(gradient_image(80, 60))
 
 
-async def new_job(store, steps=12, prompt="暖色", owner="api-a") -> tuple[str, object, JobOptions]:
+async def new_job(store, steps=12, prompt="暖色", owner="api-a", client="") -> tuple[str, object, JobOptions]:
     job_id = uuid.uuid4().hex
     decoded = decode_upload(PHOTO, SETTINGS)
     opts = JobOptions(target_prompt=prompt, steps=steps, lut_size=17, seed=5)
-    await accept(store, job_id, Upload([(PHOTO, decoded)]), opts, SETTINGS, owner=owner)
+    await accept(store, job_id, Upload([(PHOTO, decoded)]), opts, SETTINGS, owner=owner, client=Client(client))
     return job_id, [PHOTO], opts
 
 
@@ -38,6 +39,7 @@ class Optimizer:
         self.engine, self.breaks, self.after, self.replica_fails = engine, breaks, after, replica_fails
         self.tries = 0
         self.calls: list[int | None] = []  # the iteration each call the optimizer took resumed from
+        self.taken: list[str] = []  # the job of each call the optimizer took, in order
 
     async def optimize(self, request):
         self.tries += 1
@@ -49,6 +51,7 @@ class Optimizer:
                 n += 1
                 if n == 1:
                     self.calls.append(request.resume.iteration if request.resume else None)
+                    self.taken.append(request.job_id)
                     broken = len(self.calls) <= self.breaks
                 if broken and n > self.after and self.replica_fails:  # e.g. CUDA out of memory in a big batch
                     yield encode_event(Failed(iteration=0, error="optimizer error: out of memory", retryable=True))

@@ -146,3 +146,27 @@ async def test_a_store_bug_under_a_read_fails_the_job_at_once_and_says_so(engine
     with pytest.raises(JobEnded, match="internal error: KeyError"):
         await asyncio.wait_for(replica(store, engine).run(job_id, photos, opts), 10)
     assert (await store.get(job_id)).status == JobStatus.FAILED
+
+
+async def test_a_slot_that_frees_goes_to_the_client_furthest_below_its_share(engine, store, clock):
+    """One slot (the engine's batch of 1): a's first job is long (40 steps), its backlog waits in the fair queue; b's
+    two short jobs (6 steps) arrive later and take the next two free slots (b's 12 passes are still below a's 40),
+    then a's backlog goes on, first come, first served."""
+    optimizer = Optimizer(engine)
+    drivers = Drivers(store, optimizer.optimize, SETTINGS, instance="api-a", poll_s=0.02)
+    async def submitted(steps: int, client: str):
+        clock.advance(1)  # (the store's clock: each job submitted a second after the last)
+        return await new_job(store, steps=steps, client=client)
+
+    a = [await submitted(40 if i == 0 else 6, "a") for i in range(4)]  # (the first is long: time for b to come)
+    running = [asyncio.create_task(drivers.run(*a[0]))]
+    await until(lambda: optimizer.taken, lambda taken: len(taken) == 1)
+    running += [asyncio.create_task(drivers.run(*job)) for job in a[1:]]
+    await until(lambda: store.head(), lambda head: head is not None)  # (a's others are queued)
+    b = [await submitted(6, "b") for _ in range(2)]
+    running += [asyncio.create_task(drivers.run(*job)) for job in b]
+    await asyncio.gather(*running)
+    ids = {job[0]: name for name, jobs in (("a", a), ("b", b)) for job in jobs}
+    assert [ids[j] for j in optimizer.taken] == ["a", "b", "b", "a", "a", "a"]
+    assert [j for j in optimizer.taken if ids[j] == "a"] == [job[0] for job in a]  # (first come, first served)
+    assert await store.head() is None

@@ -283,3 +283,63 @@ async def test_ping_fails_fast_on_a_store_out_of_reach_and_every_failure_is_hear
     finally:
         await s.close()
         reach.close()
+
+
+async def _queued(store, clock, client: str, n: int, weight: float = 1.0, steps: int = 30) -> list[str]:
+    ids = []
+    for i in range(n):
+        job = f"{client}-{i}-{clock.now}"
+        await store.create(job, {"steps": steps}, b"s", b"w", owner="api", client=client)
+        clock.advance(0.001)
+        await store.queue(job, client, weight)
+        ids.append(job)
+    return ids
+
+
+async def _admit(store, turns: int, cost: float = 120.0) -> list[str]:
+    """The clients of the next ``turns`` jobs the fair queue lets start, each charged ``cost`` passes."""
+    order = []
+    for _ in range(turns):
+        job = await store.head()
+        client = (await store.get(job)).client
+        await store.charge(client, cost, started=job)
+        order.append(client)
+    return order
+
+
+async def test_the_fair_queue_is_first_come_within_a_client_and_a_client_alone_gets_every_turn(store, clock):
+    jobs = await _queued(store, clock, "alice", 4)
+    await store.queue(jobs[0], "alice")  # (again: it keeps its place)
+    assert await store.head() == jobs[0]
+    for job in jobs:
+        assert await store.head() == job
+        await store.charge("alice", 120, started=job)
+    assert await store.head() is None
+
+
+async def test_a_newcomer_gets_the_next_turn_and_then_turns_alternate(store, clock):
+    await _queued(store, clock, "a", 24)
+    assert await _admit(store, 4) == ["a"] * 4  # (a alone: the whole batch)
+    await _queued(store, clock, "b", 4)
+    assert await _admit(store, 8) == ["b", "a", "b", "a", "b", "a", "b", "a"]
+    assert await _admit(store, 3) == ["a"] * 3  # (b has nothing waiting)
+
+
+async def test_weights_share_the_turns_two_to_one(store, clock):
+    await _queued(store, clock, "heavy", 40, weight=2)
+    await _queued(store, clock, "light", 40, weight=1)
+    order = await _admit(store, 30)
+    assert order.count("heavy") == 20 and order.count("light") == 10
+    assert all(order[i:i + 3].count("heavy") == 2 for i in range(0, 30, 3))  # (interleaved, not in runs)
+
+
+async def test_an_idle_client_banks_no_credit_and_an_ended_job_leaves_the_queue(store, clock):
+    await _queued(store, clock, "a", 10)
+    await _admit(store, 6)  # a is served alone for a while
+    b = await _queued(store, clock, "b", 6)
+    assert await _admit(store, 4) == ["b", "a", "b", "a"]  # (b starts level with a: it cannot take six in a row)
+    await store.set_status(b[2], JobStatus.CANCELLED, "by the user")
+    await store.finish(b[3], {}, {})
+    assert await _admit(store, 2) == ["b", "a"] and (await store.get(await store.head())).client == "b"
+    await store.charge("a", -360)  # (given back: passes a job that ended early was never served)
+    assert (await store.get(await store.head())).client == "a"

@@ -5,6 +5,11 @@ host or many, so each method is atomic on its own: two replicas calling at once 
 and never both succeed where only one may. :class:`JobStore` is the contract, which
 :mod:`~clipdlut.serving.stores.sqlite` and :mod:`~clipdlut.serving.stores.redis` implement.
 
+Fair share: jobs waiting for an optimizer slot are queued here (:meth:`JobStore.queue`), across all replicas; the
+next slot goes to the longest-waiting job of the client with the least image passes served so far, each divided by
+the client's weight (:meth:`JobStore.head`, :meth:`JobStore.charge`): weighted fair queueing with virtual counters,
+as VTC does for LLM serving.
+
 Leases: each open job has one driving replica at a time, its ``owner``. The owner renews the lease of the
 jobs it drives every second or so; a replica that stops renewing (killed, restarted, scaled down, cut off)
 loses its jobs to the first live replica that calls :meth:`JobStore.take_over`, which counts the takeovers
@@ -146,6 +151,21 @@ class JobStore(Protocol):
     async def take_over(self, owner: str, idle_s: float, limit: int) -> list[tuple[str, int]]:
         """Lease to ``owner`` up to ``limit`` open jobs whose lease was not renewed for ``idle_s`` (or was
         released); returns (job id, takeovers it has now had). No job is handed to two callers."""
+
+    async def queue(self, job_id: str, client: str, weight: float = 1.0) -> None:
+        """Put an open job of ``client`` in the fair queue for an optimizer slot (already there: nothing changes).
+        A client that had no job waiting starts at the service's virtual time: time it spent idle is not credit
+        to spend later. ``weight`` is the client's share (its passes count 1/weight). An ending job leaves the
+        queue."""
+
+    async def head(self) -> str | None:
+        """The waiting job whose turn it is: the longest-waiting job of the client with the least weighted service
+        (ties: the longest-waiting job of those clients), or None when none waits."""
+
+    async def charge(self, client: str, passes: float, started: str | None = None) -> None:
+        """Count ``passes`` image passes served to ``client`` (negative: given back, for a job that ended before
+        its passes were served). With ``started``, that job leaves the queue (an optimizer took it) and the
+        service's virtual time moves up to the client's service before this charge."""
 
     async def purge(self) -> int:
         """Delete jobs that ended more than the retention time ago, with their files; returns how many."""

@@ -9,6 +9,10 @@ Keys (``clipdlut:`` by default), in structures a Redis operator recognises:
   ``clipdlut:open:<client>`` the same for each client (its quota of open jobs);
 - ``clipdlut:submitted:<client>``: a sorted set of a client's jobs submitted in the last hour, by time (its
   quota of jobs per hour);
+- the fair queue: ``clipdlut:fair:waiting:<client>``, a sorted set of the client's jobs waiting for an optimizer
+  slot, by when they were submitted; ``clipdlut:fair:clients``, the set of clients with jobs waiting;
+  ``clipdlut:fair:served`` and ``clipdlut:fair:weight``, hashes of each client's weighted service and weight;
+  ``clipdlut:fair:vtime``, the service's virtual time;
 - ``clipdlut:drive``: a stream with one entry per open job and the consumer group ``drivers``, in which each
   API replica is a consumer. The replica that accepts a job holds its entry as pending; renewing the lease
   re-claims the entry (resetting its idle time); a live replica takes over entries idle past the watchdog
@@ -71,7 +75,7 @@ return {1, 0}
 """
 
 # KEYS: job, data, open, stream. ARGV: id, status, error, now, retention_s, group, owner ('' = any), result,
-# files...
+# the fair queue's waiting prefix, files...
 _SET_STATUS = _STATUS_OPEN + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not open[status] then return 0 end
@@ -80,7 +84,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated', ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
 if open[ARGV[2]] then return 1 end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[8]) end
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[2], 'file:' .. ARGV[i], ARGV[i + 1]) end
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[2], 'file:' .. ARGV[i], ARGV[i + 1]) end
 local entry = redis.call('HGET', KEYS[1], 'entry')
 if entry then
   redis.call('XACK', KEYS[4], ARGV[6], entry)
@@ -89,7 +93,9 @@ end
 redis.call('HDEL', KEYS[1], 'owner', 'entry')
 redis.call('HDEL', KEYS[2], 'source', 'working', 'checkpoint')
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[3] .. ':' .. (redis.call('HGET', KEYS[1], 'client') or ''), ARGV[1])
+local client = redis.call('HGET', KEYS[1], 'client') or ''
+redis.call('ZREM', KEYS[3] .. ':' .. client, ARGV[1])
+redis.call('ZREM', ARGV[9] .. client, ARGV[1])  -- (an ended job leaves the fair queue)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
@@ -162,6 +168,54 @@ return taken
 """
 
 
+# KEYS: the client's waiting, fair:clients, fair:served, fair:weight, fair:vtime, job. ARGV: id, client, weight.
+# (A job's score is when it was submitted: first come, first served.)
+_QUEUE = _STATUS_OPEN + """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local status = redis.call('HGET', KEYS[6], 'status')
+if not status or not open[status] then return 0 end
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+if redis.call('ZCARD', KEYS[1]) == 0 then  -- (idle until now: it starts at the virtual time, no earlier)
+  local vtime = redis.call('GET', KEYS[5]) or '0'
+  if tonumber(vtime) > tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0') then
+    redis.call('HSET', KEYS[3], ARGV[2], vtime)
+  end
+end
+redis.call('ZADD', KEYS[1], redis.call('HGET', KEYS[6], 'created'), ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: fair:clients, fair:served. ARGV: the waiting prefix
+_HEAD = """
+local best, best_served, best_since = false, 0, 0
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local first = redis.call('ZRANGE', ARGV[1] .. c, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('SREM', KEYS[1], c)
+  else
+    local served, since = tonumber(redis.call('HGET', KEYS[2], c) or '0'), tonumber(first[2])
+    if not best or served < best_served or (served == best_served and since < best_since) then
+      best, best_served, best_since = first[1], served, since
+    end
+  end
+end
+return best
+"""
+
+# KEYS: fair:served, fair:weight, fair:vtime, the client's waiting. ARGV: client, passes, started job ('' = none)
+_CHARGE = """
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  local served = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
+  if tonumber(served) > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], served) end
+end
+local weight = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '1')
+redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], tonumber(ARGV[2]) / weight)
+return 1
+"""
+
+
 def _bound(limit: int | None) -> int:
     """A bound as the scripts take it (-1: none)."""
     return -1 if limit is None else limit
@@ -192,8 +246,9 @@ class RedisJobStore:
         self.redis = aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True,
                                              socket_connect_timeout=5, socket_timeout=10)
         self._open, self._stream = f"{prefix}open", f"{prefix}drive"
+        self._fair = f"{prefix}fair:"
         scripts = {"create": _CREATE, "set_status": _SET_STATUS, "progress": _PROGRESS, "cancel": _CANCEL,
-                   "renew": _RENEW, "take_over": _TAKE_OVER}
+                   "renew": _RENEW, "take_over": _TAKE_OVER, "queue": _QUEUE, "head": _HEAD, "charge": _CHARGE}
         self._scripts = {name: self.redis.register_script(body) for name, body in scripts.items()}
 
     def _job(self, job_id: str) -> str:
@@ -233,7 +288,7 @@ class RedisJobStore:
                    files: dict[str, bytes], owner: str | None) -> bool:
         keys = [self._job(job_id), self._data(job_id), self._open, self._stream]
         args: list[Any] = [job_id, status, error or "", self.clock(), max(1, int(self.retention_s)), GROUP,
-                           owner or "", json.dumps(result) if result is not None else ""]
+                           owner or "", json.dumps(result) if result is not None else "", f"{self._fair}waiting:"]
         for name, data in files.items():
             args += [name, data]
         return await self._scripts["set_status"](keys, args) == 1
@@ -316,6 +371,20 @@ class RedisJobStore:
                 return []
             raise
         return [(taken[i].decode(), int(taken[i + 1])) for i in range(0, len(taken), 2)]
+
+    async def queue(self, job_id: str, client: str, weight: float = 1.0) -> None:
+        f = self._fair
+        await self._scripts["queue"]([f"{f}waiting:{client}", f"{f}clients", f"{f}served", f"{f}weight", f"{f}vtime",
+                                      self._job(job_id)], [job_id, client, weight])
+
+    async def head(self) -> str | None:
+        head = await self._scripts["head"]([f"{self._fair}clients", f"{self._fair}served"], [f"{self._fair}waiting:"])
+        return head.decode() if head else None
+
+    async def charge(self, client: str, passes: float, started: str | None = None) -> None:
+        f = self._fair
+        await self._scripts["charge"]([f"{f}served", f"{f}weight", f"{f}vtime", f"{f}waiting:{client}"],
+                                      [client, passes, started or ""])
 
     async def purge(self) -> int:
         """Nothing to do: an ended job's keys expire after the retention time."""

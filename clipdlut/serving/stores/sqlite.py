@@ -56,6 +56,16 @@ CREATE TABLE IF NOT EXISTS files (
 -- each client's submissions of the last hour (its jobs-per-hour quota; a purged job still counts)
 CREATE TABLE IF NOT EXISTS submissions (client TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS submissions_client ON submissions (client, at);
+-- the fair queue: jobs waiting for an optimizer slot; each client's weighted service; the service's virtual time
+CREATE TABLE IF NOT EXISTS waiting (job_id TEXT PRIMARY KEY, client TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shares (client TEXT PRIMARY KEY, served REAL NOT NULL DEFAULT 0,
+                                   weight REAL NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS fair_clock (id INTEGER PRIMARY KEY CHECK (id = 0), vtime REAL NOT NULL);
+INSERT OR IGNORE INTO fair_clock (id, vtime) VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS an_ended_job_leaves_the_queue AFTER UPDATE OF status ON jobs
+    WHEN NEW.status NOT IN ('queued', 'running') BEGIN DELETE FROM waiting WHERE job_id = NEW.id; END;
+CREATE TRIGGER IF NOT EXISTS a_deleted_job_leaves_the_queue AFTER DELETE ON jobs
+    BEGIN DELETE FROM waiting WHERE job_id = OLD.id; END;
 """
 # columns added since the first release (an existing file gets them on open)
 _ADDED = {"owner": "TEXT", "lease": "REAL", "takeovers": "INTEGER NOT NULL DEFAULT 0",
@@ -258,6 +268,37 @@ class SqliteJobStore:
             f"(SELECT id FROM jobs WHERE {_OPEN} AND COALESCE(lease, 0) < ? ORDER BY created LIMIT ?) "
             "RETURNING id, takeovers", (owner, now, now - idle_s, limit)).fetchall())
         return [(r[0], r[1]) for r in rows]
+
+    async def queue(self, job_id: str, client: str, weight: float = 1.0) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM waiting WHERE job_id = ?", (job_id,)).fetchone():
+                return
+            conn.execute("INSERT INTO shares (client, weight) VALUES (?, ?) ON CONFLICT (client) DO UPDATE SET "
+                         "weight = excluded.weight", (client, weight))
+            if not conn.execute("SELECT 1 FROM waiting WHERE client = ?", (client,)).fetchone():
+                conn.execute("UPDATE shares SET served = MAX(served, (SELECT vtime FROM fair_clock)) WHERE client = ?",
+                             (client,))
+            conn.execute(f"INSERT INTO waiting (job_id, client) SELECT ?, ? WHERE EXISTS "
+                         f"(SELECT 1 FROM jobs WHERE id = ? AND {_OPEN})", (job_id, client, job_id))
+
+        await self._run(self._transaction, run)
+
+    async def head(self) -> str | None:
+        row = await self._run(lambda: self._exec(
+            "SELECT w.job_id FROM waiting w JOIN shares s ON s.client = w.client JOIN jobs j ON j.id = w.job_id "
+            "ORDER BY s.served, j.created, w.rowid LIMIT 1").fetchone())  # (first come: submitted first)
+        return row[0] if row else None
+
+    async def charge(self, client: str, passes: float, started: str | None = None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            if started is not None:
+                conn.execute("DELETE FROM waiting WHERE job_id = ?", (started,))
+                conn.execute("UPDATE fair_clock SET vtime = MAX(vtime, COALESCE((SELECT served FROM shares WHERE "
+                             "client = ?), 0))", (client,))
+            conn.execute("INSERT INTO shares (client) VALUES (?) ON CONFLICT (client) DO NOTHING", (client,))
+            conn.execute("UPDATE shares SET served = served + ? / weight WHERE client = ?", (passes, client))
+
+        await self._run(self._transaction, run)
 
     async def purge(self) -> int:
         """Also gives the freed pages back to the file system."""
