@@ -1,10 +1,12 @@
-"""Clients of their own on real servers: one optimizer, two API replicas sharing a SQLite file (one host) and two
-sharing a Redis server (several hosts), all reading one clients file (as each host's mounted copy of it would be).
+"""Clients of their own on real servers: one optimizer (a batch of 4), two API replicas sharing a SQLite file (one
+host) and two sharing a Redis server (several hosts), all reading one clients file (as each host's mounted copy of
+it would be).
 
 Another client's task is answered exactly as an unknown id on every route that names a task, as listed by the
 OpenAPI document (a new route cannot be missed), through every replica; quotas answer 429 naming themselves;
 a key added to or removed from the file works or stops within seconds without a restart; /metrics counts each
-client's jobs and image passes."""
+client's jobs and image passes. A noisy neighbour's backlog does not hold another client's jobs back: the fair
+queue gives each client its weighted share of the slots."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import datetime
 
 import httpx
 import pytest
@@ -29,7 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(redis_missing() is not None, r
 SETTINGS = {"CLIPDLUT_PROGRESS_EVERY": "1", "CLIPDLUT_VIEWS": "2", "CLIPDLUT_WORKING_SIZE": "64",
             "CLIPDLUT_MAX_BATCH_SIZE": "4"}
 PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(64, 48))).decode()
-QUOTAS = {"alice": {}, "bob": {}, "carol": {"max_open_jobs": 1}, "dave": {"jobs_per_hour": 1}}
+QUOTAS = {"alice": {}, "bob": {}, "carol": {"max_open_jobs": 1}, "dave": {"jobs_per_hour": 1}, "heavy": {"weight": 2}}
 
 
 class Deployment:
@@ -217,3 +220,70 @@ def test_metrics_count_each_clients_jobs_and_image_passes(deployment):
     assert value("clipdlut_client_queue_wait_seconds_count") >= 1
     assert re.search(r'clipdlut_client_jobs_ended_total{[^}]*client="alice"[^}]*status="finished"', text) or \
         re.search(r'clipdlut_client_jobs_ended_total{[^}]*status="finished"[^}]*client="alice"', text)
+
+
+A_JOBS, STEPS = 24, 30
+
+
+def spans(url: str, headers: dict, ids: list[str]) -> list[tuple[float, float]]:
+    """When each finished job held an optimizer slot: (start, end) on the API's clock."""
+    out = []
+    for task in ids:
+        status = httpx.get(url + "/v1/retouch/status", params={"task_id": task}, headers=headers, timeout=30).json()
+        timings = httpx.get(url + "/v1/retouch/get", params={"task_id": task}, headers=headers,
+                            timeout=30).json()["timings"]
+        start = datetime.fromisoformat(status["created_at"]).timestamp() + timings["queued_s"]
+        out.append((start, start + timings["optimize_s"]))
+    return out
+
+
+def passes(jobs: list[tuple[float, float]], since: float, until: float) -> float:
+    """Image passes served between ``since`` and ``until`` (each job's, spread evenly over its run)."""
+    each = STEPS * int(SETTINGS["CLIPDLUT_VIEWS"])
+    return sum(each * max(0.0, min(end, until) - max(start, since)) / (end - start) for start, end in jobs)
+
+
+def noisy_neighbour(deployment, a_url: str, a: str, b_url: str, b: str, b_jobs: int) -> dict:
+    """``a`` submits 24 jobs of 30 steps, then ``b`` submits its own; when each job held a slot."""
+    a_ids = [submit(a_url, deployment.headers(a), steps=STEPS).json()["task_id"] for _ in range(A_JOBS)]
+    b_ids = [submit(b_url, deployment.headers(b), steps=STEPS).json()["task_id"] for _ in range(b_jobs)]
+    for url, name, ids in ((a_url, a, a_ids), (b_url, b, b_ids)):
+        for task in ids:
+            assert ended(url, deployment.headers(name), task)["status"] == "finished"
+    submitted = datetime.fromisoformat(httpx.get(b_url + "/v1/retouch/status", params={"task_id": b_ids[0]},
+                                                 headers=deployment.headers(b), timeout=30).json()["created_at"])
+    return {"a": spans(a_url, deployment.headers(a), a_ids), "b": spans(b_url, deployment.headers(b), b_ids),
+            "b_submitted": submitted.timestamp()}
+
+
+def shares(run: dict, weights: tuple[float, float]) -> tuple[float, float, float]:
+    """Each client's passes, over its weight, while both had jobs waiting (from the first slot that freed after b
+    came, when the queue first chose, to b's last start); and Jain's index of them."""
+    a, b = run["a"], run["b"]
+    turnover = min(end for start, end in a if start < run["b_submitted"] < end)
+    last = max(start for start, _ in b)
+    x = passes(a, turnover, last) / weights[0], passes(b, turnover, last) / weights[1]
+    return x[0], x[1], sum(x) ** 2 / (2 * (x[0] ** 2 + x[1] ** 2))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_noisy_neighbours_backlog_does_not_hold_another_client_back(deployment, kind):
+    """Equal weights. On Redis, one replica submits for a and the other for b."""
+    first, second = (api.url for api in deployment.apis[kind])
+    run = noisy_neighbour(deployment, first, "alice", second if kind == "redis" else first, "bob", b_jobs=4)
+    a, b = run["a"], run["b"]
+    started_after_b = sorted((start, name) for name, jobs in (("a", a), ("b", b)) for start, _ in jobs
+                             if start > run["b_submitted"])
+    turnover = min(end for start, end in a if start < run["b_submitted"] < end)
+    assert started_after_b[0][1] == "b" and started_after_b[0][0] - turnover < 1.0  # (its next free slot)
+    b_done = max(end for _, end in b)
+    assert sum(end <= b_done for _, end in a) < A_JOBS / 2  # (b's all finished before half of a's backlog)
+    x_a, x_b, jain = shares(run, (1, 1))
+    assert jain >= 0.95, (x_a, x_b)
+
+
+def test_weights_share_the_slots_two_to_one(deployment):
+    first = deployment.apis["sqlite"][0].url
+    run = noisy_neighbour(deployment, first, "heavy", first, "bob", b_jobs=8)
+    x_a, x_b, _ = shares(run, (1, 1))
+    assert 1.8 <= x_a / x_b <= 2.2, (x_a, x_b)

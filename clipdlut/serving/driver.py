@@ -176,6 +176,7 @@ class _Run:
         self.iteration = checkpoint.iteration if checkpoint else 0  # the last step the store heard of
         self.lost, self.backoff, self.waiting_since = 0, policy.backoff_s, time.monotonic()
         self.turns = turns  # the fair queue (None: the first retry after a slot frees takes it)
+        self.full = False  # the optimizer was full at the job's last turn
         self.charged_to = self.iteration  # the step up to which the client was charged for this job
         self.passes_per_step = request.views * len(request.images)
 
@@ -188,6 +189,7 @@ class _Run:
             await self._fair(self._give_back())
             if not isinstance(answer, _Broken):
                 return answer
+            self.full = answer.busy
             if (end := await self.judge(answer)) is not None:
                 return end
             pause = 0.0 if answer.busy and self.turns is not None else self.backoff  # (its next turn paces it)
@@ -202,7 +204,8 @@ class _Run:
         p = self.policy
         left = p.max_wait_s - (time.monotonic() - self.waiting_since)
         try:
-            if await self._fair(self.turns.wait(self.job.job_id, self.job.client, self.stop, max(left, 0.001))):
+            if await self._fair(self.turns.wait(self.job.job_id, self.job.client, self.stop, max(left, 0.001),
+                                                again=self.full)):
                 return None
         except TimeoutError:
             return await self.job.end(JobStatus.FAILED, f"no optimizer slot came free for the job within "

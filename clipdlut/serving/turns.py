@@ -34,9 +34,10 @@ class Turns:
         self._nudged = asyncio.Event()
         self._rounds: asyncio.Task | None = None
 
-    async def wait(self, job_id: str, client: str, stop: asyncio.Event, timeout: float) -> bool:
+    async def wait(self, job_id: str, client: str, stop: asyncio.Event, timeout: float, again: bool = False) -> bool:
         """Queue the job and wait for its turn: True when it came; False when ``stop`` was set first;
-        ``TimeoutError`` after ``timeout`` s."""
+        ``TimeoutError`` after ``timeout`` s. ``again``: the optimizer was full at its last turn, so it waits for
+        the next round (a slot that frees here nudges one at once) instead of asking again straight away."""
         await self.store.queue(job_id, client, self.weight_of(client))
         turn = self._waiting.setdefault(job_id, asyncio.Event())
         deadline = asyncio.get_running_loop().time() + timeout
@@ -45,7 +46,9 @@ class Turns:
                 turn.clear()
                 if self._rounds is None or self._rounds.done():
                     self._rounds = asyncio.create_task(self._run())
-                self.nudge()
+                if not again:
+                    self.nudge()
+                again = True  # (a wake that was not the head's: the next round, not a spin)
                 if not await self._either(turn, stop, deadline - asyncio.get_running_loop().time()):
                     raise TimeoutError
                 # (a round's answer may be a moment old: the head is asked again, so a job goes only while it is
