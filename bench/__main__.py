@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench import apply, container, render, serving, soak, steps
+from bench import apply, container, fairness, render, serving, soak, steps
 from clipdlut.guidance import Guide
 from clipdlut.models import load_model, load_random
 
@@ -128,6 +128,8 @@ def run(device: torch.device, quick: bool) -> dict:
             checkpoint = serving.write_random_checkpoint(default_name, Path(folder))
             results["cold_start"].append(serving.cold_start(str(checkpoint), f"{default_name} (checkpoint file)"))
     lap("cold_start")
+    results["fairness"] = fairness.run("python -m bench" + (" --quick" if quick else ""), quick)
+    lap("fairness")
     # (the container tests build and run the same image; a quick run leaves its minutes out)
     results["container"] = {"skipped": "a --quick run builds no image"} if quick else container.run(quick)
     lap("container")
@@ -202,6 +204,8 @@ def table(r: dict) -> str:
               for x in r["cold_start"]]
     if "container" in r:
         lines += container.lines(r["container"], r["cold_start"])
+    if "fairness" in r:
+        lines += fairness.lines(r["fairness"])
     sk = r["soak"]
     failed = "; ".join(f"{n} \"{reason}\"" for reason, n in sk["failed"].items()) or "none"
     lines += ["", f"Soak (tiny model, one host, locust {sk['users']} users for {sk['seconds']} s, the optimizer "

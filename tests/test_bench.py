@@ -43,6 +43,10 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert "Machine:" in table and "Continuous batching" in table and "Rendering 12 MP" in table
     assert "Applying a LUT at scale" in table and "| a folder of 4 " in table
     assert "| split | redis |" in table and "Cold start" in table and "Soak" in table
+    fair = results["fairness"]
+    assert [(r["store"], r["waiting_clients"]) for r in fair["queue_cost"]] == [
+        ("sqlite", 1), ("sqlite", 50), ("redis", 1), ("redis", 50)]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in fair["queue_cost"]) and "admission p99" in table
     soak = results["soak"]
     assert soak["accepted"] > 0 and soak["lost"] == 0 and soak["ready_probes"] > 0
 

@@ -59,7 +59,8 @@ class Drivers:
         self.lease_s = lease_s
         self.purge_every_s = purge_every_s
         self.instance = instance or new_instance()
-        self.turns = Turns(store, weight_of, every_s=poll_s)  # the fair queue's turns of this replica's jobs
+        # the fair queue's turns of this replica's jobs (None: a free slot goes to the first job to ask again)
+        self.turns = Turns(store, weight_of, every_s=poll_s) if settings.fair_share else None
         self._stops: dict[str, Stop] = {}
         self._starting: set[str] = set()  # taken over or accepted, its upload being read: leased, not yet driven
         self._tasks: set[asyncio.Task] = set()
@@ -84,7 +85,8 @@ class Drivers:
             outcome = await self._fail(job_id, f"internal error: {describe(e)}")
         finally:
             self._stops.pop(job_id, None)
-            self.turns.nudge()  # (its slot may be free)
+            if self.turns is not None:
+                self.turns.nudge()  # (its slot may be free)
         if outcome.ending == Ending.STORE_LOST and not self._closing:  # (readiness warns once; a line a job)
             log.info("job %s: %s", job_id, outcome.reason)
         elif outcome.ending == Ending.HANDED_ON and not self._closing:

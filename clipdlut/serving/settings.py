@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     api_key: str = ""  # when set, every route but the health checks needs "Authorization: Bearer <key>"
     clients: str = ""  # a TOML file of clients, their keys' hashes and quotas (README, Clients); empty: see api_key
     legacy_client: str = ""  # the client the original API's routes act as when they send no key; empty: they need one
+    fair_share: bool = True  # false: a free optimizer slot goes to the first job to ask again (no fair queue)
     cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
     optimizer_url: str = ""  # an optimizer served elsewhere (http://host:port); empty: start one with the API
     ocio_config: str = ""  # footage's OCIO config (a path or ocio:// URI); empty: $OCIO, else the built-in ACES one
