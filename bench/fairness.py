@@ -43,7 +43,7 @@ async def _admissions(store: JobStore, waiting_clients: int, rounds: int, per_cl
     for c in range(waiting_clients):
         for _ in range(per_client):
             await join(f"client-{c}")
-    times = []
+    times: list[float] = []
     for _ in range(rounds):
         job = uuid.uuid4().hex
         client = f"client-{len(times) % waiting_clients}"
