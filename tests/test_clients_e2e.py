@@ -24,6 +24,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from bench import fairness
 from clipdlut import clients
 from tests.conftest import gradient_image, png_bytes, wait
 from tests.live import RedisServer, Server, host, redis_missing
@@ -223,28 +224,11 @@ def test_metrics_count_each_clients_jobs_and_image_passes(deployment):
 
 
 A_JOBS, STEPS = 24, 30
-
-
-def spans(url: str, headers: dict, ids: list[str]) -> list[tuple[float, float]]:
-    """When each finished job held an optimizer slot: (start, end) on the API's clock."""
-    out = []
-    for task in ids:
-        status = httpx.get(url + "/v1/retouch/status", params={"task_id": task}, headers=headers, timeout=30).json()
-        timings = httpx.get(url + "/v1/retouch/get", params={"task_id": task}, headers=headers,
-                            timeout=30).json()["timings"]
-        start = datetime.fromisoformat(status["created_at"]).timestamp() + timings["queued_s"]
-        out.append((start, start + timings["optimize_s"]))
-    return out
-
-
-def passes(jobs: list[tuple[float, float]], since: float, until: float) -> float:
-    """Image passes served between ``since`` and ``until`` (each job's, spread evenly over its run)."""
-    each = STEPS * int(SETTINGS["CLIPDLUT_VIEWS"])
-    return sum(each * max(0.0, min(end, until) - max(start, since)) / (end - start) for start, end in jobs)
+PASSES = STEPS * int(SETTINGS["CLIPDLUT_VIEWS"])  # (a job's image passes: one photo)
 
 
 def noisy_neighbour(deployment, a_url: str, a: str, b_url: str, b: str, b_jobs: int) -> dict:
-    """``a`` submits 24 jobs of 30 steps, then ``b`` submits its own; when each job held a slot."""
+    """``a`` submits 24 jobs of 30 steps, then ``b`` submits its own; what each client got (bench/fairness.py)."""
     a_ids = [submit(a_url, deployment.headers(a), steps=STEPS).json()["task_id"] for _ in range(A_JOBS)]
     b_ids = [submit(b_url, deployment.headers(b), steps=STEPS).json()["task_id"] for _ in range(b_jobs)]
     for url, name, ids in ((a_url, a, a_ids), (b_url, b, b_ids)):
@@ -252,18 +236,10 @@ def noisy_neighbour(deployment, a_url: str, a: str, b_url: str, b: str, b_jobs: 
             assert ended(url, deployment.headers(name), task)["status"] == "finished"
     submitted = datetime.fromisoformat(httpx.get(b_url + "/v1/retouch/status", params={"task_id": b_ids[0]},
                                                  headers=deployment.headers(b), timeout=30).json()["created_at"])
-    return {"a": spans(a_url, deployment.headers(a), a_ids), "b": spans(b_url, deployment.headers(b), b_ids),
-            "b_submitted": submitted.timestamp()}
-
-
-def shares(run: dict, weights: tuple[float, float]) -> tuple[float, float, float]:
-    """Each client's passes, over its weight, while both had jobs waiting (from the first slot that freed after b
-    came, when the queue first chose, to b's last start); and Jain's index of them."""
-    a, b = run["a"], run["b"]
-    turnover = min(end for start, end in a if start < run["b_submitted"] < end)
-    last = max(start for start, _ in b)
-    x = passes(a, turnover, last) / weights[0], passes(b, turnover, last) / weights[1]
-    return x[0], x[1], sum(x) ** 2 / (2 * (x[0] ** 2 + x[1] ** 2))
+    a_spans = fairness.spans(a_url, deployment.keys[a], a_ids)
+    b_spans = fairness.spans(b_url, deployment.keys[b], b_ids)
+    return {"a": a_spans, "b": b_spans, "b_submitted": submitted.timestamp(),
+            **fairness.shares(a_spans, b_spans, submitted.timestamp(), PASSES)}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
@@ -271,19 +247,14 @@ def test_a_noisy_neighbours_backlog_does_not_hold_another_client_back(deployment
     """Equal weights. On Redis, one replica submits for a and the other for b."""
     first, second = (api.url for api in deployment.apis[kind])
     run = noisy_neighbour(deployment, first, "alice", second if kind == "redis" else first, "bob", b_jobs=4)
-    a, b = run["a"], run["b"]
-    started_after_b = sorted((start, name) for name, jobs in (("a", a), ("b", b)) for start, _ in jobs
+    started_after_b = sorted((start, name) for name in ("a", "b") for start, _ in run[name]
                              if start > run["b_submitted"])
-    turnover = min(end for start, end in a if start < run["b_submitted"] < end)
-    assert started_after_b[0][1] == "b" and started_after_b[0][0] - turnover < 1.0  # (its next free slot)
-    b_done = max(end for _, end in b)
-    assert sum(end <= b_done for _, end in a) < A_JOBS / 2  # (b's all finished before half of a's backlog)
-    x_a, x_b, jain = shares(run, (1, 1))
-    assert jain >= 0.95, (x_a, x_b)
+    assert started_after_b[0][1] == "b" and run["b_first_after_turnover_s"] < 1.0  # (the next free slot)
+    assert run["a_finished_by_then"] < A_JOBS / 2  # (all of b's finished before half of a's backlog)
+    assert run["jain"] >= 0.95, run
 
 
 def test_weights_share_the_slots_two_to_one(deployment):
     first = deployment.apis["sqlite"][0].url
     run = noisy_neighbour(deployment, first, "heavy", first, "bob", b_jobs=8)
-    x_a, x_b, _ = shares(run, (1, 1))
-    assert 1.8 <= x_a / x_b <= 2.2, (x_a, x_b)
+    assert 1.8 <= run["a_share"] / run["b_share"] <= 2.2, run
