@@ -21,6 +21,7 @@ from PIL import Image
 
 STEPS = int(os.environ.get("LOAD_STEPS", "20"))
 SIDE = int(os.environ.get("LOAD_IMAGE_SIDE", "512"))
+KEY = os.environ.get("LOAD_KEY", "")  # a client's key, for a service that needs one (README, Clients)
 PROMPTS = ["赛博朋克风格的夜晚城市", "warm golden hour film look", "冷色调的清晨", "复古胶片", "高对比黑白"]
 POLL_S = 0.5
 JOB_TIMEOUT_S = 600
@@ -68,12 +69,21 @@ def field(body: dict, name: str, call: str) -> str:
     return body[name]
 
 
+def _keyed(user: HttpUser) -> None:
+    """Every call of this user sends ``LOAD_KEY``, when it is set."""
+    if KEY:
+        user.client.headers["Authorization"] = f"Bearer {KEY}"
+
+
 class _JobUser(HttpUser):
     """Submits a job, polls it to its end like a real client, fetches the result, and reports one ``JOB`` per job,
     however it ended: every job's end is counted (a failed call of any step ends the job as a failure)."""
 
     abstract = True
     wait_time = between(0.5, 2.0)
+
+    def on_start(self) -> None:
+        _keyed(self)
     job_name = ""
     running = ("",)  # statuses that mean "poll again"
     succeeded = ""
@@ -166,6 +176,9 @@ class ClipUser(HttpUser):
 
     weight = 1
     wait_time = between(0.2, 1.0)
+
+    def on_start(self) -> None:
+        _keyed(self)
 
     @task(2)
     def embed_text(self) -> None:

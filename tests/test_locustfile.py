@@ -1,5 +1,6 @@
 """The load test (locustfile.py) counts every job's end: run against a router that answers some status polls itself,
-with a 503 or an HTML error page, each such job is a failed JOB row named by its cause, and no user crashes."""
+with a 503 or an HTML error page, each such job is a failed JOB row named by its cause, and no user crashes. The
+service needs a key here, which the users send (``LOAD_KEY``)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ FLAKY_ROUTER = "\n".join([
 
 
 def test_jobs_hurt_by_the_router_are_failed_rows_and_no_user_crashes(tmp_path):
-    with serving(tmp_path / "api", CLIPDLUT_PROGRESS_EVERY="2") as server:
+    with serving(tmp_path / "api", CLIPDLUT_PROGRESS_EVERY="2", CLIPDLUT_API_KEY="load-s3cret") as server:
         router = Proxy(tmp_path, [server.url], rules=FLAKY_ROUTER).start()
         try:
             prefix = tmp_path / "load"
             run = subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
                                   "--headless", "-u", "6", "-r", "6", "-t", "20s", "--host", router.url, "--csv",
                                   str(prefix), "--only-summary"], cwd=ROOT, capture_output=True, text=True,
-                                 env={**server.env, "LOAD_STEPS": "4", "LOAD_IMAGE_SIDE": "128"}, timeout=180)
+                                 env={**server.env, "LOAD_STEPS": "4", "LOAD_IMAGE_SIDE": "128",
+                                      "LOAD_KEY": "load-s3cret"}, timeout=180)
         finally:
             router.stop()
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
@@ -46,3 +48,4 @@ def test_jobs_hurt_by_the_router_are_failed_rows_and_no_user_crashes(tmp_path):
     for name, row in stats.items():  # (each job counted once: its failures are the rows above)
         assert int(row["Failure Count"]) == sum(n for (job, _), n in failures.items() if job == name)
     assert sum(int(r["Request Count"]) - int(r["Failure Count"]) for r in stats.values()) > 0  # (others finished)
+    assert not any("401" in c for c in causes), failures  # (every call sent the key)
