@@ -13,6 +13,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -218,6 +219,32 @@ def table(r: dict) -> str:
               f"ms over {sk['probes_before_kill']} probes."]
     lines += ["", *soak.section()]  # (the last `python -m bench.soak`: an hour, run apart)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def one_section(name: str, doc: str | None, quick_help: str, measure: Callable[[str, bool], dict],
+                lines: Callable[[dict], list[str]]) -> None:
+    """``python -m bench.<name> [--quick] [--out]``: measure one section on its own, print it, and put it into the
+    recorded results (``python -m bench.apply``, ``python -m bench.fairness``)."""
+    p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", type=Path, default=HERE / "results.json",
+                   help="the results JSON to write this section into (default bench/results.json)")
+    args = p.parse_args()
+    section = measure(f"python -m bench.{name}" + (" --quick" if args.quick else ""), args.quick)
+    print("\n".join(lines(section)))
+    record(args.out, name, section)
+
+
+def record(out: Path, name: str, section: dict) -> None:
+    """Put one section, measured on its own, into the recorded results at ``out`` and write their table again;
+    nothing when there are none yet."""
+    if not out.exists():
+        return
+    results = json.loads(out.read_text(encoding="utf-8"))
+    results[name] = section
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(table(results), encoding="utf-8")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def main() -> None:

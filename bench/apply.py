@@ -9,8 +9,6 @@ is written into ``bench/results.json`` (and ``results.md``) beside the figures o
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,8 +23,7 @@ from skimage import data
 from clipdlut.cube import write_cube
 from clipdlut.table import identity_table, trilinear
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 QUALITY = 95  # what clipdlut's encoder uses for JPEG (with 4:4:4 chroma), and so the plain scripts too
 
@@ -149,22 +146,9 @@ def lines(a: dict) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.apply", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="small photos, one run: a smoke run of this code")
-    p.add_argument("--out", type=Path, default=HERE / "results.json",
-                   help="the results JSON to write this section into (default bench/results.json)")
-    args = p.parse_args()
-    from bench.__main__ import table
+    from bench.__main__ import one_section
 
-    section = at_scale("python -m bench.apply" + (" --quick" if args.quick else ""), args.quick)
-    results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else None
-    print("\n".join(lines(section)))
-    if results is None:
-        return
-    results["apply"] = section
-    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(table(results), encoding="utf-8")
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    one_section("apply", __doc__, "small photos, one run: a smoke run of this code", at_scale, lines)
 
 
 if __name__ == "__main__":

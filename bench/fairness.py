@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import tempfile
 import time
 import uuid
@@ -27,7 +25,6 @@ from bench.serving import _Redis, _Server, _wait_ready
 from clipdlut import clients
 from clipdlut.serving.stores import JobStore, open_store
 
-HERE = Path(__file__).resolve().parent
 STEPS, VIEWS, A_JOBS = 30, 2, 24
 SERVER = {"CLIPDLUT_MAX_BATCH_SIZE": "4", "CLIPDLUT_VIEWS": str(VIEWS), "CLIPDLUT_WORKING_SIZE": "64",
           "CLIPDLUT_PROGRESS_EVERY": "5"}
@@ -216,22 +213,9 @@ def lines(f: dict) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.fairness", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="the queue's cost only, 50 admissions a row")
-    p.add_argument("--out", type=Path, default=HERE / "results.json",
-                   help="the results JSON to write this section into (default bench/results.json)")
-    args = p.parse_args()
-    from bench.__main__ import table
+    from bench.__main__ import one_section
 
-    section = run("python -m bench.fairness" + (" --quick" if args.quick else ""), args.quick)
-    print("\n".join(lines(section)))
-    if not args.out.exists():
-        return
-    results = json.loads(args.out.read_text(encoding="utf-8"))
-    results["fairness"] = section
-    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(table(results), encoding="utf-8")
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    one_section("fairness", __doc__, "the queue's cost only, 50 admissions a row", run, lines)
 
 
 if __name__ == "__main__":
