@@ -44,7 +44,20 @@ def test_a_value_out_of_range_fails_naming_its_variable(name, value, words):
         load_settings({f"CLIPDLUT_{name}": value})
 
 
-def test_the_service_refuses_to_start_with_a_bad_setting():
-    r = subprocess.run([sys.executable, "-c", "import service"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env={"PATH": "/usr/bin:/bin", "CLIPDLUT_VIEWS": "0", "HOME": "/tmp"})
-    assert r.returncode != 0 and "CLIPDLUT_VIEWS=0 is out of range" in r.stderr
+def test_the_service_refuses_to_start_with_a_bad_setting(tmp_path):
+    from clipdlut import clients
+
+    clients.add(tmp_path / "clients.toml", "alice")
+    (tmp_path / "bad.toml").write_text("[clients.alice]\nkey = 's3cret'\n")
+    cases = (({"CLIPDLUT_VIEWS": "0"}, "CLIPDLUT_VIEWS=0 is out of range"),
+             ({"CLIPDLUT_CLIENTS": str(tmp_path / "none.toml")}, "not a file: make it with"),
+             ({"CLIPDLUT_CLIENTS": str(tmp_path / "bad.toml")}, "clients.alice.key: Extra inputs"),
+             ({"CLIPDLUT_CLIENTS": str(tmp_path / "clients.toml"), "CLIPDLUT_API_KEY": "k"}, "both set"),
+             ({"CLIPDLUT_CLIENTS": str(tmp_path / "clients.toml"), "CLIPDLUT_LEGACY_CLIENT": "bob"},
+              "CLIPDLUT_LEGACY_CLIENT=bob names no client"))
+    starts = [subprocess.Popen([sys.executable, "-c", "import service"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", **env})
+              for env, _ in cases]  # (at once: each is a second or two of imports)
+    for start, (_, says) in zip(starts, cases):
+        _, err = start.communicate(timeout=120)
+        assert start.returncode != 0 and says in err, err[-2000:]
