@@ -98,7 +98,7 @@ BATCH_JOBS = prometheus_client.Histogram(
 IMAGE = container.image(S.image_variant, S.base_image)
 READINESS = Readiness()  # this API process's view of its store and optimizer, kept current by start_background
 CLIENTS = Registry(Path(S.clients) if S.clients else None, S.api_key)  # who may call (README, Clients)
-if S.legacy_client and CLIENTS.named(S.legacy_client) is None:
+if S.legacy_client and (not S.clients or CLIENTS.named(S.legacy_client) is None):  # (a client of its own)
     raise ValueError(f"CLIPDLUT_LEGACY_CLIENT={S.legacy_client} names no client of CLIPDLUT_CLIENTS")
 
 

@@ -409,12 +409,14 @@ def _clients_arguments(c: argparse.ArgumentParser) -> None:
     a.add_argument("--jobs-per-hour", type=_positive, help="its jobs submitted in any hour (default: no bound)")
     a.add_argument("--weight", type=_weight, default=1.0, help="its share of the GPUs when clients compete "
                    "(default 1)")
+    a.add_argument("--operator", action="store_true", help="it may read /metrics, which shows every client's "
+                   "figures (for the service's operator: a Prometheus scraper's key)")
 
 
 def _clients(args: argparse.Namespace) -> None:
     if args.file is None:
         raise ValueError("name the clients file: --file PATH, or set CLIPDLUT_CLIENTS")
-    key = clients.add(args.file, args.name, args.max_open_jobs, args.jobs_per_hour, args.weight)
+    key = clients.add(args.file, args.name, args.max_open_jobs, args.jobs_per_hour, args.weight, args.operator)
     print(f"client {args.name!r} added to {args.file}; its key is below, shown this once (the file keeps only its "
           "hash): send it as 'Authorization: Bearer <key>'", file=sys.stderr)
     print(key)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 log = logging.getLogger(__name__)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # (a name is a metrics label and part of a store key)
-SINGLE_KEY_CLIENT = "default"  # the one client of CLIPDLUT_API_KEY
+SINGLE_KEY_CLIENT = ""  # the one client of CLIPDLUT_API_KEY: the open service's (its jobs stay its own either way)
 MAX_WEIGHT = 1000.0
 
 
@@ -47,6 +47,7 @@ class ClientEntry(BaseModel):
     max_open_jobs: int | None = Field(None, ge=1, description="its jobs queued or running at once")
     jobs_per_hour: int | None = Field(None, ge=1, description="its jobs submitted in any hour")
     weight: float = Field(1.0, gt=0, le=MAX_WEIGHT, description="its share of the GPUs when clients compete")
+    operator: bool = Field(False, description="may read /metrics (every client's figures)")
 
 
 class ClientsFile(BaseModel):
@@ -65,9 +66,11 @@ class Client:
     max_open_jobs: int | None = None
     jobs_per_hour: int | None = None
     weight: float = 1.0
+    operator: bool = False  # may read /metrics
 
 
-ANYONE = Client("")  # the caller of a service that needs no key
+ANYONE = Client("", operator=True)  # the caller of a service that needs no key (or the one of CLIPDLUT_API_KEY)
+NOBODY = Client("\x00nobody")  # a caller whose key was not checked: owns no job (no name in a file can be this)
 
 
 def key_hash(key: str | bytes) -> str:
@@ -84,12 +87,16 @@ def read(path: Path) -> dict[str, tuple[bytes, Client]]:
     except ValidationError as e:
         where = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ValueError(f"the clients file {path} does not fit: {where}") from None
-    return {name: (bytes.fromhex(e.key_sha256), Client(name, e.max_open_jobs, e.jobs_per_hour, e.weight))
-            for name, e in parsed.clients.items()}
+    seen: dict[str, str] = {}
+    for name, entry in parsed.clients.items():
+        if (other := seen.setdefault(entry.key_sha256, name)) != name:
+            raise ValueError(f"the clients file {path} gives {other} and {name} the same key: give one a new key")
+    return {name: (bytes.fromhex(c.key_sha256), Client(name, c.max_open_jobs, c.jobs_per_hour, c.weight, c.operator))
+            for name, c in parsed.clients.items()}
 
 
 def add(path: Path, name: str, max_open_jobs: int | None = None, jobs_per_hour: int | None = None,
-        weight: float = 1.0) -> str:
+        weight: float = 1.0, operator: bool = False) -> str:
     """Add client ``name`` with a new random key to the file (created if missing) and return the key: the file
     keeps only its hash, so this is the one time it is seen. The file is replaced whole, never half written."""
     if not re.fullmatch(NAME_PATTERN, name):
@@ -100,8 +107,10 @@ def add(path: Path, name: str, max_open_jobs: int | None = None, jobs_per_hour: 
         raise ValueError(f"{path} already has a client {name!r}: remove its table to give it a new key")
     key = secrets.token_urlsafe(32)
     entry = ClientEntry(key_sha256=key_hash(key), max_open_jobs=max_open_jobs, jobs_per_hour=jobs_per_hour,
-                        weight=weight)  # (checks the quotas' ranges)
-    table = tomli_w.dumps({"clients": {name: entry.model_dump(exclude_none=True)}})
+                        weight=weight, operator=operator)  # (checks the quotas' ranges)
+    fields = {"key_sha256": entry.key_sha256, **entry.model_dump(exclude={"key_sha256", "weight"}, exclude_none=True,
+                                                                  exclude_defaults=True), "weight": entry.weight}
+    table = tomli_w.dumps({"clients": {name: fields}})
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -125,8 +134,7 @@ class Registry:
         self.path, self.clock, self.recheck_s = path, clock, recheck_s
         self._clients: dict[str, tuple[bytes, Client]] = {}
         if api_key:
-            self._clients = {SINGLE_KEY_CLIENT: (hashlib.sha256(api_key.encode()).digest(),
-                                                 Client(SINGLE_KEY_CLIENT))}
+            self._clients = {SINGLE_KEY_CLIENT: (hashlib.sha256(api_key.encode()).digest(), ANYONE)}
         self._seen: tuple[int, int, int] | None = None
         self._checked = -float("inf")
         if path is not None:

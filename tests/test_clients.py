@@ -24,6 +24,7 @@ def test_add_prints_a_new_key_once_and_the_file_keeps_only_its_hash(tmp_path):
     assert key not in text
     assert tomllib.loads(text) == {"clients": {"alice": {"key_sha256": clients.key_hash(key), "max_open_jobs": 8,
                                                          "jobs_per_hour": 200, "weight": 2.0}}}
+    assert text.startswith("[clients.alice]\nkey_sha256 = ")
     assert Registry(path).identify(key.encode()) == Client("alice", 8, 200, 2.0)
 
 
@@ -56,6 +57,14 @@ def test_a_file_that_does_not_fit_is_refused_at_start_naming_what_to_fix(tmp_pat
         Registry(path)
 
 
+def test_two_clients_with_one_key_are_refused(tmp_path):
+    path = tmp_path / "clients.toml"
+    clients.add(path, "alice")
+    path.write_text(path.read_text() + path.read_text().replace("[clients.alice]", "[clients.bob]"))
+    with pytest.raises(ValueError, match="gives alice and bob the same key"):
+        Registry(path)
+
+
 def test_a_missing_file_or_both_ways_of_keying_are_refused_at_start(tmp_path):
     with pytest.raises(ValueError, match="not a file: make it with"):
         Registry(tmp_path / "none.toml")
@@ -66,7 +75,7 @@ def test_a_missing_file_or_both_ways_of_keying_are_refused_at_start(tmp_path):
 
 def test_the_single_key_is_one_client_and_no_key_at_all_is_an_open_service():
     single = Registry(api_key="s3cret")
-    assert not single.open and single.identify(b"s3cret") == Client(clients.SINGLE_KEY_CLIENT)
+    assert not single.open and single.identify(b"s3cret") == clients.ANYONE  # (the open service's client: its jobs)
     assert single.identify(b"s3cre") is None and Registry().open
 
 
@@ -82,10 +91,11 @@ def test_the_readmes_clients_file_and_commands_work_as_written(tmp_path):
     assert Registry(tmp_path / "example.toml").named("alice") == Client("alice", 8, 200, 1.0)
     commands = [line for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)
                 for line in block.splitlines() if line.startswith("python -m clipdlut clients add")]
-    assert len(commands) == 2
+    assert len(commands) == 3
     for line in commands:
         r = subprocess.run(["bash", "-c", line.replace("python", sys.executable, 1)], capture_output=True, text=True,
                            env={"CLIPDLUT_CLIENTS": str(tmp_path / "clients.toml"), "PATH": "/usr/bin:/bin"},
                            timeout=60)
         assert r.returncode == 0, r.stderr
-    assert set(clients.read(tmp_path / "clients.toml")) == {"alice", "bob"}
+    assert set(clients.read(tmp_path / "clients.toml")) == {"alice", "bob", "scraper"}
+    assert Registry(tmp_path / "clients.toml").named("scraper").operator

@@ -259,10 +259,11 @@ class _Run:
 
     def _timeout(self, taken: bool) -> float:
         """Before the job is taken it may wait in a queue (BentoCloud's external queue, a replica scaling up from
-        zero) for as long as a job may wait; once taken, silence means a lost replica."""
-        if taken:
-            return self.policy.stall_s
-        return max(1.0, self.policy.max_wait_s - (time.monotonic() - self.waiting_since))
+        zero) for as long as a job may wait; once taken, silence means a lost replica. At the head of the fair queue
+        it waits no longer than that silence either: every other client's jobs wait behind it (a replica that
+        hangs must not hold them; it is sent again, as to a full optimizer)."""
+        left = max(1.0, self.policy.max_wait_s - (time.monotonic() - self.waiting_since))
+        return self.policy.stall_s if taken else min(left, self.policy.stall_s) if self.turns is not None else left
 
     async def take(self, event: object) -> Finished | Outcome | _Broken | None:
         """One event of the stream: into the store; what ends the attempt, if it does."""

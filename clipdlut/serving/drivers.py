@@ -121,7 +121,9 @@ class Drivers:
     async def _fail(self, job_id: str, reason: str) -> Outcome:
         """End a job this replica holds as failed (the store's word if it cannot)."""
         try:
-            return await Driven(self.store, job_id, self.instance).end(JobStatus.FAILED, reason)
+            record = await Driven(self.store, job_id).read("get")
+            return await Driven(self.store, job_id, self.instance, record.client if record else "").end(
+                JobStatus.FAILED, reason)
         except StoreLost as e:
             return Outcome(Ending.STORE_LOST, JobStatus.RUNNING, str(e))
 

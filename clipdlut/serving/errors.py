@@ -12,6 +12,7 @@ system's clients read); :func:`answers_errors` answers them on every route. A jo
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,7 +78,7 @@ class QuotaReached(InputError):
     status_code = 429
 
     def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message, {"Retry-After": str(max(1, round(retry_after_s)))})
+        super().__init__(message, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})  # (never too soon)
 
 
 class ServiceFault(ServiceError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import cast
 
@@ -163,7 +164,7 @@ def _refusal(admission: Admission, client: Client, settings: Settings) -> QueueF
     if admission.refused == Refusal.CLIENT_HOURLY:
         wait = admission.retry_after_s or 0.0
         return QuotaReached(f"client {client.name} submitted {client.jobs_per_hour} jobs in the last hour, its quota "
-                            f"(jobs_per_hour); retry in {max(1, round(wait))} s", wait)
+                            f"(jobs_per_hour); retry in {max(1, math.ceil(wait))} s", wait)
     return QueueFull(settings.max_open_jobs, settings.retry_after_s)
 
 

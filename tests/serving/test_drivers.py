@@ -170,3 +170,24 @@ async def test_a_slot_that_frees_goes_to_the_client_furthest_below_its_share(eng
     assert [ids[j] for j in optimizer.taken] == ["a", "b", "b", "a", "a", "a"]
     assert [j for j in optimizer.taken if ids[j] == "a"] == [job[0] for job in a]  # (first come, first served)
     assert await store.head() is None
+
+
+async def test_a_replica_that_hangs_does_not_hold_the_fair_queue(engine, store):
+    """The head's first call reaches a replica that never answers: after the stall bound it is sent again, as to a
+    full optimizer, instead of holding every client's jobs behind it for as long as a job may wait."""
+    optimizer = Optimizer(engine)
+    calls = []
+
+    async def hangs_once(request):
+        calls.append(request.job_id)
+        if len(calls) == 1:
+            await asyncio.Event().wait()  # (a replica that took the connection and says nothing)
+        async for line in optimizer.optimize(request):
+            yield line
+
+    settings = SETTINGS.but(stream_stall_s=0.3, optimizer_wait_s=60)
+    drivers = Drivers(store, hangs_once, settings, instance="api-a", poll_s=0.02)
+    jobs = [await new_job(store, steps=4, client=name) for name in ("a", "b")]
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(asyncio.gather(*(drivers.run(*job) for job in jobs)), timeout=20)
+    assert asyncio.get_running_loop().time() - started < 10 and len(optimizer.taken) == 2

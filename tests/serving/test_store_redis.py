@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
+from clipdlut.serving.stores import Quota
 from clipdlut.serving.stores.redis import RedisJobStore
 from tests.live import RedisServer, redis_missing
 
@@ -60,3 +61,19 @@ async def test_jobs_survive_a_restart_of_redis(tmp_path):
         await store.close()
     finally:
         second.stop()
+
+
+async def test_a_job_ended_without_this_versions_bookkeeping_holds_no_quota_and_no_turn(server):
+    """A job ended by a replica of an older version (its status written, the client's sets left as they were) counts
+    against no quota and never stands at the head of the fair queue."""
+    store = RedisJobStore(server.url)
+    db = redis.Redis.from_url(server.url, decode_responses=True)
+    quota = Quota(max_open=1)
+    assert await store.create("old", {"steps": 3}, b"s", b"w", owner="api-a", client="alice", quota=quota)
+    await store.queue("old", "alice")
+    await store.create("b", {"steps": 3}, b"s", b"w", owner="api-a", client="bob")
+    await store.queue("b", "bob")
+    db.hset("clipdlut:job:old", "status", "cancelled")  # (as an older replica ends a job)
+    assert await store.head() == "b" and db.zcard("clipdlut:fair:waiting:alice") == 0
+    assert await store.create("new", {"steps": 3}, b"s", b"w", owner="api-a", client="alice", quota=quota)
+    await store.close()

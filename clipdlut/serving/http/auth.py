@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from clipdlut.clients import ANYONE, Client, Registry
+from clipdlut.clients import ANYONE, NOBODY, Client, Registry
 from clipdlut.serving.errors import error_response
 from clipdlut.serving.http.asgi import ASGIApp, Rewritten, Scope
 
@@ -17,8 +17,9 @@ LEGACY_ROUTES = frozenset({"/retouch", "/query_task", "/stop_task"})  # the orig
 
 
 def client_of(scope: MutableMapping[str, Any]) -> Client:
-    """The client :class:`Authenticate` found for this request (everyone's on a service that needs no key)."""
-    return scope.get("state", {}).get("client", ANYONE)
+    """The client :class:`Authenticate` found for this request (everyone's on a service that needs no key); one that
+    owns nothing where no key was checked (an open route of a keyed service)."""
+    return scope.get("state", {}).get("client", NOBODY)
 
 
 class Authenticate:
@@ -40,7 +41,10 @@ class Authenticate:
         self.legacy_client = legacy_client
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or self.registry.open:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.registry.open:
+            scope.setdefault("state", {})["client"] = ANYONE
             return await self.app(scope, receive, send)
         if scope["path"] == "/docs.json":
             return await self.app(scope, receive, Rewritten(send, self._declare_scheme))
@@ -50,6 +54,9 @@ class Authenticate:
             response = error_response(401, "this service needs a client's key: send the header "
                                       "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
+        if scope["path"] == "/metrics" and not client.operator:  # (every client's figures, under their names)
+            return await error_response(403, "/metrics shows every client's figures: it needs the key of a client "
+                                        "marked 'operator = true' in the clients file")(scope, receive, send)
         scope.setdefault("state", {})["client"] = client
         return await self.app(scope, receive, send)
 

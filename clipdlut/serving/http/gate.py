@@ -37,6 +37,10 @@ class TaskGate:
     ``@bentoml.task`` route: BentoML's own task records live in one process, forget everything at a restart
     and cannot cancel."""
 
+    # every action BentoML serves under a task route, with the methods the gate answers it for (HEAD as GET)
+    ACTIONS = {"submit": ("POST",), "status": ("GET", "HEAD"), "get": ("GET", "HEAD"), "cancel": ("PUT",),
+               "retry": ("POST",)}
+
     def __init__(self, app: ASGIApp, route: str, store: Callable[[], JobStore],
                  validate: Callable[[Request], Awaitable[Accept]], result: Callable[[str], Awaitable[dict | None]]):
         self.app = app
@@ -49,10 +53,13 @@ class TaskGate:
         if scope["type"] != "http" or not scope["path"].startswith(self.route + "/"):
             return await self.app(scope, receive, send)
         action, method = scope["path"][len(self.route) + 1:], scope["method"]
-        if action == "submit" and method == "POST":
-            return await self._submit(scope, receive, send)
-        if (action, method) not in (("cancel", "PUT"), ("status", "GET"), ("get", "GET"), ("retry", "POST")):
+        if action not in self.ACTIONS:
             return await self.app(scope, receive, send)
+        if method not in self.ACTIONS[action]:  # (a HEAD or any other method must not reach BentoML's own routes)
+            return await error_response(405, f"{scope['path']} takes {' or '.join(self.ACTIONS[action])}",
+                                        {"Allow": ", ".join(self.ACTIONS[action])})(scope, receive, send)
+        if action == "submit":
+            return await self._submit(scope, receive, send)
         task_id = Request(scope).query_params.get("task_id", "")
         store = self.store()
         try:  # (another client's task is answered as one that does not exist)

@@ -45,7 +45,7 @@ _STATUS_OPEN = "local open = {queued = true, running = true}\n"
 # KEYS: open, job, data, stream, the client's open, the client's submitted. ARGV: id, max_open, now, options, total,
 # source, working, owner, group, client, its max_open, its per_hour, the hour's length (s). Returns {code, retry}:
 # 1 created, 0 the service full, 2 the client's open jobs, 3 its jobs per hour (retry: when one leaves the hour)
-_CREATE = """
+_CREATE = _STATUS_OPEN + """
 if redis.call('EXISTS', KEYS[2]) == 1 then  -- a call retried after its answer was lost succeeded the first time
   if redis.call('HGET', KEYS[2], 'owner') == ARGV[8] then return {1, 0} end
   return redis.error_reply('job ' .. ARGV[1] .. ' exists')
@@ -53,7 +53,14 @@ end
 local now, hour = tonumber(ARGV[3]), tonumber(ARGV[13])
 local max, client_max, per_hour = tonumber(ARGV[2]), tonumber(ARGV[11]), tonumber(ARGV[12])
 if max >= 0 and redis.call('ZCARD', KEYS[1]) >= max then return {0, 0} end
-if client_max >= 0 and redis.call('ZCARD', KEYS[5]) >= client_max then return {2, 0} end
+if client_max >= 0 and redis.call('ZCARD', KEYS[5]) >= client_max then
+  -- (before refusing: drop jobs no ending removed, as a replica of an older version ends them)
+  local prefix = string.sub(KEYS[2], 1, #KEYS[2] - #ARGV[1])
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+    if not open[redis.call('HGET', prefix .. id, 'status') or ''] then redis.call('ZREM', KEYS[5], id) end
+  end
+  if redis.call('ZCARD', KEYS[5]) >= client_max then return {2, 0} end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - hour)
 if per_hour >= 0 and redis.call('ZCARD', KEYS[6]) >= per_hour then
   local oldest = redis.call('ZREVRANGE', KEYS[6], per_hour - 1, per_hour - 1, 'WITHSCORES')
@@ -186,11 +193,16 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: fair:clients, fair:served. ARGV: the waiting prefix
-_HEAD = """
+# KEYS: fair:clients, fair:served. ARGV: the waiting prefix, the job prefix
+_HEAD = _STATUS_OPEN + """
 local best, best_served, best_since = false, 0, 0
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local first = redis.call('ZRANGE', ARGV[1] .. c, 0, 0, 'WITHSCORES')
+  -- (an entry whose job is gone or ended, which no ending removed: a replica of an older version ended it)
+  while #first > 0 and not open[redis.call('HGET', ARGV[2] .. first[1], 'status') or ''] do
+    redis.call('ZREM', ARGV[1] .. c, first[1])
+    first = redis.call('ZRANGE', ARGV[1] .. c, 0, 0, 'WITHSCORES')
+  end
   if #first == 0 then
     redis.call('SREM', KEYS[1], c)
   else
@@ -378,7 +390,8 @@ class RedisJobStore:
                                       self._job(job_id)], [job_id, client, weight])
 
     async def head(self) -> str | None:
-        head = await self._scripts["head"]([f"{self._fair}clients", f"{self._fair}served"], [f"{self._fair}waiting:"])
+        head = await self._scripts["head"]([f"{self._fair}clients", f"{self._fair}served"],
+                                           [f"{self._fair}waiting:", f"{self.prefix}job:"])
         return head.decode() if head else None
 
     async def charge(self, client: str, passes: float, started: str | None = None) -> None:
