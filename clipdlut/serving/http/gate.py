@@ -33,9 +33,9 @@ Accept = Callable[[str], Awaitable[None]]  # records a validated submission in t
 
 
 class TaskGate:
-    """Validation and recording at submit, and ``status``/``get``/``cancel`` from the job store, for one
-    ``@bentoml.task`` route: BentoML's own task records live in one process, forget everything at a restart
-    and cannot cancel."""
+    """Validation and recording at submit, and ``status``/``get``/``cancel``/``retry`` from the job store (for the
+    caller's own tasks only), for one ``@bentoml.task`` route: BentoML's own task records live in one process,
+    forget everything at a restart, cannot cancel, and know no client. No request on these actions reaches them."""
 
     # every action BentoML serves under a task route, with the methods the gate answers it for (HEAD as GET)
     ACTIONS = {"submit": ("POST",), "status": ("GET", "HEAD"), "get": ("GET", "HEAD"), "cancel": ("PUT",),
