@@ -264,6 +264,7 @@ class Retouch:
                 await self.drivers.run_stored(job_id)
             else:
                 job_id, client = uuid.uuid4().hex, client_of(ctx.request.scope)
+                await jobs.check_capacity(self.store, S, client)  # (before the photos are decoded)
                 upload = await validation.upload(request, self.store, S, client)
                 await self.drivers.run(job_id, *await self._accept(job_id, *upload, client))
         except HandedOver:  # (this process is stopping; the job is not)
@@ -383,10 +384,11 @@ class Retouch:
     @answers_errors
     async def legacy_retouch(self, request: LegacyRetouchRequest, /, ctx: bentoml.Context) -> LegacyTask:
         """Original API: start a task; poll it with /query_task."""
-        job_id = str(uuid.uuid4())
+        job_id, client = str(uuid.uuid4()), client_of(ctx.request.scope)
         opts = validation.validate_options(request.options(), S)
+        await jobs.check_capacity(self.store, S, client)  # (before the photo is decoded)
         upload = jobs.Upload([await asyncio.to_thread(validation.decode_photo, request.image, S)])
-        photos, opts = await self._accept(job_id, upload, opts, client_of(ctx.request.scope))
+        photos, opts = await self._accept(job_id, upload, opts, client)
 
         async def run() -> None:
             with contextlib.suppress(JobEnded, HandedOver):  # (its end is in the store, where /query_task reads it)

@@ -178,12 +178,16 @@ def test_quotas_answer_429_naming_the_quota_on_every_replica(deployment):
     refused = submit(second, carol)
     assert refused.status_code == 429 and "max_open_jobs" in refused.json()["error"]
     assert int(refused.headers["retry-after"]) >= 1
+    assert submit(first, carol, image="not a photo").status_code == 429  # (refused before its photo is decoded)
     httpx.post(second + "/v1/cancel", json={"task_id": long_job.json()["task_id"]}, headers=carol, timeout=30)
     ended(first, carol, long_job.json()["task_id"])
     assert submit(second, carol).status_code == 200  # (its one open job ended)
     assert submit(first, dave).status_code == 200
     refused = submit(second, dave)
     assert refused.status_code == 429 and "jobs_per_hour" in refused.json()["error"]
+    legacy = httpx.post(first + "/retouch", json={"image": "not a photo", "target_prompt": "冷色调"}, headers=dave,
+                        timeout=30)
+    assert legacy.status_code == 429 and "jobs_per_hour" in legacy.json()["error"]  # (the original API too)
     assert 3500 <= int(refused.headers["retry-after"]) <= 3600
     assert submit(first, deployment.headers("bob")).status_code == 200  # (others are not held back)
 

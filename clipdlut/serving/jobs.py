@@ -39,10 +39,12 @@ LUT_FILE = "lut"  # a finished job's optimized LUT as the optimizer returned it 
 _OFFERED = ", ".join(map(str, OFFERED_SIZES))
 
 
-async def check_capacity(store: JobStore, settings: Settings) -> None:
-    """Raise :class:`QueueFull` when no new job can be taken now."""
-    if await store.open_jobs() >= settings.max_open_jobs:
-        raise QueueFull(settings.max_open_jobs, settings.retry_after_s)
+async def check_capacity(store: JobStore, settings: Settings, client: Client = ANYONE) -> None:
+    """Raise :class:`QueueFull` or :class:`QuotaReached` when no new job of ``client`` can be taken now: before its
+    photos are decoded (:func:`accept` checks again, as the store inserts it)."""
+    admission = await store.admission(settings.max_open_jobs, client.name, _quota(client))
+    if not admission:
+        raise _refusal(admission, client, settings)
 
 
 @dataclass(kw_only=True)
@@ -148,11 +150,14 @@ async def accept(store: JobStore, job_id: str, upload: Upload, opts: JobOptions,
 
     source = pack({photo_file(i): data for i, (data, _) in enumerate(upload.photos)})
     admission = await store.create(job_id, opts.as_dict(), source, await asyncio.to_thread(working), owner=owner,
-                                   max_open=settings.max_open_jobs, client=client.name,
-                                   quota=Quota(client.max_open_jobs, client.jobs_per_hour))
+                                   max_open=settings.max_open_jobs, client=client.name, quota=_quota(client))
     if not admission:
         raise _refusal(admission, client, settings)
     usage.accepted(client.name)
+
+
+def _quota(client: Client) -> Quota:
+    return Quota(client.max_open_jobs, client.jobs_per_hour)
 
 
 def _refusal(admission: Admission, client: Client, settings: Settings) -> QueueFull | QuotaReached:

@@ -210,5 +210,5 @@ async def submission(body: bytes, store: JobStore, settings: Settings, client: C
         where = ".".join(str(p) for p in first["loc"])
         raise InputError(f"{where}: {first['msg']}" if where else str(first["msg"]).removeprefix("Value error, ")
                          ) from None
-    await check_capacity(store, settings)
+    await check_capacity(store, settings, client)
     return await upload(parsed, store, settings, client)

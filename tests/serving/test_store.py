@@ -343,3 +343,19 @@ async def test_an_idle_client_banks_no_credit_and_an_ended_job_leaves_the_queue(
     assert await _admit(store, 2) == ["b", "a"] and (await store.get(await store.head())).client == "b"
     await store.charge("a", -360)  # (given back: passes a job that ended early was never served)
     assert (await store.get(await store.head())).client == "a"
+
+
+async def test_admission_answers_as_create_would_without_adding_a_job(store, clock):
+    quota = Quota(max_open=1, per_hour=2)
+    assert await store.admission(2, "alice", quota) and await store.open_jobs() == 0
+    assert await store.create("a1", {"steps": 1}, b"s", b"w", owner="api", client="alice", quota=quota)
+    assert (await store.admission(2, "alice", quota)).refused == Refusal.CLIENT_OPEN
+    assert await store.admission(2, "bob", quota)  # (bob's own bounds)
+    await store.finish("a1", {}, {})
+    clock.advance(60)
+    assert await store.create("a2", {"steps": 1}, b"s", b"w", owner="api", client="alice", quota=quota)
+    await store.create("b1", {"steps": 1}, b"s", b"w", owner="api", client="bob")
+    assert (await store.admission(2, "carol")).refused == Refusal.SERVICE_FULL
+    await store.finish("a2", {}, {})
+    hourly = await store.admission(2, "alice", quota)
+    assert hourly.refused == Refusal.CLIENT_HOURLY and hourly.retry_after_s == pytest.approx(3600 - 60)

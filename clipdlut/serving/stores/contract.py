@@ -100,6 +100,10 @@ class JobStore(Protocol):
         creates never overshoot a bound. Creating a job that ``owner`` already created is a success (a call
         retried after its answer was lost)."""
 
+    async def admission(self, max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        """What :meth:`create` would answer for a new job of ``client`` now, without adding one: a cheap check
+        before an upload is decoded (:meth:`create` stays the authority: the answer may change meanwhile)."""
+
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None if it never existed or has expired."""
 

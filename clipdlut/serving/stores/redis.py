@@ -280,6 +280,29 @@ class RedisJobStore:
         refused = {1: None, 0: Refusal.SERVICE_FULL, 2: Refusal.CLIENT_OPEN, 3: Refusal.CLIENT_HOURLY}[int(code)]
         return Admission(refused, float(retry) if refused == Refusal.CLIENT_HOURLY else None)
 
+    async def admission(self, max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        """(Plain reads: a check, not the authority; ``create``'s script is.)"""
+        now = self.clock()
+        submitted = f"{self.prefix}submitted:{client}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._open)
+            pipe.zrange(f"{self._open}:{client}", 0, -1)
+            pipe.zrevrangebyscore(submitted, "+inf", f"({now - HOUR_S}", start=0, num=max(quota.per_hour or 1, 1),
+                                  withscores=True)
+            open_jobs, theirs, recent = await pipe.execute()
+        if max_open is not None and open_jobs >= max_open:
+            return Admission(Refusal.SERVICE_FULL)
+        if quota.max_open is not None and len(theirs) >= quota.max_open:
+            async with self.redis.pipeline(transaction=False) as pipe:  # (those still open: see create's script)
+                for job in theirs:
+                    pipe.hget(self._job(job.decode()), "status")
+                still = sum(s in (b"queued", b"running") for s in await pipe.execute())
+            if still >= quota.max_open:
+                return Admission(Refusal.CLIENT_OPEN)
+        if quota.per_hour is not None and len(recent) >= quota.per_hour:
+            return Admission(Refusal.CLIENT_HOURLY, retry_after_s=max(0.0, float(recent[-1][1]) + HOUR_S - now))
+        return Admission()
+
     async def get(self, job_id: str) -> JobRecord | None:
         h = cast("dict[bytes, bytes]", await self.redis.hgetall(self._job(job_id)))  # (see _raw)
         if not h:

@@ -149,6 +149,13 @@ class SqliteJobStore:
 
         return await self._run(self._transaction, run)
 
+    async def admission(self, max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        def run(conn: sqlite3.Connection) -> Admission:
+            refused = self._refusal(conn, self.clock(), max_open, client, quota)
+            return Admission() if refused is None else refused  # (a refusal is falsy: no `or` here)
+
+        return await self._run(self._transaction, run)
+
     @staticmethod
     def _refusal(conn: sqlite3.Connection, now: float, max_open: int | None, client: str, quota: Quota
                  ) -> Admission | None:
