@@ -43,8 +43,9 @@ _RELEASED_IDLE_MS = 10**10  # the idle time a released lease is given: older tha
 _STATUS_OPEN = "local open = {queued = true, running = true}\n"
 
 # KEYS: open, job, data, stream, the client's open, the client's submitted. ARGV: id, max_open, now, options, total,
-# source, working, owner, group, client, its max_open, its per_hour, the hour's length (s). Returns {code, retry}:
-# 1 created, 0 the service full, 2 the client's open jobs, 3 its jobs per hour (retry: when one leaves the hour)
+# source, working, owner, group, client, its max_open, its per_hour, the hour's length (s), '1' to check only (no job
+# added: the id is ''). Returns {code, retry}: 1 created (or, checking, would be), 0 the service full, 2 the client's
+# open jobs, 3 its jobs per hour (retry: when one leaves the hour)
 _CREATE = _STATUS_OPEN + """
 if redis.call('EXISTS', KEYS[2]) == 1 then  -- a call retried after its answer was lost succeeded the first time
   if redis.call('HGET', KEYS[2], 'owner') == ARGV[8] then return {1, 0} end
@@ -66,6 +67,7 @@ if per_hour >= 0 and redis.call('ZCARD', KEYS[6]) >= per_hour then
   local oldest = redis.call('ZREVRANGE', KEYS[6], per_hour - 1, per_hour - 1, 'WITHSCORES')
   return {3, tostring(tonumber(oldest[2]) + hour - now)}
 end
+if ARGV[14] == '1' then return {1, 0} end
 redis.pcall('XGROUP', 'CREATE', KEYS[4], ARGV[9], '$', 'MKSTREAM')  -- (an error when it exists)
 local entry = redis.call('XADD', KEYS[4], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'created', ARGV[3], 'updated', ARGV[3], 'iteration', 0,
@@ -271,37 +273,22 @@ class RedisJobStore:
 
     async def create(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
                      max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        return await self._admit(job_id, options, source, working, owner, max_open, client, quota, check_only=False)
+
+    async def admission(self, max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
+        """(``create``'s own script, stopped before the insert: the same counts.)"""
+        return await self._admit("", {}, b"", b"", "", max_open, client, quota, check_only=True)
+
+    async def _admit(self, job_id: str, options: dict[str, Any], source: bytes, working: bytes, owner: str,
+                     max_open: int | None, client: str, quota: Quota, check_only: bool) -> Admission:
         keys = [self._open, self._job(job_id), self._data(job_id), self._stream, f"{self._open}:{client}",
                 f"{self.prefix}submitted:{client}"]
         args: list[Any] = [job_id, _bound(max_open), self.clock(), json.dumps(options), int(options.get("steps", 0)),
                            source, working, owner, GROUP, client, _bound(quota.max_open), _bound(quota.per_hour),
-                           HOUR_S]
+                           HOUR_S, "1" if check_only else "0"]
         code, retry = await self._scripts["create"](keys, args)
         refused = {1: None, 0: Refusal.SERVICE_FULL, 2: Refusal.CLIENT_OPEN, 3: Refusal.CLIENT_HOURLY}[int(code)]
         return Admission(refused, float(retry) if refused == Refusal.CLIENT_HOURLY else None)
-
-    async def admission(self, max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
-        """(Plain reads: a check, not the authority; ``create``'s script is.)"""
-        now = self.clock()
-        submitted = f"{self.prefix}submitted:{client}"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self._open)
-            pipe.zrange(f"{self._open}:{client}", 0, -1)
-            pipe.zrevrangebyscore(submitted, "+inf", f"({now - HOUR_S}", start=0, num=max(quota.per_hour or 1, 1),
-                                  withscores=True)
-            open_jobs, theirs, recent = await pipe.execute()
-        if max_open is not None and open_jobs >= max_open:
-            return Admission(Refusal.SERVICE_FULL)
-        if quota.max_open is not None and len(theirs) >= quota.max_open:
-            async with self.redis.pipeline(transaction=False) as pipe:  # (those still open: see create's script)
-                for job in theirs:
-                    pipe.hget(self._job(job.decode()), "status")
-                still = sum(s in (b"queued", b"running") for s in await pipe.execute())
-            if still >= quota.max_open:
-                return Admission(Refusal.CLIENT_OPEN)
-        if quota.per_hour is not None and len(recent) >= quota.per_hour:
-            return Admission(Refusal.CLIENT_HOURLY, retry_after_s=max(0.0, float(recent[-1][1]) + HOUR_S - now))
-        return Admission()
 
     async def get(self, job_id: str) -> JobRecord | None:
         h = cast("dict[bytes, bytes]", await self.redis.hgetall(self._job(job_id)))  # (see _raw)

@@ -150,11 +150,11 @@ class SqliteJobStore:
         return await self._run(self._transaction, run)
 
     async def admission(self, max_open: int | None = None, client: str = "", quota: Quota = Quota()) -> Admission:
-        def run(conn: sqlite3.Connection) -> Admission:
-            refused = self._refusal(conn, self.clock(), max_open, client, quota)
+        def run() -> Admission:  # (reads only: no write lock on the way in)
+            refused = self._refusal(self._conn(), self.clock(), max_open, client, quota)
             return Admission() if refused is None else refused  # (a refusal is falsy: no `or` here)
 
-        return await self._run(self._transaction, run)
+        return await self._run(run)
 
     @staticmethod
     def _refusal(conn: sqlite3.Connection, now: float, max_open: int | None, client: str, quota: Quota
@@ -168,10 +168,10 @@ class SqliteJobStore:
         if quota.max_open is not None and count(f"SELECT COUNT(*) FROM jobs WHERE client = ? AND {_OPEN}",
                                                 client) >= quota.max_open:
             return Admission(Refusal.CLIENT_OPEN)
-        if quota.per_hour is not None:
-            conn.execute("DELETE FROM submissions WHERE client = ? AND at <= ?", (client, now - HOUR_S))
+        if quota.per_hour is not None:  # (older submissions go at purge)
             times = [r[0] for r in conn.execute(
-                "SELECT at FROM submissions WHERE client = ? ORDER BY at DESC LIMIT ?", (client, quota.per_hour))]
+                "SELECT at FROM submissions WHERE client = ? AND at > ? ORDER BY at DESC LIMIT ?",
+                (client, now - HOUR_S, quota.per_hour))]
             if len(times) >= quota.per_hour:  # (the oldest of the last per_hour leaves the window first)
                 return Admission(Refusal.CLIENT_HOURLY, retry_after_s=max(0.0, times[-1] + HOUR_S - now))
         return None
