@@ -86,7 +86,7 @@ def run(device: torch.device, quick: bool) -> dict:
     # (a CPU run has time for one load only)
     results["continuous_batching"] = continuous_batching(tiny, photo, (0.5,) if cpu else (0.5, 0.65), quick)
     lap("continuous_batching")
-    results["render"] = render.render_12mp(os.cpu_count() or 1, rounds=2 if quick else 9)  # (quick: a smoke run)
+    results["render"] = render.render_12mp(os.cpu_count() or 1, rounds=1 if quick else 9)  # (quick: a smoke run)
     lap("render")
     results["apply"] = apply.at_scale("python -m bench" + (" --quick" if quick else ""), quick)
     lap("apply")
@@ -134,7 +134,7 @@ def run(device: torch.device, quick: bool) -> dict:
     # (the container tests build and run the same image; a quick run leaves its minutes out)
     results["container"] = {"skipped": "a --quick run builds no image"} if quick else container.run(quick)
     lap("container")
-    results["soak"] = serving.soak(seconds=10 if quick else 180)
+    results["soak"] = serving.soak(seconds=6 if quick else 180)
     lap("soak")
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results

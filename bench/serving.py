@@ -153,12 +153,11 @@ def locust_overhead(topology: str = "one host", store: str = "sqlite", seconds: 
         if topology == "split":
             optimizer = _Server("service:Optimizer", Path(folder) / "optimizer")
             servers.callback(optimizer.stop)
-            _wait_ready(f"{optimizer.url}/readyz")
             api = _Server("service:Retouch", Path(folder) / "api", CLIPDLUT_OPTIMIZER_URL=optimizer.url, **env)
         else:
             api = _Server("service:Retouch", Path(folder) / "api", **env)
         servers.callback(api.stop)
-        _wait_ready(f"{api.url}/readyz")
+        _wait_ready(f"{api.url}/readyz")  # (split: the API is ready once its optimizer is, both started at once)
         prefix = f"{folder}/locust"
         subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
                         "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", api.url,

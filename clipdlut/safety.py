@@ -20,6 +20,7 @@ is returned unchanged.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -73,11 +74,26 @@ def _axes(n: int, dtype: torch.dtype, device: torch.device, neutral: bool = Fals
     return out
 
 
+def _running(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], v: torch.Tensor, axis: int,
+             from_end: bool = False) -> torch.Tensor:
+    """The running ``op`` (``torch.minimum`` or ``torch.maximum``) of ``v`` along ``axis``, from its start (or its
+    end): what ``torch.cummin``/``cummax`` give, exactly. Hand-written because those also compute indices and walk a
+    non-last axis element by element: on a CPU they took 5-16 ms on a batch of 33-node LUTs, and this doubling scan
+    (log2(N) whole-tensor steps; a min or max is exact, so the result is the same bits) takes under 2."""
+    out, n, shift = v.clone(), v.shape[axis], 1
+    while shift < n:
+        near, far = (0, shift) if from_end else (shift, 0)
+        # (op makes a new tensor from the old values before the copy: each step reads the step before)
+        out.narrow(axis, near, n - shift).copy_(op(out.narrow(axis, near, n - shift), out.narrow(axis, far, n - shift)))
+        shift *= 2
+    return out
+
+
 def _below(v: torch.Tensor, neutral: bool = False) -> torch.Tensor:
     """The largest LUT satisfying the step constraints that is nowhere above ``v`` (``+inf`` allowed)."""
     for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device, neutral):
-        up = torch.cummin(v - f * k, dim=axis).values + f * k  # from lower neighbours
-        down = torch.cummin((v + b * k).flip(axis), dim=axis).values.flip(axis) - b * k  # from upper ones
+        up = _running(torch.minimum, v - f * k, axis) + f * k  # from lower neighbours
+        down = _running(torch.minimum, v + b * k, axis, from_end=True) - b * k  # from upper ones
         v = torch.minimum(up, down)
     return v
 
@@ -85,8 +101,8 @@ def _below(v: torch.Tensor, neutral: bool = False) -> torch.Tensor:
 def _above(v: torch.Tensor, neutral: bool = False) -> torch.Tensor:
     """The smallest LUT satisfying the step constraints that is nowhere below ``v`` (``-inf`` allowed)."""
     for axis, f, b, k in _axes(v.shape[-1], v.dtype, v.device, neutral):
-        up = torch.cummax(v + b * k, dim=axis).values - b * k  # lower neighbours
-        down = torch.cummax((v - f * k).flip(axis), dim=axis).values.flip(axis) + f * k  # upper ones
+        up = _running(torch.maximum, v + b * k, axis) - b * k  # lower neighbours
+        down = _running(torch.maximum, v - f * k, axis, from_end=True) + f * k  # upper ones
         v = torch.maximum(up, down)
     return v
 
