@@ -140,10 +140,12 @@ class _Redis:
         self.proc.wait()
 
 
-def locust_overhead(topology: str = "one host", store: str = "sqlite", seconds: int = 30, users: int = 8) -> dict:
+def locust_overhead(topology: str = "one host", store: str = "sqlite", seconds: int = 30, users: int = 8,
+                    steps: int = 20) -> dict:
     """Submit/status latency and jobs per minute against real tiny-model servers, via the locustfile: ``one host``
     (``bentoml serve service:Retouch`` starts both services) or ``split`` (the optimizer served alone, the API
-    pointed at it by URL, each with a home of its own); the job store a SQLite file or a Redis server."""
+    pointed at it by URL, each with a home of its own); the job store a SQLite file or a Redis server. Each job
+    runs ``steps`` optimizer steps (the locustfile's ``LOAD_STEPS``)."""
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as servers:  # (each stopped, whatever fails)
         env = {}
         if store == "redis":
@@ -161,11 +163,12 @@ def locust_overhead(topology: str = "one host", store: str = "sqlite", seconds: 
         prefix = f"{folder}/locust"
         subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
                         "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", api.url,
-                        "--csv", prefix, "--only-summary"], cwd=ROOT, env=api.env, check=True, capture_output=True)
+                        "--csv", prefix, "--only-summary"], cwd=ROOT, env={**api.env, "LOAD_STEPS": str(steps)},
+                       check=True, capture_output=True)
         rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
     jobs = sum(int(rows[n]["Request Count"]) - int(rows[n]["Failure Count"]) for n in rows if n.endswith("to result"))
     pick = {"submit": "/v1/retouch/submit", "status": "/v1/retouch/status"}
-    out = {"topology": topology, "store": store, "seconds": seconds, "users": users,
+    out = {"topology": topology, "store": store, "seconds": seconds, "users": users, "steps": steps,
            "jobs_per_min": jobs / seconds * 60,
            "failures": sum(int(r["Failure Count"]) for n, r in rows.items() if n != "Aggregated")}
     for key, name in pick.items():
@@ -236,7 +239,7 @@ def first_job(url: str, steps: int = 3) -> tuple[float, float]:
     return asyncio.run(both())
 
 
-def soak(seconds: int = 180, users: int = 12) -> dict:
+def soak(seconds: int = 180, users: int = 12, steps: int = 20) -> dict:
     """The locust users for ``seconds`` against a one-host tiny-model server, its optimizer SIGKILLed halfway, and
     ``/readyz`` probed every 0.25 s throughout: what happened to every accepted job (from the job store), how
     fast readiness answered, and how many calls between the services dropped."""
@@ -267,7 +270,8 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
             prober.start()
             load = subprocess.Popen([str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "locustfile.py"),
                                      "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
-                                     "--host", server.url, "--only-summary"], cwd=ROOT, env=server.env,
+                                     "--host", server.url, "--only-summary"], cwd=ROOT,
+                                    env={**server.env, "LOAD_STEPS": str(steps)},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(seconds / 2)
             killed = time.perf_counter()
@@ -291,7 +295,7 @@ def soak(seconds: int = 180, users: int = 12) -> dict:
     for status, error in rows:
         if status == "failed":
             failed[error[:80]] = failed.get(error[:80], 0) + 1
-    return {"seconds": seconds, "users": users, "accepted": len(rows),
+    return {"seconds": seconds, "users": users, "steps": steps, "accepted": len(rows),
             "finished": sum(s == "finished" for s, _ in rows), "cancelled": sum(s == "cancelled" for s, _ in rows),
             "failed": failed, "lost": sum(s in ("queued", "running") for s, _ in rows),
             "ready_probes": len(probes), "ready_p50_ms": float(np.percentile(latency, 50)),
