@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import on, wait_ready
-from tests.live import free_port
+from tests.live import ONE_THREAD, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "deploy" / "container" / "containers.conf"
@@ -54,7 +54,7 @@ class Podman:
         """A detached container of ``image`` named ``name`` (the entrypoint's arguments ``args``), listening on a
         free port of the host (``PORT``, as platforms set it)."""
         port = free_port()
-        flags = [f"--env=PORT={port}", *(f"--env={k}={v}" for k, v in (env or {}).items()),
+        flags = [f"--env=PORT={port}", *(f"--env={k}={v}" for k, v in {**ONE_THREAD, **(env or {})}.items()),
                  *(f"--volume={v}" for v in volumes)]
         self("run", "--detach", f"--name={name}", *flags, image, *args)
         return Container(self, name, port)

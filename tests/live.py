@@ -21,6 +21,10 @@ import psutil
 from tests.conftest import on, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each server (and container) stands for a host of its own, but here several share two cores with the tests, and
+# torch's threads spin while they wait for a core: with two threads each, two optimizers stepped the scale-out
+# test's jobs twenty times slower. So every one started here runs torch on one thread.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def free_port() -> int:
@@ -55,7 +59,7 @@ class Server:
         # (only the settings given here: not the CLIPDLUT_ variables an in-process fixture has set for the session)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLIPDLUT_")}
         self.env = {**inherited, "BENTOML_HOME": str(home), "CLIPDLUT_STORE": str(home / "jobs.db"),
-                    "CLIPDLUT_CLIP_MODEL": "tiny", "HF_ENDPOINT": "http://127.0.0.1:9", **env}
+                    "CLIPDLUT_CLIP_MODEL": "tiny", "HF_ENDPOINT": "http://127.0.0.1:9", **ONE_THREAD, **env}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Server:
@@ -73,7 +77,7 @@ class Server:
             assert self.proc.poll() is None, f"the server exited:\n{self.log()}"
 
         try:
-            return wait_ready(on(self.url), status, timeout, alive, every=0.25)
+            return wait_ready(on(self.url), status, timeout, alive)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.log()[-3000:]}") from None
 

@@ -19,7 +19,7 @@ from tests.conftest import gradient_image, png_bytes, wait
 from tests.live import Proxy, haproxy_missing, host, optimizer_in_flight
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(haproxy_missing() is not None, reason=str(haproxy_missing()))]
-JOBS, STEPS = 8, 40
+JOBS, STEPS = 8, 80
 SETTINGS = {"CLIPDLUT_MAX_BATCH_SIZE": "1", "CLIPDLUT_PROGRESS_EVERY": "2", "CLIPDLUT_VIEWS": "2",
             "CLIPDLUT_WORKING_SIZE": "96", "CLIPDLUT_CHECKPOINT_S": "0"}
 PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(120, 90))).decode()
@@ -56,12 +56,13 @@ def both_mid_run(api: str, ids: list[str]) -> bool:
 
 def test_killing_a_replica_loses_no_job_and_changes_no_result(tmp_path):
     replicas = [host(tmp_path / f"optimizer-{i}", "service:Optimizer", **SETTINGS).start() for i in range(2)]
-    proxy = api = None
-    try:
+    proxy = Proxy(tmp_path, [r.url for r in replicas])
+    api = None
+    try:  # (the API starts with the replicas; the router once they are ready, so it routes to both from the start)
+        api = host(tmp_path / "api", "service:Retouch", CLIPDLUT_OPTIMIZER_URL=proxy.url, **SETTINGS).start()
         for r in replicas:
             r.wait_ready()
-        proxy = Proxy(tmp_path, [r.url for r in replicas]).start()
-        api = host(tmp_path / "api", "service:Retouch", CLIPDLUT_OPTIMIZER_URL=proxy.url, **SETTINGS).start()
+        proxy.start()
         api.wait_ready()
 
         calm = cubes(api.url, submit_all(api.url))  # the same jobs, nothing killed
@@ -81,5 +82,4 @@ def test_killing_a_replica_loses_no_job_and_changes_no_result(tmp_path):
         for server in (api, *replicas):
             if server is not None:
                 server.stop()
-        if proxy is not None:
-            proxy.stop()
+        proxy.stop()

@@ -9,7 +9,7 @@ from clipdlut.export import lut_to_cube
 from clipdlut.imaging import working_copy
 from clipdlut.lut import from_table, identity, to_table
 from clipdlut.optimizer import BatchedOptimizer, JobSpec
-from clipdlut.safety import MAX_SLOPE, MONOTONE_TOLERANCE, Invariants, make_safe, measure
+from clipdlut.safety import MAX_SLOPE, MONOTONE_TOLERANCE, Invariants, _running, make_safe, measure
 from clipdlut.status import JobStatus
 from clipdlut.table import OFFERED_SIZES
 from tests.conftest import gradient_image, random_smooth_lut
@@ -29,6 +29,19 @@ def assert_safe(inv: Invariants) -> None:
     assert inv.max_slope <= MAX_SLOPE, inv
     assert 0.0 <= inv.min_value and inv.max_value <= 1.0, inv
     assert inv.safe
+
+
+@pytest.mark.parametrize("n", [2, 3, 9, 17, 33, 65])
+def test_the_running_minima_and_maxima_are_torchs_to_the_bit(n):
+    """The repair's scan (safety._running) against torch.cummin/cummax, along every axis, from either end."""
+    v = wild(n, batch=2)
+    for axis in (2, 3, 4):
+        assert torch.equal(_running(torch.minimum, v, axis), torch.cummin(v, dim=axis).values)
+        assert torch.equal(_running(torch.maximum, v, axis), torch.cummax(v, dim=axis).values)
+        assert torch.equal(_running(torch.minimum, v, axis, from_end=True),
+                           torch.cummin(v.flip(axis), dim=axis).values.flip(axis))
+        assert torch.equal(_running(torch.maximum, v, axis, from_end=True),
+                           torch.cummax(v.flip(axis), dim=axis).values.flip(axis))
 
 
 @pytest.mark.parametrize("n", [2, 3, 9, 17, 33, 65])

@@ -70,13 +70,15 @@ def test_an_api_replica_killed_mid_run_loses_no_job(tmp_path):
     try:
         optimizers = [host(tmp_path / f"optimizer-{i}", "service:Optimizer", **SETTINGS).start() for i in range(2)]
         servers += optimizers
-        for s in optimizers:
-            s.wait_ready()
         (tmp_path / "optimizer-router").mkdir()
-        proxies.append(Proxy(tmp_path / "optimizer-router", [s.url for s in optimizers]).start())
+        proxies.append(Proxy(tmp_path / "optimizer-router", [s.url for s in optimizers]))
+        # (every server starts at once; the optimizers' router once they are ready, so it routes to both)
         apis = [host(tmp_path / f"api-{i}", "service:Retouch", CLIPDLUT_OPTIMIZER_URL=proxies[0].url,
                      CLIPDLUT_STORE=store.url, **SETTINGS).start() for i in range(2)]
         servers += apis
+        for s in optimizers:
+            s.wait_ready()
+        proxies[0].start()
         for s in apis:
             s.wait_ready()
         (tmp_path / "router").mkdir()

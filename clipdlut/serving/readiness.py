@@ -92,11 +92,13 @@ class Readiness:
             await asyncio.sleep(every_s)
 
     async def follow(self, ask: Callable[[], Awaitable[OptimizerHealth | dict]], every_s: float = 1.0,
-                     timeout_s: float = 3.0) -> None:
-        """Forever: ask the optimizer how it is, every ``every_s`` (first after ``every_s``: the service's calls to
-        its dependencies are set up after its startup hooks)."""
+                     timeout_s: float = 3.0, not_ready_every_s: float = 0.1) -> None:
+        """Forever: ask the optimizer how it is, every ``every_s`` while it is ready and every ``not_ready_every_s``
+        while it is not, so a replica starting (or an optimizer restarted) is ready a tenth of a second after its
+        optimizer, not up to a second (the first call after a pause as well: the service's calls to its
+        dependencies are set up after its startup hooks)."""
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(every_s if self._optimizer is None else min(every_s, not_ready_every_s))
             try:
                 answer = await asyncio.wait_for(ask(), timeout_s)
                 self.update(OptimizerHealth.model_validate(answer, from_attributes=True))

@@ -37,6 +37,24 @@ def test_follow_keeps_the_last_answer_and_says_why_not_ready():
     assert readiness.ready
 
 
+def test_an_optimizer_not_ready_is_asked_again_soon_and_a_ready_one_seldom():
+    """A replica starting is ready a moment after its optimizer, not a whole period later."""
+    answers = [OptimizerHealth(ready=False, reason="loading the CLIP model tiny")] * 2 + [OptimizerHealth(ready=True)]
+    asked = []
+
+    async def ask():
+        asked.append(len(asked))
+        return answers[min(len(asked) - 1, 2)]
+
+    async def run():
+        task = asyncio.create_task(Readiness().follow(ask, every_s=60, not_ready_every_s=0.01))
+        await asyncio.sleep(0.5)
+        task.cancel()
+
+    asyncio.run(run())
+    assert len(asked) == 3  # (two not ready, then ready: the next ask is a minute away)
+
+
 def test_a_slow_optimizer_counts_as_unreachable():
     readiness = Readiness()
 
