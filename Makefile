@@ -41,7 +41,7 @@ serve-api: install   # OPTIMIZER_URL=http://gpu-host:3000
 test: install test-servers
 	$(PY) -m pytest -q
 
-# The quick loop while changing code: the library and the in-process HTTP tests, no real server (about 5 minutes
+# The quick loop while changing code: the library and the in-process HTTP tests, no real server (under 4 minutes
 # here). `make test` runs everything, and is what CI runs.
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e and not container"
