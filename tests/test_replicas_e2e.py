@@ -19,7 +19,7 @@ from tests.conftest import gradient_image, png_bytes, wait
 from tests.live import Proxy, haproxy_missing, host, optimizer_in_flight
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(haproxy_missing() is not None, reason=str(haproxy_missing()))]
-JOBS, STEPS = 8, 80
+JOBS, STEPS = 8, 80  # (long enough that both replicas are seen mid-run at once: a step takes about 20 ms here)
 SETTINGS = {"CLIPDLUT_MAX_BATCH_SIZE": "1", "CLIPDLUT_PROGRESS_EVERY": "2", "CLIPDLUT_VIEWS": "2",
             "CLIPDLUT_WORKING_SIZE": "96", "CLIPDLUT_CHECKPOINT_S": "0"}
 PHOTO_B64 = base64.b64encode(png_bytes(gradient_image(120, 90))).decode()
