@@ -101,6 +101,8 @@ def _reach() -> np.ndarray:
 def _in_chunks(fn: Callable[[np.ndarray], T], colours: np.ndarray) -> list[T]:
     """``fn`` of each chunk of :data:`_CHUNK` colours, in order, on a thread per core (see :func:`_reach`)."""
     chunks = [colours[i:i + _CHUNK] for i in range(0, len(colours), _CHUNK)]
+    if len(chunks) <= 1:  # (the figures of a job's result: no thread to start)
+        return [fn(c) for c in chunks]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(chunks))) as pool:
         return list(pool.map(fn, chunks))
 
