@@ -235,6 +235,7 @@ def test_metrics_count_each_clients_jobs_and_image_passes(deployment):
 
 
 A_JOBS, STEPS = 24, 30
+IN_FLIGHT_S = 0.05  # (an a job whose turn came just before b's was queued may be taken by the optimizer just after)
 PASSES = STEPS * int(SETTINGS["CLIPDLUT_VIEWS"])  # (a job's image passes: one photo)
 
 
@@ -253,19 +254,34 @@ def noisy_neighbour(deployment, a_url: str, a: str, b_url: str, b: str, b_jobs: 
             **fairness.shares(a_spans, b_spans, submitted.timestamp(), PASSES)}
 
 
+def starts(run: dict) -> str:
+    """Each client's job spans from just before b came, on b's clock (what a failed check shows)."""
+    since = run["b_submitted"]
+    spans = sorted((round(s - since, 3), round(e - since, 3), n) for n in ("a", "b") for s, e in run[n] if e > since)
+    return f"{spans}; {({k: v for k, v in run.items() if k not in ('a', 'b')})}"
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_a_noisy_neighbours_backlog_does_not_hold_another_client_back(deployment, kind):
     """Equal weights. On Redis, one replica submits for a and the other for b."""
     first, second = (api.url for api in deployment.apis[kind])
     run = noisy_neighbour(deployment, first, "alice", second if kind == "redis" else first, "bob", b_jobs=4)
     started_after_b = sorted((start, name) for name in ("a", "b") for start, _ in run[name]
-                             if start > run["b_submitted"])
-    assert started_after_b[0][1] == "b" and run["b_first_after_turnover_s"] < 1.0  # (the next free slot)
+                             if start > run["b_submitted"] + (IN_FLIGHT_S if name == "a" else 0))
+    assert started_after_b[0][1] == "b" and run["b_first_after_turnover_s"] < 1.0, starts(run)  # (the next slot)
     assert run["a_finished_by_then"] < A_JOBS / 2  # (all of b's finished before half of a's backlog)
-    assert run["jain"] >= 0.95, run
+    assert abs(a_slots_between_b(run) - (len(run["b"]) - 1)) <= 1, starts(run)  # (a slot each, in turn)
 
 
 def test_weights_share_the_slots_two_to_one(deployment):
     first = deployment.apis["sqlite"][0].url
     run = noisy_neighbour(deployment, first, "heavy", first, "bob", b_jobs=8)
-    assert 1.8 <= run["a_share"] / run["b_share"] <= 2.2, run
+    assert abs(a_slots_between_b(run) - 2 * (len(run["b"]) - 1)) <= 1, starts(run)
+
+
+def a_slots_between_b(run: dict) -> int:
+    """The slots a took between b's first start and its last, while both had jobs waiting: with jobs of one size,
+    a's weight over b's for each of b's (the queue's own choices, counted; the image passes served in a window of a
+    few jobs, bench/fairness.py's measure, move by a job's worth at its edges)."""
+    b_starts = sorted(start for start, _ in run["b"])
+    return sum(b_starts[0] < start < b_starts[-1] for start, _ in run["a"])

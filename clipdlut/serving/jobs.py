@@ -27,7 +27,7 @@ from clipdlut.lut import to_table
 from clipdlut.options import DEFAULT_LUT_SIZE, DEFAULT_SOURCE_PROMPT, DEFAULT_STEPS
 from clipdlut.serving import usage
 from clipdlut.serving.bundle import pack
-from clipdlut.serving.errors import InputError, JobEnded, QueueFull, QuotaReached
+from clipdlut.serving.errors import InputError, JobEnded, QueueFull, QuotaReached, StoreUnavailable, describe
 from clipdlut.serving.settings import Settings
 from clipdlut.serving.stores import Admission, JobRecord, JobStore, Quota, Refusal
 from clipdlut.status import JobStatus
@@ -154,6 +154,18 @@ async def accept(store: JobStore, job_id: str, upload: Upload, opts: JobOptions,
     if not admission:
         raise _refusal(admission, client, settings)
     usage.accepted(client.name)
+    if settings.fair_share:
+        await _join_fair_queue(store, job_id, client)
+
+
+async def _join_fair_queue(store: JobStore, job_id: str, client: Client) -> None:
+    """Queue an accepted job for an optimizer slot at once: BentoML starts its task only after the answer is sent,
+    and a slot that frees before its driver first asks is already its client's turn. A store that fails here
+    costs nothing lasting: the driver queues the job at its first turn."""
+    try:
+        await store.queue(job_id, client.name, client.weight)
+    except StoreUnavailable as e:
+        log.info("job %s joins the fair queue when its driver starts: %s", job_id, describe(e))
 
 
 def _quota(client: Client) -> Quota:

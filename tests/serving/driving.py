@@ -23,11 +23,12 @@ FAST = Resilience(attempts=3, max_wait_s=30, stall_s=10, checkpoint_s=0, backoff
 PHOTO = png_bytes(gradient_image(80, 60))
 
 
-async def new_job(store, steps=12, prompt="暖色", owner="api-a", client="") -> tuple[str, object, JobOptions]:
+async def new_job(store, steps=12, prompt="暖色", owner="api-a", client="", settings=SETTINGS
+                  ) -> tuple[str, object, JobOptions]:
     job_id = uuid.uuid4().hex
-    decoded = decode_upload(PHOTO, SETTINGS)
+    decoded = decode_upload(PHOTO, settings)
     opts = JobOptions(target_prompt=prompt, steps=steps, lut_size=17, seed=5)
-    await accept(store, job_id, Upload([(PHOTO, decoded)]), opts, SETTINGS, owner=owner, client=Client(client))
+    await accept(store, job_id, Upload([(PHOTO, decoded)]), opts, settings, owner=owner, client=Client(client))
     return job_id, [PHOTO], opts
 
 

@@ -172,6 +172,28 @@ async def test_a_slot_that_frees_goes_to_the_client_furthest_below_its_share(eng
     assert await store.head() is None
 
 
+async def test_an_accepted_job_is_in_the_fair_queue_before_its_driver_starts(engine, store, clock):
+    """BentoML starts a job's task only after the submission is answered: a slot that frees meanwhile is already
+    the turn of the accepted job's client (one slot; b's job is accepted while a's first runs, its driver later)."""
+    optimizer = Optimizer(engine)
+    drivers = Drivers(store, optimizer.optimize, SETTINGS, instance="api-a", poll_s=0.02)
+    a = []
+    for steps in (8, 4):
+        clock.advance(1)
+        a.append(await new_job(store, steps=steps, client="a"))
+    first = asyncio.create_task(drivers.run(*a[0]))
+    await until(lambda: optimizer.taken, lambda taken: len(taken) == 1)
+    backlog = asyncio.create_task(drivers.run(*a[1]))
+    clock.advance(1)
+    b = await new_job(store, steps=4, client="b")  # (accepted; not driven yet)
+    await first
+    assert await store.head() == b[0]  # (a's backlog asks at once; the slot is b's turn)
+    await asyncio.gather(backlog, drivers.run(*b))
+    assert optimizer.taken == [a[0][0], b[0], a[1][0]]
+    await new_job(store, settings=SETTINGS.but(fair_share=False))
+    assert await store.head() is None  # (no fair queue: nothing would ever take a job out of it)
+
+
 async def test_a_replica_that_hangs_does_not_hold_the_fair_queue(engine, store):
     """The head's first call reaches a replica that never answers: after the stall bound it is sent again, as to a
     full optimizer, instead of holding every client's jobs behind it for as long as a job may wait."""
