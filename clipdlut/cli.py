@@ -56,22 +56,23 @@ def _viewing(args: argparse.Namespace) -> Viewing | None:
 
 
 def _retouch(args: argparse.Namespace) -> None:
-    from clipdlut import skin
-    from clipdlut.export import describe_look, lut_to_cube
-    from clipdlut.formats import convert
-    from clipdlut.imaging import decode_image, working_copy
-    from clipdlut.lut import from_table
-
     lut_format = _lut_format(args)  # (a wrong name fails now, not after the optimization)
     viewing = _viewing(args)
-    if args.protect_skin:
-        skin.check(args.mode, viewing.display if viewing else None)
     sources = _retouch_sources(args)
     series = len(sources) > 1
     image_format = _format_for(args.image) if args.image and not series else None
     tasks = batch.plan(sources, args.image) if args.image is not None and series else []  # (name clashes: now)
     prompt = limits.clean_prompt(args.prompt, "--prompt") if args.prompt is not None else ""
     source_prompt = limits.clean_prompt(args.source_prompt, "--source-prompt")
+    # (torch is imported once the command line is known to be doable: a mistake is answered in a moment)
+    from clipdlut import skin
+    from clipdlut.export import describe_look, lut_to_cube
+    from clipdlut.formats import convert
+    from clipdlut.imaging import decode_image, working_copy
+    from clipdlut.lut import from_table
+
+    if args.protect_skin:
+        skin.check(args.mode, viewing.display if viewing else None)
     decoded = [_gradable(decode_image(p.read_bytes()), p) for p in sources]
     reference = working_copy(_gradable(decode_image(args.reference.read_bytes()), args.reference).rgb) \
         if args.reference else None

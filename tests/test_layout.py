@@ -74,23 +74,25 @@ def test_the_library_core_imports_neither_bentoml_nor_the_serving_package():
     assert r.stdout.strip() == "[]"
 
 
-def test_applying_a_lut_never_imports_torch(tmp_path):
-    """`apply` (its help, one photo, a folder) runs without torch: it starts in a fraction of a second (README)."""
+def test_applying_a_lut_or_a_retouch_mistake_never_imports_torch(tmp_path):
+    """`apply` (its help, one photo, a folder) runs without torch: it starts in a fraction of a second (README).
+    A `retouch` command line that cannot be done is answered before torch is imported too."""
     from PIL import Image
 
     Image.new("RGB", (40, 30), (200, 100, 50)).save(tmp_path / "photo.png")
     (tmp_path / "look.cube").write_text("LUT_3D_SIZE 2\n" + "0 0 0\n1 0 0\n0 1 0\n1 1 0\n0 0 1\n1 0 1\n0 1 1\n1 1 1\n")
-    runs = [["apply", "--help"], ["apply", "look.cube", "photo.png", "-o", "out.jpg"],
-            ["apply", "look.cube", ".", "-o", "folder", "-q"]]
-    for argv in runs:
+    runs = {("apply", "--help"): 0, ("apply", "look.cube", "photo.png", "-o", "out.jpg"): 0,
+            ("apply", "look.cube", ".", "-o", "folder", "-q"): 0, ("retouch", "--help"): 0,
+            ("retouch", "photo.png", "-o", "look.cube"): 1}  # (no --prompt and no --reference)
+    for argv, code in runs.items():
         probe = ("import runpy, sys\n"
-                 f"sys.argv = ['clipdlut'] + {argv!r}\n"
+                 f"sys.argv = ['clipdlut'] + {list(argv)!r}\n"
                  "try:\n    runpy.run_module('clipdlut', run_name='__main__')\n"
-                 "except SystemExit as e:\n    assert not e.code, e.code\n"
+                 "except SystemExit as e:\n    assert (e.code or 0) == " + str(code) + ", e.code\n"
                  "print('torch' in sys.modules, file=sys.stderr)")
         r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert r.stderr.strip().splitlines()[-1] == "False", argv
+        assert r.stderr.strip().splitlines()[-1] == "False", (argv, r.stderr[-1000:])
     assert (tmp_path / "out.jpg").exists() and (tmp_path / "folder" / "photo.png").exists()
 
 
