@@ -29,14 +29,15 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert [row["jobs"] for row in results["scaling"]["tiny"]] == [1, 2, 4]
     load = results["continuous_batching"]["loads"][0]
     assert [run["mode"] for run in load["runs"]] == ["lock-step", "continuous"]
-    assert all(run["jobs"] == results["continuous_batching"]["jobs"] for run in load["runs"])
+    assert all(run["jobs"] == results["continuous_batching"]["jobs"] for run in load["runs"]), load["runs"]
     assert results["render"]["megapixels"] == 12
     apply = results["apply"]  # (tiny photos in the quick run)
     assert apply["photos"] == 4 and apply["one"]["same_bytes"] and apply["folder"]["same_bytes"]
     assert apply["command"] == "python -m bench --quick" and apply["one"]["ours_s"] > apply["startup_s"] > 0
     assert [(x["topology"], x["store"]) for x in results["service_overhead"]] == [("one host", "sqlite"),
                                                                                   ("split", "redis")]
-    assert all(x["failures"] == 0 and x["jobs_per_min"] > 0 for x in results["service_overhead"])
+    assert all(x["failures"] == 0 and x["jobs_per_min"] > 0 for x in results["service_overhead"]), \
+        results["service_overhead"]
     (cold,) = results["cold_start"]
     assert cold["model"] == "tiny" and cold["to_ready_s"] > 0 and cold["to_first_job_s"] > 0
     table = out.with_suffix(".md").read_text()
@@ -46,7 +47,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     fair = results["fairness"]
     assert [(r["store"], r["waiting_clients"]) for r in fair["queue_cost"]] == [
         ("sqlite", 1), ("sqlite", 50), ("redis", 1), ("redis", 50)]
-    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in fair["queue_cost"]) and "admission p99" in table
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in fair["queue_cost"]) and "admission p99" in table, fair
     soak = results["soak"]
     assert soak["accepted"] > 0 and soak["lost"] == 0 and soak["ready_probes"] > 0
 
